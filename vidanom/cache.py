@@ -1,0 +1,99 @@
+"""The frame cache: each extracted clip is a raw uint8 file (frames, H, W, C) read memory-mapped,
+plus a JSON file that describes it. The JSON is written last, so its presence means complete."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import fsutil
+from .config import FrameConfig
+from .video import DecodeReport, Source, iter_chunks
+
+CHUNK = 256  # frames decoded and written at a time
+
+
+@dataclass(frozen=True)
+class ClipMeta:
+    key: str  # file stem in the cache
+    name: str  # the clip's file or folder name
+    source: str  # absolute path it was read from
+    scene: str  # the normal scene it belongs to (train/update)
+    frames: int
+    fps: float
+    height: int
+    width: int
+    channels: int
+    stride: int
+    truncated: bool = False  # decoding broke off before the end of the file
+
+
+def cache_key(src: Source, fc: FrameConfig) -> str:
+    """Same file (path, size, mtime) and same frame settings → same key, so re-extracting is free."""
+    st = src.path.stat()
+    ident = f"{src.path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{fc.width}x{fc.height}x{fc.channels}/{fc.stride}"
+    if src.frames_dir:
+        ident += "|" + ",".join(f"{p.name}:{p.stat().st_mtime_ns}" for p in sorted(src.path.iterdir()))
+    return f"{src.path.stem[:40]}-{hashlib.sha1(ident.encode()).hexdigest()[:12]}"
+
+
+def find(cache_dir: Path, key: str) -> ClipMeta | None:
+    path = cache_dir / f"{key}.json"
+    if not path.is_file():
+        return None
+    try:
+        return ClipMeta(**json.loads(path.read_text()))
+    except (OSError, json.JSONDecodeError, TypeError):
+        return None  # damaged: extract again
+
+
+def extract(cache_dir: Path, src: Source, fc: FrameConfig, scene: str,
+            on_frames: Callable[[int], None] | None = None) -> tuple[ClipMeta, bool]:
+    """Decode src into the cache unless it is there already. Returns (meta, newly_extracted)."""
+    key = cache_key(src, fc)
+    meta = find(cache_dir, key)
+    if meta is not None:
+        if meta.scene != scene:  # the same footage named as another scene: relabel, no decoding
+            meta = ClipMeta(**{**asdict(meta), "scene": scene})
+            fsutil.write_json(cache_dir / f"{key}.json", asdict(meta))
+        return meta, False
+    report = DecodeReport()
+    with fsutil.atomic_path(cache_dir / f"{key}.u8") as tmp, open(tmp, "wb") as out:
+        for chunk in iter_chunks(src, fc, CHUNK, report):
+            out.write(np.ascontiguousarray(chunk).tobytes())
+            if on_frames:
+                on_frames(len(chunk))
+        out.flush()
+    meta = ClipMeta(key, src.name, str(src.path.resolve()), scene, report.frames, report.fps,
+                    fc.height, fc.width, fc.channels, fc.stride, truncated=report.error is not None)
+    fsutil.write_json(cache_dir / f"{key}.json", asdict(meta))
+    return meta, True
+
+
+def load(cache_dir: Path, meta: ClipMeta) -> np.ndarray:
+    """The clip's frames, memory-mapped: (frames, H, W, C) uint8."""
+    shape = (meta.frames, meta.height, meta.width, meta.channels)
+    return np.memmap(cache_dir / f"{meta.key}.u8", dtype=np.uint8, mode="r", shape=shape)
+
+
+def clips(cache_dir: Path, fc: FrameConfig, scene: str | None = None) -> list[ClipMeta]:
+    """Cached clips that match the frame settings, optionally of one scene, in name order."""
+    out = []
+    for path in sorted(cache_dir.glob("*.json")):
+        meta = find(cache_dir, path.stem)
+        if meta is None or (meta.height, meta.width, meta.channels, meta.stride) != \
+                (fc.height, fc.width, fc.channels, fc.stride):
+            continue
+        if scene is None or meta.scene == scene:
+            out.append(meta)
+    return sorted(out, key=lambda m: (m.name, m.key))
+
+
+def size_bytes(cache_dir: Path) -> int:
+    return sum(os.path.getsize(p) for p in cache_dir.glob("*.u8"))

@@ -1,0 +1,258 @@
+"""The command line: one thin Typer command per verb. Each opens the project, calls one library
+function, and prints with rich. Library errors become a one-line message and an exit code."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from .errors import VidanomError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
+                  help="vidanom: video anomaly detection with a β-VAE, an LSTM-MDN and continual learning.")
+out = Console()
+err = Console(stderr=True)
+
+ProjectOpt = Annotated[Optional[Path], typer.Option(
+    "--project", "-p", help="Project folder (default: $VIDANOM_PROJECT, else the current folder).")]
+DeviceOpt = Annotated[str, typer.Option(help="auto, cpu or cuda.")]
+
+
+def _debug() -> bool:
+    return os.environ.get("VIDANOM_DEBUG") == "1"
+
+
+def cli_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn library errors and Ctrl-C into one line on stderr and an exit code (no traceback)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except VidanomError as exc:
+            if _debug():
+                raise
+            err.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
+            raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            err.print("interrupted; the previous model is intact (train/update: continue with --resume)")
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+@app.callback()
+def main(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False) -> None:
+    """vidanom: video anomaly detection with a β-VAE, an LSTM-MDN and continual learning.
+
+    Example: vidanom init cam1 && cd cam1 && vidanom train ~/normal_videos
+    """
+    if debug:
+        os.environ["VIDANOM_DEBUG"] = "1"
+
+
+def _open(project: Path | None):
+    from .project import Project
+    return Project.find(project)
+
+
+@contextmanager
+def _progress() -> Iterator[Callable[[str, int, int, dict[str, float]], None]]:
+    """A rich progress bar driven by the library's progress(task, done, total, info) callback."""
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                   TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=err,
+                   disable=not err.is_terminal and not os.environ.get("VIDANOM_PROGRESS"))
+    tasks: dict[str, Any] = {}
+
+    def update(task: str, done: int, total: int, info: dict[str, float]) -> None:
+        if task not in tasks:
+            tasks[task] = bar.add_task(task, total=total or None, info="")
+        text = "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in info.items())
+        bar.update(tasks[task], completed=done, total=total or None, info=text)
+
+    with bar:
+        yield update
+
+
+def _device(name: str):
+    from .train import resolve_device
+    return resolve_device(name)
+
+
+@app.command()
+@cli_errors
+def init(directory: Annotated[Path, typer.Argument(help="Folder to create the project in.")] = Path(".")) -> None:
+    """Create a project folder with a default config.
+
+    Example: vidanom init cam1
+    """
+    from .project import Project
+    project = Project.init(directory)
+    out.print(f"created project in {project.root}  (config: {project.root / 'vidanom.json'})")
+
+
+@app.command()
+@cli_errors
+def extract(videos: Annotated[list[Path], typer.Argument(help="Video files, frame folders or folders of videos.")],
+            scene: Annotated[str, typer.Option(help="Name of the normal scene these clips show.")] = "default",
+            project: ProjectOpt = None) -> None:
+    """Decode videos into the project's frame cache (done once per file).
+
+    Example: vidanom extract ~/normal/*.mp4
+    """
+    from . import pipeline
+    proj = _open(project)
+    with proj.lock("extract"), _progress() as progress:
+        results = pipeline.extract(proj, videos, scene, progress)
+    for meta, new in results:
+        note = "extracted" if new else "already cached"
+        out.print(f"{meta.name}: {meta.frames} frames at {meta.fps:g} fps, {note}")
+
+
+@app.command()
+@cli_errors
+def train(videos: Annotated[Optional[list[Path]], typer.Argument(help="Normal videos to add (optional).")] = None,
+          epochs: Annotated[Optional[int], typer.Option(help="Epochs for each stage (overrides the config).")] = None,
+          stage: Annotated[str, typer.Option(help="vae, mdn or all.")] = "all",
+          device: DeviceOpt = "auto",
+          seed: Annotated[Optional[int], typer.Option(help="Random seed (overrides the config).")] = None,
+          resume: Annotated[bool, typer.Option(help="Continue an interrupted training run.")] = False,
+          scene: Annotated[str, typer.Option(help="Scene the videos show.")] = "default",
+          project: ProjectOpt = None) -> None:
+    """Train the β-VAE, then the LSTM-MDN, on normal video, and calibrate the threshold.
+
+    Example: vidanom train ~/normal_videos --epochs 10
+    """
+    from . import pipeline
+    from .config import with_overrides
+    if stage not in ("vae", "mdn", "all"):
+        raise typer.BadParameter("--stage must be vae, mdn or all")
+    proj = _open(project)
+    overrides: dict[str, Any] = {}
+    if epochs is not None:
+        overrides.update(vae_epochs=epochs, mdn_epochs=epochs)
+    if seed is not None:
+        overrides["seed"] = seed
+    proj.config = with_overrides(proj.config, train=overrides)
+    with proj.lock("train"), _progress() as progress:
+        result = pipeline.train(proj, videos or [], stage, _device(device), resume, scene, progress)
+    out.print(f"model {result.version}: {result.clips} clips, {result.frames} frames, "
+              f"{result.seconds:.0f} s, threshold {result.threshold:.3f}")
+
+
+@app.command()
+@cli_errors
+def score(videos: Annotated[list[Path], typer.Argument(help="Videos or frame folders to score.")],
+          device: DeviceOpt = "auto", project: ProjectOpt = None) -> None:
+    """Score every frame of new clips; write CSV, JSON summary and a timeline PNG per clip.
+
+    Example: vidanom score clip.mp4
+    """
+    from . import pipeline
+    proj = _open(project)
+    table = Table("clip", "frames", "anomalous segments", "peak score", "threshold", "model")
+    with proj.lock("score"), _progress() as progress:
+        for video in videos:
+            for r in pipeline.score(proj, video, _device(device), progress):
+                spans = ", ".join(f"{s['start_time']:.1f}-{s['end_time']:.1f}s" for s in r.segments[:4])
+                more = f" (+{len(r.segments) - 4})" if len(r.segments) > 4 else ""
+                table.add_row(r.name, str(r.frames), (spans + more) or "none", f"{r.peak:.2f}",
+                              f"{r.threshold:.2f}", r.version)
+                if r.warning:
+                    err.print(f"warning: {r.name}: {r.warning}", markup=False)
+    out.print(table)
+    out.print(f"scores in {proj.scores_dir}")
+
+
+@app.command()
+@cli_errors
+def plot(clip: Annotated[str, typer.Argument(help="Name of a scored clip (its file name).")],
+         labels: Annotated[Optional[Path], typer.Option(help="Labels JSON to shade ground truth.")] = None,
+         output: Annotated[Optional[Path], typer.Option("--output", "-o", help="PNG to write.")] = None,
+         project: ProjectOpt = None) -> None:
+    """Redraw a clip's timeline from its stored scores.
+
+    Example: vidanom plot Test001.mp4 --labels labels.json
+    """
+    from . import pipeline
+    path = pipeline.plot_clip(_open(project), clip, labels, output)
+    out.print(f"wrote {path}")
+
+
+@app.command(name="eval")
+@cli_errors
+def eval_(labels: Annotated[Path, typer.Argument(help="Labels JSON: {clip: [[start, end], ...]}.")],
+          as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+          project: ProjectOpt = None) -> None:
+    """Frame-level micro AUROC, AUPRC and EER of the scored clips against labels.
+
+    Example: vidanom eval labels.json --json
+    """
+    from . import pipeline
+    res = pipeline.evaluate(_open(project), labels)
+    if as_json:
+        print(json.dumps(res))
+        return
+    t = Table("metric", "value")
+    for key in ("auroc", "auprc", "eer"):
+        t.add_row(key, "n/a" if res[key] is None else f"{res[key]:.4f}")
+    t.add_row("clips", str(res["clips"]))
+    t.add_row("frames (anomalous)", f"{res['frames']} ({res['anomalous_frames']})")
+    out.print(t)
+    if res["per_clip_auroc"]:
+        pc = Table("clip", "AUROC")
+        for name, v in res["per_clip_auroc"].items():
+            pc.add_row(name, f"{v:.3f}")
+        out.print(pc)
+    if res["missing"]:
+        err.print(f"warning: {len(res['missing'])} labelled clip(s) not scored: {', '.join(res['missing'][:5])}")
+
+
+@app.command()
+@cli_errors
+def status(project: ProjectOpt = None) -> None:
+    """Show the project's config, clips, model versions, threshold and scored clips.
+
+    Example: vidanom status -p cam1
+    """
+    from . import cache, pipeline
+    from .config import to_dict
+    proj = _open(project)
+    out.print(f"[bold]project[/bold] {proj.root.resolve()}")
+    cfg = to_dict(proj.config)
+    out.print("config: " + "; ".join(f"{k}: {v}" for k, v in cfg.items() if isinstance(v, dict)), soft_wrap=True)
+    clips = cache.clips(proj.cache_dir, proj.config.frames)
+    out.print(f"cached clips: {len(clips)} ({sum(c.frames for c in clips)} frames, "
+              f"{cache.size_bytes(proj.cache_dir) / 1e6:.1f} MB)")
+    current = proj.current_version()
+    t = Table("version", "scene", "parent", "strategy", "stage", "frames", "threshold", "seconds", "created")
+    for v in proj.versions():
+        mark = " *" if v.get("version") == current else ""
+        t.add_row(v.get("version", "?") + mark, v.get("scene", ""), str(v.get("parent") or "-"),
+                  v.get("strategy", ""), v.get("stage", ""), str(v.get("frames", "")),
+                  f"{v.get('threshold', 0):.3f}", str(v.get("train_seconds", "")), v.get("created", ""))
+    out.print(t if proj.versions() else "models: none yet (run 'vidanom train VIDEO...')")
+    if proj.partial_dir.exists():
+        out.print("an interrupted training run can be continued with --resume")
+    scored = pipeline.scored_clips(proj)
+    out.print(f"scored clips: {len(scored)}" + (f" ({', '.join(scored[:8])}{' ...' if len(scored) > 8 else ''})"
+                                                if scored else ""))
+
+
+def run() -> None:  # pragma: no cover - the console script entry point
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

@@ -1,0 +1,91 @@
+"""LSTM with a mixture-density head over the next latent (World Models' MDN-RNN), per latent cell.
+
+Modules only: no file access. Each cell of the VAE's latent grid is its own sequence; one LSTM,
+shared by all cells, reads it with a learned embedding of the cell's position, so surprise stays
+local (a fast cyclist in one corner) instead of drowning in a frame-wide likelihood.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+LOG_2PI = math.log(2 * math.pi)
+
+
+@dataclass(frozen=True)
+class MDNConfig:
+    latent_dim: int = 4  # D: latent dimensions per cell
+    cells: int = 64  # number of cells in the latent grid (positions to embed)
+    hidden: int = 64  # LSTM units
+    mixtures: int = 5  # K: Gaussians in the mixture
+    cell_embedding: int = 8  # size of the position embedding
+
+
+State = tuple[torch.Tensor, torch.Tensor]
+
+
+class LSTMMDN(nn.Module):
+    def __init__(self, cfg: MDNConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.embed = nn.Embedding(cfg.cells, cfg.cell_embedding)
+        self.lstm = nn.LSTM(cfg.latent_dim + cfg.cell_embedding, cfg.hidden, batch_first=True)
+        k, d = cfg.mixtures, cfg.latent_dim
+        self.head = nn.Linear(cfg.hidden, k + 2 * k * d)
+
+    def forward(self, z: torch.Tensor, cell: torch.Tensor, state: State | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, State]:
+        """Predict the mixture over z[:, t + 1] from z[:, :t + 1].
+
+        z: (B, T, D) latent sequences; cell: (B,) cell index of each sequence; state: LSTM state
+        carried from an earlier chunk of the same sequences, or None.
+        Returns log_pi (B, T, K), mu (B, T, K, D), log_sigma (B, T, K, D) and the new state.
+        """
+        b, t, _ = z.shape
+        pos = self.embed(cell).unsqueeze(1).expand(b, t, -1)
+        h, state = self.lstm(torch.cat([z, pos], -1), state)
+        k, d = self.cfg.mixtures, self.cfg.latent_dim
+        out = self.head(h)
+        log_pi = torch.log_softmax(out[..., :k], -1)
+        mu = out[..., k:k + k * d].reshape(b, t, k, d)
+        log_sigma = out[..., k + k * d:].reshape(b, t, k, d).clamp(-7.0, 5.0)
+        return log_pi, mu, log_sigma, state
+
+    @torch.no_grad()
+    def dream(self, first: torch.Tensor, cell: torch.Tensor, steps: int, temperature: float = 1.0,
+              generator: torch.Generator | None = None) -> torch.Tensor:
+        """Roll out sequences by sampling the mixture: first (B, D), cell (B,) → (B, steps + 1, D)."""
+        seq, z, state = [first], first.unsqueeze(1), None
+        for _ in range(steps):
+            log_pi, mu, log_sigma, state = self(z, cell, state)
+            z = sample_mixture(log_pi[:, -1], mu[:, -1], log_sigma[:, -1], temperature, generator).unsqueeze(1)
+            seq.append(z[:, 0])
+        return torch.stack(seq, 1)
+
+
+def mdn_nll(target: torch.Tensor, log_pi: torch.Tensor, mu: torch.Tensor, log_sigma: torch.Tensor) -> torch.Tensor:
+    """Negative log-likelihood of target under a diagonal Gaussian mixture, per position.
+
+    target: (..., D); log_pi: (..., K); mu, log_sigma: (..., K, D) → (...). Never squeezes a
+    batch dimension away, so a batch of one works (the usual scoring case).
+    """
+    x = target.unsqueeze(-2)
+    log_n = -0.5 * (((x - mu) / log_sigma.exp()).pow(2) + 2 * log_sigma + LOG_2PI).sum(-1)
+    return -torch.logsumexp(log_pi + log_n, dim=-1)
+
+
+def sample_mixture(log_pi: torch.Tensor, mu: torch.Tensor, log_sigma: torch.Tensor, temperature: float = 1.0,
+                   generator: torch.Generator | None = None) -> torch.Tensor:
+    """One sample per row: log_pi (B, K), mu and log_sigma (B, K, D) → (B, D).
+
+    Temperature flattens the choice of component and widens each Gaussian, as in World Models.
+    """
+    probs = torch.softmax(log_pi / max(temperature, 1e-6), -1)
+    k = torch.multinomial(probs, 1, generator=generator)[:, 0]
+    rows = torch.arange(mu.shape[0], device=mu.device)
+    noise = torch.randn(mu[rows, k].shape, generator=generator, device=mu.device)
+    return mu[rows, k] + noise * log_sigma[rows, k].exp() * math.sqrt(temperature)

@@ -1,0 +1,30 @@
+"""Frame-level detection metrics against labels (scikit-learn underneath)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
+
+
+def auroc(y: np.ndarray, s: np.ndarray) -> float:
+    return float(roc_auc_score(y, s))
+
+
+def eer(y: np.ndarray, s: np.ndarray) -> float:
+    """Equal error rate: where the false positive rate meets the miss rate on the ROC curve."""
+    fpr, tpr, _ = roc_curve(y, s)
+    fnr = 1 - tpr
+    i = int(np.nanargmin(np.abs(fnr - fpr)))
+    return float((fpr[i] + fnr[i]) / 2)
+
+
+def summary(y: np.ndarray, s: np.ndarray) -> dict[str, Any]:
+    """Micro metrics over pooled frames; AUROC and friends need both classes present."""
+    out: dict[str, Any] = {"frames": int(len(y)), "anomalous_frames": int(y.sum())}
+    if 0 < y.sum() < len(y):
+        out.update(auroc=auroc(y, s), auprc=float(average_precision_score(y, s)), eer=eer(y, s))
+    else:
+        out.update(auroc=None, auprc=None, eer=None)
+    return out

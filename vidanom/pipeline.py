@@ -1,0 +1,308 @@
+"""What the commands do, as library functions on a Project: extract, train, score, plot, evaluate.
+
+They take paths and configs, report progress through a callback and return results; they raise
+VidanomError subclasses and never print.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import cache, fsutil, metrics, plot
+from .cache import ClipMeta
+from .data import Split
+from .errors import LabelsError, NotTrainedError, VidanomError
+from .mdn import LSTMMDN
+from .project import Project
+from .score import Calibration, Scorer, iter_scores, segments
+from .train import (Progress, build_mdn, build_vae, calibrate, encode, fit_mdn, fit_vae, load_checkpoint,
+                    no_progress)
+from .vae import BetaVAE
+from .video import DecodeReport, Source, find_sources, iter_chunks
+
+DEFAULT_SCENE = "default"
+
+
+# -- extract -----------------------------------------------------------------------------------------
+
+def extract(project: Project, paths: list[Path], scene: str = DEFAULT_SCENE,
+            progress: Progress = no_progress) -> list[tuple[ClipMeta, bool]]:
+    """Cache the frames of every clip named by paths; clips already cached are not decoded again."""
+    out = []
+    sources = find_sources(paths)
+    for i, src in enumerate(sources):
+        done = [0]
+
+        def on_frames(n: int, i: int = i, src: Source = src) -> None:
+            done[0] += n
+            progress(f"extract {src.name}", i, len(sources), {"frames": done[0]})
+
+        out.append(cache.extract(project.cache_dir, src, project.config.frames, scene, on_frames))
+    progress("extract", len(sources), len(sources), {})
+    return out
+
+
+# -- train -------------------------------------------------------------------------------------------
+
+@dataclass
+class TrainResult:
+    version: str
+    clips: int
+    frames: int
+    seconds: float
+    vae: dict[str, float] = field(default_factory=dict)
+    mdn: dict[str, float] = field(default_factory=dict)
+    threshold: float = 0.0
+
+
+def load_models(version_dir: Path) -> tuple[BetaVAE, LSTMMDN | None, Calibration]:
+    vae = build_vae(load_checkpoint(version_dir / "vae.pt"))
+    mdn = build_mdn(load_checkpoint(version_dir / "mdn.pt")) if (version_dir / "mdn.pt").exists() else None
+    cal = Calibration.from_dict(load_checkpoint(version_dir / "calibration.pt"))
+    return vae, mdn, cal
+
+
+def _check_arch(project: Project, vae: BetaVAE) -> None:
+    if vae.cfg != project.config.vae_config():
+        from .errors import ConfigError
+        raise ConfigError("the project's config no longer matches its trained model (frame size, channels or "
+                          "architecture changed); train from scratch with 'vidanom train --stage all'")
+
+
+def _training_clips(project: Project, scene: str) -> list[ClipMeta]:
+    metas = cache.clips(project.cache_dir, project.config.frames, scene)
+    if not metas:
+        raise VidanomError(f"no training clips for scene '{scene}'; pass videos: 'vidanom train VIDEO...'")
+    return metas
+
+
+def fit_and_publish(project: Project, metas: list[ClipMeta], stage: str, device: torch.device,
+                    resume: bool, progress: Progress, lineage: dict[str, Any],
+                    vae: BetaVAE | None = None, hooks: dict[str, Any] | None = None) -> TrainResult:
+    """Fit the requested stages into models/.partial, calibrate, and publish as a new version."""
+    cfg, hooks, t0 = project.config, hooks or {}, time.time()
+    part = project.partial_dir
+    if not resume:
+        shutil.rmtree(part, ignore_errors=True)
+    part.mkdir(parents=True, exist_ok=True)
+    clips = [cache.load(project.cache_dir, m) for m in metas]
+    split = Split.tail(metas, cfg.train.val_fraction)
+    result = TrainResult("", len(metas), sum(m.frames for m in metas), 0.0)
+    if stage in ("vae", "all"):
+        start = load_checkpoint(part / "vae.pt") if resume and (part / "vae.pt").exists() else None
+        if vae is None or start is not None:
+            vae = BetaVAE(cfg.vae_config()) if vae is None else vae
+            if start is not None:
+                vae.load_state_dict(start["model"])
+        result.vae = fit_vae(vae, clips, split, cfg, device, cfg.train.vae_epochs, progress, part / "vae.pt",
+                             start, hooks.get("vae_extra"), hooks.get("vae_penalty"), hooks.get("extra_share", 0.0))
+    elif vae is None:
+        raise NotTrainedError("no trained VAE to fit the LSTM-MDN on; run 'vidanom train --stage vae' first")
+    else:
+        fsutil.save_torch(part / "vae.pt", load_checkpoint(project.require_version() / "vae.pt"))
+    mdn = None
+    if stage in ("mdn", "all"):
+        mdn = LSTMMDN(cfg.mdn_config())
+        start = load_checkpoint(part / "mdn.pt") if resume and (part / "mdn.pt").exists() else None
+        if start is not None:
+            mdn.load_state_dict(start["model"])
+        latents = [encode(vae, c, cfg.frames.motion_lag, device) for c in clips]
+        result.mdn = fit_mdn(mdn, [z[:, :e] for z, e in zip(latents, split.train_end)], split.train_end, cfg,
+                             device, cfg.train.mdn_epochs, progress, part / "mdn.pt", start, hooks.get("mdn_extra"))
+    cal = calibrate(vae, mdn, clips, split, cfg, device, progress)
+    result.threshold = cal.threshold
+    staging = project.new_staging_dir()
+    vae_ck = load_checkpoint(part / "vae.pt")
+    fsutil.save_torch(staging / "vae.pt", {**vae_ck, "model": {k: v.cpu() for k, v in vae.state_dict().items()}})
+    if mdn is not None:
+        fsutil.save_torch(staging / "mdn.pt", {**load_checkpoint(part / "mdn.pt"), "vae_version": "self"})
+    fsutil.save_torch(staging / "calibration.pt", cal.to_dict())
+    result.seconds = time.time() - t0
+    info = {**lineage, "stage": stage, "clips": [m.name for m in metas], "frames": result.frames,
+            "has_mdn": mdn is not None, "threshold": cal.threshold, "train_seconds": round(result.seconds, 1),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "vae": result.vae, "mdn": result.mdn}
+    result.version = project.publish_version(staging, info)
+    shutil.rmtree(part, ignore_errors=True)
+    return result
+
+
+def train(project: Project, paths: list[Path], stage: str = "all", device: torch.device | None = None,
+          resume: bool = False, scene: str = DEFAULT_SCENE, progress: Progress = no_progress) -> TrainResult:
+    """Extract new clips, then fit the β-VAE and/or LSTM-MDN on every cached clip of the scene."""
+    device = device or torch.device("cpu")
+    if paths:
+        extract(project, paths, scene, progress)
+    metas = _training_clips(project, scene)
+    parent = project.current_version()
+    vae = None
+    if stage == "mdn":
+        vae = load_models(project.require_version())[0]
+        _check_arch(project, vae)
+    lineage = {"scene": scene, "scenes": [scene], "parent": parent, "strategy": "train"}
+    if stage == "mdn" and parent:
+        prev = json.loads((project.models_dir / parent / "version.json").read_text())
+        lineage["scenes"] = prev.get("scenes", [scene])
+    return fit_and_publish(project, metas, stage, device, resume, progress, lineage, vae)
+
+
+# -- score -------------------------------------------------------------------------------------------
+
+@dataclass
+class ClipScores:
+    name: str
+    fps: float
+    frames: int
+    threshold: float
+    version: str
+    segments: list[dict[str, Any]]
+    peak: float
+    csv: Path
+    summary: Path
+    plot: Path
+    warning: str | None = None
+
+
+def _score_arrays(project: Project, src: Source, models: tuple, device: torch.device,
+                  progress: Progress) -> tuple[np.ndarray, np.ndarray, DecodeReport]:
+    vae, mdn, cal = models
+    cfg = project.config
+    scorer = Scorer(vae.to(device), mdn.to(device) if mdn else None, cfg.frames.motion_lag, device)
+    report = DecodeReport()
+    comps, scores = [], []
+    chunks = iter_chunks(src, cfg.frames, cfg.score.batch_size, report)
+    for comp, score in iter_scores(scorer, chunks, cal, cfg.score.patch, cfg.score.weights, cfg.score.smooth):
+        comps.append(comp.numpy())
+        scores.append(score.numpy())
+        progress(f"score {src.name}", report.frames, 0, {})
+    return np.concatenate(comps), np.concatenate(scores), report
+
+
+def _write_csv(path: Path, comps: np.ndarray, scores: np.ndarray, flags: np.ndarray, dt: float) -> None:
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["frame", "time", "recon", "kl", "nll", "score", "anomalous"])
+    for i, (c, s, f) in enumerate(zip(comps, scores, flags)):
+        w.writerow([i, f"{i * dt:.3f}", f"{c[0]:.5g}", f"{c[1]:.5g}", "" if np.isnan(c[2]) else f"{c[2]:.5g}",
+                    f"{s:.5g}", int(f)])
+    fsutil.write_text(path, buf.getvalue())
+
+
+def score(project: Project, path: Path, device: torch.device | None = None,
+          progress: Progress = no_progress) -> list[ClipScores]:
+    """Score every clip named by path; write CSV, JSON summary and timeline PNG for each."""
+    device = device or torch.device("cpu")
+    version = project.require_version()
+    models = load_models(version)
+    _check_arch(project, models[0])
+    out = []
+    for src in find_sources([path]):
+        comps, scores, report = _score_arrays(project, src, models, device, progress)
+        dt = project.config.frames.stride / report.fps
+        flags = scores > models[2].threshold
+        segs = [{"start_frame": s.start, "end_frame": s.end, "start_time": round(s.start * dt, 3),
+                 "end_time": round(s.end * dt, 3), "peak_frame": s.peak_frame, "peak_score": s.peak_score}
+                for s in segments(flags, scores, project.config.score.min_segment)]
+        base = project.scores_dir / src.name
+        warning = (f"decoding stopped after {report.frames} frames: {report.error}" if report.error else None)
+        summary = {"clip": src.name, "source": str(src.path.resolve()), "frames": int(len(scores)),
+                   "fps": report.fps / project.config.frames.stride, "model_version": version.name,
+                   "threshold": models[2].threshold, "peak_score": float(scores.max()),
+                   "anomalous_frames": int(flags.sum()), "segments": segs, "warning": warning}
+        _write_csv(base.with_name(base.name + ".csv"), comps, scores, flags, dt)
+        fsutil.write_json(base.with_name(base.name + ".json"), summary)
+        png = base.with_name(base.name + ".png")
+        plot.timeline(png, scores, models[2].threshold, dt, [(s["start_frame"], s["end_frame"]) for s in segs],
+                      title=src.name)
+        out.append(ClipScores(src.name, report.fps, len(scores), models[2].threshold, version.name, segs,
+                              float(scores.max()), base.with_name(base.name + ".csv"),
+                              base.with_name(base.name + ".json"), png, warning))
+    return out
+
+
+# -- reading stored scores ---------------------------------------------------------------------------
+
+def read_scores(project: Project, clip: str) -> tuple[np.ndarray, dict[str, Any]]:
+    """Stored combined scores (n,) and summary of a scored clip (by its file name)."""
+    base = project.scores_dir / clip
+    try:
+        summary = json.loads(base.with_name(clip + ".json").read_text())
+        with open(base.with_name(clip + ".csv")) as f:
+            scores = np.array([float(r["score"]) for r in csv.DictReader(f)], dtype=np.float64)
+    except (OSError, json.JSONDecodeError, KeyError, ValueError) as exc:
+        raise VidanomError(f"no stored scores for clip '{clip}'; run 'vidanom score {clip}' first") from exc
+    return scores, summary
+
+
+def scored_clips(project: Project) -> list[str]:
+    return sorted(p.name[:-5] for p in project.scores_dir.glob("*.json") if not p.name.startswith("."))
+
+
+def read_labels(path: Path) -> dict[str, list[tuple[int, int]]]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise LabelsError(f"cannot read labels file {path}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise LabelsError(f"labels file {path} must map clip names to lists of [start, end] ranges")
+    out = {}
+    for name, ranges in data.items():
+        try:
+            out[name] = [(int(a), int(b)) for a, b in ranges]
+        except (TypeError, ValueError) as exc:
+            raise LabelsError(f"labels for '{name}' must be a list of [start, end] pairs") from exc
+    return out
+
+
+def label_vector(ranges: list[tuple[int, int]], n: int, clip: str) -> np.ndarray:
+    y = np.zeros(n, dtype=np.int8)
+    for a, b in ranges:
+        if a < 0 or b < a or a >= n:
+            raise LabelsError(f"label range [{a}, {b}) of '{clip}' lies outside its {n} frames")
+        y[a:min(b, n)] = 1
+    return y
+
+
+def plot_clip(project: Project, clip: str, labels: Path | None = None, out: Path | None = None) -> Path:
+    scores, summary = read_scores(project, clip)
+    truth = None
+    if labels is not None:
+        table = read_labels(labels)
+        if clip not in table:
+            raise LabelsError(f"labels file {labels} has no entry for '{clip}'")
+        truth = label_vector(table[clip], len(scores), clip)
+    dt = 1.0 / summary["fps"]
+    path = out or project.scores_dir / f"{clip}.png"
+    segs = [(s["start_frame"], s["end_frame"]) for s in summary["segments"]]
+    plot.timeline(path, scores, summary["threshold"], dt, segs, truth=truth, title=clip)
+    return path
+
+
+def evaluate(project: Project, labels: Path) -> dict[str, Any]:
+    """Frame-level micro metrics over every labelled, scored clip, plus per-clip AUROC."""
+    table = read_labels(labels)
+    scored = set(scored_clips(project))
+    names = [n for n in sorted(table) if n in scored]
+    if not names:
+        raise LabelsError(f"none of the {len(table)} clips in {labels} has been scored; "
+                          "run 'vidanom score VIDEO...' on them first")
+    ys, ss, per_clip = [], [], {}
+    for name in names:
+        s, _ = read_scores(project, name)
+        y = label_vector(table[name], len(s), name)
+        ys.append(y)
+        ss.append(s)
+        if 0 < y.sum() < len(y):
+            per_clip[name] = metrics.auroc(y, s)
+    result = metrics.summary(np.concatenate(ys), np.concatenate(ss))
+    missing = sorted(set(table) - scored)
+    return {**result, "clips": len(names), "missing": missing, "per_clip_auroc": per_clip}

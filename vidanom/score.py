@@ -1,0 +1,186 @@
+"""Per-frame anomaly scores, their calibration on normal data, and anomalous segments.
+
+Each frame gets three components, all local and all standardised against what the model does on
+normal footage, position by position:
+  recon  the worst patch of the per-pixel z-scored reconstruction error
+  kl     the worst latent cell of the per-cell z-scored KL
+  nll    the worst latent cell of the z-scored LSTM-MDN negative log-likelihood of this frame's
+         latent given the clip so far (NaN for a clip's first `warmup` frames: too little past)
+The combined score is Σ weight · (component − mean) / std with mean and std taken on held-out
+normal frames, causally smoothed; the threshold is a quantile of it on those same frames.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .data import to_input
+from .mdn import LSTMMDN, mdn_nll
+from .vae import BetaVAE, error_map, kl_map, patch_max
+
+COMPONENTS = ("recon", "kl", "nll")
+
+
+@dataclass
+class Maps:
+    """Raw local statistics of n frames."""
+
+    err: torch.Tensor  # (n, H, W) squared reconstruction error
+    kl: torch.Tensor  # (n, rows·cols) KL per latent cell
+    nll: torch.Tensor  # (n, rows·cols) MDN NLL per cell; NaN where there is no past (or no MDN)
+
+
+class RunningStats:
+    """Mean and std of maps over frames, accumulated chunk by chunk in float64."""
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.s1: torch.Tensor | None = None
+        self.s2: torch.Tensor | None = None
+
+    def add(self, x: torch.Tensor) -> None:
+        x = x[~torch.isnan(x.flatten(1)).any(1)].double()
+        if len(x) == 0:
+            return
+        s1, s2 = x.sum(0), x.pow(2).sum(0)
+        self.s1 = s1 if self.s1 is None else self.s1 + s1
+        self.s2 = s2 if self.s2 is None else self.s2 + s2
+        self.n += len(x)
+
+    def result(self, floor: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.n == 0 or self.s1 is None or self.s2 is None:
+            raise ValueError("no data to take statistics of")
+        mean = self.s1 / self.n
+        var = (self.s2 / self.n - mean.pow(2)).clamp_min(0)
+        # the floor keeps a pixel that never changed in training from dividing by zero
+        std = var.sqrt().clamp_min(max(floor, float(var.sqrt().mean()) * 0.05))
+        return mean.float(), std.float()
+
+
+@dataclass
+class Calibration:
+    err_mean: torch.Tensor  # (H, W)
+    err_std: torch.Tensor
+    kl_mean: torch.Tensor  # (cells,)
+    kl_std: torch.Tensor
+    nll_mean: torch.Tensor  # (cells,) zeros when there is no MDN
+    nll_std: torch.Tensor
+    comp_mean: torch.Tensor  # (3,) of recon, kl, nll on validation frames
+    comp_std: torch.Tensor
+    threshold: float
+    has_mdn: bool
+
+    def to_dict(self) -> dict:
+        return {k: v for k, v in self.__dict__.items()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Calibration:
+        return cls(**d)
+
+
+class Scorer:
+    """Runs the VAE (and LSTM-MDN) over a stream of frame chunks of one clip, carrying state."""
+
+    def __init__(self, vae: BetaVAE, mdn: LSTMMDN | None, lag: int, device: torch.device, warmup: int = 8) -> None:
+        self.vae, self.mdn, self.lag, self.device = vae.eval(), mdn.eval() if mdn else None, lag, device
+        self.warmup = warmup  # the LSTM's first predictions, from an empty state, are not yet informed
+        self._seen = 0  # frames of the clip already scored
+        self._context: torch.Tensor | None = None  # the last `lag` frames of the previous chunk
+        self._state = None  # LSTM state per cell
+        self._pred = None  # mixture predicted for the next frame, per cell
+
+    @torch.inference_mode()
+    def maps(self, frames: np.ndarray) -> Maps:
+        """frames: (n, H, W, C) uint8, the next frames of the clip → their Maps."""
+        cur = torch.from_numpy(np.array(frames, copy=True))
+        x = to_input(cur, self.lag, self._context).to(self.device)
+        if self.lag:
+            self._context = torch.cat([self._context, cur])[-self.lag:] if self._context is not None \
+                else torch.cat([cur[:1].expand(self.lag, *cur.shape[1:]), cur])[-self.lag:]
+        recon, mu, logvar = self.vae(x, sample=False)
+        err = error_map(x, recon)
+        kl = kl_map(mu, logvar).flatten(1)
+        nll = torch.full_like(kl, float("nan"))
+        if self.mdn is not None:
+            nll = self._surprise(mu)
+            nll[: max(0, self.warmup - self._seen)] = float("nan")
+        self._seen += len(frames)
+        return Maps(err.cpu(), kl.cpu(), nll.cpu())
+
+    def _surprise(self, mu: torch.Tensor) -> torch.Tensor:
+        """mu: (n, D, rows, cols) → (n, cells) NLL of each frame's latent given the frames before."""
+        n, d = mu.shape[:2]
+        z = mu.flatten(2).permute(2, 0, 1)  # (cells, n, D): one sequence per cell
+        cells = torch.arange(z.shape[0], device=z.device)
+        log_pi, m, log_s, self._state = self.mdn(z, cells, self._state)
+        out = torch.full((z.shape[0], n), float("nan"), device=z.device)
+        if self._pred is not None:
+            out[:, 0] = mdn_nll(z[:, 0], *self._pred)
+        if n > 1:
+            out[:, 1:] = mdn_nll(z[:, 1:], log_pi[:, :-1], m[:, :-1], log_s[:, :-1])
+        self._pred = (log_pi[:, -1], m[:, -1], log_s[:, -1])
+        return out.T
+
+
+def components(maps: Maps, cal: Calibration, patch: int) -> torch.Tensor:
+    """Maps of n frames → (n, 3) local components recon, kl, nll (see the module docstring)."""
+    recon = patch_max((maps.err - cal.err_mean) / cal.err_std, patch)
+    kl = ((maps.kl - cal.kl_mean) / cal.kl_std).amax(1)
+    nll = ((maps.nll - cal.nll_mean) / cal.nll_std).amax(1)  # NaN stays NaN
+    return torch.stack([recon, kl, nll], 1)
+
+
+def combine(comp: torch.Tensor, cal: Calibration, weights: tuple[float, ...]) -> torch.Tensor:
+    """(n, 3) → (n,) weighted sum of standardised components; a missing (NaN) one adds nothing."""
+    z = ((comp - cal.comp_mean) / cal.comp_std).nan_to_num(0.0)
+    return z @ torch.tensor(weights, dtype=z.dtype)
+
+
+class CausalMean:
+    """Moving average over the last `window` values, fed chunk by chunk (never looks ahead)."""
+
+    def __init__(self, window: int) -> None:
+        self.window = max(1, window)
+        self.tail = torch.zeros(0)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        full = torch.cat([self.tail, x])
+        csum = torch.cat([torch.zeros(1, dtype=torch.float64), full.double().cumsum(0)])
+        ends = torch.arange(len(self.tail) + 1, len(full) + 1)
+        starts = (ends - self.window).clamp_min(0)
+        out = (csum[ends] - csum[starts]) / (ends - starts)
+        self.tail = full[-(self.window - 1):] if self.window > 1 else torch.zeros(0)
+        return out.float()
+
+
+@dataclass(frozen=True)
+class Segment:
+    start: int  # first anomalous frame
+    end: int  # one past the last (Python slice convention)
+    peak_frame: int
+    peak_score: float
+
+
+def segments(flags: np.ndarray, scores: np.ndarray, min_len: int) -> list[Segment]:
+    """Runs of flagged frames at least min_len long."""
+    padded = np.concatenate([[0], flags.astype(np.int8), [0]])
+    edges = np.flatnonzero(np.diff(padded))
+    out = []
+    for start, end in zip(edges[::2], edges[1::2]):
+        if end - start >= min_len:
+            peak = int(start + np.argmax(scores[start:end]))
+            out.append(Segment(int(start), int(end), peak, float(scores[peak])))
+    return out
+
+
+def iter_scores(scorer: Scorer, chunks: Iterable[np.ndarray], cal: Calibration, patch: int,
+                weights: tuple[float, ...], smooth: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Stream a clip's chunks → (components (n, 3), smoothed combined score (n,)) per chunk."""
+    smoother = CausalMean(smooth)
+    for chunk in chunks:
+        comp = components(scorer.maps(chunk), cal, patch)
+        yield comp, smoother(combine(comp, cal, weights))

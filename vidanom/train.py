@@ -1,0 +1,226 @@
+"""Fitting loops: the β-VAE on frames, the LSTM-MDN on latent sequences, and calibration.
+
+Every loop reports through a `progress(task, done, total, info)` callback and can checkpoint
+after each epoch, so the CLI can draw a bar and an interrupted run can resume.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import fsutil
+from .config import ProjectConfig
+from .data import Split, frame_batches, window_starts
+from .mdn import LSTMMDN, MDNConfig, mdn_nll
+from .score import COMPONENTS, Calibration, CausalMean, RunningStats, Scorer, combine, components
+from .vae import BetaVAE, VAEConfig, vae_loss
+
+Progress = Callable[[str, int, int, dict[str, float]], None]
+ExtraBatch = Callable[[int], torch.Tensor]  # batch size → replayed inputs to add to a batch
+Penalty = Callable[[], torch.Tensor]  # an extra loss term on the weights (EWC)
+INFER_BATCH = 256
+
+
+def no_progress(task: str, done: int, total: int, info: dict[str, float]) -> None:
+    pass
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        from .errors import VidanomError
+        raise VidanomError("--device cuda was asked for, but no CUDA device is available; use --device cpu")
+    return torch.device(name)
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """A checkpoint is data, never code: weights_only refuses anything but tensors and plain values."""
+    from .errors import ProjectError
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for damaged files; all mean the same here
+        raise ProjectError(f"checkpoint {path} is damaged or unreadable ({type(exc).__name__}); "
+                           "train again or restore it") from exc
+
+
+def build_vae(ckpt: dict[str, Any]) -> BetaVAE:
+    cfg = ckpt["config"]
+    vae = BetaVAE(VAEConfig(**{**cfg, "hidden": tuple(cfg["hidden"])}))
+    vae.load_state_dict(ckpt["model"])
+    return vae
+
+
+def build_mdn(ckpt: dict[str, Any]) -> LSTMMDN:
+    mdn = LSTMMDN(MDNConfig(**ckpt["config"]))
+    mdn.load_state_dict(ckpt["model"])
+    return mdn
+
+
+def vae_checkpoint(vae: BetaVAE, opt: torch.optim.Optimizer, epoch: int, **extra: Any) -> dict[str, Any]:
+    return {"config": asdict(vae.cfg), "model": vae.state_dict(), "optimizer": opt.state_dict(),
+            "epoch": epoch, **extra}
+
+
+def fit_vae(vae: BetaVAE, clips: list[np.ndarray], split: Split, cfg: ProjectConfig, device: torch.device,
+            epochs: int, progress: Progress = no_progress, ckpt: Path | None = None,
+            start: dict[str, Any] | None = None, extra: ExtraBatch | None = None,
+            penalty: Penalty | None = None, extra_share: float = 0.0) -> dict[str, float]:
+    """Train the VAE for `epochs` epochs (continuing from checkpoint dict `start` if given).
+
+    extra(n) returns n replayed inputs; each batch of the new data gets round(B·share/(1−share))
+    of them, so replayed samples make up `extra_share` of every batch.
+    """
+    vae.to(device).train()
+    opt = torch.optim.Adam(vae.parameters(), lr=cfg.train.lr)
+    first = 0
+    if start is not None:
+        opt.load_state_dict(start["optimizer"])
+        first = int(start["epoch"])
+    index = split.train_index()
+    bs, lag = cfg.train.batch_size, cfg.frames.motion_lag
+    per_epoch = -(-len(index) // bs)
+    n_extra = int(round(bs * extra_share / (1 - extra_share))) if extra and extra_share > 0 else 0
+    stats: dict[str, float] = {}
+    for epoch in range(first, epochs):
+        torch.manual_seed(cfg.train.seed * 100_003 + epoch)  # reproducible, and the same after a resume
+        rng = np.random.default_rng([cfg.train.seed, epoch])
+        sums = np.zeros(3)
+        for i, x in enumerate(frame_batches(clips, index, bs, lag, rng)):
+            if n_extra:
+                x = torch.cat([x, extra(n_extra)])
+            x = x.to(device)
+            recon, mu, logvar = vae(x)
+            loss, rec, kl = vae_loss(x, recon, mu, logvar, vae.cfg.beta)
+            if penalty is not None:
+                loss = loss + penalty()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sums += [loss.item(), rec.item(), kl.item()]
+            stats = {"epoch": epoch + 1, "loss": sums[0] / (i + 1), "recon": sums[1] / (i + 1), "kl": sums[2] / (i + 1)}
+            progress("vae", epoch * per_epoch + i + 1, epochs * per_epoch, stats)
+        if ckpt is not None:
+            fsutil.save_torch(ckpt, vae_checkpoint(vae, opt, epoch + 1))
+    vae.eval()
+    return stats
+
+
+@torch.inference_mode()
+def encode(vae: BetaVAE, frames: np.ndarray, lag: int, device: torch.device) -> torch.Tensor:
+    """Mean latents of a whole clip, chunk by chunk: (n, H, W, C) uint8 → (cells, n, D) float32."""
+    scorer_ctx: torch.Tensor | None = None
+    out = []
+    from .data import to_input
+    for s in range(0, len(frames), INFER_BATCH):
+        cur = torch.from_numpy(np.array(frames[s:s + INFER_BATCH]))
+        mu, _ = vae.encode(to_input(cur, lag, scorer_ctx).to(device))
+        out.append(mu.flatten(2).permute(2, 0, 1).cpu())
+        if lag:
+            scorer_ctx = torch.from_numpy(np.array(frames[max(0, s + len(cur) - lag):s + len(cur)]))
+            if len(scorer_ctx) < lag:
+                scorer_ctx = torch.cat([scorer_ctx[:1].expand(lag - len(scorer_ctx), *scorer_ctx.shape[1:]), scorer_ctx])
+    return torch.cat(out, 1)
+
+
+def mdn_batches(latents: list[torch.Tensor], lengths: list[int], seq_len: int, windows: int,
+                rng: np.random.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Shuffled batches of `windows` windows × all cells: (B, T + 1, D) sequences and (B,) cell ids."""
+    starts = window_starts(lengths, seq_len)
+    order = starts[rng.permutation(len(starts))]
+    for s in range(0, len(order), windows):
+        seqs, cells = [], []
+        for clip, t in order[s:s + windows]:
+            z = latents[clip][:, t:min(t + seq_len + 1, lengths[clip])]
+            seqs.append(z)
+            cells.append(torch.arange(z.shape[0]))
+        t_min = min(z.shape[1] for z in seqs)
+        yield torch.cat([z[:, :t_min] for z in seqs]), torch.cat(cells)
+
+
+def fit_mdn(mdn: LSTMMDN, latents: list[torch.Tensor], lengths: list[int], cfg: ProjectConfig,
+            device: torch.device, epochs: int, progress: Progress = no_progress, ckpt: Path | None = None,
+            start: dict[str, Any] | None = None, extra: Callable[[], tuple[torch.Tensor, torch.Tensor]] | None = None,
+            ) -> dict[str, float]:
+    """Teach the LSTM-MDN to predict each cell's next latent. latents: per clip (cells, n, D).
+
+    extra() may return replayed (sequences, cells) to add to every batch (dreams of old scenes).
+    """
+    mdn.to(device).train()
+    opt = torch.optim.Adam(mdn.parameters(), lr=cfg.train.lr)
+    first = int(start["epoch"]) if start else 0
+    if start:
+        opt.load_state_dict(start["optimizer"])
+    windows = 8  # windows per batch; each brings every cell of the grid
+    n_batches = -(-len(window_starts(lengths, cfg.train.seq_len)) // windows)
+    stats: dict[str, float] = {}
+    for epoch in range(first, epochs):
+        torch.manual_seed(cfg.train.seed * 100_003 + 50_000 + epoch)
+        rng = np.random.default_rng([cfg.train.seed, 1, epoch])
+        total = 0.0
+        for i, (z, cells) in enumerate(mdn_batches(latents, lengths, cfg.train.seq_len, windows, rng)):
+            if extra is not None:
+                rz, rc = extra()
+                t = min(z.shape[1], rz.shape[1])
+                z, cells = torch.cat([z[:, :t], rz[:, :t]]), torch.cat([cells, rc])
+            z, cells = z.to(device), cells.to(device)
+            log_pi, mu, log_s, _ = mdn(z[:, :-1], cells)
+            loss = mdn_nll(z[:, 1:], log_pi, mu, log_s).mean() / z.shape[-1]  # per dimension
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(mdn.parameters(), 1.0)
+            opt.step()
+            total += loss.item()
+            stats = {"epoch": epoch + 1, "nll": total / (i + 1)}
+            progress("mdn", epoch * n_batches + i + 1, epochs * n_batches, stats)
+        if ckpt is not None:
+            fsutil.save_torch(ckpt, {"config": asdict(mdn.cfg), "model": mdn.state_dict(),
+                                     "optimizer": opt.state_dict(), "epoch": epoch + 1})
+    mdn.eval()
+    return stats
+
+
+def _clip_maps(scorer: Scorer, frames: np.ndarray):
+    for s in range(0, len(frames), INFER_BATCH):
+        yield s, scorer.maps(np.asarray(frames[s:s + INFER_BATCH]))
+
+
+def calibrate(vae: BetaVAE, mdn: LSTMMDN | None, clips: list[np.ndarray], split: Split, cfg: ProjectConfig,
+              device: torch.device, progress: Progress = no_progress) -> Calibration:
+    """Position-wise statistics on training frames, then component scales and threshold on held-out ones."""
+    lag, total = cfg.frames.motion_lag, 2 * sum(len(c) for c in clips)
+    err, kl, nll, done = RunningStats(), RunningStats(), RunningStats(), 0
+    for frames, end in zip(clips, split.train_end):
+        for s, m in _clip_maps(Scorer(vae, mdn, lag, device), frames):
+            k = max(0, min(end - s, len(m.err)))
+            err.add(m.err[:k].flatten(1))
+            kl.add(m.kl[:k])
+            nll.add(m.nll[:k])
+            done += len(m.err)
+            progress("calibrate", done, total, {})
+    (em, es), (km, ks) = err.result(), kl.result()
+    h, w = em.numel() // cfg.frames.width, cfg.frames.width
+    nm, ns = nll.result() if nll.n else (torch.zeros_like(km), torch.ones_like(ks))
+    cal = Calibration(em.view(h, w), es.view(h, w), km, ks, nm, ns, torch.zeros(3), torch.ones(3), 0.0, mdn is not None)
+    comps, held = [], []
+    for frames, end in zip(clips, split.train_end):
+        c = torch.cat([components(m, cal, cfg.score.patch) for _, m in _clip_maps(Scorer(vae, mdn, lag, device), frames)])
+        done += len(frames)
+        progress("calibrate", done, total, {})
+        comps.append(c)
+        held.append(c[end:] if end < len(c) else c)  # a clip too short to split calibrates on itself
+    val = torch.cat(held)
+    cal.comp_mean = torch.nanmean(val, 0).nan_to_num(0.0)
+    cal.comp_std = torch.from_numpy(np.nanstd(val.numpy(), 0)).float().nan_to_num(1.0).clamp_min(1e-6)
+    scores = []
+    for c, end in zip(comps, split.train_end):
+        s = CausalMean(cfg.score.smooth)(combine(c, cal, cfg.score.weights))
+        scores.append(s[end:] if end < len(s) else s)
+    cal.threshold = float(torch.quantile(torch.cat(scores).double(), cfg.score.threshold_quantile))
+    return cal

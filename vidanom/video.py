@@ -1,0 +1,133 @@
+"""Reading video with PyAV: files of any container/codec FFmpeg reads, and folders of image frames.
+
+Frames are streamed, resized and converted by FFmpeg's scaler (`reformat`), and handed out in
+small chunks, so memory does not depend on the video's length.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import av
+import numpy as np
+
+from .config import FrameConfig
+from .errors import VideoError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}
+VIDEO_SUFFIXES = {".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv",
+                  ".ts", ".mts", ".3gp", ".ogv", ".gif", ".y4m"}
+DEFAULT_FPS = 25.0  # for frame folders and streams that do not say
+
+
+@dataclass(frozen=True)
+class Source:
+    """One clip: a video file, or a folder of image frames read in name order."""
+
+    path: Path
+    frames_dir: bool = False
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+
+@dataclass
+class DecodeReport:
+    """Filled in while a clip is decoded: what a caller may want to tell the user afterwards."""
+
+    fps: float = DEFAULT_FPS
+    frames: int = 0  # frames handed out (after the stride)
+    error: str | None = None  # why decoding stopped early, if it did
+    skipped: list[str] = field(default_factory=list)  # unreadable images in a frame folder
+
+
+def _images(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
+def find_sources(paths: list[Path]) -> list[Source]:
+    """Expand the user's paths: a video file, a folder of images (one clip), or a folder of videos."""
+    out: list[Source] = []
+    for path in paths:
+        if not path.exists():
+            raise VideoError(f"no such file or folder: {path}")
+        if path.is_file():
+            out.append(Source(path))
+        elif _images(path):
+            out.append(Source(path, frames_dir=True))
+        else:
+            videos = sorted(p for p in path.iterdir() if p.suffix.lower() in VIDEO_SUFFIXES and p.is_file())
+            if not videos:
+                raise VideoError(f"no videos or image frames in folder: {path}")
+            out.extend(Source(p) for p in videos)
+    return out
+
+
+def _convert(frame: av.VideoFrame, fc: FrameConfig) -> np.ndarray:
+    """One decoded frame → (H, W, C) uint8 at the project's size and channel count."""
+    fmt = "gray" if fc.channels == 1 else "rgb24"
+    arr = frame.reformat(width=fc.width, height=fc.height, format=fmt).to_ndarray()
+    return arr.reshape(fc.height, fc.width, fc.channels)
+
+
+def _decode_file(src: Source, fc: FrameConfig, report: DecodeReport) -> Iterator[np.ndarray]:
+    try:
+        container = av.open(str(src.path))
+    except (av.error.FFmpegError, UnicodeDecodeError) as exc:
+        raise VideoError(f"cannot read {src.path} as a video: {exc.strerror if hasattr(exc, 'strerror') else exc}") from exc
+    with container:
+        if not container.streams.video:
+            raise VideoError(f"{src.path} has no video stream")
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"  # frame- and slice-threaded decoding; the scaler runs in our thread
+        rate = stream.average_rate or stream.guessed_rate
+        report.fps = float(rate) if rate else DEFAULT_FPS
+        index = 0
+        try:
+            for frame in container.decode(stream):
+                if index % fc.stride == 0:
+                    yield _convert(frame, fc)
+                index += 1
+        except av.error.FFmpegError as exc:
+            report.error = str(exc)  # a damaged or truncated file: keep what decoded
+
+
+def _decode_folder(src: Source, fc: FrameConfig, report: DecodeReport) -> Iterator[np.ndarray]:
+    for path in _images(src.path)[::fc.stride]:
+        try:
+            with av.open(str(path)) as container:
+                frame = next(container.decode(video=0))
+        except (av.error.FFmpegError, StopIteration, IndexError) as exc:
+            report.skipped.append(f"{path.name}: {exc}")
+            continue
+        yield _convert(frame, fc)
+
+
+def iter_chunks(src: Source, fc: FrameConfig, size: int, report: DecodeReport | None = None
+                ) -> Iterator[np.ndarray]:
+    """Decode src into chunks of at most `size` frames: (n, H, W, C) uint8.
+
+    Raises VideoError when the clip cannot be opened or yields no frame at all; a clip that breaks
+    off midway ends early with `report.error` set.
+    """
+    report = report if report is not None else DecodeReport()
+    frames = _decode_folder(src, fc, report) if src.frames_dir else _decode_file(src, fc, report)
+    buf: list[np.ndarray] = []
+    for frame in frames:
+        buf.append(frame)
+        report.frames += 1
+        if len(buf) == size:
+            yield np.stack(buf)
+            buf = []
+    if buf:
+        yield np.stack(buf)
+    if report.frames == 0:
+        why = f": {report.error}" if report.error else ""
+        raise VideoError(f"no frames could be decoded from {src.path}{why}")
+    if report.error:
+        logging.getLogger("vidanom").warning("%s: decoding stopped after %d frames (%s)",
+                                             src.path, report.frames, report.error)
