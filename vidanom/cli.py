@@ -19,8 +19,7 @@ from rich.table import Table
 
 from .errors import VidanomError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
-                  help="vidanom: video anomaly detection with a β-VAE, an LSTM-MDN and continual learning.")
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None)  # help: main's docstring
 out = Console()
 err = Console(stderr=True)
 

@@ -52,8 +52,10 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class ScoreConfig:
+    recon_planes: str = "motion"  # whose reconstruction error counts: "motion" (differences) or "all"
     patch: int = 8  # reconstruction error is averaged over patch × patch pixels; the worst patch counts
     weights: tuple[float, float, float] = (1.0, 0.0, 1.0)  # combined = Σ weight · standardised (recon, kl, nll)
+    mdn_warmup: int = 8  # no MDN surprise for a clip's first frames: the LSTM has seen too little
     smooth: int = 5  # causal moving average over this many frames (1 = none)
     threshold_quantile: float = 0.99  # threshold = this quantile of the combined score on validation frames
     min_segment: int = 3  # shorter runs of anomalous frames are not reported as segments
@@ -115,6 +117,8 @@ def validate(cfg: ProjectConfig) -> None:
         raise ConfigError(f"config does not describe a valid model: {exc}") from exc
     if not 0 < cfg.train.val_fraction < 1:
         raise ConfigError("train.val_fraction must lie between 0 and 1")
+    if cfg.score.recon_planes not in ("motion", "all"):
+        raise ConfigError("score.recon_planes must be 'motion' or 'all'")
     if not 0 < cfg.score.threshold_quantile < 1:
         raise ConfigError("score.threshold_quantile must lie between 0 and 1")
 
@@ -132,8 +136,11 @@ def from_dict(data: Any) -> ProjectConfig:
     if version > SCHEMA_VERSION:
         raise ConfigError(f"project was written by a newer vidanom (schema {version} > {SCHEMA_VERSION}); "
                           "upgrade vidanom to open it")
-    cfg = _build(ProjectConfig, data, "")
-    validate(cfg)
+    try:
+        cfg = _build(ProjectConfig, data, "")
+        validate(cfg)
+    except TypeError as exc:  # e.g. "width": "wide" in a hand-edited file
+        raise ConfigError(f"config has a value of the wrong type: {exc}") from exc
     return cfg
 
 

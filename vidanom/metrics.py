@@ -14,7 +14,7 @@ def auroc(y: np.ndarray, s: np.ndarray) -> float:
 
 def eer(y: np.ndarray, s: np.ndarray) -> float:
     """Equal error rate: where the false positive rate meets the miss rate on the ROC curve."""
-    fpr, tpr, _ = roc_curve(y, s)
+    fpr, tpr, _ = roc_curve(y, s, drop_intermediate=False)  # a dropped point may be where fpr = fnr
     fnr = 1 - tpr
     i = int(np.nanargmin(np.abs(fnr - fpr)))
     return float((fpr[i] + fnr[i]) / 2)

@@ -24,7 +24,7 @@ from .data import Split
 from .errors import LabelsError, NotTrainedError, VidanomError
 from .mdn import LSTMMDN
 from .project import Project
-from .score import Calibration, Scorer, iter_scores, segments
+from .score import Calibration, iter_scores, make_scorer, segments
 from .train import (Progress, build_mdn, build_vae, calibrate, encode, fit_mdn, fit_vae, load_checkpoint,
                     no_progress)
 from .vae import BetaVAE
@@ -101,6 +101,7 @@ def fit_and_publish(project: Project, metas: list[ClipMeta], stage: str, device:
     if stage in ("vae", "all"):
         start = load_checkpoint(part / "vae.pt") if resume and (part / "vae.pt").exists() else None
         if vae is None or start is not None:
+            torch.manual_seed(cfg.train.seed)  # the initial weights, too, follow the seed
             vae = BetaVAE(cfg.vae_config()) if vae is None else vae
             if start is not None:
                 vae.load_state_dict(start["model"])
@@ -112,6 +113,7 @@ def fit_and_publish(project: Project, metas: list[ClipMeta], stage: str, device:
         fsutil.save_torch(part / "vae.pt", load_checkpoint(project.require_version() / "vae.pt"))
     mdn = None
     if stage in ("mdn", "all"):
+        torch.manual_seed(cfg.train.seed + 1)
         mdn = LSTMMDN(cfg.mdn_config())
         start = load_checkpoint(part / "mdn.pt") if resume and (part / "mdn.pt").exists() else None
         if start is not None:
@@ -176,7 +178,7 @@ def _score_arrays(project: Project, src: Source, models: tuple, device: torch.de
                   progress: Progress) -> tuple[np.ndarray, np.ndarray, DecodeReport]:
     vae, mdn, cal = models
     cfg = project.config
-    scorer = Scorer(vae.to(device), mdn.to(device) if mdn else None, cfg.frames.motion_lag, device)
+    scorer = make_scorer(vae.to(device), mdn.to(device) if mdn else None, cfg, device)
     report = DecodeReport()
     comps, scores = [], []
     chunks = iter_chunks(src, cfg.frames, cfg.score.batch_size, report)

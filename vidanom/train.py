@@ -18,7 +18,7 @@ from . import fsutil
 from .config import ProjectConfig
 from .data import Split, frame_batches, window_starts
 from .mdn import LSTMMDN, MDNConfig, mdn_nll
-from .score import COMPONENTS, Calibration, CausalMean, RunningStats, Scorer, combine, components
+from .score import Calibration, CausalMean, RunningStats, Scorer, combine, components, make_scorer
 from .vae import BetaVAE, VAEConfig, vae_loss
 
 Progress = Callable[[str, int, int, dict[str, float]], None]
@@ -133,7 +133,8 @@ def mdn_batches(latents: list[torch.Tensor], lengths: list[int], seq_len: int, w
                 rng: np.random.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Shuffled batches of `windows` windows × all cells: (B, T + 1, D) sequences and (B,) cell ids."""
     starts = window_starts(lengths, seq_len)
-    order = starts[rng.permutation(len(starts))]
+    # an epoch sees each frame about once: one window per seq_len start positions, drawn afresh each epoch
+    order = starts[rng.permutation(len(starts))[:max(1, len(starts) // seq_len)]]
     for s in range(0, len(order), windows):
         seqs, cells = [], []
         for clip, t in order[s:s + windows]:
@@ -158,7 +159,7 @@ def fit_mdn(mdn: LSTMMDN, latents: list[torch.Tensor], lengths: list[int], cfg: 
     if start:
         opt.load_state_dict(start["optimizer"])
     windows = 8  # windows per batch; each brings every cell of the grid
-    n_batches = -(-len(window_starts(lengths, cfg.train.seq_len)) // windows)
+    n_batches = -(-max(1, len(window_starts(lengths, cfg.train.seq_len)) // cfg.train.seq_len) // windows)
     stats: dict[str, float] = {}
     for epoch in range(first, epochs):
         torch.manual_seed(cfg.train.seed * 100_003 + 50_000 + epoch)
@@ -186,6 +187,16 @@ def fit_mdn(mdn: LSTMMDN, latents: list[torch.Tensor], lengths: list[int], cfg: 
     return stats
 
 
+def _column_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and std of each column over its non-NaN rows; (0, 1) for a column with none (no MDN)."""
+    mean, std = torch.zeros(x.shape[1]), torch.ones(x.shape[1])
+    for j in range(x.shape[1]):
+        col = x[:, j][~torch.isnan(x[:, j])]
+        if len(col) > 1:
+            mean[j], std[j] = col.mean(), col.std().clamp_min(1e-6)
+    return mean, std
+
+
 def _clip_maps(scorer: Scorer, frames: np.ndarray):
     for s in range(0, len(frames), INFER_BATCH):
         yield s, scorer.maps(np.asarray(frames[s:s + INFER_BATCH]))
@@ -197,7 +208,7 @@ def calibrate(vae: BetaVAE, mdn: LSTMMDN | None, clips: list[np.ndarray], split:
     lag, total = cfg.frames.motion_lag, 2 * sum(len(c) for c in clips)
     err, kl, nll, done = RunningStats(), RunningStats(), RunningStats(), 0
     for frames, end in zip(clips, split.train_end):
-        for s, m in _clip_maps(Scorer(vae, mdn, lag, device), frames):
+        for s, m in _clip_maps(make_scorer(vae, mdn, cfg, device), frames):
             k = max(0, min(end - s, len(m.err)))
             err.add(m.err[:k].flatten(1))
             kl.add(m.kl[:k])
@@ -210,14 +221,13 @@ def calibrate(vae: BetaVAE, mdn: LSTMMDN | None, clips: list[np.ndarray], split:
     cal = Calibration(em.view(h, w), es.view(h, w), km, ks, nm, ns, torch.zeros(3), torch.ones(3), 0.0, mdn is not None)
     comps, held = [], []
     for frames, end in zip(clips, split.train_end):
-        c = torch.cat([components(m, cal, cfg.score.patch) for _, m in _clip_maps(Scorer(vae, mdn, lag, device), frames)])
+        c = torch.cat([components(m, cal, cfg.score.patch) for _, m in _clip_maps(make_scorer(vae, mdn, cfg, device), frames)])
         done += len(frames)
         progress("calibrate", done, total, {})
         comps.append(c)
         held.append(c[end:] if end < len(c) else c)  # a clip too short to split calibrates on itself
     val = torch.cat(held)
-    cal.comp_mean = torch.nanmean(val, 0).nan_to_num(0.0)
-    cal.comp_std = torch.from_numpy(np.nanstd(val.numpy(), 0)).float().nan_to_num(1.0).clamp_min(1e-6)
+    cal.comp_mean, cal.comp_std = _column_stats(val)
     scores = []
     for c, end in zip(comps, split.train_end):
         s = CausalMean(cfg.score.smooth)(combine(c, cal, cfg.score.weights))

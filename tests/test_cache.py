@@ -1,0 +1,98 @@
+"""The frame cache: extract once, memory-mapped loads, keys that follow the file and the frame settings."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+from conftest import square_frames, write_video
+
+from vidanom import cache
+from vidanom.config import FrameConfig
+from vidanom.errors import VideoError
+from vidanom.video import Source, iter_chunks
+
+FC = FrameConfig(width=32, height=24, channels=1)
+
+
+def test_extract_writes_a_memory_mapped_clip_equal_to_the_decoded_frames(clips, tmp_path):
+    seen = []
+    meta, new = cache.extract(tmp_path, Source(clips.normal_a), FC, "street", seen.append)
+    assert new
+    assert (meta.name, meta.scene, meta.frames, meta.height, meta.width, meta.channels, meta.stride) == \
+        ("normal_a.mp4", "street", clips.n_frames, 24, 32, 1, 1)
+    assert meta.fps == pytest.approx(25.0) and not meta.truncated
+    assert sum(seen) == clips.n_frames
+    frames = cache.load(tmp_path, meta)
+    assert isinstance(frames, np.memmap) and frames.dtype == np.uint8
+    assert frames.shape == (clips.n_frames, 24, 32, 1)
+    np.testing.assert_array_equal(frames, np.concatenate(list(iter_chunks(Source(clips.normal_a), FC, 16))))
+    assert cache.find(tmp_path, meta.key) == meta
+    assert cache.size_bytes(tmp_path) == frames.nbytes
+
+
+def test_extract_twice_does_not_decode_again(clips, tmp_path, monkeypatch):
+    meta, _ = cache.extract(tmp_path, Source(clips.normal_a), FC, "default")
+    raw = tmp_path / f"{meta.key}.u8"
+    before = raw.stat().st_mtime_ns
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("decoded a clip that is already cached")
+
+    monkeypatch.setattr(cache, "iter_chunks", no_decoding)
+    again, new = cache.extract(tmp_path, Source(clips.normal_a), FC, "default", no_decoding)
+    assert not new and again == meta
+    assert raw.stat().st_mtime_ns == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([raw.name, f"{meta.key}.json"])
+
+
+def test_same_clip_as_another_scene_is_relabelled_without_decoding(clips, tmp_path, monkeypatch):
+    meta, _ = cache.extract(tmp_path, Source(clips.normal_a), FC, "day")
+    monkeypatch.setattr(cache, "iter_chunks", None)  # calling it would fail
+    relabelled, new = cache.extract(tmp_path, Source(clips.normal_a), FC, "night")
+    assert not new and relabelled.scene == "night" and relabelled.key == meta.key
+    assert [m.key for m in cache.clips(tmp_path, FC, "night")] == [meta.key]
+    assert cache.clips(tmp_path, FC, "day") == []
+
+
+def test_other_frame_settings_or_a_changed_file_are_extracted_anew(clips, tmp_path):
+    video = tmp_path / "clip.mp4"
+    shutil.copy(clips.normal_a, video)
+    cache_dir = tmp_path / "cache"
+    a, _ = cache.extract(cache_dir, Source(video), FC, "default")
+    gray_stride2 = FrameConfig(width=32, height=24, channels=1, stride=2)
+    b, new_b = cache.extract(cache_dir, Source(video), gray_stride2, "default")
+    assert new_b and b.key != a.key and b.frames == -(-clips.n_frames // 2)
+    # clips() only lists clips cached with the asked-for settings
+    assert [m.key for m in cache.clips(cache_dir, FC)] == [a.key]
+    assert [m.key for m in cache.clips(cache_dir, gray_stride2)] == [b.key]
+    write_video(video, square_frames(20, 0, 5, 2.0, 6)[0])  # the file changes: new content, new key
+    c, new_c = cache.extract(cache_dir, Source(video), FC, "default")
+    assert new_c and c.key != a.key and c.frames == 20
+
+
+def test_damaged_metadata_means_extract_again(clips, tmp_path):
+    meta, _ = cache.extract(tmp_path, Source(clips.normal_a), FC, "default")
+    (tmp_path / f"{meta.key}.json").write_text("{ half written")
+    assert cache.find(tmp_path, meta.key) is None
+    again, new = cache.extract(tmp_path, Source(clips.normal_a), FC, "default")
+    assert new and again == meta
+
+
+def test_frame_folder_key_changes_when_a_frame_is_added(clips, tmp_path):
+    folder = tmp_path / "frames"
+    shutil.copytree(clips.frames_dir, folder)
+    key = cache.cache_key(Source(folder, frames_dir=True), FC)
+    assert cache.cache_key(Source(folder, frames_dir=True), FC) == key
+    shutil.copy(folder / "frame_000.png", folder / "frame_999.png")
+    assert cache.cache_key(Source(folder, frames_dir=True), FC) != key
+
+
+def test_unreadable_video_leaves_nothing_in_the_cache(tmp_path):
+    fake = tmp_path / "fake.mp4"
+    fake.write_text("this is not a video")
+    cache_dir = tmp_path / "cache"
+    with pytest.raises(VideoError):
+        cache.extract(cache_dir, Source(fake), FC, "default")
+    assert list(cache_dir.iterdir()) == []

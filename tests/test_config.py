@@ -1,0 +1,103 @@
+"""The project config: JSON round trip, refusing what it cannot read, validation, derived model configs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import tiny_config
+
+from vidanom.config import (CONFIG_NAME, SCHEMA_VERSION, ProjectConfig, from_dict, read_config, to_dict,
+                            with_overrides)
+from vidanom.errors import ConfigError, ProjectError
+from vidanom.project import Project
+from vidanom.vae import BetaVAE
+
+
+def test_round_trip_through_json_restores_every_field():
+    cfg = with_overrides(tiny_config(), frames={"channels": 3, "stride": 2, "motion_lag": 0},
+                         score={"weights": (0.5, 0.25, 2.0), "threshold_quantile": 0.95},
+                         train={"lr": 3e-4, "val_fraction": 0.2})
+    back = from_dict(json.loads(json.dumps(to_dict(cfg))))
+    assert back == cfg
+    assert isinstance(back.vae.hidden, tuple) and isinstance(back.score.weights, tuple)
+
+
+def test_default_config_round_trips():
+    assert from_dict(json.loads(json.dumps(to_dict(ProjectConfig())))) == ProjectConfig()
+
+
+def test_missing_sections_and_keys_take_defaults():
+    cfg = from_dict({"schema_version": SCHEMA_VERSION, "frames": {"width": 32, "height": 32}})
+    assert cfg.frames.width == 32 and cfg.frames.channels == ProjectConfig().frames.channels
+    assert cfg.vae == ProjectConfig().vae
+
+
+def test_with_overrides_changes_only_the_named_fields():
+    base = ProjectConfig()
+    cfg = with_overrides(base, train={"seed": 7})
+    assert cfg.train.seed == 7 and base.train.seed == 0
+    assert cfg.train.lr == base.train.lr and cfg.frames == base.frames
+
+
+@pytest.mark.parametrize("where", ["top", "frames", "score"])
+def test_unknown_keys_are_refused_by_name(where):
+    data = to_dict(ProjectConfig())
+    (data if where == "top" else data[where])["colour_depth"] = 8
+    with pytest.raises(ConfigError, match="colour_depth"):
+        from_dict(data)
+
+
+def test_newer_schema_version_is_refused():
+    data = to_dict(ProjectConfig())
+    data["schema_version"] = SCHEMA_VERSION + 1
+    with pytest.raises(ConfigError, match="newer vidanom"):
+        from_dict(data)
+
+
+@pytest.mark.parametrize("data", [[], {"frames": {}}, {"schema_version": "1"}, {"schema_version": 1, "vae": 4}])
+def test_malformed_configs_are_config_errors(data):
+    with pytest.raises(ConfigError):
+        from_dict(data)
+
+
+@pytest.mark.parametrize("section,key,value", [("frames", "width", "wide"), ("vae", "hidden", 5),
+                                               ("score", "weights", 1.0)])
+def test_values_of_the_wrong_type_are_config_errors(section, key, value):
+    data = to_dict(ProjectConfig())
+    data[section][key] = value
+    with pytest.raises(ConfigError):
+        from_dict(data)
+
+
+@pytest.mark.parametrize("section,values", [
+    ("frames", {"channels": 2}), ("frames", {"width": 30}), ("frames", {"stride": 0}),
+    ("frames", {"motion_lag": -1}), ("train", {"val_fraction": 1.0}), ("score", {"threshold_quantile": 0.0}),
+])
+def test_validation_refuses_configs_that_cannot_work(section, values, tmp_path):
+    data = to_dict(tiny_config())
+    data[section].update(values)
+    with pytest.raises(ConfigError):
+        from_dict(data)
+    with pytest.raises(ConfigError):  # nor does init create a project with it
+        Project.init(tmp_path / "p", with_overrides(tiny_config(), **{section: values}))
+    assert not (tmp_path / "p").exists()
+
+
+def test_read_config_of_broken_json_is_a_config_error(tmp_path):
+    path = tmp_path / CONFIG_NAME
+    path.write_text('{"schema_version": 1,')
+    with pytest.raises(ConfigError, match="cannot read config"):
+        read_config(path)
+    assert issubclass(ConfigError, ProjectError)
+
+
+@pytest.mark.parametrize("channels,lag", [(1, 1), (3, 2), (3, 0)])
+def test_derived_model_configs_fit_together(channels, lag):
+    cfg = with_overrides(tiny_config(), frames={"channels": channels, "motion_lag": lag})
+    vc, mc = cfg.vae_config(), cfg.mdn_config()
+    assert vc.in_channels == cfg.in_channels == channels * (2 if lag else 1)
+    mu, _ = BetaVAE(vc).encode(torch.zeros(1, vc.in_channels, cfg.frames.height, cfg.frames.width))
+    assert mc.cells == mu.shape[2] * mu.shape[3] and mc.latent_dim == mu.shape[1]
+    assert (mc.hidden, mc.mixtures) == (cfg.mdn.hidden, cfg.mdn.mixtures)

@@ -1,0 +1,70 @@
+"""From cached frames to model inputs: training and scoring must see the same inputs; splits and windows."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from vidanom.cache import ClipMeta
+from vidanom.data import Split, frame_batches, gather, to_input, window_starts
+
+
+@pytest.fixture(scope="module")
+def frames() -> np.ndarray:
+    return np.random.default_rng(0).integers(0, 256, size=(12, 4, 5, 3), dtype=np.uint8)
+
+
+@pytest.mark.parametrize("lag", [0, 1, 3])
+def test_to_input_against_a_direct_computation(frames, lag):
+    x = to_input(torch.from_numpy(frames), lag)
+    f = frames.astype(np.float32).transpose(0, 3, 1, 2) / 255.0
+    assert x.shape == (12, 3 * (2 if lag else 1), 4, 5)
+    np.testing.assert_allclose(x[:, :3].numpy(), f, rtol=1e-6)
+    if lag:  # the first `lag` frames have no past: the first frame stands in for it
+        prev = f[np.maximum(np.arange(12) - lag, 0)]
+        np.testing.assert_allclose(x[:, 3:].numpy(), f - prev, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("lag", [0, 2])
+def test_to_input_with_context_continues_a_clip(frames, lag):
+    whole = to_input(torch.from_numpy(frames), lag)
+    ctx = torch.from_numpy(frames[5 - lag:5]) if lag else None
+    torch.testing.assert_close(to_input(torch.from_numpy(frames[5:]), lag, ctx), whole[5:])
+
+
+@pytest.mark.parametrize("lag", [0, 1, 3])
+def test_training_batches_see_the_same_inputs_as_scoring(frames, lag):
+    idx = np.array([0, 2, 3, 7, 11])
+    torch.testing.assert_close(gather(frames, idx, lag), to_input(torch.from_numpy(frames), lag)[idx])
+
+
+def test_an_epoch_of_frame_batches_covers_every_training_frame_once(frames):
+    clips = [frames, frames[::-1].copy()]
+    index = np.array([[c, t] for c in range(2) for t in range(10)])
+    batches = list(frame_batches(clips, index, 6, 1, np.random.default_rng(0)))
+    assert [len(b) for b in batches] == [6, 6, 6, 2]
+    got = torch.cat(batches)
+    expected = torch.cat([to_input(torch.from_numpy(c), 1)[:10] for c in clips])
+    key = lambda t: sorted(map(tuple, t.flatten(1).numpy().round(6).tolist()))  # noqa: E731
+    assert key(got) == key(expected)
+
+
+def meta(frames: int) -> ClipMeta:
+    return ClipMeta("k", "c", "/c", "default", frames, 25.0, 4, 5, 1, 1)
+
+
+def test_split_holds_out_the_tail_of_every_clip():
+    split = Split.tail([meta(100), meta(48), meta(3)], 0.15)
+    assert split.train_end == [85, 41, 3]  # round(0.15 n) frames held out; a tiny clip is not split
+    index = split.train_index()
+    assert index.shape == (85 + 41 + 3, 2) and index.dtype == np.int64
+    for clip, end in enumerate(split.train_end):
+        np.testing.assert_array_equal(index[index[:, 0] == clip, 1], np.arange(end))
+
+
+def test_window_starts_fit_inside_each_clip():
+    starts = window_starts([10, 5, 12], 8)
+    assert starts.tolist() == [[0, 0], [0, 1], [2, 0], [2, 1], [2, 2], [2, 3]]  # start + 8 < length
+    # when no clip holds a whole window, every clip longer than one frame is used once
+    assert window_starts([4, 1, 6], 8).tolist() == [[0, 0], [2, 0]]

@@ -1,0 +1,133 @@
+"""The LSTM-MDN: mixture likelihood against torch.distributions, sampling, dreaming, carried state."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch.distributions import Categorical, Independent, MixtureSameFamily, Normal
+
+from vidanom.mdn import LSTMMDN, MDNConfig, mdn_nll, sample_mixture
+
+
+def reference_nll(target, log_pi, mu, log_sigma):
+    mix = MixtureSameFamily(Categorical(logits=log_pi), Independent(Normal(mu, log_sigma.exp()), 1))
+    return -mix.log_prob(target)
+
+
+def random_mixture(shape: tuple[int, ...], k: int, d: int, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    log_pi = torch.log_softmax(torch.randn(*shape, k, generator=g), -1)
+    mu = torch.randn(*shape, k, d, generator=g)
+    log_sigma = torch.randn(*shape, k, d, generator=g) * 0.5
+    target = torch.randn(*shape, d, generator=g)
+    return target, log_pi, mu, log_sigma
+
+
+@pytest.mark.parametrize("shape", [(3, 5), (1, 5), (3, 1), (1, 1), (4,), (1,)])
+def test_mdn_nll_matches_mixture_same_family(shape):
+    target, log_pi, mu, log_sigma = random_mixture(shape, k=4, d=3)
+    got = mdn_nll(target, log_pi, mu, log_sigma)
+    assert got.shape == shape  # a batch or time axis of length one is never squeezed away
+    torch.testing.assert_close(got, reference_nll(target, log_pi, mu, log_sigma), rtol=1e-5, atol=1e-5)
+
+
+def test_mdn_nll_of_a_single_gaussian_by_hand():
+    target, mu, log_sigma = torch.tensor([[0.7]]), torch.tensor([[[0.2]]]), torch.tensor([[[math.log(0.5)]]])
+    got = mdn_nll(target, torch.zeros(1, 1), mu, log_sigma)
+    by_hand = 0.5 * ((0.7 - 0.2) / 0.5) ** 2 + math.log(0.5) + 0.5 * math.log(2 * math.pi)
+    assert got.shape == (1,)
+    assert got.item() == pytest.approx(by_hand, rel=1e-6)
+
+
+def test_sample_mixture_shape_and_generator():
+    _, log_pi, mu, log_sigma = random_mixture((6,), k=3, d=2)
+    a = sample_mixture(log_pi, mu, log_sigma, 1.0, torch.Generator().manual_seed(1))
+    b = sample_mixture(log_pi, mu, log_sigma, 1.0, torch.Generator().manual_seed(1))
+    assert a.shape == (6, 2)
+    torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1e-10])
+def test_sample_mixture_at_zero_temperature_is_the_dominant_mean(temperature):
+    _, _, mu, log_sigma = random_mixture((5,), k=3, d=2, seed=2)
+    dominant = torch.tensor([0, 2, 1, 2, 0])
+    log_pi = torch.log_softmax(torch.full((5, 3), -0.5).scatter(1, dominant[:, None], 0.0), -1)  # not one-hot
+    z = sample_mixture(log_pi, mu, log_sigma, temperature, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(z, mu[torch.arange(5), dominant], rtol=0, atol=1e-3)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+def test_sample_mixture_statistics(temperature):
+    # two far-apart components: the sample's side tells the component, its spread the (tempered) sigma
+    n = 20_000
+    log_pi = torch.log(torch.tensor([0.8, 0.2])).expand(n, 2)
+    mu = torch.tensor([[-10.0], [10.0]]).expand(n, 2, 1)
+    log_sigma = torch.log(torch.tensor([[0.5], [1.0]])).expand(n, 2, 1)
+    z = sample_mixture(log_pi, mu, log_sigma, temperature, torch.Generator().manual_seed(0))[:, 0]
+    expect_p = torch.softmax(torch.log(torch.tensor([0.8, 0.2])) / temperature, 0)
+    left = z < 0
+    assert left.float().mean().item() == pytest.approx(expect_p[0].item(), abs=0.015)
+    assert z[left].std().item() == pytest.approx(0.5 * math.sqrt(temperature), rel=0.05)
+    assert z[~left].std().item() == pytest.approx(1.0 * math.sqrt(temperature), rel=0.05)
+    assert z[left].mean().item() == pytest.approx(-10.0, abs=0.05)
+
+
+def tiny_mdn(seed: int = 0) -> LSTMMDN:
+    torch.manual_seed(seed)
+    return LSTMMDN(MDNConfig(latent_dim=3, cells=6, hidden=12, mixtures=4, cell_embedding=5)).eval()
+
+
+def test_forward_shapes_and_normalised_weights():
+    mdn = tiny_mdn()
+    z, cells = torch.randn(6, 9, 3), torch.arange(6)
+    log_pi, mu, log_sigma, (h, c) = mdn(z, cells)
+    assert log_pi.shape == (6, 9, 4)
+    assert mu.shape == log_sigma.shape == (6, 9, 4, 3)
+    assert h.shape == c.shape == (1, 6, 12)
+    torch.testing.assert_close(log_pi.logsumexp(-1), torch.zeros(6, 9), atol=1e-6, rtol=0)
+
+
+def test_cell_embedding_makes_predictions_depend_on_the_cell():
+    mdn = tiny_mdn()
+    z = torch.randn(1, 4, 3).expand(2, 4, 3)
+    _, mu, _, _ = mdn(z, torch.tensor([0, 5]))
+    assert not torch.allclose(mu[0], mu[1])
+
+
+def test_state_carried_over_two_chunks_equals_one_pass():
+    mdn = tiny_mdn()
+    z, cells = torch.randn(6, 11, 3), torch.arange(6)
+    with torch.no_grad():
+        full = mdn(z, cells)
+        first = mdn(z[:, :4], cells)
+        second = mdn(z[:, 4:], cells, first[3])
+    for i in range(3):
+        torch.testing.assert_close(torch.cat([first[i], second[i]], 1), full[i], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(second[3][0], full[3][0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(second[3][1], full[3][1], rtol=1e-5, atol=1e-6)
+    # and without the state the second chunk is predicted differently: the state carries information
+    assert not torch.allclose(mdn(z[:, 4:], cells)[1], full[1][:, 4:])
+
+
+def test_dream_shapes_and_first_step():
+    mdn = tiny_mdn()
+    first, cells = torch.randn(4, 3), torch.tensor([0, 1, 5, 5])
+    out = mdn.dream(first, cells, steps=6, generator=torch.Generator().manual_seed(0))
+    assert out.shape == (4, 7, 3)
+    torch.testing.assert_close(out[:, 0], first)
+    assert mdn.dream(first, cells, steps=0).shape == (4, 1, 3)
+
+
+def test_cold_dream_follows_the_dominant_mean_given_the_whole_past():
+    # at temperature 0 each step must be the dominant component's mean of the mixture predicted from
+    # everything dreamt so far: this checks that dream() carries the LSTM state from step to step
+    mdn = tiny_mdn(seed=3)
+    first, cells = torch.randn(3, 3), torch.tensor([0, 2, 4])
+    seq = mdn.dream(first, cells, steps=5, temperature=0.0)
+    with torch.no_grad():
+        log_pi, mu, _, _ = mdn(seq[:, :-1], cells)
+    best = log_pi.argmax(-1)  # (B, T)
+    expected = mu.gather(2, best[..., None, None].expand(-1, -1, 1, 3))[:, :, 0]
+    torch.testing.assert_close(seq[:, 1:], expected, rtol=1e-4, atol=1e-5)

@@ -1,0 +1,220 @@
+"""Scoring: causal smoothing, segments, running statistics, and the streaming Scorer against one pass."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from vidanom import train
+from vidanom.mdn import LSTMMDN, MDNConfig, mdn_nll
+from vidanom.score import (Calibration, CausalMean, Maps, RunningStats, Scorer, combine, components, iter_scores,
+                           segments)
+from vidanom.vae import BetaVAE, VAEConfig, error_map, kl_map
+
+LAG = 2
+N = 30
+
+
+def causal_mean_reference(x: np.ndarray, window: int) -> np.ndarray:
+    return np.array([x[max(0, t - window + 1):t + 1].mean() for t in range(len(x))])
+
+
+def feed(fn, x: torch.Tensor, sizes: list[int]) -> torch.Tensor:
+    bounds = np.cumsum([0] + sizes)
+    assert bounds[-1] == len(x)
+    return torch.cat([fn(x[a:b]) for a, b in zip(bounds[:-1], bounds[1:])])
+
+
+# -- CausalMean ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("window", [1, 2, 4, 40])
+def test_causal_mean_in_chunks_equals_one_pass_and_reference(window):
+    x = torch.randn(23, generator=torch.Generator().manual_seed(window))
+    whole = CausalMean(window)(x)
+    chunked = feed(CausalMean(window), x, [1, 2, 7, 13])
+    ref = causal_mean_reference(x.numpy().astype(np.float64), window)
+    np.testing.assert_allclose(whole.numpy(), ref, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(chunked.numpy(), ref, rtol=1e-6, atol=1e-6)
+
+
+def test_causal_mean_never_looks_ahead():
+    x = torch.randn(20, generator=torch.Generator().manual_seed(0))
+    y = x.clone()
+    y[12:] += 100.0
+    a, b = CausalMean(5)(x), CausalMean(5)(y)
+    torch.testing.assert_close(a[:12], b[:12])
+    assert (b[12:] > a[12:] + 10).all()
+
+
+def test_causal_mean_treats_nonpositive_window_as_no_smoothing():
+    x = torch.randn(6, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(CausalMean(0)(x), x)
+
+
+# -- segments --------------------------------------------------------------------------------------
+
+def test_segments_on_known_flags():
+    flags = np.array([1, 1, 0, 1, 0, 0, 1, 1, 1, 0, 1, 1], dtype=bool)
+    scores = np.array([5, 6, 0, 9, 0, 0, 2, 8, 3, 0, 7, 7], dtype=float)
+    segs = segments(flags, scores, min_len=2)
+    assert [(s.start, s.end, s.peak_frame, s.peak_score) for s in segs] == \
+        [(0, 2, 1, 6.0), (6, 9, 7, 8.0), (10, 12, 10, 7.0)]
+    assert [(s.start, s.end) for s in segments(flags, scores, min_len=3)] == [(6, 9)]
+    assert [(s.start, s.end) for s in segments(flags, scores, min_len=1)] == [(0, 2), (3, 4), (6, 9), (10, 12)]
+
+
+def test_segments_of_no_and_all_flags():
+    assert segments(np.zeros(5, dtype=bool), np.zeros(5), 1) == []
+    (seg,) = segments(np.ones(5, dtype=bool), np.array([1.0, 3, 2, 0, 1]), 1)
+    assert (seg.start, seg.end, seg.peak_frame) == (0, 5, 1)
+
+
+# -- RunningStats ----------------------------------------------------------------------------------
+
+def test_running_stats_against_numpy_and_skips_rows_with_nan():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 6)) * np.arange(1, 7) + np.arange(6)
+    with_nan = x.copy()
+    with_nan[[3, 17], [2, 0]] = np.nan  # rows 3 and 17 must be left out entirely
+    stats = RunningStats()
+    for a, b in [(0, 10), (10, 11), (11, 40)]:
+        stats.add(torch.from_numpy(with_nan[a:b]).float())
+    keep = np.delete(x, [3, 17], axis=0).astype(np.float32).astype(np.float64)
+    mean, std = stats.result()
+    assert stats.n == 38
+    np.testing.assert_allclose(mean.numpy(), keep.mean(0), rtol=1e-5)
+    np.testing.assert_allclose(std.numpy(), keep.std(0), rtol=1e-4)
+
+
+def test_running_stats_floors_the_std_of_constant_positions():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(50, 4))
+    x[:, 1] = 3.0  # a pixel that never changes
+    stats = RunningStats()
+    stats.add(torch.from_numpy(x))
+    _, std = stats.result()
+    stds = x.std(0)
+    assert std[1].item() == pytest.approx(0.05 * stds.mean(), rel=1e-5)
+    np.testing.assert_allclose(std.numpy()[[0, 2, 3]], stds[[0, 2, 3]], rtol=1e-5)
+
+
+def test_running_stats_without_data_raises():
+    stats = RunningStats()
+    stats.add(torch.full((3, 2), float("nan")))
+    with pytest.raises(ValueError):
+        stats.result()
+
+
+# -- the streaming Scorer --------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def models():
+    torch.manual_seed(0)
+    vae = BetaVAE(VAEConfig(in_channels=2, height=16, width=16, hidden=(4, 8), latent_channels=2)).eval()
+    mdn = LSTMMDN(MDNConfig(latent_dim=2, cells=16, hidden=8, mixtures=2, cell_embedding=3)).eval()
+    return vae, mdn
+
+
+@pytest.fixture(scope="module")
+def frames():
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 256, size=(1, 16, 16, 1))
+    steps = rng.integers(-20, 21, size=(N, 16, 16, 1)).cumsum(0)  # frames that drift, so differences matter
+    return np.clip(base + steps, 0, 255).astype(np.uint8)
+
+
+def reference_input(frames: np.ndarray, lag: int) -> torch.Tensor:
+    """(n, 2, H, W): the frame in [0, 1] and its difference to frame max(t - lag, 0)."""
+    x = torch.from_numpy(frames.astype(np.float32) / 255.0).permute(0, 3, 1, 2)
+    prev = x[np.maximum(np.arange(len(x)) - lag, 0)]
+    return torch.cat([x, x - prev], 1)
+
+
+def run_scorer(models, frames: np.ndarray, size: int, warmup: int = 8):
+    vae, mdn = models
+    scorer = Scorer(vae, mdn, LAG, torch.device("cpu"), warmup=warmup)
+    parts = [scorer.maps(frames[s:s + size]) for s in range(0, len(frames), size)]
+    return tuple(torch.cat([getattr(m, k) for m in parts]) for k in ("err", "kl", "nll"))
+
+
+def test_scorer_maps_against_a_direct_computation(models, frames):
+    vae, mdn = models
+    err, kl, nll = run_scorer(models, frames, size=N)
+    with torch.no_grad():
+        x = reference_input(frames, LAG)
+        recon, mu, logvar = vae(x, sample=False)
+        z = mu.flatten(2).permute(2, 0, 1)  # (cells, n, D)
+        log_pi, m, log_s, _ = mdn(z, torch.arange(16))
+        ref_nll = mdn_nll(z[:, 1:], log_pi[:, :-1], m[:, :-1], log_s[:, :-1]).T  # frame t given frames < t
+    torch.testing.assert_close(err, error_map(x, recon), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(kl, kl_map(mu, logvar).flatten(1), rtol=1e-4, atol=1e-5)
+    assert nll.shape == (N, 16)
+    assert torch.isnan(nll[:8]).all()  # warm-up: the LSTM has seen too little
+    torch.testing.assert_close(nll[8:], ref_nll[7:], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("size", [7, 1, 3])
+def test_scorer_in_chunks_equals_one_pass(models, frames, size):
+    whole = run_scorer(models, frames, size=N)
+    chunked = run_scorer(models, frames, size=size)
+    for a, b in zip(whole, chunked):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4, equal_nan=True)
+    assert torch.isnan(chunked[2][:8]).all() and not torch.isnan(chunked[2][8:]).any()
+
+
+def test_scorer_without_mdn_has_no_surprise(models, frames):
+    scorer = Scorer(models[0], None, LAG, torch.device("cpu"))
+    assert torch.isnan(scorer.maps(frames[:5]).nll).all()
+
+
+@pytest.fixture(scope="module")
+def calibration():
+    g = torch.Generator().manual_seed(4)
+    return Calibration(torch.rand(16, 16, generator=g), torch.rand(16, 16, generator=g) + 0.5,
+                       torch.rand(16, generator=g), torch.rand(16, generator=g) + 0.5,
+                       torch.rand(16, generator=g), torch.rand(16, generator=g) + 0.5,
+                       torch.randn(3, generator=g), torch.rand(3, generator=g) + 0.5, 0.0, True)
+
+
+def test_components_and_combine_against_hand_computation(models, frames, calibration):
+    cal, patch, weights = calibration, 4, (1.0, 0.5, 2.0)
+    err, kl, nll = run_scorer(models, frames, size=N)
+    comp = components(Maps(err, kl, nll), cal, patch)
+    e = ((err - cal.err_mean) / cal.err_std).numpy()
+    recon = e.reshape(N, 4, 4, 4, 4).mean((2, 4)).reshape(N, -1).max(1)
+    np.testing.assert_allclose(comp[:, 0].numpy(), recon, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(comp[:, 1].numpy(), ((kl - cal.kl_mean) / cal.kl_std).numpy().max(1), rtol=1e-6)
+    assert torch.isnan(comp[:8, 2]).all()
+    np.testing.assert_allclose(comp[8:, 2].numpy(), ((nll[8:] - cal.nll_mean) / cal.nll_std).numpy().max(1),
+                               rtol=1e-6)
+    z = ((comp - cal.comp_mean) / cal.comp_std).numpy()
+    ref = np.nansum(z * np.array(weights), 1)  # a missing component adds nothing
+    np.testing.assert_allclose(combine(comp, cal, weights).numpy(), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_iter_scores_in_chunks_equals_one_pass(models, frames, calibration):
+    def run(size: int):
+        scorer = Scorer(models[0], models[1], LAG, torch.device("cpu"))
+        chunks = (frames[s:s + size] for s in range(0, N, size))
+        out = list(iter_scores(scorer, chunks, calibration, 4, (1.0, 0.5, 1.0), 4))
+        return torch.cat([c for c, _ in out]), torch.cat([s for _, s in out])
+
+    comp_whole, score_whole = run(N)
+    comp_7, score_7 = run(7)
+    torch.testing.assert_close(comp_7, comp_whole, rtol=1e-4, atol=1e-4, equal_nan=True)
+    torch.testing.assert_close(score_7, score_whole, rtol=1e-4, atol=1e-4)
+    ref = causal_mean_reference(combine(comp_whole, calibration, (1.0, 0.5, 1.0)).double().numpy(), 4)
+    np.testing.assert_allclose(score_whole.numpy(), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_training_latents_match_the_scorers_across_batches(models, frames, monkeypatch):
+    # train.encode feeds the LSTM-MDN in batches; its motion context must cross batch borders like the Scorer's
+    vae = models[0]
+    monkeypatch.setattr(train, "INFER_BATCH", 7)
+    z = train.encode(vae, frames, LAG, torch.device("cpu"))
+    with torch.no_grad():
+        mu, _ = vae.encode(reference_input(frames, LAG))
+    assert z.shape == (16, N, 2)
+    torch.testing.assert_close(z, mu.flatten(2).permute(2, 0, 1), rtol=1e-4, atol=1e-5)
+
