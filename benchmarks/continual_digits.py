@@ -30,7 +30,7 @@ from vidanom.data import Split, to_input
 from vidanom.metrics import auroc
 from vidanom.replay import EWCPenalty, PriorReplay, fisher_diagonal, replay_share
 from vidanom.train import fit_vae
-from vidanom.vae import BetaVAE, error_map, kl_map, patch_max
+from vidanom.vae import BetaVAE, error_map, kl_map, patch_means
 
 STRATEGIES = ("joint", "replay", "ewc", "finetune")
 SCORES = ("elbo", "recon", "kl", "patch")
@@ -77,7 +77,7 @@ def score_images(vae: BetaVAE, frames: np.ndarray, patch: int) -> dict[str, np.n
         err, kl = error_map(x, recon), kl_map(mu, logvar).flatten(1).sum(1)
         rec = err.flatten(1).sum(1)
         for name, v in (("elbo", rec + vae.cfg.beta * kl), ("recon", rec), ("kl", kl),
-                        ("patch", patch_max(err, patch))):
+                        ("patch", patch_means(err, patch, patch).amax(1))):
             out[name].append(v.numpy())
     return {k: np.concatenate(v) for k, v in out.items()}
 
@@ -126,7 +126,7 @@ def run_strategy(name: str, tasks: list[int], train: dict[int, np.ndarray], test
         results.append(res)
         print(f"  {name:8s} task {digit}: AUROC {res['auroc'][args.score]:.4f} "
               f"(share {share:.2f}, {res['seconds']:.0f} s)", file=sys.stderr, flush=True)
-    return results
+    return results, vae
 
 
 def print_table(tasks: list[int], table: dict[str, list[float]]) -> None:

@@ -118,7 +118,7 @@ def tiny_config(**sections: dict) -> ProjectConfig:
         vae={"hidden": (8, 16), "latent_channels": 2, "beta": 0.1},
         mdn={"hidden": 16, "mixtures": 2, "cell_embedding": 4},
         train={"vae_epochs": 1, "mdn_epochs": 1, "batch_size": 16, "seq_len": 8, "seed": 0},
-        score={"patch": 8, "smooth": 3, "min_segment": 2, "batch_size": 16},
+        score={"patch": 8, "patch_stride": 4, "smooth": 3, "min_segment": 2, "batch_size": 16},
     )
     return with_overrides(base, **sections)
 

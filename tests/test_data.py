@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 
-from vidanom.cache import ClipMeta
 from vidanom.data import Split, frame_batches, gather, to_input, window_starts
 
 
@@ -50,12 +49,8 @@ def test_an_epoch_of_frame_batches_covers_every_training_frame_once(frames):
     assert key(got) == key(expected)
 
 
-def meta(frames: int) -> ClipMeta:
-    return ClipMeta("k", "c", "/c", "default", frames, 25.0, 4, 5, 1, 1)
-
-
 def test_split_holds_out_the_tail_of_every_clip():
-    split = Split.tail([meta(100), meta(48), meta(3)], 0.15)
+    split = Split.tail([100, 48, 3], 0.15)
     assert split.train_end == [85, 41, 3]  # round(0.15 n) frames held out; a tiny clip is not split
     index = split.train_index()
     assert index.shape == (85 + 41 + 3, 2) and index.dtype == np.int64

@@ -8,6 +8,7 @@ import torch
 
 from vidanom import train
 from vidanom.mdn import LSTMMDN, MDNConfig, mdn_nll
+from vidanom.config import ScoreConfig
 from vidanom.score import (Calibration, CausalMean, Maps, RunningStats, Scorer, combine, components, iter_scores,
                            segments)
 from vidanom.vae import BetaVAE, VAEConfig, error_map, kl_map
@@ -171,18 +172,21 @@ def test_scorer_without_mdn_has_no_surprise(models, frames):
 @pytest.fixture(scope="module")
 def calibration():
     g = torch.Generator().manual_seed(4)
-    return Calibration(torch.rand(16, 16, generator=g), torch.rand(16, 16, generator=g) + 0.5,
+    return Calibration(torch.rand(9, generator=g), torch.rand(9, generator=g) + 0.5,
                        torch.rand(16, generator=g), torch.rand(16, generator=g) + 0.5,
                        torch.rand(16, generator=g), torch.rand(16, generator=g) + 0.5,
                        torch.randn(3, generator=g), torch.rand(3, generator=g) + 0.5, 0.0, True)
 
 
 def test_components_and_combine_against_hand_computation(models, frames, calibration):
-    cal, patch, weights = calibration, 4, (1.0, 0.5, 2.0)
+    cal, weights = calibration, (1.0, 0.5, 2.0)
+    sc = ScoreConfig(patch=8, patch_stride=4, top_k=3, weights=weights)
     err, kl, nll = run_scorer(models, frames, size=N)
-    comp = components(Maps(err, kl, nll), cal, patch)
-    e = ((err - cal.err_mean) / cal.err_std).numpy()
-    recon = e.reshape(N, 4, 4, 4, 4).mean((2, 4)).reshape(N, -1).max(1)
+    comp = components(Maps(err, kl, nll), cal, sc)
+    # 8x8 windows 4 apart on 16x16 frames: 3 x 3 of them, each z-scored at its own position
+    windows = np.stack([err[:, r:r + 8, c:c + 8].mean((1, 2)).numpy() for r in (0, 4, 8) for c in (0, 4, 8)], 1)
+    z = (windows - cal.err_mean.numpy()) / cal.err_std.numpy()
+    recon = np.sort(z, 1)[:, -3:].mean(1)
     np.testing.assert_allclose(comp[:, 0].numpy(), recon, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(comp[:, 1].numpy(), ((kl - cal.kl_mean) / cal.kl_std).numpy().max(1), rtol=1e-6)
     assert torch.isnan(comp[:8, 2]).all()
@@ -197,7 +201,8 @@ def test_iter_scores_in_chunks_equals_one_pass(models, frames, calibration):
     def run(size: int):
         scorer = Scorer(models[0], models[1], LAG, torch.device("cpu"))
         chunks = (frames[s:s + size] for s in range(0, N, size))
-        out = list(iter_scores(scorer, chunks, calibration, 4, (1.0, 0.5, 1.0), 4))
+        sc = ScoreConfig(patch=8, patch_stride=4, top_k=2, weights=(1.0, 0.5, 1.0), smooth=4)
+        out = list(iter_scores(scorer, chunks, calibration, sc))
         return torch.cat([c for c, _ in out]), torch.cat([s for _, s in out])
 
     comp_whole, score_whole = run(N)

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch.distributions import Normal, kl_divergence
 
-from vidanom.vae import BetaVAE, VAEConfig, error_map, kl_map, patch_max, vae_loss
+from vidanom.vae import BetaVAE, VAEConfig, error_map, kl_map, patch_means, vae_loss
 
 
 def small_cfg(**kw) -> VAEConfig:
@@ -91,21 +91,23 @@ def test_sample_prior_follows_the_generator():
     assert not torch.allclose(a, c)
 
 
-def test_patch_max_against_hand_computation():
-    err = torch.zeros(2, 4, 6)
-    err[0, 1, 1] = 8.0  # alone in the top-left 2x2 patch: mean 2
-    err[0, 2, 4], err[0, 3, 5] = 4.0, 8.0  # bottom-right patch: mean 3, the worst
-    err[1] = torch.arange(24.0).view(4, 6)
-    got = patch_max(err, 2)
-    # image 1: patch means of arange(24).view(4, 6); the bottom-right patch holds 16, 17, 22, 23
-    assert got.tolist() == [3.0, (16 + 17 + 22 + 23) / 4]
+def test_patch_means_against_hand_computation():
+    err = torch.zeros(1, 4, 6)
+    err[0, 1, 1] = 8.0  # in the top-left 2x2 window only
+    err[0, 3, 5] = 4.0  # in the bottom-right window only
+    got = patch_means(err, 2, 2)
+    assert got.shape == (1, 6)
+    assert got[0].tolist() == [2.0, 0.0, 0.0, 0.0, 0.0, 1.0]
+    overlapping = patch_means(err, 2, 1)  # stride 1: 3 x 5 windows, row-major
+    assert overlapping.shape == (1, 15)
+    assert overlapping[0, :3].tolist() == [2.0, 2.0, 0.0] and overlapping[0, 14] == 1.0
 
 
-def test_patch_max_against_numpy_reshape():
+def test_patch_means_against_numpy_reshape():
     g = torch.Generator().manual_seed(3)
     err = torch.rand(3, 8, 12, generator=g)
-    ref = err.numpy().reshape(3, 2, 4, 3, 4).mean((2, 4)).reshape(3, -1).max(1)
-    np.testing.assert_allclose(patch_max(err, 4).numpy(), ref, rtol=1e-6)
+    ref = err.numpy().reshape(3, 2, 4, 3, 4).mean((2, 4)).reshape(3, -1)
+    np.testing.assert_allclose(patch_means(err, 4, 4).numpy(), ref, rtol=1e-6)
 
 
 @pytest.mark.parametrize("height,width", [(18, 24), (16, 22), (6, 16)])

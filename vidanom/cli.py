@@ -152,6 +152,32 @@ def train(videos: Annotated[Optional[list[Path]], typer.Argument(help="Normal vi
 
 @app.command()
 @cli_errors
+def update(videos: Annotated[Optional[list[Path]], typer.Argument(help="Normal videos of the new scene.")] = None,
+           scene: Annotated[Optional[str], typer.Option(help="Name of the new scene (default: scene<N>).")] = None,
+           strategy: Annotated[str, typer.Option(help="replay, ewc or finetune.")] = "replay",
+           replay_ratio: Annotated[Optional[float], typer.Option(
+               help="Share of every batch replayed from old scenes (default: grows with their number).")] = None,
+           epochs: Annotated[Optional[int], typer.Option(help="Epochs for each stage (overrides the config).")] = None,
+           device: DeviceOpt = "auto",
+           resume: Annotated[bool, typer.Option(help="Continue an interrupted update.")] = False,
+           project: ProjectOpt = None) -> None:
+    """Learn a new normal scene without forgetting the ones the model knows (generative replay).
+
+    Example: vidanom update ~/after_camera_move/*.mp4 --scene moved
+    """
+    from . import pipeline
+    from .config import with_overrides
+    proj = _open(project)
+    if epochs is not None:
+        proj.config = with_overrides(proj.config, train={"vae_epochs": epochs, "mdn_epochs": epochs})
+    with proj.lock("update"), _progress() as progress:
+        r = pipeline.update(proj, videos or [], scene, strategy, replay_ratio, _device(device), resume, progress)
+    out.print(f"model {r.version}: learned scene from {r.clips} clips ({r.frames} frames) in {r.seconds:.0f} s "
+              f"with {strategy}; threshold {r.threshold:.3f}")
+
+
+@app.command()
+@cli_errors
 def score(videos: Annotated[list[Path], typer.Argument(help="Videos or frame folders to score.")],
           device: DeviceOpt = "auto", project: ProjectOpt = None) -> None:
     """Score every frame of new clips; write CSV, JSON summary and a timeline PNG per clip.
@@ -230,17 +256,22 @@ def status(project: ProjectOpt = None) -> None:
     proj = _open(project)
     out.print(f"[bold]project[/bold] {proj.root.resolve()}")
     cfg = to_dict(proj.config)
-    out.print("config: " + "; ".join(f"{k}: {v}" for k, v in cfg.items() if isinstance(v, dict)), soft_wrap=True)
+    out.print(f"config (schema {cfg['schema_version']}):")
+    for section, values in cfg.items():
+        if isinstance(values, dict):
+            out.print(f"  {section}: " + ", ".join(f"{k}={v}" for k, v in values.items()), markup=False)
     clips = cache.clips(proj.cache_dir, proj.config.frames)
     out.print(f"cached clips: {len(clips)} ({sum(c.frames for c in clips)} frames, "
               f"{cache.size_bytes(proj.cache_dir) / 1e6:.1f} MB)")
     current = proj.current_version()
-    t = Table("version", "scene", "parent", "strategy", "stage", "frames", "threshold", "seconds", "created")
+    t = Table("version", "scene", "parent", "how", "frames", "threshold", "train s")
     for v in proj.versions():
-        mark = " *" if v.get("version") == current else ""
-        t.add_row(v.get("version", "?") + mark, v.get("scene", ""), str(v.get("parent") or "-"),
-                  v.get("strategy", ""), v.get("stage", ""), str(v.get("frames", "")),
-                  f"{v.get('threshold', 0):.3f}", str(v.get("train_seconds", "")), v.get("created", ""))
+        name = v.get("version", "?")
+        t.add_row(f"[bold]{name}*[/bold]" if name == current else name, v.get("scene", ""),
+                  str(v.get("parent") or "-"), f"{v.get('strategy', '')}/{v.get('stage', '')}",
+                  str(v.get("frames", "")), f"{v.get('threshold', 0):.3f}", str(v.get("train_seconds", "")))
+    if current:
+        t.caption = f"* current version: {current}"
     out.print(t if proj.versions() else "models: none yet (run 'vidanom train VIDEO...')")
     if proj.partial_dir.exists():
         out.print("an interrupted training run can be continued with --resume")

@@ -46,6 +46,8 @@ class TrainConfig:
     batch_size: int = 64  # frames per VAE batch
     lr: float = 1e-3
     seq_len: int = 32  # frames per LSTM-MDN training sequence
+    ewc_strength: float = 100.0  # λ of the EWC penalty, for 'update --strategy ewc'
+    dream_temperature: float = 1.0  # of the LSTM-MDN's rollouts that replay old scenes on update
     val_fraction: float = 0.15  # the last part of every clip, held out for calibration
     seed: int = 0
 
@@ -53,7 +55,9 @@ class TrainConfig:
 @dataclass(frozen=True)
 class ScoreConfig:
     recon_planes: str = "motion"  # whose reconstruction error counts: "motion" (differences) or "all"
-    patch: int = 8  # reconstruction error is averaged over patch × patch pixels; the worst patch counts
+    patch: int = 16  # reconstruction error is averaged over patch × patch pixels...
+    patch_stride: int = 8  # ...at windows this far apart...
+    top_k: int = 5  # ...and the mean of the k worst patches counts
     weights: tuple[float, float, float] = (1.0, 0.0, 1.0)  # combined = Σ weight · standardised (recon, kl, nll)
     mdn_warmup: int = 8  # no MDN surprise for a clip's first frames: the LSTM has seen too little
     smooth: int = 5  # causal moving average over this many frames (1 = none)
@@ -117,6 +121,9 @@ def validate(cfg: ProjectConfig) -> None:
         raise ConfigError(f"config does not describe a valid model: {exc}") from exc
     if not 0 < cfg.train.val_fraction < 1:
         raise ConfigError("train.val_fraction must lie between 0 and 1")
+    sc = cfg.score
+    if not (1 <= sc.patch <= min(f.width, f.height) and sc.patch_stride >= 1 and sc.top_k >= 1):
+        raise ConfigError("score.patch must fit the frame, and score.patch_stride and top_k must be positive")
     if cfg.score.recon_planes not in ("motion", "all"):
         raise ConfigError("score.recon_planes must be 'motion' or 'all'")
     if not 0 < cfg.score.threshold_quantile < 1:

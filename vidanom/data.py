@@ -12,7 +12,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .cache import ClipMeta
 
 
 def to_input(frames: torch.Tensor, lag: int, context: torch.Tensor | None = None) -> torch.Tensor:
@@ -49,13 +48,10 @@ class Split:
     train_end: list[int]  # per clip: frames [0, train_end) train, [train_end, frames) validate
 
     @classmethod
-    def tail(cls, clips: list[ClipMeta], val_fraction: float) -> Split:
-        # The tail of every clip is held out, so one long clip or many short ones both work.
-        ends = []
-        for c in clips:
-            n_val = int(round(c.frames * val_fraction)) if c.frames >= 4 else 0
-            ends.append(c.frames - n_val)
-        return cls(ends)
+    def tail(cls, lengths: list[int], val_fraction: float) -> Split:
+        """Frames per clip → the split. The tail of every clip is held out, so one long clip or many
+        short ones both work; a clip under 4 frames is all training."""
+        return cls([n - (int(round(n * val_fraction)) if n >= 4 else 0) for n in lengths])
 
     def train_index(self) -> np.ndarray:
         """(N, 2) int64 rows of (clip, frame) for every training frame."""

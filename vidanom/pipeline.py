@@ -31,6 +31,8 @@ from .vae import BetaVAE
 from .video import DecodeReport, Source, find_sources, iter_chunks
 
 DEFAULT_SCENE = "default"
+EWC_SAMPLES = 256  # training frames the Fisher information is estimated on
+DREAM_LENGTH = 64  # frames per dreamed clip
 
 
 # -- extract -----------------------------------------------------------------------------------------
@@ -86,52 +88,109 @@ def _training_clips(project: Project, scene: str) -> list[ClipMeta]:
     return metas
 
 
-def fit_and_publish(project: Project, metas: list[ClipMeta], stage: str, device: torch.device,
-                    resume: bool, progress: Progress, lineage: dict[str, Any],
-                    vae: BetaVAE | None = None, hooks: dict[str, Any] | None = None) -> TrainResult:
-    """Fit the requested stages into models/.partial, calibrate, and publish as a new version."""
-    cfg, hooks, t0 = project.config, hooks or {}, time.time()
-    part = project.partial_dir
+@dataclass
+class Plan:
+    """What one train/update run fits, from what, and how (the hooks of the chosen strategy)."""
+
+    stage: str  # vae, mdn or all
+    lineage: dict[str, Any]
+    vae: BetaVAE | None = None  # start from these weights (update), or None for a new model
+    mdn: LSTMMDN | None = None
+    vae_extra: Any = None  # replayed inputs for every VAE batch
+    extra_share: float = 0.0
+    penalty: Any = None  # EWC
+    ewc_prior: dict[str, Any] | None = None  # the parent's EWC state, to fold this scene's Fisher into
+    dreams: list[np.ndarray] = field(default_factory=list)  # dreamed clips of old scenes
+
+
+def _fit_vae_stage(project: Project, plan: Plan, clips: list[np.ndarray], split: Split, device: torch.device,
+                   resume: bool, progress: Progress) -> tuple[BetaVAE, dict[str, float]]:
+    cfg, part = project.config, project.partial_dir
+    if plan.stage == "mdn":
+        if plan.vae is None:
+            raise NotTrainedError("no trained VAE to fit the LSTM-MDN on; run 'vidanom train --stage vae' first")
+        fsutil.save_torch(part / "vae.pt", load_checkpoint(project.require_version() / "vae.pt"))
+        return plan.vae, {}
+    start = load_checkpoint(part / "vae.pt") if resume and (part / "vae.pt").exists() else None
+    torch.manual_seed(cfg.train.seed)  # the initial weights, too, follow the seed
+    vae = plan.vae if plan.vae is not None else BetaVAE(cfg.vae_config())
+    if start is not None:
+        vae.load_state_dict(start["model"])
+    stats = fit_vae(vae, clips, split, cfg, device, cfg.train.vae_epochs, progress, part / "vae.pt", start,
+                    plan.vae_extra, plan.penalty, plan.extra_share)
+    return vae, stats
+
+
+def _fit_mdn_stage(project: Project, plan: Plan, vae: BetaVAE, clips: list[np.ndarray], split: Split,
+                   device: torch.device, resume: bool, progress: Progress) -> tuple[LSTMMDN | None, dict[str, float]]:
+    cfg, part = project.config, project.partial_dir
+    if plan.stage == "vae":
+        return None, {}
+    torch.manual_seed(cfg.train.seed + 1)
+    mdn = plan.mdn if plan.mdn is not None else LSTMMDN(cfg.mdn_config())
+    start = load_checkpoint(part / "mdn.pt") if resume and (part / "mdn.pt").exists() else None
+    if start is not None:
+        mdn.load_state_dict(start["model"])
+    # dreams are encoded by the new encoder, like real clips: that maps them into the new latent space
+    latents = [encode(vae, c, cfg.frames.motion_lag, device) for c in clips]
+    stats = fit_mdn(mdn, [z[:, :e] for z, e in zip(latents, split.train_end)], split.train_end, cfg,
+                    device, cfg.train.mdn_epochs, progress, part / "mdn.pt", start)
+    return mdn, stats
+
+
+def _ewc_state(project: Project, plan: Plan, vae: BetaVAE, clips: list[np.ndarray], split: Split,
+               device: torch.device) -> dict[str, Any]:
+    """Fold the diagonal Fisher of the scene just learned into the EWC state, for a later update."""
+    from .data import gather
+    from .replay import EWCPenalty, fisher_diagonal
+    cfg = project.config
+    rng = np.random.default_rng(cfg.train.seed)
+    index = split.train_index()
+    rows = index[rng.permutation(len(index))[:EWC_SAMPLES]]
+    batches = (gather(clips[c], np.sort(rows[rows[:, 0] == c, 1]), cfg.frames.motion_lag).to(device)
+               for c in np.unique(rows[:, 0]))
+    pen = (EWCPenalty.from_dict(vae, plan.ewc_prior) if plan.ewc_prior
+           else EWCPenalty(vae, cfg.train.ewc_strength))
+    pen.consolidate(fisher_diagonal(vae, batches, vae.cfg.beta))
+    return pen.to_dict()
+
+
+def fit_and_publish(project: Project, metas: list[ClipMeta], plan: Plan, device: torch.device,
+                    resume: bool, progress: Progress) -> TrainResult:
+    """Fit the planned stages into models/.partial, calibrate, and publish as a new version.
+
+    The VAE learns the real clips (plus replay); the LSTM-MDN and the calibration also see the
+    dreamed clips of old scenes.
+    """
+    cfg, t0, part = project.config, time.time(), project.partial_dir
     if not resume:
         shutil.rmtree(part, ignore_errors=True)
     part.mkdir(parents=True, exist_ok=True)
-    clips = [cache.load(project.cache_dir, m) for m in metas]
-    split = Split.tail(metas, cfg.train.val_fraction)
+    real = [cache.load(project.cache_dir, m) for m in metas]
+    clips = real + plan.dreams
+    split = Split.tail([len(c) for c in clips], cfg.train.val_fraction)
     result = TrainResult("", len(metas), sum(m.frames for m in metas), 0.0)
-    if stage in ("vae", "all"):
-        start = load_checkpoint(part / "vae.pt") if resume and (part / "vae.pt").exists() else None
-        if vae is None or start is not None:
-            torch.manual_seed(cfg.train.seed)  # the initial weights, too, follow the seed
-            vae = BetaVAE(cfg.vae_config()) if vae is None else vae
-            if start is not None:
-                vae.load_state_dict(start["model"])
-        result.vae = fit_vae(vae, clips, split, cfg, device, cfg.train.vae_epochs, progress, part / "vae.pt",
-                             start, hooks.get("vae_extra"), hooks.get("vae_penalty"), hooks.get("extra_share", 0.0))
-    elif vae is None:
-        raise NotTrainedError("no trained VAE to fit the LSTM-MDN on; run 'vidanom train --stage vae' first")
-    else:
-        fsutil.save_torch(part / "vae.pt", load_checkpoint(project.require_version() / "vae.pt"))
-    mdn = None
-    if stage in ("mdn", "all"):
-        torch.manual_seed(cfg.train.seed + 1)
-        mdn = LSTMMDN(cfg.mdn_config())
-        start = load_checkpoint(part / "mdn.pt") if resume and (part / "mdn.pt").exists() else None
-        if start is not None:
-            mdn.load_state_dict(start["model"])
-        latents = [encode(vae, c, cfg.frames.motion_lag, device) for c in clips]
-        result.mdn = fit_mdn(mdn, [z[:, :e] for z, e in zip(latents, split.train_end)], split.train_end, cfg,
-                             device, cfg.train.mdn_epochs, progress, part / "mdn.pt", start, hooks.get("mdn_extra"))
+    vae, result.vae = _fit_vae_stage(project, plan, real, Split(split.train_end[:len(real)]), device, resume,
+                                     progress)
+    mdn, result.mdn = _fit_mdn_stage(project, plan, vae, clips, split, device, resume, progress)
     cal = calibrate(vae, mdn, clips, split, cfg, device, progress)
     result.threshold = cal.threshold
     staging = project.new_staging_dir()
-    vae_ck = load_checkpoint(part / "vae.pt")
-    fsutil.save_torch(staging / "vae.pt", {**vae_ck, "model": {k: v.cpu() for k, v in vae.state_dict().items()}})
+    fsutil.save_torch(staging / "vae.pt", {**load_checkpoint(part / "vae.pt"),
+                                           "model": {k: v.cpu() for k, v in vae.state_dict().items()}})
     if mdn is not None:
-        fsutil.save_torch(staging / "mdn.pt", {**load_checkpoint(part / "mdn.pt"), "vae_version": "self"})
+        fsutil.save_torch(staging / "mdn.pt", {"config": asdict(mdn.cfg), "model": mdn.state_dict(),
+                                               "vae_version": "this version"})
     fsutil.save_torch(staging / "calibration.pt", cal.to_dict())
+    if plan.stage != "mdn":
+        fsutil.save_torch(staging / "ewc.pt", _ewc_state(project, plan, vae, real,
+                                                         Split(split.train_end[:len(real)]), device))
+    elif plan.ewc_prior is not None:
+        fsutil.save_torch(staging / "ewc.pt", plan.ewc_prior)
     result.seconds = time.time() - t0
-    info = {**lineage, "stage": stage, "clips": [m.name for m in metas], "frames": result.frames,
-            "has_mdn": mdn is not None, "threshold": cal.threshold, "train_seconds": round(result.seconds, 1),
+    info = {**plan.lineage, "stage": plan.stage, "clips": [m.name for m in metas], "frames": result.frames,
+            "dreamed_frames": sum(len(d) for d in plan.dreams), "has_mdn": mdn is not None,
+            "threshold": cal.threshold, "train_seconds": round(result.seconds, 1),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "vae": result.vae, "mdn": result.mdn}
     result.version = project.publish_version(staging, info)
     shutil.rmtree(part, ignore_errors=True)
@@ -146,15 +205,63 @@ def train(project: Project, paths: list[Path], stage: str = "all", device: torch
         extract(project, paths, scene, progress)
     metas = _training_clips(project, scene)
     parent = project.current_version()
-    vae = None
+    plan = Plan(stage, {"scene": scene, "scenes": [scene], "parent": parent, "strategy": "train"})
     if stage == "mdn":
-        vae = load_models(project.require_version())[0]
-        _check_arch(project, vae)
-    lineage = {"scene": scene, "scenes": [scene], "parent": parent, "strategy": "train"}
-    if stage == "mdn" and parent:
-        prev = json.loads((project.models_dir / parent / "version.json").read_text())
-        lineage["scenes"] = prev.get("scenes", [scene])
-    return fit_and_publish(project, metas, stage, device, resume, progress, lineage, vae)
+        version = project.require_version()
+        plan.vae = load_models(version)[0]
+        _check_arch(project, plan.vae)
+        prev = json.loads((version / "version.json").read_text())
+        plan.lineage.update(scenes=prev.get("scenes", [scene]), vae_from=parent)
+        plan.ewc_prior = load_checkpoint(version / "ewc.pt") if (version / "ewc.pt").exists() else None
+    return fit_and_publish(project, metas, plan, device, resume, progress)
+
+
+STRATEGIES = ("replay", "ewc", "finetune")
+
+
+def update(project: Project, paths: list[Path], scene: str | None = None, strategy: str = "replay",
+           replay_ratio: float | None = None, device: torch.device | None = None, resume: bool = False,
+           progress: Progress = no_progress) -> TrainResult:
+    """Learn a new normal scene from `paths` without reading earlier scenes' frames.
+
+    replay: prior samples of the frozen previous VAE fill a share of every VAE batch, and clips
+    dreamed by the frozen previous LSTM-MDN join the new scene's clips for the LSTM-MDN and the
+    threshold; ewc: the stored Fisher anchors the VAE's weights; finetune: neither.
+    """
+    from .dream import dream_clips
+    from .replay import EWCPenalty, PriorReplay, replay_share
+    if strategy not in STRATEGIES:
+        raise VidanomError(f"--strategy must be one of {', '.join(STRATEGIES)}, not '{strategy}'")
+    if replay_ratio is not None and not 0 <= replay_ratio < 1:
+        raise VidanomError("--replay-ratio must lie in [0, 1)")
+    device = device or torch.device("cpu")
+    version = project.require_version()
+    vae, mdn, _ = load_models(version)
+    _check_arch(project, vae)
+    prev = json.loads((version / "version.json").read_text())
+    old = list(dict.fromkeys(prev.get("scenes", [prev.get("scene", DEFAULT_SCENE)])))
+    scene = scene or f"scene{len(old) + 1}"
+    if paths:
+        extract(project, paths, scene, progress)
+    metas = _training_clips(project, scene)
+    cfg = project.config
+    plan = Plan("all" if mdn is not None else "vae", {
+        "scene": scene, "scenes": old + [s for s in [scene] if s not in old], "parent": version.name,
+        "strategy": strategy}, vae=vae, mdn=mdn)
+    plan.ewc_prior = load_checkpoint(version / "ewc.pt") if (version / "ewc.pt").exists() else None
+    if strategy == "replay":
+        share = replay_ratio if replay_ratio is not None else replay_share(len([s for s in old if s != scene]))
+        plan.vae_extra, plan.extra_share = PriorReplay(vae, cfg.frames.channels), share
+        plan.lineage["replay_share"] = share
+        if mdn is not None and share > 0:
+            new_frames = sum(m.frames for m in metas)
+            plan.dreams = dream_clips(vae, mdn, int(new_frames * share / (1 - share)), DREAM_LENGTH,
+                                      cfg.frames.channels, cfg.train.dream_temperature, cfg.train.seed)
+    elif strategy == "ewc":
+        if plan.ewc_prior is None:
+            raise NotTrainedError(f"model {version.name} has no stored Fisher information; train it again first")
+        plan.penalty = EWCPenalty.from_dict(vae, plan.ewc_prior)
+    return fit_and_publish(project, metas, plan, device, resume, progress)
 
 
 # -- score -------------------------------------------------------------------------------------------
@@ -182,7 +289,7 @@ def _score_arrays(project: Project, src: Source, models: tuple, device: torch.de
     report = DecodeReport()
     comps, scores = [], []
     chunks = iter_chunks(src, cfg.frames, cfg.score.batch_size, report)
-    for comp, score in iter_scores(scorer, chunks, cal, cfg.score.patch, cfg.score.weights, cfg.score.smooth):
+    for comp, score in iter_scores(scorer, chunks, cal, cfg.score):
         comps.append(comp.numpy())
         scores.append(score.numpy())
         progress(f"score {src.name}", report.frames, 0, {})

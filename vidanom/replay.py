@@ -75,7 +75,8 @@ def fisher_diagonal(vae: BetaVAE, batches: Iterable[torch.Tensor], beta: float) 
     estimate is deterministic; without sampling, the encoder's variance head is still reached through KL.
     batches: (B, C, H, W) model inputs, on the model's device.
     """
-    vae.eval()
+    was_training = vae.training
+    vae.eval()  # deterministic layers, should the model ever gain dropout or batch norm
     params = {k: v.detach() for k, v in vae.named_parameters()}
 
     def loss_one(p: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
@@ -86,10 +87,13 @@ def fisher_diagonal(vae: BetaVAE, batches: Iterable[torch.Tensor], beta: float) 
     per_sample = vmap(grad(loss_one), in_dims=(None, 0))
     total = {k: torch.zeros_like(v) for k, v in params.items()}
     n = 0
-    for x in batches:
-        for k, g in per_sample(params, x).items():
-            total[k] += g.pow(2).sum(0)
-        n += x.shape[0]
+    try:
+        for x in batches:
+            for k, g in per_sample(params, x).items():
+                total[k] += g.pow(2).sum(0)
+            n += x.shape[0]
+    finally:
+        vae.train(was_training)
     if n == 0:
         raise ValueError("fisher_diagonal needs at least one sample")
     return {k: v / n for k, v in total.items()}

@@ -2,8 +2,10 @@
 
 Each frame gets three components, all local and all standardised against what the model does on
 normal footage, position by position:
-  recon  the worst patch of the per-pixel z-scored reconstruction error (of the motion planes only,
-         by default: on Ped1 the appearance plane's error scores 0.65 AUROC, the motion planes' 0.78)
+  recon  the mean of the top_k largest patch errors, each z-scored against the error of the same
+         patch position on training frames (patches 16×16, 8 apart), of the motion planes only by
+         default: on Ped1 the appearance plane's error scores 0.65 AUROC, the motion planes' 0.78;
+         top-5 patches instead of the single worst add 0.02
   kl     the worst latent cell of the per-cell z-scored KL
   nll    the worst latent cell of the z-scored LSTM-MDN negative log-likelihood of this frame's
          latent given the clip so far (NaN for a clip's first `warmup` frames: too little past)
@@ -19,10 +21,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .config import ProjectConfig
+from .config import ProjectConfig, ScoreConfig
 from .data import to_input
 from .mdn import LSTMMDN, mdn_nll
-from .vae import BetaVAE, error_map, kl_map, patch_max
+from .vae import BetaVAE, error_map, kl_map, patch_means
 
 COMPONENTS = ("recon", "kl", "nll")
 
@@ -65,7 +67,7 @@ class RunningStats:
 
 @dataclass
 class Calibration:
-    err_mean: torch.Tensor  # (H, W)
+    err_mean: torch.Tensor  # (P,) per patch position: mean error over the patch
     err_std: torch.Tensor
     kl_mean: torch.Tensor  # (cells,)
     kl_std: torch.Tensor
@@ -137,9 +139,14 @@ class Scorer:
         return out.T
 
 
-def components(maps: Maps, cal: Calibration, patch: int) -> torch.Tensor:
+def top_mean(x: torch.Tensor, k: int) -> torch.Tensor:
+    """Mean of the k largest values of each row: (n, P) → (n,)."""
+    return x.topk(min(k, x.shape[1]), dim=1).values.mean(1)
+
+
+def components(maps: Maps, cal: Calibration, sc: ScoreConfig) -> torch.Tensor:
     """Maps of n frames → (n, 3) local components recon, kl, nll (see the module docstring)."""
-    recon = patch_max((maps.err - cal.err_mean) / cal.err_std, patch)
+    recon = top_mean((patch_means(maps.err, sc.patch, sc.patch_stride) - cal.err_mean) / cal.err_std, sc.top_k)
     kl = ((maps.kl - cal.kl_mean) / cal.kl_std).amax(1)
     nll = ((maps.nll - cal.nll_mean) / cal.nll_std).amax(1)  # NaN stays NaN
     return torch.stack([recon, kl, nll], 1)
@@ -188,10 +195,10 @@ def segments(flags: np.ndarray, scores: np.ndarray, min_len: int) -> list[Segmen
     return out
 
 
-def iter_scores(scorer: Scorer, chunks: Iterable[np.ndarray], cal: Calibration, patch: int,
-                weights: tuple[float, ...], smooth: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def iter_scores(scorer: Scorer, chunks: Iterable[np.ndarray], cal: Calibration, sc: ScoreConfig
+                ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Stream a clip's chunks → (components (n, 3), smoothed combined score (n,)) per chunk."""
-    smoother = CausalMean(smooth)
+    smoother = CausalMean(sc.smooth)
     for chunk in chunks:
-        comp = components(scorer.maps(chunk), cal, patch)
-        yield comp, smoother(combine(comp, cal, weights))
+        comp = components(scorer.maps(chunk), cal, sc)
+        yield comp, smoother(combine(comp, cal, sc.weights))

@@ -19,7 +19,7 @@ from .config import ProjectConfig
 from .data import Split, frame_batches, window_starts
 from .mdn import LSTMMDN, MDNConfig, mdn_nll
 from .score import Calibration, CausalMean, RunningStats, Scorer, combine, components, make_scorer
-from .vae import BetaVAE, VAEConfig, vae_loss
+from .vae import BetaVAE, VAEConfig, patch_means, vae_loss
 
 Progress = Callable[[str, int, int, dict[str, float]], None]
 ExtraBatch = Callable[[int], torch.Tensor]  # batch size → replayed inputs to add to a batch
@@ -147,12 +147,8 @@ def mdn_batches(latents: list[torch.Tensor], lengths: list[int], seq_len: int, w
 
 def fit_mdn(mdn: LSTMMDN, latents: list[torch.Tensor], lengths: list[int], cfg: ProjectConfig,
             device: torch.device, epochs: int, progress: Progress = no_progress, ckpt: Path | None = None,
-            start: dict[str, Any] | None = None, extra: Callable[[], tuple[torch.Tensor, torch.Tensor]] | None = None,
-            ) -> dict[str, float]:
-    """Teach the LSTM-MDN to predict each cell's next latent. latents: per clip (cells, n, D).
-
-    extra() may return replayed (sequences, cells) to add to every batch (dreams of old scenes).
-    """
+            start: dict[str, Any] | None = None) -> dict[str, float]:
+    """Teach the LSTM-MDN to predict each cell's next latent. latents: per clip (cells, n, D)."""
     mdn.to(device).train()
     opt = torch.optim.Adam(mdn.parameters(), lr=cfg.train.lr)
     first = int(start["epoch"]) if start else 0
@@ -166,10 +162,6 @@ def fit_mdn(mdn: LSTMMDN, latents: list[torch.Tensor], lengths: list[int], cfg: 
         rng = np.random.default_rng([cfg.train.seed, 1, epoch])
         total = 0.0
         for i, (z, cells) in enumerate(mdn_batches(latents, lengths, cfg.train.seq_len, windows, rng)):
-            if extra is not None:
-                rz, rc = extra()
-                t = min(z.shape[1], rz.shape[1])
-                z, cells = torch.cat([z[:, :t], rz[:, :t]]), torch.cat([cells, rc])
             z, cells = z.to(device), cells.to(device)
             log_pi, mu, log_s, _ = mdn(z[:, :-1], cells)
             loss = mdn_nll(z[:, 1:], log_pi, mu, log_s).mean() / z.shape[-1]  # per dimension
@@ -210,18 +202,17 @@ def calibrate(vae: BetaVAE, mdn: LSTMMDN | None, clips: list[np.ndarray], split:
     for frames, end in zip(clips, split.train_end):
         for s, m in _clip_maps(make_scorer(vae, mdn, cfg, device), frames):
             k = max(0, min(end - s, len(m.err)))
-            err.add(m.err[:k].flatten(1))
+            err.add(patch_means(m.err[:k], cfg.score.patch, cfg.score.patch_stride))
             kl.add(m.kl[:k])
             nll.add(m.nll[:k])
             done += len(m.err)
             progress("calibrate", done, total, {})
     (em, es), (km, ks) = err.result(), kl.result()
-    h, w = em.numel() // cfg.frames.width, cfg.frames.width
     nm, ns = nll.result() if nll.n else (torch.zeros_like(km), torch.ones_like(ks))
-    cal = Calibration(em.view(h, w), es.view(h, w), km, ks, nm, ns, torch.zeros(3), torch.ones(3), 0.0, mdn is not None)
+    cal = Calibration(em, es, km, ks, nm, ns, torch.zeros(3), torch.ones(3), 0.0, mdn is not None)
     comps, held = [], []
     for frames, end in zip(clips, split.train_end):
-        c = torch.cat([components(m, cal, cfg.score.patch) for _, m in _clip_maps(make_scorer(vae, mdn, cfg, device), frames)])
+        c = torch.cat([components(m, cal, cfg.score) for _, m in _clip_maps(make_scorer(vae, mdn, cfg, device), frames)])
         done += len(frames)
         progress("calibrate", done, total, {})
         comps.append(c)

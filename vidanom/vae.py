@@ -117,6 +117,6 @@ def vae_loss(x: torch.Tensor, recon: torch.Tensor, mu: torch.Tensor, logvar: tor
     return rec + beta * kl, rec, kl
 
 
-def patch_max(err: torch.Tensor, patch: int) -> torch.Tensor:
-    """The largest mean over non-overlapping patch×patch windows: (B, H, W) → (B,)."""
-    return F.avg_pool2d(err.unsqueeze(1), patch, patch).flatten(1).amax(1)
+def patch_means(err: torch.Tensor, patch: int, stride: int) -> torch.Tensor:
+    """Mean of each patch×patch window, windows `stride` apart: (B, H, W) → (B, P) in row-major order."""
+    return F.avg_pool2d(err.unsqueeze(1), patch, stride).flatten(1)

@@ -1,0 +1,106 @@
+"""`vidanom update`: a new scene through the CLI, lineage, dreams, and an interrupted update."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import Clips, invoke, square_frames, tiny_config, write_video
+
+from vidanom import pipeline
+from vidanom.dream import dream_clip
+from vidanom.mdn import LSTMMDN
+from vidanom.project import Project
+from vidanom.vae import BetaVAE
+
+TRAIN = ("--epochs", "1", "--device", "cpu")
+
+
+@pytest.fixture(scope="module")
+def scene_b(tmp_path_factory: pytest.TempPathFactory, clips: Clips) -> Path:
+    """A 'moved camera': a square moving vertically on an inverted background."""
+    root = tmp_path_factory.mktemp("scene_b")
+    frames, _ = square_frames(clips.n_frames, 10, 4, 1.0, 8)
+    frames = 255 - frames.transpose(0, 2, 1, 3)[:, : frames.shape[1], : frames.shape[2]]
+    write_video(root / "b1.mp4", np.ascontiguousarray(frames))
+    return root
+
+
+def version_info(root: Path, name: str) -> dict:
+    return json.loads((root / "models" / name / "version.json").read_text())
+
+
+@pytest.mark.parametrize("strategy", ["replay", "ewc", "finetune"])
+def test_update_adds_a_version_with_its_lineage(trained_project, scene_b, strategy):
+    res = invoke("update", scene_b, "--scene", "moved", "--strategy", strategy, *TRAIN, "-p", trained_project)
+    assert res.exit_code == 0, res.output
+    project = Project.open(trained_project)
+    assert project.current_version() == "v0002"
+    info = version_info(trained_project, "v0002")
+    assert info["parent"] == "v0001" and info["scene"] == "moved" and info["strategy"] == strategy
+    assert info["scenes"] == ["default", "moved"]
+    assert (info["dreamed_frames"] > 0) == (strategy == "replay")
+    assert (trained_project / "models" / "v0002" / "ewc.pt").exists()
+    # the updated model scores, and the scores say which version made them
+    res = invoke("score", scene_b / "b1.mp4", "--device", "cpu", "-p", trained_project)
+    assert res.exit_code == 0, res.output
+    summary = json.loads((trained_project / "scores" / "b1.mp4.json").read_text())
+    assert summary["model_version"] == "v0002"
+    status = invoke("status", "-p", trained_project)
+    assert "replay/all" in status.output or strategy != "replay"
+
+
+def test_update_before_train_is_a_clean_error(project, scene_b):
+    res = invoke("update", scene_b, *TRAIN, "-p", project)
+    assert res.exit_code == 2
+    assert "no trained model" in res.stderr and "Traceback" not in res.output
+
+
+def test_bad_strategy_is_refused(trained_project, scene_b):
+    res = invoke("update", scene_b, "--strategy", "magic", *TRAIN, "-p", trained_project)
+    assert res.exit_code == 2 and "--strategy" in res.stderr
+
+
+def test_replay_share_grows_with_the_scenes_learned(trained_project, scene_b, tmp_path):
+    first = invoke("update", scene_b, "--scene", "b", *TRAIN, "-p", trained_project)
+    assert first.exit_code == 0, first.output
+    frames, _ = square_frames(40, 3, 3, 2.0, 6)
+    write_video(tmp_path / "c1.mp4", frames)
+    second = invoke("update", tmp_path / "c1.mp4", "--scene", "c", *TRAIN, "-p", trained_project)
+    assert second.exit_code == 0, second.output
+    shares = [version_info(trained_project, v)["replay_share"] for v in ("v0002", "v0003")]
+    assert shares[0] == pytest.approx(0.5) and shares[1] == pytest.approx(2 / 3)
+
+
+def test_an_update_that_fails_midway_leaves_the_previous_version_current(trained_project, scene_b, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("power cut")
+
+    monkeypatch.setattr(pipeline, "calibrate", broken)  # after both models were fitted
+    project = Project.open(trained_project)
+    with pytest.raises(RuntimeError):
+        pipeline.update(project, [scene_b], "moved")
+    assert project.current_version() == "v0001"
+    assert [v["version"] for v in project.versions()] == ["v0001"]
+    monkeypatch.undo()
+    res = invoke("score", scene_b / "b1.mp4", "--device", "cpu", "-p", trained_project)
+    assert res.exit_code == 0, res.output
+    assert json.loads((trained_project / "scores" / "b1.mp4.json").read_text())["model_version"] == "v0001"
+    # and the interrupted update resumes from its checkpoints to a complete version
+    res = invoke("update", "--scene", "moved", "--resume", *TRAIN, "-p", trained_project)
+    assert res.exit_code == 0, res.output
+    assert Project.open(trained_project).current_version() == "v0002"
+
+
+def test_dream_clip_is_a_uint8_clip_of_the_requested_length():
+    cfg = tiny_config()
+    torch.manual_seed(0)
+    vae, mdn = BetaVAE(cfg.vae_config()), LSTMMDN(cfg.mdn_config())
+    a = dream_clip(vae, mdn, 12, 1, 1.0, torch.Generator().manual_seed(1))
+    b = dream_clip(vae, mdn, 12, 1, 1.0, torch.Generator().manual_seed(1))
+    assert a.shape == (12, 32, 32, 1) and a.dtype == np.uint8
+    np.testing.assert_array_equal(a, b)  # reproducible for a seed
+    assert (np.diff(a.astype(int), axis=0) != 0).any()  # the rollout moves
