@@ -28,7 +28,7 @@ import torch
 from vidanom.config import FrameConfig, ProjectConfig, TrainConfig, VAEOptions, with_overrides
 from vidanom.data import Split, to_input
 from vidanom.metrics import auroc
-from vidanom.replay import EWCPenalty, PriorReplay, fisher_diagonal, replay_share
+from vidanom.replay import EWCPenalty, PriorReplay, fisher_diagonal, new_batch_size, replay_share
 from vidanom.train import fit_vae
 from vidanom.vae import BetaVAE, error_map, kl_map, patch_means
 
@@ -112,10 +112,8 @@ def run_strategy(name: str, tasks: list[int], train: dict[int, np.ndarray], test
         replay = PriorReplay(vae, frame_channels=1) if name == "replay" and i > 0 else None
         share = replay_share(i, args.replay_base) if replay else 0.0
         train_opts = {"seed": cfg.train.seed + i}  # fresh shuffles and noise for every task
-        if share and args.replay_batch == "fixed":
-            # fit_vae adds B·s/(1−s) replayed images to B new ones; shrinking B to B·(1−s) keeps the
-            # whole batch at B, so replay takes as many optimiser steps as joint training on the same data
-            train_opts["batch_size"] = max(1, round(cfg.train.batch_size * (1 - share)))
+        if share and args.replay_batch == "fixed":  # as many optimiser steps as joint training
+            train_opts["batch_size"] = new_batch_size(cfg.train.batch_size, share)
         task_cfg = with_overrides(cfg, train=train_opts)
         stats = fit_vae(vae, clips, Split([len(c) for c in clips]), task_cfg, torch.device("cpu"), args.epochs,
                         extra=replay, penalty=ewc, extra_share=share)

@@ -10,7 +10,7 @@ import torch
 
 from vidanom.config import FrameConfig, ProjectConfig, TrainConfig, VAEOptions
 from vidanom.data import Split
-from vidanom.replay import EWCPenalty, PriorReplay, fisher_diagonal, replay_share
+from vidanom.replay import EWCPenalty, PriorReplay, fisher_diagonal, new_batch_size, replay_share
 from vidanom.train import fit_vae
 from vidanom.vae import BetaVAE, vae_loss
 
@@ -82,6 +82,17 @@ def test_replay_share_gives_every_scene_an_equal_part() -> None:
     assert max(shares) == pytest.approx(0.9) and replay_share(100, cap=0.8) == pytest.approx(0.8)
     with pytest.raises(ValueError):
         replay_share(1, base=1.0)
+
+
+def test_new_batch_size_keeps_the_whole_batch_at_its_size() -> None:
+    for batch in (8, 64):
+        for k in range(1, 9):
+            share = replay_share(k)
+            new = new_batch_size(batch, share)
+            replayed = int(round(new * share / (1 - share)))  # what fit_vae adds
+            assert abs(new + replayed - batch) <= (k + 1) / 2
+            assert replayed / (new + replayed) == pytest.approx(share, abs=1 / batch)
+    assert new_batch_size(64, 0.0) == 64 and new_batch_size(4, 0.95) == 1
 
 
 def test_fisher_diagonal_matches_per_sample_backward() -> None:

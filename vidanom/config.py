@@ -58,7 +58,7 @@ class ScoreConfig:
     patch: int = 16  # reconstruction error is averaged over patch × patch pixels...
     patch_stride: int = 8  # ...at windows this far apart...
     top_k: int = 5  # ...and the mean of the k worst patches counts
-    weights: tuple[float, float, float] = (1.0, 0.0, 1.0)  # combined = Σ weight · standardised (recon, kl, nll)
+    weights: tuple[float, float, float] = (1.0, 0.25, 0.1)  # combined = Σ weight · standardised (recon, kl, nll)
     mdn_warmup: int = 8  # no MDN surprise for a clip's first frames: the LSTM has seen too little
     smooth: int = 5  # causal moving average over this many frames (1 = none)
     threshold_quantile: float = 0.99  # threshold = this quantile of the combined score on validation frames

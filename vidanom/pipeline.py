@@ -21,7 +21,7 @@ import torch
 from . import cache, fsutil, metrics, plot
 from .cache import ClipMeta
 from .data import Split
-from .errors import LabelsError, NotTrainedError, VidanomError
+from .errors import LabelsError, NotTrainedError, ProjectError, VidanomError
 from .mdn import LSTMMDN
 from .project import Project
 from .score import Calibration, iter_scores, make_scorer, segments
@@ -68,9 +68,14 @@ class TrainResult:
 
 
 def load_models(version_dir: Path) -> tuple[BetaVAE, LSTMMDN | None, Calibration]:
-    vae = build_vae(load_checkpoint(version_dir / "vae.pt"))
-    mdn = build_mdn(load_checkpoint(version_dir / "mdn.pt")) if (version_dir / "mdn.pt").exists() else None
-    cal = Calibration.from_dict(load_checkpoint(version_dir / "calibration.pt"))
+    """The VAE, LSTM-MDN (if fitted) and calibration of a model version."""
+    try:
+        vae = build_vae(load_checkpoint(version_dir / "vae.pt"))
+        mdn = build_mdn(load_checkpoint(version_dir / "mdn.pt")) if (version_dir / "mdn.pt").exists() else None
+        cal = Calibration.from_dict(load_checkpoint(version_dir / "calibration.pt"))
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:  # readable files of the wrong content
+        raise ProjectError(f"model {version_dir.name} is damaged ({type(exc).__name__}: {exc}); "
+                           "train again") from exc
     return vae, mdn, cal
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import av
 import numpy as np
+from av.video.reformatter import VideoReformatter
 
 from .config import FrameConfig
 from .errors import VideoError
@@ -67,11 +68,23 @@ def find_sources(paths: list[Path]) -> list[Source]:
     return out
 
 
-def _convert(frame: av.VideoFrame, fc: FrameConfig) -> np.ndarray:
-    """One decoded frame → (H, W, C) uint8 at the project's size and channel count."""
-    fmt = "gray" if fc.channels == 1 else "rgb24"
-    arr = frame.reformat(width=fc.width, height=fc.height, format=fmt).to_ndarray()
-    return arr.reshape(fc.height, fc.width, fc.channels)
+class _Scaler:
+    """Decoded frame → (H, W, C) uint8 at the project's size and channel count, by FFmpeg's scaler.
+
+    One scaler context serves a whole clip: `VideoFrame.reformat` would set up a new one (and, by
+    default, a pool of slicing threads) for every frame, which costs more than the scaling itself.
+    The scaling runs without the GIL, single-threaded: frame-threaded decoding already keeps the
+    cores busy.
+    """
+
+    def __init__(self, fc: FrameConfig) -> None:
+        self.width, self.height, self.channels = fc.width, fc.height, fc.channels
+        self.format = "gray" if fc.channels == 1 else "rgb24"
+        self._reformatter = VideoReformatter()
+
+    def __call__(self, frame: av.VideoFrame) -> np.ndarray:
+        out = self._reformatter.reformat(frame, self.width, self.height, self.format, threads=1)
+        return out.to_ndarray().reshape(self.height, self.width, self.channels)
 
 
 def _decode_file(src: Source, fc: FrameConfig, report: DecodeReport) -> Iterator[np.ndarray]:
@@ -83,20 +96,22 @@ def _decode_file(src: Source, fc: FrameConfig, report: DecodeReport) -> Iterator
         if not container.streams.video:
             raise VideoError(f"{src.path} has no video stream")
         stream = container.streams.video[0]
-        stream.thread_type = "AUTO"  # frame- and slice-threaded decoding; the scaler runs in our thread
+        stream.thread_type = "AUTO"  # frame- and slice-threaded decoding, without the GIL
         rate = stream.average_rate or stream.guessed_rate
         report.fps = float(rate) if rate else DEFAULT_FPS
+        scale = _Scaler(fc)
         index = 0
         try:
             for frame in container.decode(stream):
                 if index % fc.stride == 0:
-                    yield _convert(frame, fc)
+                    yield scale(frame)
                 index += 1
         except av.error.FFmpegError as exc:
             report.error = str(exc)  # a damaged or truncated file: keep what decoded
 
 
 def _decode_folder(src: Source, fc: FrameConfig, report: DecodeReport) -> Iterator[np.ndarray]:
+    scale = _Scaler(fc)
     for path in _images(src.path)[::fc.stride]:
         try:
             with av.open(str(path)) as container:
@@ -104,7 +119,7 @@ def _decode_folder(src: Source, fc: FrameConfig, report: DecodeReport) -> Iterat
         except (av.error.FFmpegError, StopIteration, IndexError) as exc:
             report.skipped.append(f"{path.name}: {exc}")
             continue
-        yield _convert(frame, fc)
+        yield scale(frame)
 
 
 def iter_chunks(src: Source, fc: FrameConfig, size: int, report: DecodeReport | None = None
@@ -114,17 +129,21 @@ def iter_chunks(src: Source, fc: FrameConfig, size: int, report: DecodeReport | 
     Raises VideoError when the clip cannot be opened or yields no frame at all; a clip that breaks
     off midway ends early with `report.error` set.
     """
+    if size < 1:
+        raise ValueError(f"chunk size must be positive, not {size}")
     report = report if report is not None else DecodeReport()
     frames = _decode_folder(src, fc, report) if src.frames_dir else _decode_file(src, fc, report)
-    buf: list[np.ndarray] = []
+    shape = (fc.height, fc.width, fc.channels)
+    buf, n = np.empty((size, *shape), np.uint8), 0
     for frame in frames:
-        buf.append(frame)
+        buf[n] = frame  # one copy, straight into the chunk (no list of frames, no np.stack)
+        n += 1
         report.frames += 1
-        if len(buf) == size:
-            yield np.stack(buf)
-            buf = []
-    if buf:
-        yield np.stack(buf)
+        if n == size:
+            yield buf
+            buf, n = np.empty((size, *shape), np.uint8), 0  # a fresh one: the consumer may keep the last
+    if n:
+        yield buf[:n]
     if report.frames == 0:
         why = f": {report.error}" if report.error else ""
         raise VideoError(f"no frames could be decoded from {src.path}{why}")
