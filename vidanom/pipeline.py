@@ -47,10 +47,10 @@ def extract(project: Project, paths: list[Path], scene: str = DEFAULT_SCENE,
 
         def on_frames(n: int, i: int = i, src: Source = src) -> None:
             done[0] += n
-            progress(f"extract {src.name}", i, len(sources), {"frames": done[0]})
+            progress("extract", i, len(sources), {"clip": src.name, "frames": done[0]})
 
         out.append(cache.extract(project.cache_dir, src, project.config.frames, scene, on_frames))
-    progress("extract", len(sources), len(sources), {})
+        progress("extract", i + 1, len(sources), {"clip": src.name, "frames": done[0]})
     return out
 
 
@@ -226,12 +226,13 @@ STRATEGIES = ("replay", "ewc", "finetune")
 
 def update(project: Project, paths: list[Path], scene: str | None = None, strategy: str = "replay",
            replay_ratio: float | None = None, device: torch.device | None = None, resume: bool = False,
-           progress: Progress = no_progress) -> TrainResult:
+           progress: Progress = no_progress, dreams: bool = True) -> TrainResult:
     """Learn a new normal scene from `paths` without reading earlier scenes' frames.
 
     replay: prior samples of the frozen previous VAE fill a share of every VAE batch, and clips
     dreamed by the frozen previous LSTM-MDN join the new scene's clips for the LSTM-MDN and the
-    threshold; ewc: the stored Fisher anchors the VAE's weights; finetune: neither.
+    threshold (dreams=False leaves them out, to measure what they add); ewc: the stored Fisher
+    anchors the VAE's weights; finetune: neither.
     """
     from .dream import dream_clips
     from .replay import EWCPenalty, PriorReplay, replay_share
@@ -258,7 +259,7 @@ def update(project: Project, paths: list[Path], scene: str | None = None, strate
         share = replay_ratio if replay_ratio is not None else replay_share(len([s for s in old if s != scene]))
         plan.vae_extra, plan.extra_share = PriorReplay(vae, cfg.frames.channels), share
         plan.lineage["replay_share"] = share
-        if mdn is not None and share > 0:
+        if dreams and mdn is not None and share > 0:
             new_frames = sum(m.frames for m in metas)
             plan.dreams = dream_clips(vae, mdn, int(new_frames * share / (1 - share)), DREAM_LENGTH,
                                       cfg.frames.channels, cfg.train.dream_temperature, cfg.train.seed)
