@@ -107,7 +107,7 @@ def run_strategy(name: str, tasks: list[int], train: dict[int, np.ndarray], test
     ewc = EWCPenalty(vae, args.ewc_lambda, args.ewc_accumulate) if name == "ewc" else None
     results = []
     for i, digit in enumerate(tasks):
-        t0 = time.time()
+        t0, c0 = time.time(), time.process_time()
         clips = [train[d] for d in tasks[:i + 1]] if name == "joint" else [train[digit]]
         replay = PriorReplay(vae, frame_channels=1) if name == "replay" and i > 0 else None
         share = replay_share(i, args.replay_base) if replay else 0.0
@@ -120,10 +120,11 @@ def run_strategy(name: str, tasks: list[int], train: dict[int, np.ndarray], test
         if ewc is not None:
             ewc.consolidate(task_fisher(vae, train[digit], args.fisher_samples))
         res = evaluate(vae, test, tasks[:i + 1], args.patch)
-        res.update(digit=digit, seconds=time.time() - t0, replay_share=share, loss=stats.get("loss"))
+        res.update(digit=digit, seconds=time.time() - t0, cpu_seconds=time.process_time() - c0,
+                   replay_share=share, loss=stats.get("loss"))
         results.append(res)
-        print(f"  {name:8s} task {digit}: AUROC {res['auroc'][args.score]:.4f} "
-              f"(share {share:.2f}, {res['seconds']:.0f} s)", file=sys.stderr, flush=True)
+        print(f"  {name:8s} task {digit}: AUROC {res['auroc'][args.score]:.4f} (replay share {share:.2f}, "
+              f"{res['seconds']:.0f} s, {res['cpu_seconds']:.0f} s CPU)", file=sys.stderr, flush=True)
     return results, vae
 
 
@@ -217,14 +218,15 @@ def main() -> None:
     train = by_digit(*load_split(args.data, "train", pad), args.per_digit or None, args.seed)
     test = by_digit(*load_split(args.data, "t10k", pad), None, args.seed)
     cfg = build_config(args, raw + 2 * pad)
-    t0 = time.time()
+    t0, c0 = time.time(), time.process_time()  # CPU time too: the machine may be shared
     runs, models = {}, {}
     for name in args.strategies:
         runs[name], models[name] = run_strategy(name, args.tasks, train, test, cfg, args)
-    seconds = time.time() - t0
+    seconds, cpu_seconds = time.time() - t0, time.process_time() - c0
     table = {name: [r["auroc"][args.score] for r in res] for name, res in runs.items()}
     print(f"AUROC of digit 0 vs digits seen, score '{args.score}', {args.per_digit or 'all'} training images "
-          f"per digit, {args.epochs} epochs per task, grid {cfg.vae_config().grid}, {seconds:.0f} s")
+          f"per digit, {args.epochs} epochs per task, latent grid {cfg.vae_config().grid}, "
+          f"{seconds:.0f} s ({cpu_seconds:.0f} s CPU, {args.threads} thread(s))")
     print_table(args.tasks, table)
     if args.plot:
         save_plot(args.plot, args.tasks, table, f"MNIST, anomaly = digit 0, score '{args.score}'")
@@ -234,7 +236,7 @@ def main() -> None:
         args.json.write_text(json.dumps({
             "tasks": args.tasks, "score": args.score, "auroc": table,
             "mean_over_tasks": {n: float(np.mean(v)) for n, v in table.items()},
-            "runs": runs, "seconds": seconds, "config": asdict(cfg),
+            "runs": runs, "seconds": seconds, "cpu_seconds": cpu_seconds, "config": asdict(cfg),
             "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}}, indent=2))
 
 

@@ -42,7 +42,6 @@ class Recorder:
 
 @pytest.mark.parametrize("old_scenes", [1, 2, 3])
 def test_replay_takes_its_share_of_every_fit_vae_batch(old_scenes: int) -> None:
-    torch.set_num_threads(1)
     old, new = tiny_vae(0), tiny_vae(1)
     before = {k: v.clone() for k, v in old.state_dict().items()}
     replay = Recorder(PriorReplay(old, frame_channels=1))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
 import sys
 from collections.abc import Callable, Iterator
@@ -17,6 +18,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from . import interrupt
 from .errors import VidanomError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None)  # help: main's docstring
@@ -32,23 +34,78 @@ def _debug() -> bool:
     return os.environ.get("VIDANOM_DEBUG") == "1"
 
 
+try:  # typer vendors click since 0.2x; its own exceptions (Exit, BadParameter...) pass through
+    from typer._click.exceptions import ClickException
+except ImportError:  # pragma: no cover
+    from click.exceptions import ClickException
+
+_PASS_THROUGH = (typer.Exit, typer.Abort, ClickException)
+RESUMABLE = ("interrupted: the previous model is intact and what this run finished is saved; "
+             "continue it with the same command and --resume")
+
+
+def _one_line(text: object) -> str:
+    return " ".join(line.strip() for line in str(text).splitlines() if line.strip())
+
+
+def _describe(exc: Exception) -> tuple[str, int]:
+    """The one-line message and exit code for an exception that reached the command."""
+    if isinstance(exc, VidanomError):
+        return str(exc), exc.exit_code
+    if isinstance(exc, OSError):  # disk full, permissions, a file that vanished
+        where = " -> ".join(str(f) for f in (exc.filename, exc.filename2) if f is not None)
+        return (f"{exc.strerror or exc}{': ' + where if where else ''}; "
+                "check the path, its permissions and the free disk space"), 2
+    if isinstance(exc, MemoryError):
+        return "out of memory; lower frames.width/height, train.batch_size or score.batch_size in vidanom.json", 1
+    return (f"unexpected {type(exc).__name__}: {exc} (a bug in vidanom: please report it; "
+            "'vidanom --debug ...' shows the traceback)"), 1
+
+
 def cli_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn library errors and Ctrl-C into one line on stderr and an exit code (no traceback)."""
+    """Turn every error and Ctrl-C into one line on stderr and an exit code (no traceback).
+
+    Exit codes: 2 for usage and input errors (and files that cannot be read or written), 3 for a
+    project busy with another command, 130 for Ctrl-C, 1 for anything unexpected (a bug).
+    `vidanom --debug` (or VIDANOM_DEBUG=1) lets the exception and its traceback through instead.
+    """
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except VidanomError as exc:
+        except _PASS_THROUGH:
+            raise
+        except KeyboardInterrupt:
             if _debug():
                 raise
-            err.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
-            raise typer.Exit(exc.exit_code) from None
-        except KeyboardInterrupt:
-            err.print("interrupted; the previous model is intact (train/update: continue with --resume)")
+            message = RESUMABLE if fn.__name__ in ("train", "update") else "interrupted"
+            err.print(message, markup=False, highlight=False, soft_wrap=True)
             raise typer.Exit(130) from None
+        except Exception as exc:  # noqa: BLE001 - the CLI's last line of defence against tracebacks
+            if _debug():
+                raise
+            message, code = _describe(exc)
+            err.print(f"error: {_one_line(message)}", markup=False, highlight=False, soft_wrap=True)
+            raise typer.Exit(code) from None
 
     return wrapper
+
+
+class _Warnings(logging.Handler):
+    """The library's log warnings (a clip that broke off midway...) as one 'warning:' line each."""
+
+    muted = False  # while a command reports the same warnings itself
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not self.muted and record.levelno >= logging.WARNING:
+            err.print(f"warning: {_one_line(record.getMessage())}", markup=False, highlight=False,
+                      soft_wrap=True)
+
+
+_warnings = _Warnings()
+if not any(isinstance(h, _Warnings) for h in logging.getLogger("vidanom").handlers):
+    logging.getLogger("vidanom").addHandler(_warnings)
 
 
 @app.callback()
@@ -75,6 +132,7 @@ def _progress() -> Iterator[Callable[[str, int, int, dict[str, float]], None]]:
     tasks: dict[str, Any] = {}
 
     def update(task: str, done: int, total: int, info: dict[str, float]) -> None:
+        interrupt.check()  # a Ctrl-C deferred by interrupt.deferred() stops here, between steps
         if task not in tasks:
             tasks[task] = bar.add_task(task, total=total or None, info="")
         text = "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in info.items())
@@ -82,6 +140,15 @@ def _progress() -> Iterator[Callable[[str, int, int, dict[str, float]], None]]:
 
     with bar:
         yield update
+
+
+@contextmanager
+def _muted(handler: _Warnings) -> Iterator[None]:
+    handler.muted = True
+    try:
+        yield
+    finally:
+        handler.muted = False
 
 
 def _device(name: str):
@@ -144,7 +211,7 @@ def train(videos: Annotated[Optional[list[Path]], typer.Argument(help="Normal vi
     if seed is not None:
         overrides["seed"] = seed
     proj.config = with_overrides(proj.config, train=overrides)
-    with proj.lock("train"), _progress() as progress:
+    with proj.lock("train"), interrupt.deferred(), _progress() as progress:
         result = pipeline.train(proj, videos or [], stage, _device(device), resume, scene, progress)
     out.print(f"model {result.version}: {result.clips} clips, {result.frames} frames, "
               f"{result.seconds:.0f} s, threshold {result.threshold:.3f}")
@@ -170,7 +237,7 @@ def update(videos: Annotated[Optional[list[Path]], typer.Argument(help="Normal v
     proj = _open(project)
     if epochs is not None:
         proj.config = with_overrides(proj.config, train={"vae_epochs": epochs, "mdn_epochs": epochs})
-    with proj.lock("update"), _progress() as progress:
+    with proj.lock("update"), interrupt.deferred(), _progress() as progress:
         r = pipeline.update(proj, videos or [], scene, strategy, replay_ratio, _device(device), resume, progress)
     out.print(f"model {r.version}: learned scene from {r.clips} clips ({r.frames} frames) in {r.seconds:.0f} s "
               f"with {strategy}; threshold {r.threshold:.3f}")
@@ -187,7 +254,7 @@ def score(videos: Annotated[list[Path], typer.Argument(help="Videos or frame fol
     from . import pipeline
     proj = _open(project)
     table = Table("clip", "frames", "anomalous segments", "peak score", "threshold", "model")
-    with proj.lock("score"), _progress() as progress:
+    with proj.lock("score"), _progress() as progress, _muted(_warnings):  # r.warning says it all
         for video in videos:
             for r in pipeline.score(proj, video, _device(device), progress):
                 spans = ", ".join(f"{s['start_time']:.1f}-{s['end_time']:.1f}s" for s in r.segments[:4])
@@ -195,7 +262,8 @@ def score(videos: Annotated[list[Path], typer.Argument(help="Videos or frame fol
                 table.add_row(r.name, str(r.frames), (spans + more) or "none", f"{r.peak:.2f}",
                               f"{r.threshold:.2f}", r.version)
                 if r.warning:
-                    err.print(f"warning: {r.name}: {r.warning}", markup=False)
+                    err.print(f"warning: {r.name}: {_one_line(r.warning)}", markup=False, highlight=False,
+                              soft_wrap=True)
     out.print(table)
     out.print(f"scores in {proj.scores_dir}")
 
@@ -273,8 +341,12 @@ def status(project: ProjectOpt = None) -> None:
     if current:
         t.caption = f"* current version: {current}"
     out.print(t if proj.versions() else "models: none yet (run 'vidanom train VIDEO...')")
-    if proj.partial_dir.exists():
-        out.print("an interrupted training run can be continued with --resume")
+    run = proj.interrupted_run()
+    if run is not None:
+        what = ("train" if run.get("strategy") == "train" else "update") if run else "training"
+        scene = f" of scene '{run['scene']}'" if run.get("scene") else ""
+        out.print(f"an interrupted {what} run{scene} can be continued: the same command with --resume",
+                  markup=False)
     scored = pipeline.scored_clips(proj)
     out.print(f"scored clips: {len(scored)}" + (f" ({', '.join(scored[:8])}{' ...' if len(scored) > 8 else ''})"
                                                 if scored else ""))

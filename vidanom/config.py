@@ -22,6 +22,7 @@ class FrameConfig:
     channels: int = 1  # 1 = gray, 3 = RGB
     stride: int = 1  # keep every stride-th decoded frame
     motion_lag: int = 1  # the model also sees frame[t] - frame[t - lag]; 0 = appearance only
+    decode_timeout: float = 60.0  # seconds of decoding (or of a blocked read) without a new frame: give up
 
 
 @dataclass(frozen=True)
@@ -113,6 +114,8 @@ def validate(cfg: ProjectConfig) -> None:
         raise ConfigError(f"frames.channels must be 1 (gray) or 3 (RGB), not {f.channels}")
     if min(f.width, f.height, f.stride) < 1 or f.motion_lag < 0:
         raise ConfigError("frames.width, height and stride must be positive and motion_lag not negative")
+    if not f.decode_timeout > 0:
+        raise ConfigError("frames.decode_timeout must be a positive number of seconds")
     try:
         cfg.vae_config()
         from .vae import BetaVAE  # a cheap check of the architecture's divisibility rules

@@ -60,10 +60,13 @@ class Split:
 
 
 def frame_batches(clips: list[np.ndarray], index: np.ndarray, batch_size: int, lag: int,
-                  rng: np.random.Generator):
-    """One epoch of shuffled VAE batches: yields (B, C_in, H, W) float tensors."""
+                  rng: np.random.Generator, skip: int = 0):
+    """One epoch of shuffled VAE batches: yields (B, C_in, H, W) float tensors.
+
+    skip: leave out the epoch's first `skip` batches (an epoch resumed where it was interrupted).
+    """
     order = index[rng.permutation(len(index))]
-    for start in range(0, len(order), batch_size):
+    for start in range(skip * batch_size, len(order), batch_size):
         rows = order[start:start + batch_size]
         parts = []
         for clip in np.unique(rows[:, 0]):

@@ -168,9 +168,9 @@ def fit_and_publish(project: Project, metas: list[ClipMeta], plan: Plan, device:
     dreamed clips of old scenes.
     """
     cfg, t0, part = project.config, time.time(), project.partial_dir
-    if not resume:
-        shutil.rmtree(part, ignore_errors=True)
-    part.mkdir(parents=True, exist_ok=True)
+    project.begin_run({**{k: plan.lineage.get(k) for k in ("strategy", "scene", "parent", "replay_share")},
+                       "stage": plan.stage, "clips": [m.key for m in metas], "seed": cfg.train.seed,
+                       "vae": asdict(cfg.vae_config()), "mdn": asdict(cfg.mdn_config())}, resume)
     real = [cache.load(project.cache_dir, m) for m in metas]
     clips = real + plan.dreams
     split = Split.tail([len(c) for c in clips], cfg.train.val_fraction)
@@ -289,27 +289,54 @@ class ClipScores:
 
 def _score_arrays(project: Project, src: Source, models: tuple, device: torch.device,
                   progress: Progress) -> tuple[np.ndarray, np.ndarray, DecodeReport]:
+    """Components (n, 3) and smoothed scores (n,) of one clip, scored while it decodes.
+
+    A producer thread decodes the next chunks (PyAV releases the GIL) while this one runs the
+    models on the current chunk; the queue between them holds a few chunks, so memory does not
+    grow with the clip. Only a few floats per frame are kept.
+    """
+    from .inference import for_inference, scoring_threads, torch_threads
+    from .prefetch import prefetch
     vae, mdn, cal = models
     cfg = project.config
-    scorer = make_scorer(vae.to(device), mdn.to(device) if mdn else None, cfg, device)
+    scorer = make_scorer(for_inference(vae, device), mdn.to(device).eval() if mdn else None, cfg, device)
     report = DecodeReport()
-    comps, scores = [], []
-    chunks = iter_chunks(src, cfg.frames, cfg.score.batch_size, report)
-    for comp, score in iter_scores(scorer, chunks, cal, cfg.score):
-        comps.append(comp.numpy())
-        scores.append(score.numpy())
-        progress(f"score {src.name}", report.frames, 0, {})
+    comps, scores, done = [], [], 0
+    chunks = prefetch(iter_chunks(src, cfg.frames, cfg.score.batch_size, report), depth=3,
+                      name=f"vidanom-decode {src.name}")
+    try:
+        with torch_threads(scoring_threads() if device.type == "cpu" else torch.get_num_threads()):
+            for comp, score in iter_scores(scorer, chunks, cal, cfg.score):
+                comps.append(comp.numpy())
+                scores.append(score.numpy())
+                done += len(score)
+                progress(f"score {src.name}", done, 0, {})
+    finally:
+        chunks.close()  # on an error or Ctrl-C: stop the decoding thread and close the file
     return np.concatenate(comps), np.concatenate(scores), report
 
 
 def _write_csv(path: Path, comps: np.ndarray, scores: np.ndarray, flags: np.ndarray, dt: float) -> None:
-    buf = io.StringIO()
-    w = csv.writer(buf)
-    w.writerow(["frame", "time", "recon", "kl", "nll", "score", "anomalous"])
-    for i, (c, s, f) in enumerate(zip(comps, scores, flags)):
-        w.writerow([i, f"{i * dt:.3f}", f"{c[0]:.5g}", f"{c[1]:.5g}", "" if np.isnan(c[2]) else f"{c[2]:.5g}",
-                    f"{s:.5g}", int(f)])
-    fsutil.write_text(path, buf.getvalue())
+    """One row per frame, as csv.writer would write it (\\r\\n line ends; no field needs quoting)."""
+    header = "frame,time,recon,kl,nll,score,anomalous\r\n"
+    n = len(scores)
+    nll = ["" if v != v else f"{v:.5g}" for v in comps[:, 2].tolist()]  # NaN (v != v): an empty field
+    rows = zip(range(n), (np.arange(n) * dt).tolist(), comps[:, 0].tolist(), comps[:, 1].tolist(), nll,
+               scores.tolist(), flags.astype(np.int64).tolist())
+    fsutil.write_text(path, header + "".join(map("%d,%.3f,%.5g,%.5g,%s,%.5g,%d\r\n".__mod__, rows)))
+
+
+def _score_warning(report: DecodeReport, frames: int, has_mdn: bool, warmup: int) -> str | None:
+    """What the user should know about a clip that scored, but not quite as a whole clip does."""
+    notes = []
+    if report.error:
+        notes.append(f"decoding stopped after {report.frames} frames: {report.error}")
+    if report.skipped:
+        notes.append(f"{len(report.skipped)} unreadable image(s) skipped, e.g. {report.skipped[0]}")
+    if has_mdn and frames <= warmup:
+        notes.append(f"only {frames} frame(s), within the LSTM-MDN's warm-up of {warmup}: "
+                     "scored without its temporal (nll) part")
+    return "; ".join(notes) or None
 
 
 def score(project: Project, path: Path, device: torch.device | None = None,
@@ -328,7 +355,7 @@ def score(project: Project, path: Path, device: torch.device | None = None,
                  "end_time": round(s.end * dt, 3), "peak_frame": s.peak_frame, "peak_score": s.peak_score}
                 for s in segments(flags, scores, project.config.score.min_segment)]
         base = project.scores_dir / src.name
-        warning = (f"decoding stopped after {report.frames} frames: {report.error}" if report.error else None)
+        warning = _score_warning(report, len(scores), models[1] is not None, project.config.score.mdn_warmup)
         summary = {"clip": src.name, "source": str(src.path.resolve()), "frames": int(len(scores)),
                    "fps": report.fps / project.config.frames.stride, "model_version": version.name,
                    "threshold": models[2].threshold, "peak_score": float(scores.max()),
@@ -353,8 +380,11 @@ def read_scores(project: Project, clip: str) -> tuple[np.ndarray, dict[str, Any]
         summary = json.loads(base.with_name(clip + ".json").read_text())
         with open(base.with_name(clip + ".csv")) as f:
             scores = np.array([float(r["score"]) for r in csv.DictReader(f)], dtype=np.float64)
-    except (OSError, json.JSONDecodeError, KeyError, ValueError) as exc:
+    except (OSError, json.JSONDecodeError, KeyError, ValueError, TypeError) as exc:
         raise VidanomError(f"no stored scores for clip '{clip}'; run 'vidanom score {clip}' first") from exc
+    if not isinstance(summary, dict) or summary.get("frames") != len(scores) or not scores.size:
+        raise VidanomError(f"the stored scores of clip '{clip}' are incomplete or damaged; "
+                           f"score it again with 'vidanom score {clip}'")
     return scores, summary
 
 

@@ -4,7 +4,7 @@
     cache/              frame caches (one .u8 + .json per clip)
     models/v0001/       a finished model version: vae.pt, mdn.pt, calibration.pt, version.json
     models/current      name of the version in use (written atomically)
-    models/.partial/    the resumable state of a train/update that has not finished
+    models/.partial/    the resumable state of a train/update that has not finished (run.json says which)
     scores/             per clip: CSV, JSON summary, timeline PNG
     lock                PID and command of the process writing to the project
 """
@@ -26,6 +26,23 @@ from .config import CONFIG_NAME, ProjectConfig, read_config, to_dict, validate
 from .errors import LockError, NotTrainedError, ProjectError
 
 ENV_VAR = "VIDANOM_PROJECT"
+STALE_UNREADABLE_LOCK = 10.0  # seconds after which a lock file without a readable PID counts as stale
+
+
+@contextmanager
+def _folder_mutex(folder: Path) -> Iterator[None]:
+    """An flock on the folder itself, for the few milliseconds a process decides about the lock."""
+    try:
+        import fcntl
+    except ImportError:  # not on a POSIX system: no mutex, the link still makes taking the lock atomic
+        yield
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the flock
 
 
 def _pid_alive(pid: int) -> bool:
@@ -91,37 +108,130 @@ class Project:
 
     @contextmanager
     def lock(self, command: str, wait: float = 5.0) -> Iterator[None]:
-        """Hold the project's write lock; wait up to `wait` seconds, take over a dead process's lock."""
+        """Hold the project's write lock; wait up to `wait` seconds, take over a dead process's lock.
+
+        The lock file appears with its content in one step (a hard link of a written temporary
+        file), so no other process ever reads it half-written; deciding that a lock is stale and
+        replacing it happens under an flock of the project folder, so two processes cannot both
+        take over the same stale lock.
+        """
         path = self.root / "lock"
+        mine = {"pid": os.getpid(), "command": command, "started": time.time()}
         deadline = time.monotonic() + wait
         while True:
-            try:
-                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            holder = self._try_lock(path, mine)
+            if holder is None:
                 break
-            except FileExistsError:
-                holder = self._lock_holder(path)
-                if holder is None or not _pid_alive(holder.get("pid", -1)):
-                    path.unlink(missing_ok=True)  # stale: its process is gone
-                    continue
-                if time.monotonic() > deadline:
-                    raise LockError(f"project is busy: 'vidanom {holder.get('command', '?')}' "
-                                    f"(pid {holder['pid']}) is writing to it; try again when it ends") from None
-                time.sleep(0.2)
-        with os.fdopen(fd, "w") as f:
-            json.dump({"pid": os.getpid(), "command": command, "started": time.time()}, f)
+            if time.monotonic() > deadline:
+                raise LockError(f"project is busy: 'vidanom {holder.get('command', '?')}' "
+                                f"(pid {holder.get('pid', '?')}) is writing to it; try again when it ends")
+            time.sleep(0.2)
         try:
+            self._remove_leftovers()
             yield
         finally:
-            path.unlink(missing_ok=True)
+            if (self._lock_holder(path) or {}).get("pid") == os.getpid():
+                path.unlink(missing_ok=True)
+
+    def _try_lock(self, path: Path, mine: dict[str, Any]) -> dict[str, Any] | None:
+        """Take the lock and return None, or return the live holder's lock data."""
+        tmp = path.with_name(f".lock.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(mine))
+        try:
+            with _folder_mutex(self.root):
+                try:
+                    os.link(tmp, path)  # fails if the lock exists: atomic test-and-set, content included
+                    return None
+                except FileExistsError:
+                    pass
+                except OSError:  # a file system without hard links
+                    try:
+                        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+                    except FileExistsError:
+                        pass
+                    else:
+                        with os.fdopen(fd, "w") as f:
+                            json.dump(mine, f)
+                        return None
+                holder = self._lock_holder(path)
+                if holder is not None and _pid_alive(holder["pid"]):
+                    return holder
+                if holder is None and self._lock_age(path) < STALE_UNREADABLE_LOCK:
+                    return {"pid": "?", "command": "?"}  # being written by an older vidanom this instant
+                os.replace(tmp, path)  # stale: its process is gone; take it over in one step
+                return None
+        finally:
+            tmp.unlink(missing_ok=True)
 
     @staticmethod
     def _lock_holder(path: Path) -> dict[str, Any] | None:
         try:
             data = json.loads(path.read_text())
-            return data if isinstance(data, dict) and isinstance(data.get("pid"), int) else None
-        except (OSError, json.JSONDecodeError):
-            # a lock being written this instant reads empty: treat it as held, briefly
-            return {"pid": os.getpid(), "command": "?"} if path.exists() else None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            return None
+        return data if isinstance(data, dict) and isinstance(data.get("pid"), int) else None
+
+    @staticmethod
+    def _lock_age(path: Path) -> float:
+        try:
+            return time.time() - path.stat().st_mtime
+        except OSError:
+            return float("inf")
+
+    def _remove_leftovers(self) -> None:
+        """Delete what writers killed midway left behind: staging folders and temporary files.
+
+        Only called with the write lock held, and only in the folders that writers alone touch
+        (scores/ is left alone: `plot` writes there without the lock).
+        """
+        for staging in self.models_dir.glob(".staging-*"):
+            pid = staging.name.rsplit("-", 1)[-1]
+            if not pid.isdigit() or (int(pid) != os.getpid() and not _pid_alive(int(pid))):
+                shutil.rmtree(staging, ignore_errors=True)
+        for folder in (self.models_dir, self.partial_dir, self.cache_dir):
+            for tmp in folder.glob(".*.tmp"):
+                tmp.unlink(missing_ok=True)
+        for tmp in self.root.glob(".lock.*.tmp"):  # another process's lock data, before it linked it
+            pid = tmp.name.split(".")[2]
+            if pid.isdigit() and not _pid_alive(int(pid)):
+                tmp.unlink(missing_ok=True)
+
+    def interrupted_run(self) -> dict[str, Any] | None:
+        """What the unfinished run in models/.partial was (command, scene, parent), if there is one."""
+        if not self.partial_dir.is_dir():
+            return None
+        try:
+            run = json.loads((self.partial_dir / "run.json").read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            run = None
+        return run if isinstance(run, dict) else {}
+
+    # -- an unfinished train/update run -------------------------------------------------------------
+
+    def begin_run(self, identity: dict[str, Any], resume: bool) -> None:
+        """Prepare models/.partial for a run; with resume, check it holds the same run's checkpoints.
+
+        identity names what the run fits (command, scene, parent version, clips, architecture,
+        seed): resuming one run's checkpoints into another would silently mix them.
+        """
+        part = self.partial_dir
+        identity = json.loads(json.dumps(identity))  # tuples as lists, as they come back from disk
+        if resume and (part / "run.json").is_file():
+            try:
+                before = json.loads((part / "run.json").read_text())
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+                before = None
+            if before != identity:
+                what = ("a different run" if not isinstance(before, dict) else
+                        f"'{before.get('strategy', '?')}' of scene '{before.get('scene', '?')}' "
+                        f"from {before.get('parent') or 'scratch'}")
+                raise ProjectError(f"the interrupted run in {part} was {what}, with other clips or settings; "
+                                   "resume it with the same command and options, or run without --resume "
+                                   "to start afresh")
+        elif not resume or not part.exists():
+            shutil.rmtree(part, ignore_errors=True)
+        part.mkdir(parents=True, exist_ok=True)
+        fsutil.write_json(part / "run.json", identity)
 
     # -- model versions ---------------------------------------------------------------------------
 

@@ -1,12 +1,15 @@
 """Fitting loops: the β-VAE on frames, the LSTM-MDN on latent sequences, and calibration.
 
 Every loop reports through a `progress(task, done, total, info)` callback and can checkpoint
-after each epoch, so the CLI can draw a bar and an interrupted run can resume.
+after each epoch (and, on Ctrl-C, after the last finished batch), so the CLI can draw a bar and an
+interrupted run can resume where it stopped.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -63,6 +66,37 @@ def build_mdn(ckpt: dict[str, Any]) -> LSTMMDN:
     return mdn
 
 
+def _rng(device: torch.device) -> dict[str, torch.Tensor]:
+    """torch's random state, for a checkpoint taken mid-epoch (dropout-free, but sampling uses it)."""
+    state = {"rng": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda_rng"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng(ckpt: dict[str, Any], device: torch.device) -> None:
+    if "rng" in ckpt:
+        torch.set_rng_state(ckpt["rng"])
+    if device.type == "cuda" and "cuda_rng" in ckpt:
+        torch.cuda.set_rng_state(ckpt["cuda_rng"], device)
+
+
+@contextmanager
+def _checkpoint_on_interrupt(path: Path | None, state: Callable[[], dict[str, Any]],
+                             worth_it: Callable[[], bool]) -> Iterator[None]:
+    """On Ctrl-C inside the block, save a mid-epoch checkpoint (if it holds new work), then stop.
+
+    The CLI defers Ctrl-C to the progress callback, which runs between optimiser steps, so the
+    state saved is exactly that after the last finished batch; `--resume` continues from it.
+    """
+    try:
+        yield
+    except KeyboardInterrupt:
+        if path is not None and worth_it():
+            fsutil.save_torch(path, state())
+        raise
+
+
 def vae_checkpoint(vae: BetaVAE, opt: torch.optim.Optimizer, epoch: int, **extra: Any) -> dict[str, Any]:
     return {"config": asdict(vae.cfg), "model": vae.state_dict(), "optimizer": opt.state_dict(),
             "epoch": epoch, **extra}
@@ -79,10 +113,10 @@ def fit_vae(vae: BetaVAE, clips: list[np.ndarray], split: Split, cfg: ProjectCon
     """
     vae.to(device).train()
     opt = torch.optim.Adam(vae.parameters(), lr=cfg.train.lr)
-    first = 0
+    first, skip = 0, 0
     if start is not None:
         opt.load_state_dict(start["optimizer"])
-        first = int(start["epoch"])
+        first, skip = int(start["epoch"]), int(start.get("batch", 0))
     index = split.train_index()
     bs, lag = cfg.train.batch_size, cfg.frames.motion_lag
     per_epoch = -(-len(index) // bs)
@@ -91,23 +125,30 @@ def fit_vae(vae: BetaVAE, clips: list[np.ndarray], split: Split, cfg: ProjectCon
     for epoch in range(first, epochs):
         torch.manual_seed(cfg.train.seed * 100_003 + epoch)  # reproducible, and the same after a resume
         rng = np.random.default_rng([cfg.train.seed, epoch])
-        sums = np.zeros(3)
-        for i, x in enumerate(frame_batches(clips, index, bs, lag, rng)):
-            if n_extra:
-                x = torch.cat([x, extra(n_extra)])
-            x = x.to(device)
-            recon, mu, logvar = vae(x)
-            loss, rec, kl = vae_loss(x, recon, mu, logvar, vae.cfg.beta)
-            if penalty is not None:
-                loss = loss + penalty()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sums += [loss.item(), rec.item(), kl.item()]
-            stats = {"epoch": epoch + 1, "loss": sums[0] / (i + 1), "recon": sums[1] / (i + 1), "kl": sums[2] / (i + 1)}
-            progress("vae", epoch * per_epoch + i + 1, epochs * per_epoch, stats)
-        if ckpt is not None:
-            fsutil.save_torch(ckpt, vae_checkpoint(vae, opt, epoch + 1))
+        if skip:
+            _set_rng(start, device)  # mid-epoch: the random state after the batches already done
+        sums, done = np.zeros(3), skip
+        with _checkpoint_on_interrupt(ckpt, lambda: vae_checkpoint(vae, opt, epoch, batch=done, **_rng(device)),
+                                      lambda: done > skip):
+            for i, x in enumerate(frame_batches(clips, index, bs, lag, rng, skip), start=skip):
+                if n_extra:
+                    x = torch.cat([x, extra(n_extra)])
+                x = x.to(device)
+                recon, mu, logvar = vae(x)
+                loss, rec, kl = vae_loss(x, recon, mu, logvar, vae.cfg.beta)
+                if penalty is not None:
+                    loss = loss + penalty()
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                done = i + 1
+                sums += [loss.item(), rec.item(), kl.item()]
+                n = done - skip
+                stats = {"epoch": epoch + 1, "loss": sums[0] / n, "recon": sums[1] / n, "kl": sums[2] / n}
+                progress("vae", epoch * per_epoch + done, epochs * per_epoch, stats)
+            if ckpt is not None:
+                fsutil.save_torch(ckpt, vae_checkpoint(vae, opt, epoch + 1))
+        skip = 0
     vae.eval()
     return stats
 
@@ -151,30 +192,41 @@ def fit_mdn(mdn: LSTMMDN, latents: list[torch.Tensor], lengths: list[int], cfg: 
     """Teach the LSTM-MDN to predict each cell's next latent. latents: per clip (cells, n, D)."""
     mdn.to(device).train()
     opt = torch.optim.Adam(mdn.parameters(), lr=cfg.train.lr)
-    first = int(start["epoch"]) if start else 0
+    first, skip = (int(start["epoch"]), int(start.get("batch", 0))) if start else (0, 0)
     if start:
         opt.load_state_dict(start["optimizer"])
     windows = 8  # windows per batch; each brings every cell of the grid
     n_batches = -(-max(1, len(window_starts(lengths, cfg.train.seq_len)) // cfg.train.seq_len) // windows)
     stats: dict[str, float] = {}
+
+    def checkpoint(epoch: int, **extra: Any) -> dict[str, Any]:
+        return {"config": asdict(mdn.cfg), "model": mdn.state_dict(), "optimizer": opt.state_dict(),
+                "epoch": epoch, **extra}
+
     for epoch in range(first, epochs):
         torch.manual_seed(cfg.train.seed * 100_003 + 50_000 + epoch)
         rng = np.random.default_rng([cfg.train.seed, 1, epoch])
-        total = 0.0
-        for i, (z, cells) in enumerate(mdn_batches(latents, lengths, cfg.train.seq_len, windows, rng)):
-            z, cells = z.to(device), cells.to(device)
-            log_pi, mu, log_s, _ = mdn(z[:, :-1], cells)
-            loss = mdn_nll(z[:, 1:], log_pi, mu, log_s).mean() / z.shape[-1]  # per dimension
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(mdn.parameters(), 1.0)
-            opt.step()
-            total += loss.item()
-            stats = {"epoch": epoch + 1, "nll": total / (i + 1)}
-            progress("mdn", epoch * n_batches + i + 1, epochs * n_batches, stats)
-        if ckpt is not None:
-            fsutil.save_torch(ckpt, {"config": asdict(mdn.cfg), "model": mdn.state_dict(),
-                                     "optimizer": opt.state_dict(), "epoch": epoch + 1})
+        if skip:
+            _set_rng(start, device)
+        total, done = 0.0, skip
+        with _checkpoint_on_interrupt(ckpt, lambda: checkpoint(epoch, batch=done, **_rng(device)),
+                                      lambda: done > skip):
+            batches = mdn_batches(latents, lengths, cfg.train.seq_len, windows, rng)
+            for i, (z, cells) in enumerate(itertools.islice(batches, skip, None), start=skip):
+                z, cells = z.to(device), cells.to(device)
+                log_pi, mu, log_s, _ = mdn(z[:, :-1], cells)
+                loss = mdn_nll(z[:, 1:], log_pi, mu, log_s).mean() / z.shape[-1]  # per dimension
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(mdn.parameters(), 1.0)
+                opt.step()
+                done = i + 1
+                total += loss.item()
+                stats = {"epoch": epoch + 1, "nll": total / (done - skip)}
+                progress("mdn", epoch * n_batches + done, epochs * n_batches, stats)
+            if ckpt is not None:
+                fsutil.save_torch(ckpt, checkpoint(epoch + 1))
+        skip = 0
     mdn.eval()
     return stats
 

@@ -7,6 +7,7 @@ small chunks, so memory does not depend on the video's length.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,12 +59,15 @@ def find_sources(paths: list[Path]) -> list[Source]:
             raise VideoError(f"no such file or folder: {path}")
         if path.is_file():
             out.append(Source(path))
+        elif not path.is_dir():  # a FIFO or a device: opening it could block forever
+            raise VideoError(f"not a regular file or folder: {path}; pass a video file or a folder")
         elif _images(path):
             out.append(Source(path, frames_dir=True))
         else:
             videos = sorted(p for p in path.iterdir() if p.suffix.lower() in VIDEO_SUFFIXES and p.is_file())
             if not videos:
-                raise VideoError(f"no videos or image frames in folder: {path}")
+                raise VideoError(f"no videos or image frames in folder: {path}; "
+                                 "pass video files (.mp4, .avi, .mkv, .mov...) or a folder of them or of images")
             out.extend(Source(p) for p in videos)
     return out
 
@@ -87,39 +91,68 @@ class _Scaler:
         return out.to_ndarray().reshape(self.height, self.width, self.channels)
 
 
+def _why(exc: BaseException) -> str:
+    return getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+
+
 def _decode_file(src: Source, fc: FrameConfig, report: DecodeReport) -> Iterator[np.ndarray]:
+    limit = fc.decode_timeout
     try:
-        container = av.open(str(src.path))
-    except (av.error.FFmpegError, UnicodeDecodeError) as exc:
-        raise VideoError(f"cannot read {src.path} as a video: {exc.strerror if hasattr(exc, 'strerror') else exc}") from exc
+        # FFmpeg gives up on an open or a read that blocks longer than the limit (a stalled network mount)
+        container = av.open(str(src.path), timeout=limit)
+    except Exception as exc:  # whatever opening an untrusted file raises, it means the same
+        raise VideoError(f"cannot read {src.path} as a video ({_why(exc)}); "
+                         "pass a complete video file") from exc
     with container:
         if not container.streams.video:
-            raise VideoError(f"{src.path} has no video stream")
+            what = ("only audio" if container.streams.audio else "no streams at all, so no frames"
+                    if not container.streams else "no video stream")
+            raise VideoError(f"{src.path} holds {what}; pass a video file with at least one frame")
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"  # frame- and slice-threaded decoding, without the GIL
         rate = stream.average_rate or stream.guessed_rate
         report.fps = float(rate) if rate else DEFAULT_FPS
         scale = _Scaler(fc)
         index = 0
-        try:
-            for frame in container.decode(stream):
-                if index % fc.stride == 0:
-                    yield scale(frame)
-                index += 1
-        except av.error.FFmpegError as exc:
-            report.error = str(exc)  # a damaged or truncated file: keep what decoded
+        packets = container.demux(stream)
+        started = time.monotonic()  # decoding time since the last frame was handed out
+        while True:
+            try:
+                packet = next(packets, None)
+                if packet is None:
+                    break
+                frames = []
+                for frame in packet.decode():
+                    if index % fc.stride == 0:
+                        frames.append(scale(frame))
+                    index += 1
+            except Exception as exc:  # FFmpegError mostly, but PyAV raises others on damaged data too
+                report.error = _why(exc)  # a damaged or truncated file: keep what decoded
+                return
+            for frame in frames:
+                if time.monotonic() - started > limit:
+                    report.error = f"no frame decoded in {limit:g} s (frames.decode_timeout)"
+                    return
+                yield frame
+                started = time.monotonic()  # the consumer's time does not count
+            if time.monotonic() - started > limit:
+                report.error = f"no frame decoded in {limit:g} s (frames.decode_timeout)"
+                return
+        expected = stream.frames  # from the container's index, where it has one (0 if not)
+        if expected and index < expected - max(2, expected // 100):
+            report.error = f"the file ends early: {index} of the {expected} frames it lists could be decoded"
 
 
 def _decode_folder(src: Source, fc: FrameConfig, report: DecodeReport) -> Iterator[np.ndarray]:
     scale = _Scaler(fc)
     for path in _images(src.path)[::fc.stride]:
         try:
-            with av.open(str(path)) as container:
-                frame = next(container.decode(video=0))
-        except (av.error.FFmpegError, StopIteration, IndexError) as exc:
-            report.skipped.append(f"{path.name}: {exc}")
+            with av.open(str(path), timeout=fc.decode_timeout) as container:
+                image = scale(next(container.decode(video=0)))
+        except Exception as exc:  # noqa: BLE001 - an unreadable image, whatever PyAV raises for it
+            report.skipped.append(f"{path.name}: {_why(exc) if not isinstance(exc, StopIteration) else 'no image'}")
             continue
-        yield scale(frame)
+        yield image
 
 
 def iter_chunks(src: Source, fc: FrameConfig, size: int, report: DecodeReport | None = None
@@ -146,7 +179,8 @@ def iter_chunks(src: Source, fc: FrameConfig, size: int, report: DecodeReport | 
         yield buf[:n]
     if report.frames == 0:
         why = f": {report.error}" if report.error else ""
-        raise VideoError(f"no frames could be decoded from {src.path}{why}")
+        raise VideoError(f"no frames could be decoded from {src.path}{why}; "
+                         "pass a video (or images) with at least one readable frame")
     if report.error:
         logging.getLogger("vidanom").warning("%s: decoding stopped after %d frames (%s)",
                                              src.path, report.frames, report.error)

@@ -1,0 +1,390 @@
+"""Throughput and memory of `vidanom score` against the floor set by decoding, on synthetic 720p H.264.
+
+    python benchmarks/throughput.py                       # ~3-4 minutes on 2 shared cores
+    python benchmarks/throughput.py --repeats 5 --json /tmp/throughput.json
+    python benchmarks/throughput.py --extract-train-memory    # also peak RSS of extract/train, 1 vs 10 min
+
+It makes (with PyAV) a 720p, 25 fps H.264 clip with moving shapes on a textured, noisy background
+(and one fast intruder, so there is something to find), trains a small default-config project on
+its first seconds through the library, and then, in rounds that interleave the measurements so
+that the load of a shared machine falls on all of them alike:
+  floor         decode + resize alone: vidanom.video.iter_chunks, PyAV's threaded decoder and one
+                FFmpeg scaler context at the project's frame size (no model)
+  naive PyAV    the same with `frame.reformat` on every frame, for reference
+  score         vidanom.pipeline.score in this process (no start-up): decode, models, CSV, JSON, PNG
+  score (CLI)   `vidanom score` as a subprocess: with interpreter, torch and model start-up
+Each row gives the median over rounds of frames/s and of CPU time per frame (CPU time is less
+disturbed by other processes than wall time), and the ratio score / floor per round.
+Then the peak RSS of `vidanom score` on the 1-minute clip and on a 10-minute one (the same
+packets muxed ten times, so no re-encoding), and training throughput of the β-VAE and LSTM-MDN.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import av
+import numpy as np
+import torch
+
+from vidanom import cache, pipeline
+from vidanom.config import ProjectConfig, with_overrides
+from vidanom.project import Project
+from vidanom.video import Source, iter_chunks
+
+WIDTH, HEIGHT, FPS = 1280, 720, 25
+
+
+# -- the clips -------------------------------------------------------------------------------------
+
+def make_clip(path: Path, seconds: float, bitrate: int = 2_500_000, seed: int = 0) -> Path:
+    """720p H.264 (libx264 ultrafast at `bitrate`): shapes drifting over a textured, noisy background.
+
+    The luma plane is drawn directly (gray content, neutral chroma), so making a minute costs a few
+    seconds; a 2.5 Mbit/s stream decodes at about the speed of real 720p surveillance footage.
+    """
+    rng = np.random.default_rng(seed)
+    ys, xs = np.mgrid[0:HEIGHT, 0:WIDTH]
+    base = 60 + 90 * xs / WIDTH + 40 * ys / HEIGHT + 25 * np.sin(xs / 23.0) * np.cos(ys / 31.0)
+    backgrounds = [np.clip(base + rng.normal(0, 2.5, base.shape), 0, 255).astype(np.uint8) for _ in range(7)]
+    walkers = [(rng.uniform(0, WIDTH), rng.uniform(0, HEIGHT), rng.uniform(-3, 3), rng.uniform(-2, 2),
+                int(rng.integers(30, 90)), int(rng.integers(150, 250))) for _ in range(6)]
+    chroma = np.full((HEIGHT // 2, WIDTH), 128, np.uint8)  # U and V planes, stacked as from_ndarray wants
+    n = int(round(seconds * FPS))
+    intruder = (int(n * 0.7), int(n * 0.7) + 3 * FPS)  # a big, fast shape for three seconds
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=FPS)
+        stream.width, stream.height, stream.pix_fmt = WIDTH, HEIGHT, "yuv420p"
+        stream.bit_rate = bitrate
+        stream.options = {"preset": "ultrafast"}
+        for t in range(n):
+            y = backgrounds[t % len(backgrounds)].copy()
+            for x0, y0, vx, vy, size, shade in walkers:
+                x, yy = int(x0 + vx * t) % (WIDTH - size), int(y0 + vy * t) % (HEIGHT - size)
+                y[yy:yy + size, x:x + size] = shade
+            if intruder[0] <= t < intruder[1]:
+                x = int(40 * (t - intruder[0])) % (WIDTH - 160)
+                y[300:460, x:x + 160] = 250
+            frame = av.VideoFrame.from_ndarray(np.concatenate([y, chroma]), format="yuv420p")
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return path
+
+
+def copy_packets(src: Path, dst: Path, repeats: int = 1, seconds: float | None = None) -> Path:
+    """Mux the video packets of src `repeats` times in a row into dst (or only its first `seconds`).
+
+    No re-encoding: a 10-minute clip from a 1-minute one in about a second. The clip starts with a
+    keyframe and has no B-frames, so every repetition decodes on its own.
+    """
+    with av.open(str(src)) as inp, av.open(str(dst), "w") as out:
+        ins = inp.streams.video[0]
+        outs = out.add_stream_from_template(ins)
+        packets = [p for p in inp.demux(ins) if p.size > 0 and p.pts is not None]
+        step = packets[1].pts - packets[0].pts if len(packets) > 1 else 1
+        span = max(p.pts for p in packets) - min(p.pts for p in packets) + step
+        if seconds is not None:
+            limit = packets[0].pts + seconds / float(ins.time_base)
+            packets = [p for p in packets if p.pts < limit]
+        for r in range(repeats):
+            for p in packets:
+                q = av.Packet(bytes(p))
+                q.pts, q.dts = p.pts + r * span, (p.dts if p.dts is not None else p.pts) + r * span
+                q.time_base, q.is_keyframe, q.stream = ins.time_base, p.is_keyframe, outs
+                out.mux(q)
+    return dst
+
+
+# -- measuring -------------------------------------------------------------------------------------
+
+def cpu_seconds() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+@dataclass
+class Runs:
+    """Wall and CPU seconds of repeated runs over the same frames."""
+
+    frames: int = 0
+    wall: list[float] = field(default_factory=list)
+    cpu: list[float] = field(default_factory=list)
+    rss_mb: list[float] = field(default_factory=list)
+
+    def fps(self) -> float:
+        return self.frames / statistics.median(self.wall)
+
+    def cpu_ms(self) -> float:
+        return 1000 * statistics.median(self.cpu) / self.frames
+
+    def cores(self) -> float:
+        return statistics.median(c / w for c, w in zip(self.cpu, self.wall))
+
+
+def timed(fn) -> tuple[float, float, object]:
+    c0, t0 = cpu_seconds(), time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t0, cpu_seconds() - c0, out
+
+
+def floor(clip: Path, project: Project) -> int:
+    cfg = project.config
+    return sum(len(c) for c in iter_chunks(Source(clip), cfg.frames, cfg.score.batch_size))
+
+
+def naive_pyav(clip: Path, project: Project) -> int:
+    fc, n = project.config.frames, 0
+    fmt = "gray" if fc.channels == 1 else "rgb24"
+    with av.open(str(clip)) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        for frame in container.decode(stream):
+            frame.reformat(width=fc.width, height=fc.height, format=fmt).to_ndarray()
+            n += 1
+    return n
+
+
+# The child writes its own peak RSS (VmHWM) when it exits. getrusage/wait4 would not do: a child's
+# ru_maxrss keeps the high-water mark of the forked copy of this (large) process from before exec.
+CHILD = """import atexit, os
+def _peak():
+    with open('/proc/self/status') as f:
+        kb = next((line.split()[1] for line in f if line.startswith('VmHWM:')), '0')
+    with open(os.environ['VIDANOM_BENCH_RSS'], 'w') as out:
+        out.write(kb)
+atexit.register(_peak)
+from vidanom.cli import app
+app()
+"""
+
+
+def run_cli(args: list[str], work: Path) -> tuple[float, float, float]:
+    """Run a vidanom command in a fresh interpreter → (wall s, CPU s, peak RSS MB) of that process."""
+    rss_file = work / ".peak_rss"
+    rss_file.unlink(missing_ok=True)
+    env = {**os.environ, "VIDANOM_BENCH_RSS": str(rss_file)}
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-c", CHILD, *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, env=env)
+    out = proc.stdout.read() if proc.stdout else b""
+    _, status, usage = os.wait4(proc.pid, 0)  # the CPU time of this child alone
+    wall = time.perf_counter() - t0
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(args)} failed ({proc.returncode}):\n{out.decode(errors='replace')}")
+    rss = int(rss_file.read_text()) / 1024 if rss_file.exists() else float("nan")
+    return wall, usage.ru_utime + usage.ru_stime, rss
+
+
+class StageClock:
+    """A progress callback that notes when each task reports, to time the training stages."""
+
+    def __init__(self) -> None:
+        self.events: dict[str, list[tuple[float, int, int]]] = {}
+
+    def __call__(self, task: str, done: int, total: int, info: dict) -> None:
+        self.events.setdefault(task, []).append((time.perf_counter(), done, total))
+
+    def rate(self, task: str, units_at_end: float) -> float | None:
+        """units/s between the task's first and last report; units_at_end: units when done == total."""
+        ev = self.events.get(task, [])
+        if len(ev) < 2 or ev[-1][0] <= ev[0][0]:
+            return None
+        (t0, d0, total), (t1, d1, _) = ev[0], ev[-1]
+        return units_at_end * (d1 - d0) / max(total, 1) / (t1 - t0)
+
+
+# -- the benchmark ---------------------------------------------------------------------------------
+
+def parse_sets(items: list[str]) -> dict[str, dict]:
+    """['score.batch_size=64', ...] → {'score': {'batch_size': 64}}."""
+    out: dict[str, dict] = {}
+    for item in items:
+        key, value = item.split("=", 1)
+        section, name = key.split(".")
+        out.setdefault(section, {})[name] = ast.literal_eval(value)
+    return out
+
+
+def fmt_row(cells: list[str], widths: list[int]) -> str:
+    return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+
+
+def print_table(title: str, header: list[str], rows: list[list[str]]) -> None:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    print(f"\n{title}")
+    print(fmt_row(header, widths))
+    print("  ".join("-" * w for w in widths))
+    for r in rows:
+        print(fmt_row(r, widths))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--seconds", type=float, default=60.0, help="length of the scored clip")
+    ap.add_argument("--train-seconds", type=float, default=20.0, help="its first part, to train on")
+    ap.add_argument("--long-repeats", type=int, default=10, help="the long clip is the clip this many times")
+    ap.add_argument("--repeats", type=int, default=3, help="rounds of the interleaved speed measurements")
+    ap.add_argument("--vae-epochs", type=int, default=3)
+    ap.add_argument("--mdn-epochs", type=int, default=8)
+    ap.add_argument("--set", action="append", default=[], help="config override, e.g. score.batch_size=64")
+    ap.add_argument("--extract-train-memory", action="store_true",
+                    help="also peak RSS of extract and of train (1 epoch) on the short and the long clip")
+    ap.add_argument("--workdir", type=Path, help="keep clips and projects here (default: a temporary folder)")
+    ap.add_argument("--json", type=Path, help="write the results here")
+    args = ap.parse_args()
+
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="vidanom-throughput-"))
+    work.mkdir(parents=True, exist_ok=True)
+    load0 = os.getloadavg()
+    t_start = time.perf_counter()
+    print(f"work folder {work}; {os.cpu_count()} cores, load average {load0[0]:.1f}; "
+          f"torch {torch.__version__} ({torch.get_num_threads()} threads), PyAV {av.__version__}", flush=True)
+
+    clip = work / "clip.mp4"
+    t0 = time.perf_counter()
+    if not clip.exists():
+        make_clip(clip, args.seconds)
+    long_clip = work / "clip_long.mp4"
+    if not long_clip.exists():
+        copy_packets(clip, long_clip, repeats=args.long_repeats)
+    train_clip = copy_packets(clip, work / "train.mp4", seconds=args.train_seconds)
+    mb = clip.stat().st_size / 1e6
+    print(f"clips made in {time.perf_counter() - t0:.0f} s: {clip.name} {args.seconds:g} s ({mb:.1f} MB, "
+          f"{8 * mb / args.seconds:.1f} Mbit/s), {long_clip.name} {args.seconds * args.long_repeats / 60:g} min, "
+          f"{train_clip.name} {args.train_seconds:g} s", flush=True)
+
+    # a small project of the default architecture, trained through the library
+    root = work / "project"
+    shutil.rmtree(root, ignore_errors=True)
+    sets = parse_sets(args.set)
+    sets["train"] = {"vae_epochs": args.vae_epochs, "mdn_epochs": args.mdn_epochs, **sets.get("train", {})}
+    cfg = with_overrides(ProjectConfig(), **sets)
+    project = Project.init(root, cfg)
+    clock = StageClock()
+    t0 = time.perf_counter()
+    pipeline.train(project, [train_clip], device=torch.device("cpu"), progress=clock)
+    train_s = time.perf_counter() - t0
+    frames = sum(m.frames for m in cache.clips(project.cache_dir, cfg.frames))
+    n_train = frames - int(round(frames * cfg.train.val_fraction))  # the tail of the clip calibrates
+    training = {
+        "vae": clock.rate("vae", n_train * cfg.train.vae_epochs),
+        "mdn": clock.rate("mdn", n_train * cfg.train.mdn_epochs),
+        "calibrate": clock.rate("calibrate", 2 * frames),
+    }
+    print(f"trained in {train_s:.0f} s on {frames} frames", flush=True)
+
+    # interleaved rounds: floor, naive PyAV, score in-process, score as a command
+    pipeline.score(project, train_clip)  # warm-up: imports matplotlib, first torch calls
+    runs = {k: Runs() for k in ("floor", "naive", "score", "cli")}
+    ratios, cli_ratios = [], []
+    cli_args = ["score", str(clip), "--device", "cpu", "-p", str(root)]
+    for r in range(args.repeats):
+        wall, cpu, n = timed(lambda: floor(clip, project))
+        runs["floor"].frames = n
+        runs["floor"].wall.append(wall)
+        runs["floor"].cpu.append(cpu)
+        wall, cpu, res = timed(lambda: pipeline.score(project, clip))
+        runs["score"].frames = res[0].frames
+        runs["score"].wall.append(wall)
+        runs["score"].cpu.append(cpu)
+        wall, cpu, rss = run_cli(cli_args, work)
+        runs["cli"].frames = res[0].frames
+        runs["cli"].wall.append(wall)
+        runs["cli"].cpu.append(cpu)
+        runs["cli"].rss_mb.append(rss)
+        wall, cpu, n = timed(lambda: naive_pyav(clip, project))
+        runs["naive"].frames = n
+        runs["naive"].wall.append(wall)
+        runs["naive"].cpu.append(cpu)
+        ratios.append(runs["floor"].wall[-1] / runs["score"].wall[-1])
+        cli_ratios.append(runs["floor"].wall[-1] / runs["cli"].wall[-1])
+        print(f"round {r + 1}: floor {n / runs['floor'].wall[-1]:.0f} fps, score {runs['score'].frames / runs['score'].wall[-1]:.0f} "
+              f"fps, ratio {ratios[-1]:.2f}", flush=True)
+    if runs["floor"].frames != runs["score"].frames:
+        raise SystemExit(f"scored {runs['score'].frames} frames but decoded {runs['floor'].frames}")
+
+    long_wall, long_cpu, long_rss = run_cli(["score", str(long_clip), "--device", "cpu", "-p", str(root)], work)
+    long_frames = json.loads((root / "scores" / f"{long_clip.name}.json").read_text())["frames"]
+
+    memory = {"score": (max(runs["cli"].rss_mb), long_rss)}
+    if args.extract_train_memory:
+        for name, c in (("short", clip), ("long", long_clip)):
+            proj = work / f"mem_{name}"
+            shutil.rmtree(proj, ignore_errors=True)
+            Project.init(proj, with_overrides(ProjectConfig(), train={"vae_epochs": 1, "mdn_epochs": 1}))
+            ex = run_cli(["extract", str(c), "-p", str(proj)], work)
+            tr = run_cli(["train", "--device", "cpu", "-p", str(proj)], work)
+            memory.setdefault("extract", []).append(ex[2])
+            memory.setdefault("train (1 epoch)", []).append(tr[2])
+            print(f"{name}: extract {ex[0]:.0f} s, train {tr[0]:.0f} s", flush=True)
+            shutil.rmtree(proj / "cache", ignore_errors=True)
+
+    n = runs["floor"].frames
+    rows = [
+        ["floor: decode + resize (iter_chunks)", f"{runs['floor'].fps():.0f}", f"{runs['floor'].cpu_ms():.2f}",
+         f"{runs['floor'].cores():.2f}", "1.00"],
+        ["naive PyAV (frame.reformat per frame)", f"{runs['naive'].fps():.0f}", f"{runs['naive'].cpu_ms():.2f}",
+         f"{runs['naive'].cores():.2f}", f"{runs['naive'].fps() / runs['floor'].fps():.2f}"],
+        ["vidanom score, in-process (no start-up)", f"{runs['score'].fps():.0f}", f"{runs['score'].cpu_ms():.2f}",
+         f"{runs['score'].cores():.2f}", f"{statistics.median(ratios):.2f}  ({min(ratios):.2f}-{max(ratios):.2f})"],
+        ["vidanom score, command (with start-up)", f"{runs['cli'].fps():.0f}", f"{runs['cli'].cpu_ms():.2f}",
+         f"{runs['cli'].cores():.2f}", f"{statistics.median(cli_ratios):.2f}  ({min(cli_ratios):.2f}-{max(cli_ratios):.2f})"],
+        [f"vidanom score, command, {long_frames / FPS / 60:g}-min clip", f"{long_frames / long_wall:.0f}",
+         f"{1000 * long_cpu / long_frames:.2f}", f"{long_cpu / long_wall:.2f}", ""],
+    ]
+    print_table(f"Scoring {n} frames of 720p H.264 at {cfg.frames.width}x{cfg.frames.height} "
+                f"{'gray' if cfg.frames.channels == 1 else 'RGB'} (median of {args.repeats} interleaved rounds)",
+                ["", "frames/s", "CPU ms/frame", "cores", "ratio to floor"], rows)
+    startup = statistics.median(runs["cli"].wall) - statistics.median(runs["score"].wall)
+    fl, sc = runs["floor"].cpu_ms(), runs["score"].cpu_ms()
+    print(f"CPU per frame: decoding {fl:.2f} ms + models and output {sc - fl:.2f} ms; on a machine where "
+          f"scoring gets no more CPU than decoding alone, the ratio tends to {fl / sc:.2f}")
+    print(f"start-up and model loading of the command: {startup:.1f} s; target ratio (in-process) >= 0.70")
+    if args.set:
+        print("config overrides:", " ".join(args.set))
+
+    mem_rows = [[k, f"{v[0]:.0f}", f"{v[1]:.0f}", f"{v[1] - v[0]:+.0f}"] for k, v in memory.items()]
+    print_table("Peak RSS (MB) of the command", ["", f"{args.seconds / 60:g}-min clip",
+                                                 f"{args.seconds * args.long_repeats / 60:g}-min clip", "difference"],
+                mem_rows)
+
+    train_rows = [[k, "n/a" if v is None else f"{v:.0f}"] for k, v in training.items()]
+    print_table(f"Training throughput, {cfg.frames.width}x{cfg.frames.height} default architecture "
+                f"({n_train} training frames, {torch.get_num_threads()} torch threads)",
+                ["stage", "frames/s"], train_rows)
+    print("  vae: frames through fit_vae per second; mdn: training frames per second (an epoch reads about "
+          "every training frame once); calibrate: frames per second of its two passes")
+    load1 = os.getloadavg()
+    print(f"\nload average {load0[0]:.1f} at the start, {load1[0]:.1f} at the end; "
+          f"benchmark took {time.perf_counter() - t_start:.0f} s")
+
+    if args.json:
+        args.json.write_text(json.dumps({
+            "frames": n, "fps": {k: v.fps() for k, v in runs.items()},
+            "cpu_ms_per_frame": {k: v.cpu_ms() for k, v in runs.items()},
+            "ratio": statistics.median(ratios), "ratios": ratios, "cli_ratio": statistics.median(cli_ratios),
+            "long": {"frames": long_frames, "fps": long_frames / long_wall},
+            "peak_rss_mb": {k: list(v) for k, v in memory.items()},
+            "training_fps": training, "load": [load0[0], load1[0]],
+        }, indent=2))
+    if not args.workdir:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
