@@ -8,9 +8,12 @@ It makes (with PyAV) a 720p, 25 fps H.264 clip with moving shapes on a textured,
 (and one fast intruder, so there is something to find), trains a small default-config project on
 its first seconds through the library, and then, in rounds that interleave the measurements so
 that the load of a shared machine falls on all of them alike:
-  floor         decode + resize alone: vidanom.video.iter_chunks, PyAV's threaded decoder and one
-                FFmpeg scaler context at the project's frame size (no model)
+  decode        decode + resize alone: vidanom.video.iter_chunks (PyAV's decoder and one FFmpeg
+                scaler context at the project's frame size, no model), with FFmpeg's own choice
+                of decoding threads and with one thread (scoring uses one on 2 cores)
+  floor         per round, the faster of the two
   naive PyAV    the same with `frame.reformat` on every frame, for reference
+  loop          the scoring loop alone (pipeline._score_arrays): decode + models, no files written
   score         vidanom.pipeline.score in this process (no start-up): decode, models, CSV, JSON, PNG
   score (CLI)   `vidanom score` as a subprocess: with interpreter, torch and model start-up
 Each row gives the median over rounds of frames/s and of CPU time per frame (CPU time is less
@@ -141,9 +144,9 @@ def timed(fn) -> tuple[float, float, object]:
     return time.perf_counter() - t0, cpu_seconds() - c0, out
 
 
-def floor(clip: Path, project: Project) -> int:
+def decode(clip: Path, project: Project, threads: int) -> int:
     cfg = project.config
-    return sum(len(c) for c in iter_chunks(Source(clip), cfg.frames, cfg.score.batch_size))
+    return sum(len(c) for c in iter_chunks(Source(clip), cfg.frames, cfg.score.batch_size, threads=threads))
 
 
 def naive_pyav(clip: Path, project: Project) -> int:
@@ -220,6 +223,10 @@ def parse_sets(items: list[str]) -> dict[str, dict]:
     return out
 
 
+def span(seconds: float) -> str:
+    return f"{seconds / 60:.3g} min" if seconds >= 60 else f"{seconds:.3g} s"
+
+
 def fmt_row(cells: list[str], widths: list[int]) -> str:
     return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
 
@@ -243,7 +250,8 @@ def main() -> None:
     ap.add_argument("--mdn-epochs", type=int, default=8)
     ap.add_argument("--set", action="append", default=[], help="config override, e.g. score.batch_size=64")
     ap.add_argument("--extract-train-memory", action="store_true",
-                    help="also peak RSS of extract and of train (1 epoch) on the short and the long clip")
+                    help="also peak RSS of extract and of train (1 epoch) on the short and the long clip "
+                         "(slow: training on the long clip takes about 10 minutes on 2 busy cores)")
     ap.add_argument("--workdir", type=Path, help="keep clips and projects here (default: a temporary folder)")
     ap.add_argument("--json", type=Path, help="write the results here")
     args = ap.parse_args()
@@ -255,18 +263,18 @@ def main() -> None:
     print(f"work folder {work}; {os.cpu_count()} cores, load average {load0[0]:.1f}; "
           f"torch {torch.__version__} ({torch.get_num_threads()} threads), PyAV {av.__version__}", flush=True)
 
-    clip = work / "clip.mp4"
+    clip = work / f"clip_{args.seconds:g}s.mp4"
     t0 = time.perf_counter()
     if not clip.exists():
         make_clip(clip, args.seconds)
-    long_clip = work / "clip_long.mp4"
+    long_clip = work / f"clip_{args.seconds:g}s_x{args.long_repeats}.mp4"
     if not long_clip.exists():
         copy_packets(clip, long_clip, repeats=args.long_repeats)
     train_clip = copy_packets(clip, work / "train.mp4", seconds=args.train_seconds)
     mb = clip.stat().st_size / 1e6
-    print(f"clips made in {time.perf_counter() - t0:.0f} s: {clip.name} {args.seconds:g} s ({mb:.1f} MB, "
-          f"{8 * mb / args.seconds:.1f} Mbit/s), {long_clip.name} {args.seconds * args.long_repeats / 60:g} min, "
-          f"{train_clip.name} {args.train_seconds:g} s", flush=True)
+    print(f"clips made in {time.perf_counter() - t0:.0f} s: {clip.name} {span(args.seconds)} ({mb:.1f} MB, "
+          f"{8 * mb / args.seconds:.1f} Mbit/s), {long_clip.name} {span(args.seconds * args.long_repeats)}, "
+          f"{train_clip.name} {span(args.train_seconds)}", flush=True)
 
     # a small project of the default architecture, trained through the library
     root = work / "project"
@@ -288,35 +296,43 @@ def main() -> None:
     }
     print(f"trained in {train_s:.0f} s on {frames} frames", flush=True)
 
-    # interleaved rounds: floor, naive PyAV, score in-process, score as a command
+    # interleaved rounds, so that a busy spell of the machine falls on every kind of run
     pipeline.score(project, train_clip)  # warm-up: imports matplotlib, first torch calls
-    runs = {k: Runs() for k in ("floor", "naive", "score", "cli")}
-    ratios, cli_ratios = [], []
-    cli_args = ["score", str(clip), "--device", "cpu", "-p", str(root)]
+    models = pipeline.load_models(project.require_version())
+    kinds = {
+        "decode": lambda: decode(clip, project, threads=0),
+        "decode1": lambda: decode(clip, project, threads=1),
+        "loop": lambda: len(pipeline._score_arrays(project, Source(clip), models, torch.device("cpu"),
+                                                   pipeline.no_progress)[1]),
+        "score": lambda: pipeline.score(project, clip)[0].frames,
+        "cli": lambda: run_cli(["score", str(clip), "--device", "cpu", "-p", str(root)], work),
+        "naive": lambda: naive_pyav(clip, project),
+    }
+    runs = {k: Runs() for k in (*kinds, "floor")}
     for r in range(args.repeats):
-        wall, cpu, n = timed(lambda: floor(clip, project))
-        runs["floor"].frames = n
-        runs["floor"].wall.append(wall)
-        runs["floor"].cpu.append(cpu)
-        wall, cpu, res = timed(lambda: pipeline.score(project, clip))
-        runs["score"].frames = res[0].frames
-        runs["score"].wall.append(wall)
-        runs["score"].cpu.append(cpu)
-        wall, cpu, rss = run_cli(cli_args, work)
-        runs["cli"].frames = res[0].frames
-        runs["cli"].wall.append(wall)
-        runs["cli"].cpu.append(cpu)
-        runs["cli"].rss_mb.append(rss)
-        wall, cpu, n = timed(lambda: naive_pyav(clip, project))
-        runs["naive"].frames = n
-        runs["naive"].wall.append(wall)
-        runs["naive"].cpu.append(cpu)
-        ratios.append(runs["floor"].wall[-1] / runs["score"].wall[-1])
-        cli_ratios.append(runs["floor"].wall[-1] / runs["cli"].wall[-1])
-        print(f"round {r + 1}: floor {n / runs['floor'].wall[-1]:.0f} fps, score {runs['score'].frames / runs['score'].wall[-1]:.0f} "
-              f"fps, ratio {ratios[-1]:.2f}", flush=True)
-    if runs["floor"].frames != runs["score"].frames:
-        raise SystemExit(f"scored {runs['score'].frames} frames but decoded {runs['floor'].frames}")
+        for kind, fn in kinds.items():
+            wall, cpu, out = timed(fn)
+            run = runs[kind]
+            if kind == "cli":
+                wall, cpu, rss = out  # the child's own wall and CPU time
+                run.rss_mb.append(rss)
+            else:
+                run.frames = out
+            run.wall.append(wall)
+            run.cpu.append(cpu)
+        runs["cli"].frames = runs["score"].frames
+        fastest = min(("decode", "decode1"), key=lambda k: runs[k].wall[-1])  # the floor of this round
+        f = runs["floor"]
+        f.frames = runs[fastest].frames
+        f.wall.append(runs[fastest].wall[-1])
+        f.cpu.append(runs[fastest].cpu[-1])
+        print(f"round {r + 1}: floor {f.frames / f.wall[-1]:.0f} fps, score {runs['score'].frames / runs['score'].wall[-1]:.0f}"
+              f" fps, ratio {f.wall[-1] / runs['score'].wall[-1]:.2f}", flush=True)
+    if not runs["floor"].frames == runs["loop"].frames == runs["score"].frames:
+        raise SystemExit(f"decoded {runs['floor'].frames} frames but scored {runs['score'].frames}")
+
+    def ratios(kind: str) -> list[float]:  # per round: same frames, so the ratio of wall times
+        return [f / w for f, w in zip(runs["floor"].wall, runs[kind].wall)]
 
     long_wall, long_cpu, long_rss = run_cli(["score", str(long_clip), "--device", "cpu", "-p", str(root)], work)
     long_frames = json.loads((root / "scores" / f"{long_clip.name}.json").read_text())["frames"]
@@ -335,36 +351,42 @@ def main() -> None:
             shutil.rmtree(proj / "cache", ignore_errors=True)
 
     n = runs["floor"].frames
-    rows = [
-        ["floor: decode + resize (iter_chunks)", f"{runs['floor'].fps():.0f}", f"{runs['floor'].cpu_ms():.2f}",
-         f"{runs['floor'].cores():.2f}", "1.00"],
-        ["naive PyAV (frame.reformat per frame)", f"{runs['naive'].fps():.0f}", f"{runs['naive'].cpu_ms():.2f}",
-         f"{runs['naive'].cores():.2f}", f"{runs['naive'].fps() / runs['floor'].fps():.2f}"],
-        ["vidanom score, in-process (no start-up)", f"{runs['score'].fps():.0f}", f"{runs['score'].cpu_ms():.2f}",
-         f"{runs['score'].cores():.2f}", f"{statistics.median(ratios):.2f}  ({min(ratios):.2f}-{max(ratios):.2f})"],
-        ["vidanom score, command (with start-up)", f"{runs['cli'].fps():.0f}", f"{runs['cli'].cpu_ms():.2f}",
-         f"{runs['cli'].cores():.2f}", f"{statistics.median(cli_ratios):.2f}  ({min(cli_ratios):.2f}-{max(cli_ratios):.2f})"],
-        [f"vidanom score, command, {long_frames / FPS / 60:g}-min clip", f"{long_frames / long_wall:.0f}",
-         f"{1000 * long_cpu / long_frames:.2f}", f"{long_cpu / long_wall:.2f}", ""],
-    ]
+    labels = {
+        "decode": "decode + resize, FFmpeg's threads",
+        "decode1": "decode + resize, 1 decoding thread",
+        "floor": "floor: the faster of the two, per round",
+        "naive": "naive PyAV (frame.reformat per frame)",
+        "loop": "scoring loop (decode + models, no files)",
+        "score": "vidanom score, in-process (no start-up)",
+        "cli": "vidanom score, command (with start-up)",
+    }
+    rows = []
+    for kind, label in labels.items():
+        rs = ratios(kind)
+        spread = f"  ({min(rs):.2f}-{max(rs):.2f})" if kind != "floor" else ""
+        rows.append([label, f"{runs[kind].fps():.0f}", f"{runs[kind].cpu_ms():.2f}", f"{runs[kind].cores():.2f}",
+                     f"{statistics.median(rs):.2f}{spread}"])
+    rows.append([f"vidanom score, command, {span(long_frames / FPS)} clip", f"{long_frames / long_wall:.0f}",
+                 f"{1000 * long_cpu / long_frames:.2f}", f"{long_cpu / long_wall:.2f}", ""])
     print_table(f"Scoring {n} frames of 720p H.264 at {cfg.frames.width}x{cfg.frames.height} "
                 f"{'gray' if cfg.frames.channels == 1 else 'RGB'} (median of {args.repeats} interleaved rounds)",
                 ["", "frames/s", "CPU ms/frame", "cores", "ratio to floor"], rows)
     startup = statistics.median(runs["cli"].wall) - statistics.median(runs["score"].wall)
-    fl, sc = runs["floor"].cpu_ms(), runs["score"].cpu_ms()
-    print(f"CPU per frame: decoding {fl:.2f} ms + models and output {sc - fl:.2f} ms; on a machine where "
-          f"scoring gets no more CPU than decoding alone, the ratio tends to {fl / sc:.2f}")
-    print(f"start-up and model loading of the command: {startup:.1f} s; target ratio (in-process) >= 0.70")
+    fl, lo, sc = runs["floor"].cpu_ms(), runs["loop"].cpu_ms(), runs["score"].cpu_ms()
+    print(f"CPU per frame: decoding {fl:.2f} ms + models {lo - fl:.2f} ms + CSV, JSON and PNG {sc - lo:.2f} ms; "
+          f"where scoring gets no more CPU than decoding alone, the ratio tends to {fl / sc:.2f}")
+    print(f"start-up and model loading of the command: {startup:.1f} s; "
+          f"target: vidanom score in-process / floor >= 0.70")
     if args.set:
         print("config overrides:", " ".join(args.set))
 
     mem_rows = [[k, f"{v[0]:.0f}", f"{v[1]:.0f}", f"{v[1] - v[0]:+.0f}"] for k, v in memory.items()]
-    print_table("Peak RSS (MB) of the command", ["", f"{args.seconds / 60:g}-min clip",
-                                                 f"{args.seconds * args.long_repeats / 60:g}-min clip", "difference"],
+    print_table("Peak RSS (MB) of the command", ["", f"{span(args.seconds)} clip",
+                                                 f"{span(args.seconds * args.long_repeats)} clip", "difference"],
                 mem_rows)
 
     train_rows = [[k, "n/a" if v is None else f"{v:.0f}"] for k, v in training.items()]
-    print_table(f"Training throughput, {cfg.frames.width}x{cfg.frames.height} default architecture "
+    print_table(f"Training throughput at {cfg.frames.width}x{cfg.frames.height}, hidden {cfg.vae.hidden} "
                 f"({n_train} training frames, {torch.get_num_threads()} torch threads)",
                 ["stage", "frames/s"], train_rows)
     print("  vae: frames through fit_vae per second; mdn: training frames per second (an epoch reads about "
@@ -377,7 +399,7 @@ def main() -> None:
         args.json.write_text(json.dumps({
             "frames": n, "fps": {k: v.fps() for k, v in runs.items()},
             "cpu_ms_per_frame": {k: v.cpu_ms() for k, v in runs.items()},
-            "ratio": statistics.median(ratios), "ratios": ratios, "cli_ratio": statistics.median(cli_ratios),
+            "ratio": statistics.median(ratios("score")), "ratios": {k: ratios(k) for k in runs},
             "long": {"frames": long_frames, "fps": long_frames / long_wall},
             "peak_rss_mb": {k: list(v) for k, v in memory.items()},
             "training_fps": training, "load": [load0[0], load1[0]],

@@ -19,7 +19,8 @@ from conftest import tiny_config
 from vidanom import pipeline
 from vidanom.config import FrameConfig, ProjectConfig, with_overrides
 from vidanom.errors import VideoError
-from vidanom.inference import SubPixelConvTranspose, for_inference, scoring_threads, torch_threads
+from vidanom.inference import (SubPixelConvTranspose, decoding_threads, for_inference, scoring_threads,
+                               torch_threads)
 from vidanom.prefetch import prefetch
 from vidanom.project import Project
 from vidanom.score import iter_scores, make_scorer
@@ -146,6 +147,14 @@ def test_shared_scaler_gives_the_same_pixels_as_reformatting_each_frame(clips, c
     np.testing.assert_array_equal(got, ref)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_decoding_threads_do_not_change_the_frames(clips, threads):
+    fc = FrameConfig(width=32, height=24, channels=1)
+    auto = np.concatenate(list(iter_chunks(Source(clips.normal_b), fc, 9)))  # libx264
+    got = np.concatenate(list(iter_chunks(Source(clips.normal_b), fc, 9, threads=threads)))
+    np.testing.assert_array_equal(got, auto)
+
+
 def test_chunks_are_independent_arrays(clips):
     chunks = list(iter_chunks(Source(clips.normal_a), FrameConfig(32, 32, 1), 5))
     before = [c.copy() for c in chunks]
@@ -200,6 +209,7 @@ def test_torch_threads_restores_the_count():
             raise KeyError
     assert torch.get_num_threads() == before
     assert 1 <= scoring_threads() <= max(1, before)
+    assert decoding_threads() >= 0
 
 
 # -- the CSV writer --------------------------------------------------------------------------------

@@ -7,7 +7,6 @@ VidanomError subclasses and never print.
 from __future__ import annotations
 
 import csv
-import io
 import json
 import shutil
 import time
@@ -295,15 +294,15 @@ def _score_arrays(project: Project, src: Source, models: tuple, device: torch.de
     models on the current chunk; the queue between them holds a few chunks, so memory does not
     grow with the clip. Only a few floats per frame are kept.
     """
-    from .inference import for_inference, scoring_threads, torch_threads
+    from .inference import decoding_threads, for_inference, scoring_threads, torch_threads
     from .prefetch import prefetch
     vae, mdn, cal = models
     cfg = project.config
     scorer = make_scorer(for_inference(vae, device), mdn.to(device).eval() if mdn else None, cfg, device)
     report = DecodeReport()
     comps, scores, done = [], [], 0
-    chunks = prefetch(iter_chunks(src, cfg.frames, cfg.score.batch_size, report), depth=3,
-                      name=f"vidanom-decode {src.name}")
+    chunks = prefetch(iter_chunks(src, cfg.frames, cfg.score.batch_size, report, threads=decoding_threads()),
+                      depth=3, name=f"vidanom-decode {src.name}")
     try:
         with torch_threads(scoring_threads() if device.type == "cpu" else torch.get_num_threads()):
             for comp, score in iter_scores(scorer, chunks, cal, cfg.score):
