@@ -10,7 +10,6 @@ It goes through the same library calls as `vidanom train` and `vidanom score`.
 from __future__ import annotations
 
 import argparse
-import ast
 import csv
 import json
 import tempfile
@@ -23,20 +22,10 @@ from rich.console import Console
 from rich.table import Table
 
 from vidanom import pipeline
-from vidanom.config import ProjectConfig, with_overrides
+from vidanom.config import ProjectConfig, parse_overrides, with_overrides
 from vidanom.metrics import summary
 from vidanom.project import Project
 from vidanom.score import COMPONENTS, CausalMean
-
-
-def parse_sets(items: list[str]) -> dict[str, dict]:
-    """['vae.beta=0.3', ...] → {'vae': {'beta': 0.3}}."""
-    out: dict[str, dict] = {}
-    for item in items:
-        key, value = item.split("=", 1)
-        section, name = key.split(".")
-        out.setdefault(section, {})[name] = ast.literal_eval(value)
-    return out
 
 
 def read_components(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -56,7 +45,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(torch.get_num_threads())
     root = args.project or Path(tempfile.mkdtemp(prefix="vidanom-ped1-"))
-    cfg = with_overrides(ProjectConfig(), **parse_sets(args.set))
+    cfg = with_overrides(ProjectConfig(), **parse_overrides(args.set))
     project = Project.open(root) if args.skip_train else Project.init(root, cfg)
     t0 = time.time()
     if not args.skip_train:

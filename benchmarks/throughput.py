@@ -25,7 +25,6 @@ packets muxed ten times, so no re-encoding), and training throughput of the β-V
 from __future__ import annotations
 
 import argparse
-import ast
 import json
 import os
 import resource
@@ -43,7 +42,7 @@ import numpy as np
 import torch
 
 from vidanom import cache, pipeline
-from vidanom.config import ProjectConfig, with_overrides
+from vidanom.config import ProjectConfig, parse_overrides, with_overrides
 from vidanom.project import Project
 from vidanom.video import Source, iter_chunks
 
@@ -213,16 +212,6 @@ class StageClock:
 
 # -- the benchmark ---------------------------------------------------------------------------------
 
-def parse_sets(items: list[str]) -> dict[str, dict]:
-    """['score.batch_size=64', ...] → {'score': {'batch_size': 64}}."""
-    out: dict[str, dict] = {}
-    for item in items:
-        key, value = item.split("=", 1)
-        section, name = key.split(".")
-        out.setdefault(section, {})[name] = ast.literal_eval(value)
-    return out
-
-
 def span(seconds: float) -> str:
     return f"{seconds / 60:.3g} min" if seconds >= 60 else f"{seconds:.3g} s"
 
@@ -279,7 +268,7 @@ def main() -> None:
     # a small project of the default architecture, trained through the library
     root = work / "project"
     shutil.rmtree(root, ignore_errors=True)
-    sets = parse_sets(args.set)
+    sets = parse_overrides(args.set)
     sets["train"] = {"vae_epochs": args.vae_epochs, "mdn_epochs": args.mdn_epochs, **sets.get("train", {})}
     cfg = with_overrides(ProjectConfig(), **sets)
     project = Project.init(root, cfg)

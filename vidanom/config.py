@@ -162,6 +162,17 @@ def read_config(path: Path) -> ProjectConfig:
     return from_dict(data)
 
 
+def parse_overrides(items: list[str]) -> dict[str, dict[str, Any]]:
+    """['vae.beta=0.3', ...] → {'vae': {'beta': 0.3}}, for with_overrides (values are Python literals)."""
+    import ast
+    out: dict[str, dict[str, Any]] = {}
+    for item in items:
+        key, value = item.split("=", 1)
+        section, name = key.split(".")
+        out.setdefault(section, {})[name] = ast.literal_eval(value)
+    return out
+
+
 def with_overrides(cfg: ProjectConfig, **sections: dict[str, Any]) -> ProjectConfig:
     """A copy of cfg with some fields of some sections replaced, e.g. train={'vae_epochs': 2}."""
     return replace(cfg, **{name: replace(getattr(cfg, name), **vals) for name, vals in sections.items() if vals})
