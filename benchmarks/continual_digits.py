@@ -17,8 +17,10 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
+import multiprocessing
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 
@@ -28,7 +30,8 @@ import torch
 from vidanom.config import FrameConfig, ProjectConfig, TrainConfig, VAEOptions, with_overrides
 from vidanom.data import Split, to_input
 from vidanom.metrics import auroc
-from vidanom.replay import EWCPenalty, PriorReplay, fisher_diagonal, new_batch_size, replay_share
+from vidanom.replay import (EWCPenalty, LatentPrior, PriorReplay, carry_prior, fisher_diagonal, fit_gaussian,
+                            new_batch_size, replay_share)
 from vidanom.train import fit_vae
 from vidanom.vae import BetaVAE, error_map, kl_map, patch_means
 
@@ -99,17 +102,27 @@ def task_fisher(vae: BetaVAE, frames: np.ndarray, limit: int) -> dict[str, torch
     return fisher_diagonal(vae, x.split(128), vae.cfg.beta)
 
 
+def task_prior(vae: BetaVAE, replay: PriorReplay | None, frames: np.ndarray) -> LatentPrior:
+    """After a task: the old tasks' Gaussians carried into the new latent space, plus the new task's."""
+    x = to_input(torch.from_numpy(frames), 0)
+    new = fit_gaussian(vae, x.split(512))
+    old = carry_prior(replay, vae) if replay is not None and replay.prior is not None \
+        else LatentPrior.standard([], new[0].numel())
+    return old.with_scene(f"task{len(old.scenes) + 1}", *new)
+
+
 def run_strategy(name: str, tasks: list[int], train: dict[int, np.ndarray], test: dict[int, np.ndarray],
                  cfg: ProjectConfig, args: argparse.Namespace) -> tuple[list[dict], BetaVAE]:
     """Learn the tasks in order with one strategy: the evaluations after each task, and the final model."""
     torch.manual_seed(cfg.train.seed)  # every strategy starts from the same weights
     vae = BetaVAE(cfg.vae_config())
     ewc = EWCPenalty(vae, args.ewc_lambda, args.ewc_accumulate) if name == "ewc" else None
+    prior: LatentPrior | None = None  # replay's fitted Gaussians of the tasks learned so far
     results = []
     for i, digit in enumerate(tasks):
         t0, c0 = time.time(), time.process_time()
         clips = [train[d] for d in tasks[:i + 1]] if name == "joint" else [train[digit]]
-        replay = PriorReplay(vae, frame_channels=1) if name == "replay" and i > 0 else None
+        replay = PriorReplay(vae, 1, prior) if name == "replay" and i > 0 else None
         share = replay_share(i, args.replay_base) if replay else 0.0
         train_opts = {"seed": cfg.train.seed + i}  # fresh shuffles and noise for every task
         if share and args.replay_batch == "fixed":  # as many optimiser steps as joint training
@@ -119,6 +132,8 @@ def run_strategy(name: str, tasks: list[int], train: dict[int, np.ndarray], test
                         extra=replay, penalty=ewc, extra_share=share)
         if ewc is not None:
             ewc.consolidate(task_fisher(vae, train[digit], args.fisher_samples))
+        if name == "replay" and args.replay_prior == "fitted":
+            prior = task_prior(vae, replay, train[digit])
         res = evaluate(vae, test, tasks[:i + 1], args.patch)
         res.update(digit=digit, seconds=time.time() - t0, cpu_seconds=time.process_time() - c0,
                    replay_share=share, loss=stats.get("loss"))
@@ -182,27 +197,58 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--json", type=Path, help="write the results here")
     ap.add_argument("--plot", type=Path, help="save a line plot of AUROC after each task here")
     ap.add_argument("--samples", type=Path, help="save prior samples of every final model here")
-    ap.add_argument("--epochs", type=int, default=5, help="epochs per task")
+    ap.add_argument("--epochs", type=int, default=3, help="epochs per task")
     ap.add_argument("--tasks", type=int, nargs="+", default=list(range(1, 10)), help="digits, in order")
     ap.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=STRATEGIES)
     ap.add_argument("--per-digit", type=int, default=2000, help="training images per digit (0 = all)")
     ap.add_argument("--score", default="elbo", choices=SCORES, help="the score the table shows")
     ap.add_argument("--patch", type=int, default=4, help="patch size of the 'patch' score")
-    ap.add_argument("--hidden", type=int, nargs="+", default=[32, 32, 64, 64, 128])
+    ap.add_argument("--hidden", type=int, nargs="+", default=[16, 32, 32, 64, 64])
     ap.add_argument("--latent", type=int, default=16, help="latent channels per grid cell")
     ap.add_argument("--beta", type=float, default=1.0)
     ap.add_argument("--coords", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--replay-prior", default="fitted", choices=("fitted", "standard"),
+                    help="replay latents from a Gaussian fitted to each old task's latents, or from N(0, I)")
     ap.add_argument("--replay-base", type=float, default=0.5, help="replay share with one old task")
     ap.add_argument("--replay-batch", default="fixed", choices=("fixed", "grow"),
                     help="fixed: new + replayed images make one batch of --batch-size; grow: replay is added")
-    ap.add_argument("--ewc-lambda", type=float, default=1.0)
+    ap.add_argument("--ewc-lambda", type=float, default=1000.0)
     ap.add_argument("--ewc-accumulate", default="sum", choices=EWCPenalty.MODES)
     ap.add_argument("--fisher-samples", type=int, default=1000, help="images per task for the EWC Fisher")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads per job")
+    ap.add_argument("--jobs", type=int, default=1, help="strategies trained at once, in separate processes")
     return ap.parse_args()
+
+
+def load_data(args: argparse.Namespace) -> tuple[dict[int, np.ndarray], dict[int, np.ndarray], int]:
+    """Training and test frames by digit, zero-padded so the VAE's 2**len(hidden) divides their size."""
+    raw = read_idx(args.data / "train-images-idx3-ubyte.gz").shape[1]
+    down = 2 ** len(args.hidden)
+    pad = (-raw % down + 1) // 2
+    if (raw + 2 * pad) % down:
+        raise SystemExit(f"{raw}px images cannot be padded evenly to a multiple of {down}")
+    train = by_digit(*load_split(args.data, "train", pad), args.per_digit or None, args.seed)
+    test = by_digit(*load_split(args.data, "t10k", pad), None, args.seed)
+    return train, test, raw + 2 * pad
+
+
+def run_all(args: argparse.Namespace, train: dict[int, np.ndarray], test: dict[int, np.ndarray],
+            cfg: ProjectConfig) -> tuple[dict[str, list[dict]], dict[str, BetaVAE]]:
+    """Every strategy, `--jobs` at a time. Each seeds itself, so parallel runs change only the wall time."""
+    work = (args.tasks, train, test, cfg, args)
+    if args.jobs <= 1:
+        out = {name: run_strategy(name, *work) for name in args.strategies}
+    else:
+        ctx = multiprocessing.get_context("spawn")  # a forked child would inherit torch's thread pools
+        with ProcessPoolExecutor(args.jobs, mp_context=ctx, initializer=torch.set_num_threads,
+                                 initargs=(args.threads,)) as pool:
+            heavy_first = sorted(args.strategies, key=lambda n: n not in ("joint", "replay"))
+            futures = {name: pool.submit(run_strategy, name, *work) for name in heavy_first}
+            out = {name: futures[name].result() for name in args.strategies}
+    return {n: r for n, (r, _) in out.items()}, {n: m for n, (_, m) in out.items()}
 
 
 def main() -> None:
@@ -210,23 +256,16 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     if 0 in args.tasks:
         raise SystemExit("digit 0 is the anomaly class and cannot be a task")
-    raw = read_idx(args.data / "train-images-idx3-ubyte.gz").shape[1]
-    down = 2 ** len(args.hidden)
-    pad = (-raw % down + 1) // 2  # the VAE needs sizes divisible by 2**len(hidden)
-    if (raw + 2 * pad) % down:
-        raise SystemExit(f"{raw}px images cannot be padded evenly to a multiple of {down}")
-    train = by_digit(*load_split(args.data, "train", pad), args.per_digit or None, args.seed)
-    test = by_digit(*load_split(args.data, "t10k", pad), None, args.seed)
-    cfg = build_config(args, raw + 2 * pad)
-    t0, c0 = time.time(), time.process_time()  # CPU time too: the machine may be shared
-    runs, models = {}, {}
-    for name in args.strategies:
-        runs[name], models[name] = run_strategy(name, args.tasks, train, test, cfg, args)
-    seconds, cpu_seconds = time.time() - t0, time.process_time() - c0
+    train, test, size = load_data(args)
+    cfg = build_config(args, size)
+    t0 = time.time()
+    runs, models = run_all(args, train, test, cfg)
+    seconds = time.time() - t0
+    cpu_seconds = sum(r["cpu_seconds"] for res in runs.values() for r in res)  # the machine may be shared
     table = {name: [r["auroc"][args.score] for r in res] for name, res in runs.items()}
     print(f"AUROC of digit 0 vs digits seen, score '{args.score}', {args.per_digit or 'all'} training images "
-          f"per digit, {args.epochs} epochs per task, latent grid {cfg.vae_config().grid}, "
-          f"{seconds:.0f} s ({cpu_seconds:.0f} s CPU, {args.threads} thread(s))")
+          f"per digit, {args.epochs} epochs per task, latent grid {cfg.vae_config().grid}: {seconds:.0f} s "
+          f"({cpu_seconds:.0f} s CPU; {args.jobs} job(s) × {args.threads} thread(s))")
     print_table(args.tasks, table)
     if args.plot:
         save_plot(args.plot, args.tasks, table, f"MNIST, anomaly = digit 0, score '{args.score}'")

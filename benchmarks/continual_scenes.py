@@ -67,8 +67,9 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, help="epochs per stage (default: the config's)")
     ap.add_argument("--strategies", default="replay,replay-no-dream,ewc,finetune,joint")
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--keep", type=Path, help="build the projects in this new folder and keep them")
     args = ap.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="vidanom-scenes-"))
+    work = args.keep if args.keep else Path(tempfile.mkdtemp(prefix="vidanom-scenes-"))
     b_train, b_test, b_labels = make_scene_b(work)
     a_train = work / "a_train"
     a_train.mkdir()
@@ -110,7 +111,8 @@ def main() -> None:
     Console().print(table)
     if args.json:
         args.json.write_text(json.dumps({k: {"A": a, "B": b, "seconds": s} for k, (a, b, s) in rows.items()}, indent=2))
-    shutil.rmtree(work, ignore_errors=True)
+    if not args.keep:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from vidanom.config import CONFIG_NAME, ProjectConfig, SCHEMA_VERSION, read_conf
 from vidanom.project import Project
 from vidanom.score import Calibration, CausalMean, combine
 
-COLUMNS = ["frame", "time", "recon", "kl", "nll", "score", "anomalous"]
+COLUMNS = ["frame", "time", "recon", "kl", "nll", "scene", "score", "anomalous"]
 TRAIN = ("--epochs", "1", "--device", "cpu")
 
 
@@ -152,8 +152,9 @@ def test_stored_scores_follow_from_the_stored_components(scored):
     rows = read_csv(scored / "scores" / "anom.mp4.csv")
     comp = torch.tensor([[float(r[k]) if r[k] else float("nan") for k in ("recon", "kl", "nll")] for r in rows])
     cal = Calibration.from_dict(torch.load(scored / "models" / "v0001" / "calibration.pt", weights_only=True))
+    assert cal.scenes == ["default"] and {r["scene"] for r in rows} == {"default"}
     cfg = tiny_config().score
-    expected = CausalMean(cfg.smooth)(combine(comp, cal, cfg.weights)).numpy()
+    expected = CausalMean(cfg.smooth)(combine(comp[:, None], cal, cfg.weights)[:, 0]).numpy()
     np.testing.assert_allclose(scores_of(scored), expected, rtol=1e-3, atol=1e-3)
 
 
@@ -338,6 +339,10 @@ def test_stage_vae_then_stage_mdn(project, clips):
     vae1 = torch.load(v1 / "vae.pt", weights_only=True)["model"]
     vae2 = torch.load(v2 / "vae.pt", weights_only=True)["model"]
     assert vae1.keys() == vae2.keys() and all(torch.equal(vae1[k], vae2[k]) for k in vae1)  # VAE kept as it was
+    prior1, prior2 = (torch.load(v / "prior.pt", weights_only=True) for v in (v1, v2))  # and what an update needs
+    assert prior2["scenes"] == prior1["scenes"] and torch.equal(prior2["chol"], prior1["chol"])
+    ewc1, ewc2 = (torch.load(v / "ewc.pt", weights_only=True)["fisher"] for v in (v1, v2))
+    assert ewc1.keys() == ewc2.keys() and all(torch.equal(ewc1[k], ewc2[k]) for k in ewc1)
     assert invoke("score", clips.anomalous, "--device", "cpu", "-p", project).exit_code == 0
     rows = read_csv(project / "scores" / "anom.mp4.csv")
     assert all(r["nll"] != "" for r in rows[8:])

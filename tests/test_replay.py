@@ -10,7 +10,8 @@ import torch
 
 from vidanom.config import FrameConfig, ProjectConfig, TrainConfig, VAEOptions
 from vidanom.data import Split
-from vidanom.replay import EWCPenalty, PriorReplay, fisher_diagonal, new_batch_size, replay_share
+from vidanom.replay import (EWCPenalty, LatentPrior, PriorReplay, carry_prior, fisher_diagonal, fit_gaussian,
+                            new_batch_size, replay_share)
 from vidanom.train import fit_vae
 from vidanom.vae import BetaVAE, vae_loss
 
@@ -69,6 +70,74 @@ def test_prior_replay_is_a_frozen_copy() -> None:
     assert x.shape == (6, 1, 8, 8) and not x.requires_grad
     assert not any(p.requires_grad for p in replay.vae.parameters())
     assert not torch.equal(next(vae.parameters()), next(replay.vae.parameters()))
+
+
+def test_fit_gaussian_is_the_mean_and_covariance_of_the_mean_latents() -> None:
+    vae = tiny_vae()
+    x = torch.rand(300, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    mean, chol = fit_gaussian(vae, x.split(64), ridge=0.0)  # batch by batch
+    with torch.no_grad():
+        mu = vae.encode(x)[0].flatten(1).double().numpy()
+    assert mean.shape == (8,) and chol.shape == (8, 8)  # 2 latent channels × a 2×2 grid
+    np.testing.assert_allclose(mean.numpy(), mu.mean(0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose((chol @ chol.T).numpy(), np.cov(mu, rowvar=False), rtol=1e-4, atol=1e-7)
+    assert torch.equal(chol, chol.tril())
+    # a latent that never moves still gets a factor, thanks to the ridge
+    mean, chol = fit_gaussian(vae, [x[:1].expand(5, -1, -1, -1)])
+    assert torch.isfinite(chol).all() and (chol.diagonal() > 0).all()
+
+
+def test_latent_prior_samples_each_scene_from_its_own_gaussian() -> None:
+    g = torch.Generator().manual_seed(0)
+    a = torch.tensor([[1.0, 0.0], [0.5, 0.2]])
+    prior = LatentPrior.standard([], 2).with_scene("day", torch.tensor([5.0, 5.0]), a)
+    prior = prior.with_scene("night", torch.tensor([-5.0, 0.0]), torch.eye(2) * 0.1)
+    z = prior.sample(20000, g)
+    day = z[:, 0] > 0
+    assert day.float().mean() == pytest.approx(0.5, abs=0.02)  # every old scene, an equal part
+    torch.testing.assert_close(z[day].mean(0), torch.tensor([5.0, 5.0]), atol=0.03, rtol=0)
+    torch.testing.assert_close(torch.cov(z[day].T), a @ a.T, atol=0.03, rtol=0)
+    assert (prior.sample(500, g, scene=1)[:, 0] < 0).all()
+    assert prior.only(["night"]).scenes == ["night"]
+    again = prior.with_scene("day", torch.zeros(2), torch.eye(2))  # a scene learned again replaces its own
+    assert again.scenes == ["night", "day"] and torch.equal(again.mean[1], torch.zeros(2))
+    back = LatentPrior.from_dict(torch.load(save(prior.to_dict()), weights_only=True))
+    assert back.scenes == prior.scenes and torch.equal(back.chol, prior.chol)
+
+
+def save(obj: object) -> io.BytesIO:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    buf.seek(0)
+    return buf
+
+
+def test_prior_replay_decodes_the_fitted_gaussians() -> None:
+    vae = tiny_vae()
+    prior = LatentPrior.standard([], 8).with_scene("a", torch.full((8,), 3.0), torch.eye(8) * 0.5)
+    got = PriorReplay(vae, prior=prior, generator=torch.Generator().manual_seed(7))(4)
+    z = prior.sample(4, torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        torch.testing.assert_close(got, vae.decode(z.view(4, 2, 2, 2)))
+
+
+def test_carry_prior_encodes_old_samples_with_the_new_encoder() -> None:
+    old = tiny_vae()
+    prior = LatentPrior.standard([], 8).with_scene("a", torch.zeros(8), torch.eye(8))
+    prior = prior.with_scene("b", torch.ones(8), torch.eye(8) * 0.3)
+    new = tiny_vae()
+    with torch.no_grad():
+        new.to_stats.bias[:2] += torch.tensor([1.0, -2.0])  # the new latent space: the old one, shifted
+
+    def carry(vae: BetaVAE) -> LatentPrior:
+        return carry_prior(PriorReplay(old, 1, prior, generator=torch.Generator().manual_seed(3)), vae, 256, 100)
+
+    same, moved = carry(old), carry(new)
+    assert moved.scenes == ["a", "b"]
+    shift = torch.tensor([1.0, -2.0]).repeat_interleave(4)  # per channel, over the 2×2 grid
+    torch.testing.assert_close(moved.mean - same.mean, shift.expand(2, 8), atol=1e-4, rtol=0)
+    torch.testing.assert_close(moved.chol, same.chol, atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(same.mean[0], same.mean[1], atol=1e-3)  # each scene its own samples
 
 
 def test_replay_share_gives_every_scene_an_equal_part() -> None:

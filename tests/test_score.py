@@ -9,7 +9,7 @@ import torch
 from vidanom import train
 from vidanom.mdn import LSTMMDN, MDNConfig, mdn_nll
 from vidanom.config import ScoreConfig
-from vidanom.score import (Calibration, CausalMean, Maps, RunningStats, Scorer, combine, components, iter_scores,
+from vidanom.score import (Calibration, pick_scene, scene_of, CausalMean, Maps, RunningStats, Scorer, combine, components, iter_scores,
                            segments)
 from vidanom.vae import BetaVAE, VAEConfig, error_map, kl_map
 
@@ -171,11 +171,13 @@ def test_scorer_without_mdn_has_no_surprise(models, frames):
 
 @pytest.fixture(scope="module")
 def calibration():
+    """Statistics of two scenes."""
     g = torch.Generator().manual_seed(4)
-    return Calibration(torch.rand(9, generator=g), torch.rand(9, generator=g) + 0.5,
-                       torch.rand(16, generator=g), torch.rand(16, generator=g) + 0.5,
-                       torch.rand(16, generator=g), torch.rand(16, generator=g) + 0.5,
-                       torch.randn(3, generator=g), torch.rand(3, generator=g) + 0.5, 0.0, True)
+    return Calibration(torch.rand(2, 9, generator=g), torch.rand(2, 9, generator=g) + 0.5,
+                       torch.rand(2, 16, generator=g), torch.rand(2, 16, generator=g) + 0.5,
+                       torch.rand(2, 16, generator=g), torch.rand(2, 16, generator=g) + 0.5,
+                       torch.randn(2, 3, generator=g), torch.rand(2, 3, generator=g) + 0.5,
+                       torch.tensor([0.5, 1.5]), True, ["day", "night"])
 
 
 def test_components_and_combine_against_hand_computation(models, frames, calibration):
@@ -183,18 +185,60 @@ def test_components_and_combine_against_hand_computation(models, frames, calibra
     sc = ScoreConfig(patch=8, patch_stride=4, top_k=3, weights=weights)
     err, kl, nll = run_scorer(models, frames, size=N)
     comp = components(Maps(err, kl, nll), cal, sc)
+    assert comp.shape == (N, 2, 3)
     # 8x8 windows 4 apart on 16x16 frames: 3 x 3 of them, each z-scored at its own position
     windows = np.stack([err[:, r:r + 8, c:c + 8].mean((1, 2)).numpy() for r in (0, 4, 8) for c in (0, 4, 8)], 1)
-    z = (windows - cal.err_mean.numpy()) / cal.err_std.numpy()
-    recon = np.sort(z, 1)[:, -3:].mean(1)
-    np.testing.assert_allclose(comp[:, 0].numpy(), recon, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(comp[:, 1].numpy(), ((kl - cal.kl_mean) / cal.kl_std).numpy().max(1), rtol=1e-6)
-    assert torch.isnan(comp[:8, 2]).all()
-    np.testing.assert_allclose(comp[8:, 2].numpy(), ((nll[8:] - cal.nll_mean) / cal.nll_std).numpy().max(1),
-                               rtol=1e-6)
+    for s in range(2):  # every scene against its own statistics
+        z = (windows - cal.err_mean[s].numpy()) / cal.err_std[s].numpy()
+        np.testing.assert_allclose(comp[:, s, 0].numpy(), np.sort(z, 1)[:, -3:].mean(1), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(comp[:, s, 1].numpy(), ((kl - cal.kl_mean[s]) / cal.kl_std[s]).numpy().max(1),
+                                   rtol=1e-6)
+        assert torch.isnan(comp[:8, s, 2]).all()
+        np.testing.assert_allclose(comp[8:, s, 2].numpy(),
+                                   ((nll[8:] - cal.nll_mean[s]) / cal.nll_std[s]).numpy().max(1), rtol=1e-6)
     z = ((comp - cal.comp_mean) / cal.comp_std).numpy()
-    ref = np.nansum(z * np.array(weights), 1)  # a missing component adds nothing
-    np.testing.assert_allclose(combine(comp, cal, weights).numpy(), ref, rtol=1e-5, atol=1e-5)
+    ref = np.nansum(z * np.array(weights), 2)  # a missing component adds nothing
+    combined = combine(comp, cal, weights)
+    np.testing.assert_allclose(combined.numpy(), ref, rtol=1e-5, atol=1e-5)
+    best, score, scene = pick_scene(comp, combined, None)  # without Gaussians: the scene of the lowest score
+    np.testing.assert_allclose(score.numpy(), ref.min(1), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(best, comp[torch.arange(N), torch.as_tensor(ref.argmin(1))], equal_nan=True)
+    assert 0 < scene.sum() < N, "the fixture should exercise both scenes"
+    given = torch.arange(N) % 2
+    best, score, scene = pick_scene(comp, combined, given)
+    assert torch.equal(scene, given)
+    np.testing.assert_allclose(score.numpy(), ref[np.arange(N), given.numpy()], rtol=1e-5, atol=1e-5)
+
+
+def test_scene_of_picks_the_scene_whose_frames_it_lies_closest_to(calibration):
+    g = torch.Generator().manual_seed(0)
+    mean = torch.rand(2, 16, generator=g)
+    std = torch.rand(2, 16, generator=g) + 0.1
+    cal = Calibration(**calibration.to_dict() | {"frame_mean": mean, "frame_std": std})
+    frame = torch.rand(300, 16, generator=g)
+    maps = Maps(torch.zeros(300, 4, 4), torch.zeros(300, 16), torch.zeros(300, 16), frame)
+    ref = np.stack([(((frame - m) / s) ** 2).sum(1).numpy() for m, s in zip(mean, std)]).argmin(0)
+    got = scene_of(maps, cal)
+    assert np.array_equal(got.numpy(), ref) and 0 < got.sum() < 300
+    assert scene_of(maps, calibration) is None  # no frame statistics stored: the caller falls back
+
+
+def test_calibration_threshold_and_merge(calibration):
+    assert calibration.threshold == 1.5  # no scene's normal frames may flag more than its quantile
+    mine = Calibration.from_dict({k: v[1:] if isinstance(v, torch.Tensor) else v
+                                  for k, v in calibration.to_dict().items()} | {"scenes": ["dawn"]})
+    merged = mine.merged(calibration, ["day", "dawn"])  # "night" was dropped from the lineage
+    assert merged.scenes == ["day", "dawn"]
+    torch.testing.assert_close(merged.err_mean, torch.stack([calibration.err_mean[0], calibration.err_mean[1]]))
+    # the old scene is scored by its reconstruction alone: its KL and NLL statistics went stale
+    assert merged.comp_std[0, 0] == calibration.comp_std[0, 0] and merged.comp_std[0, 1:].isinf().all()
+    torch.testing.assert_close(merged.comp_std[1], calibration.comp_std[1])
+    comp = torch.tensor([[[2.0, 50.0, float("nan")], [2.0, 50.0, 1.0]]])
+    z_recon = (2.0 - calibration.comp_mean[0, 0]) / calibration.comp_std[0, 0]
+    torch.testing.assert_close(combine(comp, merged, (1.0, 1.0, 1.0))[0, 0], z_recon)
+    assert mine.merged(calibration, ["dawn"]) is mine
+    relearned = Calibration.from_dict(mine.to_dict() | {"scenes": ["day"]})
+    assert relearned.merged(calibration, ["day", "night"]).scenes == ["night", "day"]  # the new "day" wins
 
 
 def test_iter_scores_in_chunks_equals_one_pass(models, frames, calibration):
@@ -203,13 +247,16 @@ def test_iter_scores_in_chunks_equals_one_pass(models, frames, calibration):
         chunks = (frames[s:s + size] for s in range(0, N, size))
         sc = ScoreConfig(patch=8, patch_stride=4, top_k=2, weights=(1.0, 0.5, 1.0), smooth=4)
         out = list(iter_scores(scorer, chunks, calibration, sc))
-        return torch.cat([c for c, _ in out]), torch.cat([s for _, s in out])
+        return tuple(torch.cat([o[i] for o in out]) for i in range(3))
 
-    comp_whole, score_whole = run(N)
-    comp_7, score_7 = run(7)
+    comp_whole, scene_whole, score_whole = run(N)
+    comp_7, scene_7, score_7 = run(7)
     torch.testing.assert_close(comp_7, comp_whole, rtol=1e-4, atol=1e-4, equal_nan=True)
     torch.testing.assert_close(score_7, score_whole, rtol=1e-4, atol=1e-4)
-    ref = causal_mean_reference(combine(comp_whole, calibration, (1.0, 0.5, 1.0)).double().numpy(), 4)
+    assert torch.equal(scene_7, scene_whole)
+    # the smoothed score follows from the reported components, standardised by the reported scene's stats
+    z = ((comp_whole - calibration.comp_mean[scene_whole]) / calibration.comp_std[scene_whole]).nan_to_num(0.0)
+    ref = causal_mean_reference((z @ torch.tensor([1.0, 0.5, 1.0])).double().numpy(), 4)
     np.testing.assert_allclose(score_whole.numpy(), ref, rtol=1e-5, atol=1e-5)
 
 

@@ -214,14 +214,14 @@ def test_torch_threads_restores_the_count():
 
 # -- the CSV writer --------------------------------------------------------------------------------
 
-def csv_writer_reference(comps, scores, flags, dt) -> str:
+def csv_writer_reference(comps, scenes, scores, flags, dt) -> str:
     """What pipeline._write_csv wrote with csv.writer, row by row."""
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(["frame", "time", "recon", "kl", "nll", "score", "anomalous"])
-    for i, (c, s, f) in enumerate(zip(comps, scores, flags)):
+    w.writerow(["frame", "time", "recon", "kl", "nll", "scene", "score", "anomalous"])
+    for i, (c, scene, s, f) in enumerate(zip(comps, scenes, scores, flags)):
         w.writerow([i, f"{i * dt:.3f}", f"{c[0]:.5g}", f"{c[1]:.5g}", "" if np.isnan(c[2]) else f"{c[2]:.5g}",
-                    f"{s:.5g}", int(f)])
+                    scene, f"{s:.5g}", int(f)])
     return buf.getvalue()
 
 
@@ -235,8 +235,9 @@ def test_csv_is_byte_for_byte_what_csv_writer_wrote(tmp_path, n, dt):
         comps[rng.random(n) < 0.2, 2] = np.nan  # no MDN surprise yet
         comps[3, 0], comps[4, 1], comps[5, 0] = np.inf, -np.inf, -0.0
     flags = scores > 1.0
-    pipeline._write_csv(tmp_path / "s.csv", comps, scores, flags, dt)
-    assert (tmp_path / "s.csv").read_bytes() == csv_writer_reference(comps, scores, flags, dt).encode()
+    scenes = rng.choice(["default", "night-2", "moved_cam.b"], n).tolist()
+    pipeline._write_csv(tmp_path / "s.csv", comps, scenes, scores, flags, dt)
+    assert (tmp_path / "s.csv").read_bytes() == csv_writer_reference(comps, scenes, scores, flags, dt).encode()
 
 
 # -- scoring through all of it ---------------------------------------------------------------------
@@ -247,12 +248,12 @@ def test_scoring_equals_plain_streaming_with_the_original_models(trained_project
     vae, mdn, cal = models
     cfg = project.config
     threads = torch.get_num_threads()
-    comps, scores, report = pipeline._score_arrays(project, Source(clips.anomalous), models, torch.device("cpu"),
-                                                   pipeline.no_progress)
+    comps, _, scores, report = pipeline._score_arrays(project, Source(clips.anomalous), models,
+                                                      torch.device("cpu"), pipeline.no_progress)
     assert torch.get_num_threads() == threads
     plain = make_scorer(vae, mdn, cfg, torch.device("cpu"))
     chunks = iter_chunks(Source(clips.anomalous), cfg.frames, cfg.score.batch_size)
-    ref = [(c.numpy(), s.numpy()) for c, s in iter_scores(plain, chunks, cal, cfg.score)]
+    ref = [(c.numpy(), s.numpy()) for c, _, s in iter_scores(plain, chunks, cal, cfg.score)]
     np.testing.assert_allclose(comps, np.concatenate([c for c, _ in ref]), rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(scores, np.concatenate([s for _, s in ref]), rtol=1e-4, atol=1e-4)
     assert report.frames == len(scores) == clips.n_frames

@@ -44,6 +44,9 @@ def test_update_adds_a_version_with_its_lineage(trained_project, scene_b, strate
     assert info["scenes"] == ["default", "moved"]
     assert (info["dreamed_frames"] > 0) == (strategy == "replay")
     assert (trained_project / "models" / "v0002" / "ewc.pt").exists()
+    priors = [torch.load(trained_project / "models" / v / "prior.pt", weights_only=True) for v in ("v0001", "v0002")]
+    assert priors[0]["scenes"] == ["default"] and priors[1]["scenes"] == ["default", "moved"]
+    assert not torch.allclose(priors[1]["mean"][0], priors[0]["mean"][0])  # carried into the new latent space
     # the updated model scores, and the scores say which version made them
     res = invoke("score", scene_b / "b1.mp4", "--device", "cpu", "-p", trained_project)
     assert res.exit_code == 0, res.output
@@ -51,6 +54,28 @@ def test_update_adds_a_version_with_its_lineage(trained_project, scene_b, strate
     assert summary["model_version"] == "v0002"
     status = invoke("status", "-p", trained_project)
     assert "replay/all" in status.output or strategy != "replay"
+
+
+def test_old_scenes_keep_their_statistics_and_frames_are_scored_by_their_own_scene(trained_project, clips,
+                                                                                  scene_b):
+    res = invoke("update", scene_b, "--scene", "moved", *TRAIN, "-p", trained_project)
+    assert res.exit_code == 0, res.output
+    old, new = (pipeline.load_models(trained_project / "models" / v)[2] for v in ("v0001", "v0002"))
+    assert old.scenes == ["default"] and new.scenes == ["default", "moved"]
+    for key in ("err_mean", "err_std", "kl_mean", "comp_mean", "thresholds"):
+        torch.testing.assert_close(getattr(new, key)[0], getattr(old, key)[0])  # carried over as learned
+    assert new.comp_std[0, 0] == old.comp_std[0, 0] and new.comp_std[0, 1:].isinf().all()
+    assert not torch.equal(new.err_mean[1], old.err_mean[0])
+    assert new.threshold == max(new.thresholds.tolist())
+    for clip, scene in ((clips.normal_a, "default"), (scene_b / "b1.mp4", "moved")):
+        assert invoke("score", clip, "--device", "cpu", "-p", trained_project).exit_code == 0
+        summary = json.loads((trained_project / "scores" / f"{clip.name}.json").read_text())
+        assert max(summary["scene_frames"], key=summary["scene_frames"].get) == scene, summary["scene_frames"]
+
+
+def test_a_scene_name_that_cannot_be_stored_is_refused(trained_project, scene_b):
+    res = invoke("update", scene_b, "--scene", "night,2", *TRAIN, "-p", trained_project)
+    assert res.exit_code == 2 and "scene name" in res.stderr
 
 
 def test_update_before_train_is_a_clean_error(project, scene_b):
@@ -99,8 +124,8 @@ def test_dream_clip_is_a_uint8_clip_of_the_requested_length():
     cfg = tiny_config()
     torch.manual_seed(0)
     vae, mdn = BetaVAE(cfg.vae_config()), LSTMMDN(cfg.mdn_config())
-    a = dream_clip(vae, mdn, 12, 1, 1.0, torch.Generator().manual_seed(1))
-    b = dream_clip(vae, mdn, 12, 1, 1.0, torch.Generator().manual_seed(1))
+    a = dream_clip(vae, mdn, 12, 1, None, 1.0, torch.Generator().manual_seed(1))
+    b = dream_clip(vae, mdn, 12, 1, None, 1.0, torch.Generator().manual_seed(1))
     assert a.shape == (12, 32, 32, 1) and a.dtype == np.uint8
     np.testing.assert_array_equal(a, b)  # reproducible for a seed
     assert (np.diff(a.astype(int), axis=0) != 0).any()  # the rollout moves

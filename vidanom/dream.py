@@ -13,21 +13,25 @@ import numpy as np
 import torch
 
 from .mdn import LSTMMDN
+from .replay import LatentPrior
 from .vae import BetaVAE
 
 
 @torch.no_grad()
-def dream_clip(vae: BetaVAE, mdn: LSTMMDN, frames: int, channels: int, temperature: float = 1.0,
-               generator: torch.Generator | None = None) -> np.ndarray:
+def dream_clip(vae: BetaVAE, mdn: LSTMMDN, frames: int, channels: int, prior: LatentPrior | None = None,
+               temperature: float = 1.0, generator: torch.Generator | None = None) -> np.ndarray:
     """One dreamed clip of `frames` frames: (frames, H, W, channels) uint8.
 
-    Each cell starts from a prior sample and follows its own rollout, as the MDN models cells
-    independently given their position. Only the frame planes of the decoded input are kept; the
-    motion planes are recomputed from consecutive frames when the clip is used.
+    The first latent grid is a sample of `prior` (an old scene's Gaussian; N(0, I) if None); from
+    there each cell follows its own rollout, as the MDN models cells independently given their
+    position. Only the frame planes of the decoded input are kept; the motion planes are recomputed
+    from consecutive frames when the clip is used.
     """
     rows, cols = vae.cfg.grid
     cells = torch.arange(rows * cols)
-    first = torch.randn(rows * cols, mdn.cfg.latent_dim, generator=generator)
+    d = mdn.cfg.latent_dim
+    first = (prior.sample(1, generator).view(d, rows * cols).T if prior is not None
+             else torch.randn(rows * cols, d, generator=generator))
     z = mdn.dream(first, cells, frames - 1, temperature, generator)  # (cells, frames, D)
     grid = z.permute(1, 2, 0).reshape(frames, mdn.cfg.latent_dim, rows, cols)
     out = []
@@ -38,9 +42,9 @@ def dream_clip(vae: BetaVAE, mdn: LSTMMDN, frames: int, channels: int, temperatu
 
 
 def dream_clips(vae: BetaVAE, mdn: LSTMMDN, total_frames: int, length: int, channels: int,
-                temperature: float = 1.0, seed: int = 0) -> list[np.ndarray]:
+                prior: LatentPrior | None = None, temperature: float = 1.0, seed: int = 0) -> list[np.ndarray]:
     """Enough dreamed clips of `length` frames to hold about total_frames frames."""
     g = torch.Generator().manual_seed(seed)
     vae, mdn = vae.eval(), mdn.eval()
     count = max(1, -(-total_frames // length))
-    return [dream_clip(vae, mdn, length, channels, temperature, g) for _ in range(count)]
+    return [dream_clip(vae, mdn, length, channels, prior, temperature, g) for _ in range(count)]

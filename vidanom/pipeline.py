@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,10 +21,14 @@ import torch
 
 from . import cache, fsutil, metrics, plot
 from .cache import ClipMeta
+from .config import ProjectConfig
 from .data import Split
+from .dream import dream_clips
 from .errors import LabelsError, NotTrainedError, ProjectError, VidanomError
 from .mdn import LSTMMDN
 from .project import Project
+from .replay import (EWCPenalty, LatentPrior, PriorReplay, carry_prior, fisher_diagonal, fit_gaussian,
+                     replay_share)
 from .score import Calibration, iter_scores, make_scorer, segments
 from .train import (Progress, build_mdn, build_vae, calibrate, encode, fit_mdn, fit_vae, load_checkpoint,
                     no_progress)
@@ -31,6 +37,7 @@ from .video import DecodeReport, Source, find_sources, iter_chunks
 
 DEFAULT_SCENE = "default"
 EWC_SAMPLES = 256  # training frames the Fisher information is estimated on
+PRIOR_SAMPLES = 4096  # training frames a scene's latent Gaussian is fitted to
 DREAM_LENGTH = 64  # frames per dreamed clip
 
 
@@ -39,6 +46,8 @@ DREAM_LENGTH = 64  # frames per dreamed clip
 def extract(project: Project, paths: list[Path], scene: str = DEFAULT_SCENE,
             progress: Progress = no_progress) -> list[tuple[ClipMeta, bool]]:
     """Cache the frames of every clip named by paths; clips already cached are not decoded again."""
+    if not re.fullmatch(r"[\w.-]+", scene):  # it becomes a CSV field and a table cell
+        raise VidanomError(f"scene name '{scene}' may hold only letters, digits, '_', '.' and '-'")
     out = []
     sources = find_sources(paths)
     for i, src in enumerate(sources):
@@ -105,6 +114,8 @@ class Plan:
     penalty: Any = None  # EWC
     ewc_prior: dict[str, Any] | None = None  # the parent's EWC state, to fold this scene's Fisher into
     dreams: list[np.ndarray] = field(default_factory=list)  # dreamed clips of old scenes
+    calibration: Calibration | None = None  # the parent's, whose old scenes' statistics carry over
+    old_scenes: Any = None  # PriorReplay of the frozen parent: its old scenes' latents, to carry over
 
 
 def _fit_vae_stage(project: Project, plan: Plan, clips: list[np.ndarray], split: Split, device: torch.device,
@@ -142,29 +153,56 @@ def _fit_mdn_stage(project: Project, plan: Plan, vae: BetaVAE, clips: list[np.nd
     return mdn, stats
 
 
+def _sample_inputs(cfg: ProjectConfig, clips: list[np.ndarray], split: Split, count: int,
+                   device: torch.device) -> Iterator[torch.Tensor]:
+    """Model inputs of `count` random training frames, one batch per clip they fall in."""
+    from .data import gather
+    rng = np.random.default_rng(cfg.train.seed)
+    index = split.train_index()
+    rows = index[rng.permutation(len(index))[:count]]
+    return (gather(clips[c], np.sort(rows[rows[:, 0] == c, 1]), cfg.frames.motion_lag).to(device)
+            for c in np.unique(rows[:, 0]))
+
+
 def _ewc_state(project: Project, plan: Plan, vae: BetaVAE, clips: list[np.ndarray], split: Split,
                device: torch.device) -> dict[str, Any]:
     """Fold the diagonal Fisher of the scene just learned into the EWC state, for a later update."""
-    from .data import gather
-    from .replay import EWCPenalty, fisher_diagonal
     cfg = project.config
-    rng = np.random.default_rng(cfg.train.seed)
-    index = split.train_index()
-    rows = index[rng.permutation(len(index))[:EWC_SAMPLES]]
-    batches = (gather(clips[c], np.sort(rows[rows[:, 0] == c, 1]), cfg.frames.motion_lag).to(device)
-               for c in np.unique(rows[:, 0]))
     pen = (EWCPenalty.from_dict(vae, plan.ewc_prior) if plan.ewc_prior
            else EWCPenalty(vae, cfg.train.ewc_strength))
-    pen.consolidate(fisher_diagonal(vae, batches, vae.cfg.beta))
+    pen.consolidate(fisher_diagonal(vae, _sample_inputs(cfg, clips, split, EWC_SAMPLES, device), vae.cfg.beta))
     return pen.to_dict()
+
+
+def _latent_prior(project: Project, plan: Plan, vae: BetaVAE, clips: list[np.ndarray], split: Split,
+                  device: torch.device) -> LatentPrior:
+    """The scene just learned as a Gaussian in latent space, beside the old scenes' Gaussians carried
+    into the new latent space: what the next update replays."""
+    vae.eval()
+    new = fit_gaussian(vae, _sample_inputs(project.config, clips, split, PRIOR_SAMPLES, device))
+    old = carry_prior(plan.old_scenes, vae) if plan.old_scenes is not None else LatentPrior.standard([], len(new[0]))
+    return old.with_scene(plan.lineage["scene"], *new)
+
+
+def _stage_vae_state(project: Project, plan: Plan, vae: BetaVAE, clips: list[np.ndarray], split: Split,
+                     device: torch.device, staging: Path) -> None:
+    """Write the EWC state and the scenes' latent Gaussians of the new version."""
+    if plan.stage != "mdn":
+        fsutil.save_torch(staging / "ewc.pt", _ewc_state(project, plan, vae, clips, split, device))
+        fsutil.save_torch(staging / "prior.pt", _latent_prior(project, plan, vae, clips, split, device).to_dict())
+        return
+    parent = project.require_version()  # the VAE is the parent's, and so are its Fisher and Gaussians
+    for name in ("ewc.pt", "prior.pt"):
+        if (parent / name).exists():
+            fsutil.save_torch(staging / name, load_checkpoint(parent / name))
 
 
 def fit_and_publish(project: Project, metas: list[ClipMeta], plan: Plan, device: torch.device,
                     resume: bool, progress: Progress) -> TrainResult:
     """Fit the planned stages into models/.partial, calibrate, and publish as a new version.
 
-    The VAE learns the real clips (plus replay); the LSTM-MDN and the calibration also see the
-    dreamed clips of old scenes.
+    The VAE learns the real clips (plus replay); the LSTM-MDN also sees the dreamed clips of old
+    scenes. The calibration of this scene comes from its real clips; old scenes keep theirs.
     """
     cfg, t0, part = project.config, time.time(), project.partial_dir
     project.begin_run({**{k: plan.lineage.get(k) for k in ("strategy", "scene", "parent", "replay_share")},
@@ -177,7 +215,10 @@ def fit_and_publish(project: Project, metas: list[ClipMeta], plan: Plan, device:
     vae, result.vae = _fit_vae_stage(project, plan, real, Split(split.train_end[:len(real)]), device, resume,
                                      progress)
     mdn, result.mdn = _fit_mdn_stage(project, plan, vae, clips, split, device, resume, progress)
-    cal = calibrate(vae, mdn, clips, split, cfg, device, progress)
+    real_split = Split(split.train_end[:len(real)])
+    cal = calibrate(vae, mdn, real, real_split, cfg, device, plan.lineage["scene"], progress)
+    if plan.calibration is not None:  # old scenes keep the statistics they were learned with
+        cal = cal.merged(plan.calibration, plan.lineage["scenes"])
     result.threshold = cal.threshold
     staging = project.new_staging_dir()
     fsutil.save_torch(staging / "vae.pt", {**load_checkpoint(part / "vae.pt"),
@@ -185,12 +226,8 @@ def fit_and_publish(project: Project, metas: list[ClipMeta], plan: Plan, device:
     if mdn is not None:
         fsutil.save_torch(staging / "mdn.pt", {"config": asdict(mdn.cfg), "model": mdn.state_dict(),
                                                "vae_version": "this version"})
+    _stage_vae_state(project, plan, vae, real, real_split, device, staging)
     fsutil.save_torch(staging / "calibration.pt", cal.to_dict())
-    if plan.stage != "mdn":
-        fsutil.save_torch(staging / "ewc.pt", _ewc_state(project, plan, vae, real,
-                                                         Split(split.train_end[:len(real)]), device))
-    elif plan.ewc_prior is not None:
-        fsutil.save_torch(staging / "ewc.pt", plan.ewc_prior)
     result.seconds = time.time() - t0
     info = {**plan.lineage, "stage": plan.stage, "clips": [m.name for m in metas], "frames": result.frames,
             "dreamed_frames": sum(len(d) for d in plan.dreams), "has_mdn": mdn is not None,
@@ -212,11 +249,10 @@ def train(project: Project, paths: list[Path], stage: str = "all", device: torch
     plan = Plan(stage, {"scene": scene, "scenes": [scene], "parent": parent, "strategy": "train"})
     if stage == "mdn":
         version = project.require_version()
-        plan.vae = load_models(version)[0]
+        plan.vae, _, plan.calibration = load_models(version)
         _check_arch(project, plan.vae)
         prev = json.loads((version / "version.json").read_text())
         plan.lineage.update(scenes=prev.get("scenes", [scene]), vae_from=parent)
-        plan.ewc_prior = load_checkpoint(version / "ewc.pt") if (version / "ewc.pt").exists() else None
     return fit_and_publish(project, metas, plan, device, resume, progress)
 
 
@@ -228,20 +264,18 @@ def update(project: Project, paths: list[Path], scene: str | None = None, strate
            progress: Progress = no_progress, dreams: bool = True) -> TrainResult:
     """Learn a new normal scene from `paths` without reading earlier scenes' frames.
 
-    replay: prior samples of the frozen previous VAE fill a share of every VAE batch, and clips
-    dreamed by the frozen previous LSTM-MDN join the new scene's clips for the LSTM-MDN and the
-    threshold (dreams=False leaves them out, to measure what they add); ewc: the stored Fisher
-    anchors the VAE's weights; finetune: neither.
+    replay: the frozen previous VAE decodes samples of its old scenes' latent Gaussians into a share
+    of every VAE batch, and clips dreamed by the frozen previous LSTM-MDN join the new scene's clips
+    for the LSTM-MDN (dreams=False leaves them out, to measure what they add); ewc: the stored
+    Fisher anchors the VAE's weights; finetune: neither. Old scenes keep their score statistics.
     """
-    from .dream import dream_clips
-    from .replay import EWCPenalty, PriorReplay, replay_share
     if strategy not in STRATEGIES:
         raise VidanomError(f"--strategy must be one of {', '.join(STRATEGIES)}, not '{strategy}'")
     if replay_ratio is not None and not 0 <= replay_ratio < 1:
         raise VidanomError("--replay-ratio must lie in [0, 1)")
     device = device or torch.device("cpu")
     version = project.require_version()
-    vae, mdn, _ = load_models(version)
+    vae, mdn, parent_cal = load_models(version)
     _check_arch(project, vae)
     prev = json.loads((version / "version.json").read_text())
     old = list(dict.fromkeys(prev.get("scenes", [prev.get("scene", DEFAULT_SCENE)])))
@@ -252,16 +286,21 @@ def update(project: Project, paths: list[Path], scene: str | None = None, strate
     cfg = project.config
     plan = Plan("all" if mdn is not None else "vae", {
         "scene": scene, "scenes": old + [s for s in [scene] if s not in old], "parent": version.name,
-        "strategy": strategy}, vae=vae, mdn=mdn)
+        "strategy": strategy}, vae=vae, mdn=mdn, calibration=parent_cal)
     plan.ewc_prior = load_checkpoint(version / "ewc.pt") if (version / "ewc.pt").exists() else None
+    prior = (LatentPrior.from_dict(load_checkpoint(version / "prior.pt")) if (version / "prior.pt").exists()
+             else LatentPrior.standard(old, vae.cfg.latent_channels * vae.cfg.grid[0] * vae.cfg.grid[1]))
+    others = [s for s in prior.scenes if s != scene]  # a scene learned again is not replayed
+    plan.old_scenes = PriorReplay(vae, cfg.frames.channels, prior.only(others)) if others else None
     if strategy == "replay":
-        share = replay_ratio if replay_ratio is not None else replay_share(len([s for s in old if s != scene]))
-        plan.vae_extra, plan.extra_share = PriorReplay(vae, cfg.frames.channels), share
-        plan.lineage["replay_share"] = share
-        if dreams and mdn is not None and share > 0:
+        share = replay_ratio if replay_ratio is not None else replay_share(len(others))
+        plan.vae_extra, plan.extra_share = plan.old_scenes, share if others else 0.0
+        plan.lineage["replay_share"] = plan.extra_share
+        if dreams and mdn is not None and plan.extra_share > 0:
             new_frames = sum(m.frames for m in metas)
             plan.dreams = dream_clips(vae, mdn, int(new_frames * share / (1 - share)), DREAM_LENGTH,
-                                      cfg.frames.channels, cfg.train.dream_temperature, cfg.train.seed)
+                                      cfg.frames.channels, plan.old_scenes.prior, cfg.train.dream_temperature,
+                                      cfg.train.seed)
     elif strategy == "ewc":
         if plan.ewc_prior is None:
             raise NotTrainedError(f"model {version.name} has no stored Fisher information; train it again first")
@@ -287,8 +326,9 @@ class ClipScores:
 
 
 def _score_arrays(project: Project, src: Source, models: tuple, device: torch.device,
-                  progress: Progress) -> tuple[np.ndarray, np.ndarray, DecodeReport]:
-    """Components (n, 3) and smoothed scores (n,) of one clip, scored while it decodes.
+                  progress: Progress) -> tuple[np.ndarray, np.ndarray, np.ndarray, DecodeReport]:
+    """Components (n, 3), best scene indices (n,) and smoothed scores (n,) of one clip, scored while
+    it decodes.
 
     A producer thread decodes the next chunks (PyAV releases the GIL) while this one runs the
     models on the current chunk; the queue between them holds a few chunks, so memory does not
@@ -300,29 +340,32 @@ def _score_arrays(project: Project, src: Source, models: tuple, device: torch.de
     cfg = project.config
     scorer = make_scorer(for_inference(vae, device), mdn.to(device).eval() if mdn else None, cfg, device)
     report = DecodeReport()
-    comps, scores, done = [], [], 0
+    comps, scenes, scores, done = [], [], [], 0
     chunks = prefetch(iter_chunks(src, cfg.frames, cfg.score.batch_size, report, threads=decoding_threads()),
                       depth=3, name=f"vidanom-decode {src.name}")
     try:
         with torch_threads(scoring_threads() if device.type == "cpu" else torch.get_num_threads()):
-            for comp, score in iter_scores(scorer, chunks, cal, cfg.score):
+            for comp, scene, score in iter_scores(scorer, chunks, cal, cfg.score):
                 comps.append(comp.numpy())
+                scenes.append(scene.numpy())
                 scores.append(score.numpy())
                 done += len(score)
                 progress(f"score {src.name}", done, 0, {})
     finally:
         chunks.close()  # on an error or Ctrl-C: stop the decoding thread and close the file
-    return np.concatenate(comps), np.concatenate(scores), report
+    return np.concatenate(comps), np.concatenate(scenes), np.concatenate(scores), report
 
 
-def _write_csv(path: Path, comps: np.ndarray, scores: np.ndarray, flags: np.ndarray, dt: float) -> None:
-    """One row per frame, as csv.writer would write it (\\r\\n line ends; no field needs quoting)."""
-    header = "frame,time,recon,kl,nll,score,anomalous\r\n"
+def _write_csv(path: Path, comps: np.ndarray, scenes: list[str], scores: np.ndarray, flags: np.ndarray,
+               dt: float) -> None:
+    """One row per frame, as csv.writer would write it (\\r\\n line ends; scene names are checked
+    to need no quoting)."""
+    header = "frame,time,recon,kl,nll,scene,score,anomalous\r\n"
     n = len(scores)
     nll = ["" if v != v else f"{v:.5g}" for v in comps[:, 2].tolist()]  # NaN (v != v): an empty field
     rows = zip(range(n), (np.arange(n) * dt).tolist(), comps[:, 0].tolist(), comps[:, 1].tolist(), nll,
-               scores.tolist(), flags.astype(np.int64).tolist())
-    fsutil.write_text(path, header + "".join(map("%d,%.3f,%.5g,%.5g,%s,%.5g,%d\r\n".__mod__, rows)))
+               scenes, scores.tolist(), flags.astype(np.int64).tolist())
+    fsutil.write_text(path, header + "".join(map("%d,%.3f,%.5g,%.5g,%s,%s,%.5g,%d\r\n".__mod__, rows)))
 
 
 def _score_warning(report: DecodeReport, frames: int, has_mdn: bool, warmup: int) -> str | None:
@@ -347,7 +390,8 @@ def score(project: Project, path: Path, device: torch.device | None = None,
     _check_arch(project, models[0])
     out = []
     for src in find_sources([path]):
-        comps, scores, report = _score_arrays(project, src, models, device, progress)
+        comps, scene_index, scores, report = _score_arrays(project, src, models, device, progress)
+        scenes = np.asarray(models[2].scenes)[scene_index]
         dt = project.config.frames.stride / report.fps
         flags = scores > models[2].threshold
         segs = [{"start_frame": s.start, "end_frame": s.end, "start_time": round(s.start * dt, 3),
@@ -358,8 +402,9 @@ def score(project: Project, path: Path, device: torch.device | None = None,
         summary = {"clip": src.name, "source": str(src.path.resolve()), "frames": int(len(scores)),
                    "fps": report.fps / project.config.frames.stride, "model_version": version.name,
                    "threshold": models[2].threshold, "peak_score": float(scores.max()),
-                   "anomalous_frames": int(flags.sum()), "segments": segs, "warning": warning}
-        _write_csv(base.with_name(base.name + ".csv"), comps, scores, flags, dt)
+                   "anomalous_frames": int(flags.sum()), "segments": segs, "warning": warning,
+                   "scene_frames": dict(zip(*map(np.ndarray.tolist, np.unique(scenes, return_counts=True))))}
+        _write_csv(base.with_name(base.name + ".csv"), comps, scenes.tolist(), scores, flags, dt)
         fsutil.write_json(base.with_name(base.name + ".json"), summary)
         png = base.with_name(base.name + ".png")
         plot.timeline(png, scores, models[2].threshold, dt, [(s["start_frame"], s["end_frame"]) for s in segs],

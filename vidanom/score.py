@@ -10,7 +10,9 @@ normal footage, position by position:
   nll    the worst latent cell of the z-scored LSTM-MDN negative log-likelihood of this frame's
          latent given the clip so far (NaN for a clip's first `warmup` frames: too little past)
 The combined score is Σ weight · (component − mean) / std with mean and std taken on held-out
-normal frames, causally smoothed; the threshold is a quantile of it on those same frames.
+normal frames, causally smoothed; the threshold is a quantile of it on those same frames. All of
+these statistics are kept per scene, and a frame is scored against the scene it shows: the one
+whose Gaussian over the latent grid gives its mean latent the highest density.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ class Maps:
     err: torch.Tensor  # (n, H, W) squared reconstruction error
     kl: torch.Tensor  # (n, rows·cols) KL per latent cell
     nll: torch.Tensor  # (n, rows·cols) MDN NLL per cell; NaN where there is no past (or no MDN)
+    frame: torch.Tensor | None = None  # (n, C·H·W) the frame planes in [0, 1]: which scene it shows
 
 
 class RunningStats:
@@ -67,23 +70,64 @@ class RunningStats:
 
 @dataclass
 class Calibration:
-    err_mean: torch.Tensor  # (P,) per patch position: mean error over the patch
+    """What normal footage looks like to the model, one row per scene it has learned.
+
+    Every scene keeps its own position-wise statistics: a frame is scored against each scene and the
+    scene that explains it best counts, so learning a night scene does not redefine "normal" for
+    the day scene (standardising both against pooled statistics cost the day scene most of its AUROC).
+    """
+
+    err_mean: torch.Tensor  # (S, P) per scene and patch position: mean error over the patch
     err_std: torch.Tensor
-    kl_mean: torch.Tensor  # (cells,)
+    kl_mean: torch.Tensor  # (S, cells)
     kl_std: torch.Tensor
-    nll_mean: torch.Tensor  # (cells,) zeros when there is no MDN
+    nll_mean: torch.Tensor  # (S, cells) zeros when there is no MDN
     nll_std: torch.Tensor
-    comp_mean: torch.Tensor  # (3,) of recon, kl, nll on validation frames
-    comp_std: torch.Tensor
-    threshold: float
+    comp_mean: torch.Tensor  # (S, 3) of recon, kl, nll on the scene's validation frames
+    comp_std: torch.Tensor  # (S, 3) inf for a component the scene has no statistics of: it adds nothing
+    thresholds: torch.Tensor  # (S,) quantile of the scene's combined score on its validation frames
     has_mdn: bool
+    scenes: list[str]
+    # per scene and pixel, mean and std of the training frames (C·H·W of them, in [0, 1]): which scene a
+    # frame shows is told by its pixels, which no update moves (None in calibrations made before)
+    frame_mean: torch.Tensor | None = None  # (S, C·H·W)
+    frame_std: torch.Tensor | None = None
+
+    @property
+    def threshold(self) -> float:
+        """One threshold for every scene: no scene's normal frames flag more often than it chose."""
+        return float(self.thresholds.max())
 
     def to_dict(self) -> dict:
-        return {k: v for k, v in self.__dict__.items()}
+        return dict(self.__dict__)
 
     @classmethod
     def from_dict(cls, d: dict) -> Calibration:
+        if "threshold" in d:  # written before statistics were kept per scene: one scene, 1-D tensors
+            threshold = torch.tensor([float(d["threshold"])])
+            d = {k: v[None] if isinstance(v, torch.Tensor) else v for k, v in d.items() if k != "threshold"}
+            d.update(thresholds=threshold, scenes=["default"])
         return cls(**d)
+
+    def merged(self, old: Calibration, keep: list[str]) -> Calibration:
+        """These statistics plus the stored ones of the old scenes in `keep` that were not learned anew.
+
+        Old scenes keep only their reconstruction statistics. Their KL and NLL statistics belonged
+        to the encoder and LSTM-MDN before this update: both move when a new scene is learned, and on
+        Ped1 → night plaza the stale KL statistics put old-scene z-scores near 60 instead of 2 and
+        turned scene A's AUROC from 0.84 to 0.17. Dreamed clips, too unlike real frames in KL
+        (z near 170), cannot recalibrate them either; the motion error's statistics stay valid
+        (scene A 0.85 after the update).
+        """
+        rows = [i for i, s in enumerate(old.scenes) if s in keep and s not in self.scenes]
+        if not rows:
+            return self
+        carried = old.comp_std[rows].clone()
+        carried[:, 1:] = float("inf")  # kl and nll: standardised to zero, they add nothing
+        cat = {k: torch.cat([carried if k == "comp_std" else old.__dict__[k][rows], v])
+               for k, v in self.__dict__.items()
+               if isinstance(v, torch.Tensor) and isinstance(old.__dict__[k], torch.Tensor)}
+        return Calibration(**cat, has_mdn=self.has_mdn, scenes=[old.scenes[i] for i in rows] + self.scenes)
 
 
 def make_scorer(vae: BetaVAE, mdn: LSTMMDN | None, cfg: ProjectConfig, device: torch.device) -> Scorer:
@@ -122,7 +166,7 @@ class Scorer:
             nll = self._surprise(mu)
             nll[: max(0, self.warmup - self._seen)] = float("nan")
         self._seen += len(frames)
-        return Maps(err.cpu(), kl.cpu(), nll.cpu())
+        return Maps(err.cpu(), kl.cpu(), nll.cpu(), x[:, :cur.shape[-1]].flatten(1).cpu())
 
     def _surprise(self, mu: torch.Tensor) -> torch.Tensor:
         """mu: (n, D, rows, cols) → (n, cells) NLL of each frame's latent given the frames before."""
@@ -140,22 +184,52 @@ class Scorer:
 
 
 def top_mean(x: torch.Tensor, k: int) -> torch.Tensor:
-    """Mean of the k largest values of each row: (n, P) → (n,)."""
-    return x.topk(min(k, x.shape[1]), dim=1).values.mean(1)
+    """Mean of the k largest values along the last axis: (..., P) → (...)."""
+    return x.topk(min(k, x.shape[-1]), dim=-1).values.mean(-1)
 
 
 def components(maps: Maps, cal: Calibration, sc: ScoreConfig) -> torch.Tensor:
-    """Maps of n frames → (n, 3) local components recon, kl, nll (see the module docstring)."""
-    recon = top_mean((patch_means(maps.err, sc.patch, sc.patch_stride) - cal.err_mean) / cal.err_std, sc.top_k)
-    kl = ((maps.kl - cal.kl_mean) / cal.kl_std).amax(1)
-    nll = ((maps.nll - cal.nll_mean) / cal.nll_std).amax(1)  # NaN stays NaN
-    return torch.stack([recon, kl, nll], 1)
+    """Maps of n frames → (n, S, 3) local components recon, kl, nll against each of S scenes."""
+    patches = patch_means(maps.err, sc.patch, sc.patch_stride)[:, None]  # (n, 1, P)
+    recon = top_mean((patches - cal.err_mean) / cal.err_std, sc.top_k)
+    kl = ((maps.kl[:, None] - cal.kl_mean) / cal.kl_std).amax(2)
+    nll = ((maps.nll[:, None] - cal.nll_mean) / cal.nll_std).amax(2)  # NaN stays NaN
+    return torch.stack([recon, kl, nll], 2)
 
 
 def combine(comp: torch.Tensor, cal: Calibration, weights: tuple[float, ...]) -> torch.Tensor:
-    """(n, 3) → (n,) weighted sum of standardised components; a missing (NaN) one adds nothing."""
+    """(n, S, 3) → (n, S) weighted sum of standardised components; a missing (NaN) one adds nothing."""
     z = ((comp - cal.comp_mean) / cal.comp_std).nan_to_num(0.0)
     return z @ torch.tensor(weights, dtype=z.dtype)
+
+
+def scene_of(maps: Maps, cal: Calibration) -> torch.Tensor | None:
+    """(n,) index of the scene each frame shows: the one whose training frames it lies closest to,
+    pixel by pixel in units of that scene's own spread. None without frame statistics (or with
+    one scene).
+
+    Pixels rather than latents: after an update the old scenes' latents are known only through
+    replayed samples, and on Ped1 real scene-A frames encoded nearer the new scene's latent mean
+    than the replayed ones' (1.2 against 1.9).
+    """
+    if cal.frame_mean is None or cal.frame_std is None or maps.frame is None or len(cal.scenes) < 2:
+        return None
+    dist = torch.stack([((maps.frame - m) / s).pow(2).mean(1) for m, s in zip(cal.frame_mean, cal.frame_std)])
+    return dist.argmin(0)
+
+
+def pick_scene(comp: torch.Tensor, combined: torch.Tensor, scene: torch.Tensor | None
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per frame, the components (n, 3), combined score (n,) and index (n,) of its scene: the one
+    given, or without one the scene that explains the frame best (the lowest score).
+
+    (n, S, 3), (n, S), (n,) or None. Telling the scene by the latent is the better rule: a scene
+    whose errors vary widely otherwise "explains" a quiet scene's frames, anomalies included.
+    """
+    score, best = combined.min(1)
+    if scene is not None:
+        score, best = combined.gather(1, scene[:, None])[:, 0], scene
+    return comp[torch.arange(len(comp)), best], score, best
 
 
 class CausalMean:
@@ -196,9 +270,12 @@ def segments(flags: np.ndarray, scores: np.ndarray, min_len: int) -> list[Segmen
 
 
 def iter_scores(scorer: Scorer, chunks: Iterable[np.ndarray], cal: Calibration, sc: ScoreConfig
-                ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Stream a clip's chunks → (components (n, 3), smoothed combined score (n,)) per chunk."""
+                ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Stream a clip's chunks → per chunk: components (n, 3) and index (n,) of the scene that explains
+    each frame best, and the smoothed combined score (n,)."""
     smoother = CausalMean(sc.smooth)
     for chunk in chunks:
-        comp = components(scorer.maps(chunk), cal, sc)
-        yield comp, smoother(combine(comp, cal, sc.weights))
+        maps = scorer.maps(chunk)
+        comp = components(maps, cal, sc)
+        comp, score, scene = pick_scene(comp, combine(comp, cal, sc.weights), scene_of(maps, cal))
+        yield comp, scene, smoother(score)

@@ -232,8 +232,9 @@ def fit_mdn(mdn: LSTMMDN, latents: list[torch.Tensor], lengths: list[int], cfg: 
 
 
 def _column_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and std of each column over its non-NaN rows; (0, 1) for a column with none (no MDN)."""
-    mean, std = torch.zeros(x.shape[1]), torch.ones(x.shape[1])
+    """Mean and std of each column over its non-NaN rows; (0, inf) for a column with none (no MDN),
+    so that standardising by them makes that component count for nothing."""
+    mean, std = torch.zeros(x.shape[1]), torch.full((x.shape[1],), float("inf"))
     for j in range(x.shape[1]):
         col = x[:, j][~torch.isnan(x[:, j])]
         if len(col) > 1:
@@ -247,33 +248,37 @@ def _clip_maps(scorer: Scorer, frames: np.ndarray):
 
 
 def calibrate(vae: BetaVAE, mdn: LSTMMDN | None, clips: list[np.ndarray], split: Split, cfg: ProjectConfig,
-              device: torch.device, progress: Progress = no_progress) -> Calibration:
-    """Position-wise statistics on training frames, then component scales and threshold on held-out ones."""
-    lag, total = cfg.frames.motion_lag, 2 * sum(len(c) for c in clips)
-    err, kl, nll, done = RunningStats(), RunningStats(), RunningStats(), 0
+              device: torch.device, scene: str, progress: Progress = no_progress) -> Calibration:
+    """One scene's statistics: position-wise on its training frames, then component scales and
+    threshold on its held-out ones."""
+    total = 2 * sum(len(c) for c in clips)
+    err, kl, nll, pixels, done = RunningStats(), RunningStats(), RunningStats(), RunningStats(), 0
     for frames, end in zip(clips, split.train_end):
         for s, m in _clip_maps(make_scorer(vae, mdn, cfg, device), frames):
             k = max(0, min(end - s, len(m.err)))
             err.add(patch_means(m.err[:k], cfg.score.patch, cfg.score.patch_stride))
             kl.add(m.kl[:k])
             nll.add(m.nll[:k])
+            pixels.add(m.frame[:k])
             done += len(m.err)
             progress("calibrate", done, total, {})
-    (em, es), (km, ks) = err.result(), kl.result()
+    (em, es), (km, ks), (fm, fs) = err.result(), kl.result(), pixels.result()
     nm, ns = nll.result() if nll.n else (torch.zeros_like(km), torch.ones_like(ks))
-    cal = Calibration(em, es, km, ks, nm, ns, torch.zeros(3), torch.ones(3), 0.0, mdn is not None)
+    cal = Calibration(em[None], es[None], km[None], ks[None], nm[None], ns[None], torch.zeros(1, 3),
+                      torch.ones(1, 3), torch.zeros(1), mdn is not None, [scene], fm[None], fs[None])
     comps, held = [], []
     for frames, end in zip(clips, split.train_end):
-        c = torch.cat([components(m, cal, cfg.score) for _, m in _clip_maps(make_scorer(vae, mdn, cfg, device), frames)])
+        c = torch.cat([components(m, cal, cfg.score)[:, 0]
+                       for _, m in _clip_maps(make_scorer(vae, mdn, cfg, device), frames)])
         done += len(frames)
         progress("calibrate", done, total, {})
         comps.append(c)
         held.append(c[end:] if end < len(c) else c)  # a clip too short to split calibrates on itself
-    val = torch.cat(held)
-    cal.comp_mean, cal.comp_std = _column_stats(val)
+    mean, std = _column_stats(torch.cat(held))
+    cal.comp_mean, cal.comp_std = mean[None], std[None]
     scores = []
     for c, end in zip(comps, split.train_end):
-        s = CausalMean(cfg.score.smooth)(combine(c, cal, cfg.score.weights))
+        s = CausalMean(cfg.score.smooth)(combine(c[:, None], cal, cfg.score.weights)[:, 0])
         scores.append(s[end:] if end < len(s) else s)
-    cal.threshold = float(torch.quantile(torch.cat(scores).double(), cfg.score.threshold_quantile))
+    cal.thresholds = torch.quantile(torch.cat(scores).double(), cfg.score.threshold_quantile).float()[None]
     return cal
