@@ -10,12 +10,11 @@ is drawn once per clip with numpy; each frame only gets its cursor.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Callable
 
 import av
 import numpy as np
@@ -66,7 +65,8 @@ class ScoreStrip:
         thr = int(row(threshold))
         dashes = (np.arange(width) // 4) % 2 == 0
         rgb[thr, dashes], alpha[thr, dashes] = THRESHOLD, 1.0
-        curve = (rows >= row(hi)[None]) & (rows <= row(lo)[None])  # (height, width)
+        pad = height // 60  # a thicker line on a large frame
+        curve = (rows >= row(hi)[None] - pad) & (rows <= row(lo)[None] + pad)  # (height, width)
         rgb[curve] = CURVE
         rgb[curve & (rows < thr)] = HIGH  # the part above the threshold
         alpha[curve] = 1.0
@@ -77,8 +77,8 @@ class ScoreStrip:
         height = len(self.keep)
         out = frame.copy()
         bottom = out[-height:].astype(np.float32) * self.keep + self.premultiplied
-        col = self.columns[index]
-        bottom[:, max(0, col - 1):col + 1] = CURSOR
+        col, half = self.columns[index], max(1, self.width // 800)
+        bottom[:, max(0, col - half):col + half] = CURSOR
         out[-height:] = bottom.round().astype(np.uint8)
         return out
 
