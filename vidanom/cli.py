@@ -246,13 +246,20 @@ def update(videos: Annotated[Optional[list[Path]], typer.Argument(help="Normal v
 @app.command()
 @cli_errors
 def score(videos: Annotated[list[Path], typer.Argument(help="Videos or frame folders to score.")],
-          device: DeviceOpt = "auto", project: ProjectOpt = None) -> None:
+          device: DeviceOpt = "auto",
+          annotate: Annotated[Optional[Path], typer.Option(
+              help="Also write this video (.mp4) of the clip: error heatmap on its anomalous frames, "
+                   "score strip with a cursor.")] = None,
+          project: ProjectOpt = None) -> None:
     """Score every frame of new clips; write CSV, JSON summary and a timeline PNG per clip.
 
-    Example: vidanom score clip.mp4
+    Example: vidanom score clip.mp4 --annotate clip_annotated.mp4
     """
     from . import pipeline
+    from .annotate import check_request
     proj = _open(project)
+    if annotate is not None:
+        check_request(videos, annotate)  # before scoring, not after
     table = Table("clip", "frames", "anomalous segments", "peak score", "threshold", "model")
     with proj.lock("score"), _progress() as progress, _muted(_warnings):  # r.warning says it all
         for video in videos:
@@ -266,6 +273,138 @@ def score(videos: Annotated[list[Path], typer.Argument(help="Videos or frame fol
                               soft_wrap=True)
     out.print(table)
     out.print(f"scores in {proj.scores_dir}")
+    if annotate is not None:
+        _annotate(proj, videos[0], annotate, device)
+
+
+def _annotate(proj: Any, video: Path, output: Optional[Path], device: str) -> None:
+    from .annotate import annotate
+    with _progress() as progress:
+        r = annotate(proj, video, output, _device(device), progress)
+    out.print(f"wrote {r.path}: {r.frames} frames, {r.width}x{r.height} at {r.fps:g} fps")
+    if r.note:
+        err.print(f"note: {r.note}", markup=False, highlight=False)
+
+
+@app.command(name="annotate")
+@cli_errors
+def annotate_(video: Annotated[Path, typer.Argument(help="A scored video file or frame folder.")],
+              output: Annotated[Optional[Path], typer.Option(
+                  "--output", "-o", help="Video to write (.mp4, .mkv, .mov...; default: "
+                                         "scores/CLIP.annotated.mp4).")] = None,
+              device: DeviceOpt = "auto", project: ProjectOpt = None) -> None:
+    """Write a scored clip as a video: error heatmap on its anomalous frames, score strip with a cursor.
+
+    Same frame count, frame rate and resolution as the clip (H.264). Uses the stored scores: run
+    'vidanom score' first (or 'vidanom score CLIP --annotate OUT.mp4' to do both).
+
+    Example: vidanom annotate clip.mp4 -o clip_annotated.mp4
+    """
+    _annotate(_open(project), video, output, device)
+
+
+@app.command()
+@cli_errors
+def gallery(video: Annotated[Path, typer.Argument(help="A scored video file or frame folder.")],
+            k: Annotated[int, typer.Option("-k", help="How many frames to show.")] = 8,
+            min_gap: Annotated[float, typer.Option(help="Seconds between any two frames shown.")] = 1.0,
+            output: Annotated[Optional[Path], typer.Option(
+                "--output", "-o", help="PNG to write (default: scores/CLIP.gallery.png).")] = None,
+            device: DeviceOpt = "auto", project: ProjectOpt = None) -> None:
+    """One PNG of a scored clip's k most anomalous frames: original, reconstruction, error heatmap.
+
+    Example: vidanom gallery clip.mp4 -k 8
+    """
+    from .gallery import gallery as make_gallery
+    proj = _open(project)
+    with _progress() as progress:
+        g = make_gallery(proj, video, k, output, min_gap, _device(device), progress)
+    out.print(f"wrote {g.path}")
+    for f, t, s in zip(g.frames, g.times, g.scores):
+        out.print(f"  frame {f} at {t:.2f} s: score {s:.2f}")
+
+
+def _options(items: list[str]) -> dict[str, str]:
+    """['key=value', ...] → {'key': 'value'} (FFmpeg input options)."""
+    if any("=" not in item for item in items):
+        raise typer.BadParameter("input options are KEY=VALUE, e.g. rtsp_transport=tcp")
+    return dict(item.split("=", 1) for item in items)
+
+
+class _WatchView:
+    """What `watch` shows: events as JSON lines on stdout (flushed at once), and a rich status line
+    (when stdout is a terminal) or, otherwise, a warning on stderr when it falls behind."""
+
+    NOTE_EVERY = 5.0  # seconds between two warnings about dropped frames
+
+    def __init__(self, source: str) -> None:
+        from rich.live import Live
+        self.source, self.started, self.noted, self.noted_at = source, False, 0, 0.0
+        self.live = Live(console=out, transient=True, auto_refresh=False) if out.is_terminal else None
+
+    def event(self, event: dict[str, Any]) -> None:
+        line = json.dumps(event)
+        if self.live is not None:
+            self.live.console.print(line, markup=False, highlight=False, soft_wrap=True)
+        else:
+            sys.stdout.write(line + "\n")
+            sys.stdout.flush()
+
+    def status(self, s: Any) -> None:
+        import time
+        if not self.started:
+            self.started = True
+            err.print(f"watching {self.source} at {s.fps:g} fps with model {s.version} (threshold "
+                      f"{s.threshold:.2f}); Ctrl-C to stop", markup=False, highlight=False, soft_wrap=True)
+        if self.live is not None:
+            from rich.text import Text
+            state = "[ANOMALY]" if s.in_event else "normal"
+            self.live.update(Text(f"{s.seconds:7.1f} s  frames {s.frames}  dropped {s.dropped}  events {s.events}  "
+                                  f"score {s.score:6.2f} {state}  latency {s.latency:.2f} s"), refresh=True)
+        elif s.dropped > self.noted and time.monotonic() - self.noted_at > self.NOTE_EVERY:
+            err.print(f"warning: falling behind: {s.dropped} frames dropped so far to keep the latency "
+                      "under --max-latency", markup=False, highlight=False, soft_wrap=True)
+            self.noted, self.noted_at = s.dropped, time.monotonic()
+
+
+@app.command()
+@cli_errors
+def watch(source: Annotated[str, typer.Argument(
+              help="rtsp://, http(s)://, udp://... URL, a camera (/dev/video0) or a video file.")],
+          realtime: Annotated[bool, typer.Option(help="Play a file at its own frame rate, as if live.")] = False,
+          follow: Annotated[bool, typer.Option(
+              help="Keep reading a file that is still being written (MPEG-TS, MKV, raw H.264; not MP4).")] = False,
+          idle: Annotated[float, typer.Option(help="With --follow: stop after this many seconds without new "
+                                                   "data.")] = 10.0,
+          max_latency: Annotated[float, typer.Option(
+              help="Seconds a frame of a live source may wait; later ones are dropped.")] = 2.0,
+          input_option: Annotated[Optional[list[str]], typer.Option(
+              "--input-option", "-i", help="FFmpeg input option KEY=VALUE, e.g. video_size=1280x720.")] = None,
+          device: DeviceOpt = "auto", project: ProjectOpt = None) -> None:
+    """Score a live stream; print one JSON line per anomalous event as soon as it ends.
+
+    Each line has the event's start, peak and end as frames and seconds, and its peak score.
+    Ctrl-C ends it cleanly (exit code 0) with a summary on stderr.
+
+    Example: vidanom watch rtsp://192.168.1.20/stream
+    """
+    from .watch import WatchOptions, watch as run_watch
+    if not max_latency > 0 or not idle > 0:
+        raise typer.BadParameter("--max-latency and --idle must be positive numbers of seconds")
+    proj = _open(project)
+    options = WatchOptions(realtime, idle if follow else 0.0, max_latency, _options(input_option or []))
+    view = _WatchView(source)
+    with view.live if view.live is not None else _nothing():
+        s = run_watch(proj, source, options, view.event, view.status, _device(device))
+    fps = s.frames / s.seconds if s.seconds > 0 else 0.0
+    err.print(f"{'stopped' if s.interrupted else 'stream ended'}: {s.frames} frames scored in {s.seconds:.1f} s "
+              f"({fps:.1f} frames/s), {s.dropped} dropped, {s.events} event(s)", markup=False, highlight=False,
+              soft_wrap=True)
+
+
+@contextmanager
+def _nothing() -> Iterator[None]:
+    yield
 
 
 @app.command()

@@ -87,6 +87,14 @@ def load_models(version_dir: Path) -> tuple[BetaVAE, LSTMMDN | None, Calibration
     return vae, mdn, cal
 
 
+def current_models(project: Project) -> tuple[Path, tuple[BetaVAE, LSTMMDN | None, Calibration]]:
+    """The current model version's folder and its models, checked against the project's config."""
+    version = project.require_version()
+    models = load_models(version)
+    _check_arch(project, models[0])
+    return version, models
+
+
 def _check_arch(project: Project, vae: BetaVAE) -> None:
     if vae.cfg != project.config.vae_config():
         from .errors import ConfigError
@@ -385,9 +393,7 @@ def score(project: Project, path: Path, device: torch.device | None = None,
           progress: Progress = no_progress) -> list[ClipScores]:
     """Score every clip named by path; write CSV, JSON summary and timeline PNG for each."""
     device = device or torch.device("cpu")
-    version = project.require_version()
-    models = load_models(version)
-    _check_arch(project, models[0])
+    version, models = current_models(project)
     out = []
     for src in find_sources([path]):
         comps, scene_index, scores, report = _score_arrays(project, src, models, device, progress)

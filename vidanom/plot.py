@@ -1,10 +1,19 @@
-"""Timeline plots (matplotlib's Agg backend: files only, never a window)."""
+"""Timeline plots (matplotlib's Agg backend: files only, never a window).
+
+The score over time with its threshold; under it, lanes that show the detected segments (and the
+ground truth, when labels are given) as bars, so neither hides the curve. A clip with many more
+frames than the plot has pixels is drawn as the range (min to max) of the score per pixel column
+with its mean, which keeps short spikes visible instead of a solid block of line.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
+
+WIDTH, DPI = 10.0, 100  # inches, dots per inch
+ENVELOPE_ABOVE = 2  # frames per pixel column above which the score is drawn as a range
 
 
 def _runs(flags: np.ndarray) -> list[tuple[int, int]]:
@@ -13,32 +22,71 @@ def _runs(flags: np.ndarray) -> list[tuple[int, int]]:
     return list(zip(edges[::2].tolist(), edges[1::2].tolist()))
 
 
+def _bins(scores: np.ndarray, columns: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Frames split into `columns` consecutive bins → first frame, min, max and mean of each (columns,)."""
+    starts = np.linspace(0, len(scores), columns + 1).astype(np.int64)[:-1]
+    starts = np.unique(starts)
+    return (starts, np.minimum.reduceat(scores, starts), np.maximum.reduceat(scores, starts),
+            np.add.reduceat(scores, starts) / np.diff(np.append(starts, len(scores))))
+
+
+def _curve(ax, scores: np.ndarray, dt: float) -> None:
+    """The score: a line, or a min-max band with its mean when frames outnumber pixels."""
+    columns = int(WIDTH * DPI * 0.85)  # about the width of the axes in pixels
+    if len(scores) <= ENVELOPE_ABOVE * columns:
+        ax.plot(np.arange(len(scores)) * dt, scores, color="tab:blue", lw=1, label="anomaly score")
+        return
+    starts, lo, hi, mean = _bins(scores.astype(np.float64), columns)
+    t = starts * dt
+    ax.fill_between(t, lo, hi, step="post", color="tab:blue", alpha=0.35, lw=0,
+                    label=f"score range ({len(scores) / columns:.0f} frames per pixel)")
+    ax.step(t, mean, where="post", color="tab:blue", lw=0.8, label="mean score")
+
+
+def _lanes(ax, dt: float, n: int, detected: list[tuple[int, int]], truth: np.ndarray | None) -> None:
+    """Bars of the detected segments (and ground truth) in lanes of their own, under the curve."""
+    lanes = [("detected", detected, "tab:red")]
+    if truth is not None:
+        lanes.append(("ground truth", _runs(truth), "tab:orange"))
+    for y, (name, runs, colour) in enumerate(lanes):
+        # a segment of a frame or two is still a visible bar: at least 0.2% of the clip wide
+        bars = [(a * dt, max(b - a, n * 0.002) * dt) for a, b in runs]
+        ax.broken_barh(bars, (y - 0.35, 0.7), color=colour, label=name)
+    ax.set_yticks(range(len(lanes)), [name for name, _, _ in lanes], fontsize=8)
+    ax.set_ylim(len(lanes) - 0.5, -0.5)
+    ax.tick_params(axis="y", length=0)
+    ax.grid(axis="x", alpha=0.3)
+
+
 def timeline(path: Path, scores: np.ndarray, threshold: float, dt: float, detected: list[tuple[int, int]],
              truth: np.ndarray | None = None, title: str = "") -> Path:
-    """Score over time with the threshold, detected segments and (optionally) ground truth shaded."""
+    """Score over time with the threshold, detected segments and (optionally) ground truth."""
     from matplotlib.figure import Figure  # imported here: matplotlib is slow to import
 
     from . import fsutil
-    t = np.arange(len(scores)) * dt
-    fig = Figure(figsize=(10, 3.2), dpi=100)
-    ax = fig.add_subplot()
-    if truth is not None:
-        for k, (a, b) in enumerate(_runs(truth)):
-            ax.axvspan(a * dt, b * dt, color="tab:orange", alpha=0.25, lw=0,
-                       label="ground truth" if k == 0 else None)
-    for k, (a, b) in enumerate(detected):
-        ax.axvspan(a * dt, b * dt, ymin=0, ymax=0.06, color="tab:red", lw=0,
-                   label="detected" if k == 0 else None)
-    ax.plot(t, scores, color="tab:blue", lw=1, label="anomaly score")
+    n = len(scores)
+    lanes = 1 if truth is None else 2
+    fig = Figure(figsize=(WIDTH, 3.4 + 0.25 * lanes), dpi=DPI, layout="constrained")
+    ax, bars = fig.subplots(2, 1, sharex=True, height_ratios=[6, 0.9 * lanes])
+    if truth is not None:  # also faintly behind the curve, to compare with its shape
+        for a, b in _runs(truth):
+            ax.axvspan(a * dt, b * dt, color="tab:orange", alpha=0.15, lw=0)
+    _curve(ax, np.asarray(scores), dt)
     ax.axhline(threshold, color="tab:red", ls="--", lw=1, label=f"threshold {threshold:.2f}")
-    ax.set_xlabel("time (s)")
     ax.set_ylabel("score")
-    ax.set_xlim(0, max(t[-1] if len(t) else 0, dt))
+    ax.grid(axis="x", alpha=0.3)
+    ax.set_xlim(0, max(n * dt, dt))
     sec = ax.secondary_xaxis("top", functions=(lambda x: x / dt, lambda f: f * dt))
-    sec.set_xlabel("frame")
-    ax.set_title(title, loc="left", fontsize=10)
-    ax.legend(loc="upper right", fontsize=8, framealpha=0.8)
-    fig.tight_layout()
+    sec.set_xlabel("frame", fontsize=9)
+    _lanes(bars, dt, n, detected, truth)
+    bars.set_xlabel("time (s)")
+    peak = int(np.nanargmax(scores)) if n and not np.isnan(scores).all() else 0
+    what = f"{len(detected)} detected segment{'s' if len(detected) != 1 else ''}"
+    ax.set_title(f"{title}   {what}, peak {scores[peak]:.2f} at {peak * dt:.1f} s (frame {peak})" if n else title,
+                 loc="left", fontsize=10)
+    handles, labels = ax.get_legend_handles_labels()
+    more = bars.get_legend_handles_labels()
+    fig.legend(handles + more[0], labels + more[1], loc="outside lower center", ncols=5, fontsize=8, frameon=False)
     with fsutil.atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
     return path

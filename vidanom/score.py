@@ -39,6 +39,7 @@ class Maps:
     kl: torch.Tensor  # (n, rows·cols) KL per latent cell
     nll: torch.Tensor  # (n, rows·cols) MDN NLL per cell; NaN where there is no past (or no MDN)
     frame: torch.Tensor | None = None  # (n, C·H·W) the frame planes in [0, 1]: which scene it shows
+    recon: torch.Tensor | None = None  # (n, C_in, H, W) the VAE's reconstruction, if Scorer.keep_recon
 
 
 class RunningStats:
@@ -149,6 +150,7 @@ class Scorer:
         self._context: torch.Tensor | None = None  # the last `lag` frames of the previous chunk
         self._state = None  # LSTM state per cell
         self._pred = None  # mixture predicted for the next frame, per cell
+        self.keep_recon = False  # hand out the reconstructions too (for pictures of them)
 
     @torch.inference_mode()
     def maps(self, frames: np.ndarray) -> Maps:
@@ -166,7 +168,8 @@ class Scorer:
             nll = self._surprise(mu)
             nll[: max(0, self.warmup - self._seen)] = float("nan")
         self._seen += len(frames)
-        return Maps(err.cpu(), kl.cpu(), nll.cpu(), x[:, :cur.shape[-1]].flatten(1).cpu())
+        return Maps(err.cpu(), kl.cpu(), nll.cpu(), x[:, :cur.shape[-1]].flatten(1).cpu(),
+                    recon.cpu() if self.keep_recon else None)
 
     def _surprise(self, mu: torch.Tensor) -> torch.Tensor:
         """mu: (n, D, rows, cols) → (n, cells) NLL of each frame's latent given the frames before."""

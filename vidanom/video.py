@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import av
 import numpy as np
@@ -95,7 +96,8 @@ def _why(exc: BaseException) -> str:
     return getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
 
 
-def _decode_file(src: Source, fc: FrameConfig, report: DecodeReport, threads: int = 0) -> Iterator[np.ndarray]:
+def _decode_file(src: Source, fc: FrameConfig, report: DecodeReport, threads: int = 0,
+                 convert: Callable[[av.VideoFrame], Any] | None = None) -> Iterator[Any]:
     limit = fc.decode_timeout
     try:
         # FFmpeg gives up on an open or a read that blocks longer than the limit (a stalled network mount)
@@ -103,28 +105,38 @@ def _decode_file(src: Source, fc: FrameConfig, report: DecodeReport, threads: in
     except Exception as exc:  # whatever opening an untrusted file raises, it means the same
         raise VideoError(f"cannot read {src.path} as a video ({_why(exc)}); "
                          "pass a complete video file") from exc
+    yield from _decode_container(container, str(src.path), fc, report, threads, convert)
+
+
+def _decode_container(container: Any, name: str, fc: FrameConfig, report: DecodeReport, threads: int = 0,
+                      convert: Callable[[av.VideoFrame], Any] | None = None,
+                      follow: bool = False) -> Iterator[Any]:
+    """Decode the first video stream of an open container: every stride-th frame, through `convert`
+    (default: to the project's frame size). follow: a read error is the end of a followed file
+    (FFmpeg's file protocol gives up after its rw_timeout without new data), not damage."""
+    limit = fc.decode_timeout
     with container:
         if not container.streams.video:
             what = ("only audio" if container.streams.audio else "no streams at all, so no frames"
                     if not container.streams else "no video stream")
-            raise VideoError(f"{src.path} holds {what}; pass a video file with at least one frame")
+            raise VideoError(f"{name} holds {what}; pass a video file with at least one frame")
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"  # frame- and slice-threaded decoding, without the GIL...
         if stream.codec_context is not None:  # (None for a codec FFmpeg does not know)
             stream.codec_context.thread_count = max(0, threads)  # ...in this many threads (0: FFmpeg's choice)
         rate = stream.average_rate or stream.guessed_rate
         report.fps = float(rate) if rate else DEFAULT_FPS
-        scale = _Scaler(fc)
+        scale = convert or _Scaler(fc)
         index = 0
-        packets = container.demux(stream)
+        packets = _until_idle(container.demux(stream)) if follow else container.demux(stream)
         started = time.monotonic()  # decoding time since the last frame was handed out
         while True:
             try:
-                packet = next(packets, None)
-                if packet is None:
+                packet = next(packets, _END)
+                if packet is _END:
                     break
                 frames = []
-                for frame in packet.decode():
+                for frame in stream.decode(packet):  # (packet None: flush the decoder)
                     if index % fc.stride == 0:
                         frames.append(scale(frame))
                     index += 1
@@ -147,8 +159,22 @@ def _decode_file(src: Source, fc: FrameConfig, report: DecodeReport, threads: in
             report.error = f"{report.error} ({short})" if report.error else f"the file ends early: {short}"
 
 
-def _decode_folder(src: Source, fc: FrameConfig, report: DecodeReport) -> Iterator[np.ndarray]:
-    scale = _Scaler(fc)
+_END = object()
+
+
+def _until_idle(packets: Iterator[av.Packet]) -> Iterator[av.Packet | None]:
+    """The packets of a followed file, then None (flush the decoder) once reading fails: FFmpeg's
+    file protocol, following, fails a read only when rw_timeout passed without new data."""
+    try:
+        yield from packets
+    except av.FFmpegError:
+        pass
+    yield None
+
+
+def _decode_folder(src: Source, fc: FrameConfig, report: DecodeReport,
+                   convert: Callable[[av.VideoFrame], Any] | None = None) -> Iterator[Any]:
+    scale = convert or _Scaler(fc)
     for path in _images(src.path)[::fc.stride]:
         try:
             with av.open(str(path), timeout=fc.decode_timeout) as container:
@@ -157,6 +183,24 @@ def _decode_folder(src: Source, fc: FrameConfig, report: DecodeReport) -> Iterat
             report.skipped.append(f"{path.name}: {_why(exc) if not isinstance(exc, StopIteration) else 'no image'}")
             continue
         yield image
+
+
+def _frames(src: Source, fc: FrameConfig, report: DecodeReport, threads: int,
+            convert: Callable[[av.VideoFrame], Any] | None = None) -> Iterator[Any]:
+    if src.frames_dir:
+        return _decode_folder(src, fc, report, convert)
+    return _decode_file(src, fc, report, threads, convert)
+
+
+def _finish(name: object, report: DecodeReport) -> None:
+    """After the last frame: no frame at all is an error, one that broke off midway a warning."""
+    if report.frames == 0:
+        why = f": {report.error}" if report.error else ""
+        raise VideoError(f"no frames could be decoded from {name}{why}; "
+                         "pass a video (or images) with at least one readable frame")
+    if report.error:
+        logging.getLogger("vidanom").warning("%s: decoding stopped after %d frames (%s)",
+                                             name, report.frames, report.error)
 
 
 def iter_chunks(src: Source, fc: FrameConfig, size: int, report: DecodeReport | None = None,
@@ -175,10 +219,9 @@ def iter_chunks(src: Source, fc: FrameConfig, size: int, report: DecodeReport | 
     if size < 1:
         raise ValueError(f"chunk size must be positive, not {size}")
     report = report if report is not None else DecodeReport()
-    frames = _decode_folder(src, fc, report) if src.frames_dir else _decode_file(src, fc, report, threads)
     shape = (fc.height, fc.width, fc.channels)
     buf, n = np.empty((size, *shape), np.uint8), 0
-    for frame in frames:
+    for frame in _frames(src, fc, report, threads):
         buf[n] = frame  # one copy, straight into the chunk (no list of frames, no np.stack)
         n += 1
         report.frames += 1
@@ -187,10 +230,92 @@ def iter_chunks(src: Source, fc: FrameConfig, size: int, report: DecodeReport | 
             buf, n = np.empty((size, *shape), np.uint8), 0  # a fresh one: the consumer may keep the last
     if n:
         yield buf[:n]
-    if report.frames == 0:
-        why = f": {report.error}" if report.error else ""
-        raise VideoError(f"no frames could be decoded from {src.path}{why}; "
-                         "pass a video (or images) with at least one readable frame")
-    if report.error:
-        logging.getLogger("vidanom").warning("%s: decoding stopped after %d frames (%s)",
-                                             src.path, report.frames, report.error)
+    _finish(src.path, report)
+
+
+class _WithFullSize:
+    """Decoded frame → (the frame at the project's size (h, w, C), the same frame in RGB at the
+    source's own size (H, W, 3)), both uint8.
+
+    The full-size frames keep the size of the clip's first frame (a stream that changes size
+    midway, or a folder of images of mixed sizes, is scaled to it), so that they stack and encode.
+    """
+
+    def __init__(self, fc: FrameConfig) -> None:
+        self.scale = _Scaler(fc)
+        self._reformatter = VideoReformatter()
+        self.size: tuple[int, int] | None = None
+
+    def __call__(self, frame: av.VideoFrame) -> tuple[np.ndarray, np.ndarray]:
+        if self.size is None:
+            self.size = (frame.width, frame.height)
+        width, height = self.size
+        full = self._reformatter.reformat(frame, width, height, "rgb24", threads=1).to_ndarray()
+        return self.scale(frame), full
+
+
+def iter_full_chunks(src: Source, fc: FrameConfig, size: int, report: DecodeReport | None = None,
+                     threads: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Like iter_chunks, with every frame also in RGB at the source's own size: chunks of
+    (small (n, h, w, C), full (n, H, W, 3)), both uint8, for drawing on what a person watches.
+
+    The small frames are those iter_chunks gives (the same decoder and scaler), so a model sees
+    the same input as when the clip was scored. Keep `size` small: a 1080p frame is 6 MB.
+    """
+    if size < 1:
+        raise ValueError(f"chunk size must be positive, not {size}")
+    report = report if report is not None else DecodeReport()
+    batch: list[tuple[np.ndarray, np.ndarray]] = []
+    for pair in _frames(src, fc, report, threads, _WithFullSize(fc)):
+        batch.append(pair)
+        report.frames += 1
+        if len(batch) == size:
+            yield np.stack([b[0] for b in batch]), np.stack([b[1] for b in batch])
+            batch = []
+    if batch:
+        yield np.stack([b[0] for b in batch]), np.stack([b[1] for b in batch])
+    _finish(src.path, report)
+
+
+def _open_live(location: str, fc: FrameConfig, options: dict[str, str], follow: float) -> Any:
+    """Open a URL, a V4L2 device or a file as FFmpeg input (see iter_live)."""
+    limit, opts, fmt, target = fc.decode_timeout, dict(options), None, location
+    if "://" in location:
+        if location.startswith("rtsp://"):
+            opts.setdefault("rtsp_transport", "tcp")  # UDP loses packets (smeared frames) on busy networks
+    elif location.startswith("/dev/video"):
+        fmt = "v4l2"
+    else:
+        path = Path(location)
+        if not path.exists():
+            raise VideoError(f"no such file: {location}; pass a video file, a URL (rtsp://, http://...) "
+                             "or a camera device (/dev/video0)")
+        if path.is_dir():
+            raise VideoError(f"{location} is a folder; watch reads one video file, URL or camera")
+        target = f"file:{path}"  # a path with a colon in its name is still a file
+        if follow:
+            # retry at the end of the file until it has not grown for `follow` seconds; do not read to
+            # the end first to estimate the duration (that would wait for the writer to finish)
+            opts.update(follow="1", rw_timeout=str(int(follow * 1e6)), skip_estimate_duration_from_pts="1")
+    try:
+        return av.open(target, format=fmt, options=opts, timeout=(limit, max(limit, follow + 5)))
+    except Exception as exc:  # whatever opening a network stream or an untrusted file raises
+        raise VideoError(f"cannot open {location} as a video ({_why(exc)}); check the address, the "
+                         "device or the file") from exc
+
+
+def iter_live(location: str, fc: FrameConfig, report: DecodeReport | None = None,
+              options: dict[str, str] | None = None, follow: float = 0.0) -> Iterator[np.ndarray]:
+    """Frames (h, w, C) uint8 at the project's size, one at a time as they arrive, of a live source:
+    a URL FFmpeg reads (rtsp://, http://, udp://...), a V4L2 camera (/dev/video0), or a file.
+
+    options: FFmpeg options for the input (e.g. rtsp_transport, video_size). follow > 0: a file
+    still being written is read as it grows, and ends once it has not grown for `follow` seconds
+    (a container that can be read while written: MPEG-TS, Matroska, raw H.264; not MP4).
+    """
+    report = report if report is not None else DecodeReport()
+    container = _open_live(location, fc, options or {}, follow)
+    for frame in _decode_container(container, location, fc, report, follow=follow > 0):
+        report.frames += 1
+        yield frame
+    _finish(location, report)

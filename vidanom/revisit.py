@@ -1,0 +1,102 @@
+"""Going back over a scored clip to draw on it (annotated video, gallery).
+
+Scoring keeps a few floats per frame, never the frames. To draw the error on the frames, a second
+pass decodes the clip again, at its own resolution, beside the small frames the model sees, and
+runs the β-VAE on those (the error maps need no LSTM-MDN). The stored scores say which frames are
+anomalous; they must come from the model in use, so that the maps match them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .errors import VidanomError, VideoError
+from .pipeline import current_models, read_scores
+from .project import Project
+from .score import Calibration, Maps, make_scorer
+from .train import Progress, no_progress
+from .video import DecodeReport, Source, find_sources, iter_full_chunks
+
+FULL_CHUNK = 8  # frames per chunk of the second pass: 8 RGB frames of 1080p are 50 MB
+
+
+@dataclass
+class ScoredClip:
+    """One clip, its stored scores and the model that made them."""
+
+    src: Source
+    scores: np.ndarray  # (n,) combined score per scored frame
+    threshold: float
+    fps: float  # scored frames per second (the source's rate / frames.stride)
+    segments: list[tuple[int, int]]  # detected segments [start, end) in frames
+    models: tuple[Any, Any, Calibration]  # the current version's VAE, LSTM-MDN, calibration
+
+    @property
+    def flags(self) -> np.ndarray:
+        """(n,) bool: the frames flagged anomalous (score above the threshold)."""
+        return self.scores > self.threshold
+
+
+def one_source(path: Path) -> Source:
+    """The single clip named by path (a video file or a folder of frames)."""
+    sources = find_sources([path])
+    if len(sources) != 1:
+        raise VideoError(f"{path} holds {len(sources)} clips; pass one video file or frame folder")
+    return sources[0]
+
+
+def scored_clip(project: Project, path: Path) -> ScoredClip:
+    """The clip at path with its stored scores, which must come from the current model."""
+    src = one_source(path)
+    version, models = current_models(project)
+    scores, summary = read_scores(project, src.name)
+    if summary.get("model_version") != version.name:
+        raise VidanomError(f"the stored scores of {src.name} come from model {summary.get('model_version')}, "
+                           f"not the current {version.name}; score it again with 'vidanom score {path}'")
+    segments = [(int(s["start_frame"]), int(s["end_frame"])) for s in summary.get("segments", [])]
+    return ScoredClip(src, scores, float(summary["threshold"]), float(summary["fps"]), segments, models)
+
+
+@dataclass
+class Chunk:
+    """A run of consecutive frames of the second pass."""
+
+    start: int  # frame number of the first
+    small: np.ndarray  # (n, h, w, C) uint8 as the model sees them
+    full: np.ndarray  # (n, H, W, 3) uint8 RGB at the source's resolution
+    maps: Maps  # err (n, h, w), and recon (n, C_in, h, w) when asked for
+
+
+def revisit(project: Project, clip: ScoredClip, device: torch.device | None = None,
+            progress: Progress = no_progress, task: str = "draw", recon: bool = False) -> Iterator[Chunk]:
+    """Decode the clip again, at full resolution, with the VAE's error maps: chunks in order.
+
+    Raises VidanomError if the clip no longer has the frames it was scored with.
+    """
+    from .inference import decoding_threads, for_inference, scoring_threads, torch_threads
+    from .prefetch import prefetch
+    device, cfg, n = device or torch.device("cpu"), project.config, len(clip.scores)
+    scorer = make_scorer(for_inference(clip.models[0], device), None, cfg, device)
+    scorer.keep_recon = recon
+    changed = f"{clip.src.name} no longer decodes to the {n} frames it was scored with; score it again"
+    chunks = prefetch(iter_full_chunks(clip.src, cfg.frames, FULL_CHUNK, DecodeReport(), decoding_threads()),
+                      depth=2, name=f"vidanom-decode {clip.src.name}")
+    done = 0
+    try:
+        with torch_threads(scoring_threads() if device.type == "cpu" else torch.get_num_threads()):
+            for small, full in chunks:
+                if done + len(small) > n:
+                    raise VidanomError(changed)
+                yield Chunk(done, small, full, scorer.maps(small))
+                done += len(small)
+                progress(f"{task} {clip.src.name}", done, n, {})
+    finally:
+        chunks.close()  # on an error or Ctrl-C: stop the decoding thread and close the file
+    if done != n:
+        raise VidanomError(changed)
