@@ -274,6 +274,9 @@ def test_config_changed_after_training_is_a_clean_error(trained_project, clips):
     (trained_project / CONFIG_NAME).write_text(json.dumps(data))
     assert_clean_error(invoke("score", clips.anomalous, "-p", trained_project), match="no longer matches")
     assert list((trained_project / "scores").iterdir()) == []
+    data = to_dict(tiny_config(score={"patch": 4}))  # the calibration's patch statistics no longer fit
+    (trained_project / CONFIG_NAME).write_text(json.dumps(data))
+    assert_clean_error(invoke("score", clips.anomalous, "-p", trained_project), match="score.patch")
 
 
 def test_bad_stage_is_refused(project):

@@ -9,8 +9,8 @@ import torch
 from vidanom import train
 from vidanom.mdn import LSTMMDN, MDNConfig, mdn_nll
 from vidanom.config import ScoreConfig
-from vidanom.score import (Calibration, pick_scene, scene_of, CausalMean, Maps, RunningStats, Scorer, combine, components, iter_scores,
-                           segments)
+from vidanom.score import (Calibration, CausalMean, combine, components, iter_scores, Maps, pick_scene, RunningStats,
+                           scene_of, Scorer, segments)
 from vidanom.vae import BetaVAE, VAEConfig, error_map, kl_map
 
 LAG = 2

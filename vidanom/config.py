@@ -27,7 +27,7 @@ class FrameConfig:
 
 @dataclass(frozen=True)
 class VAEOptions:
-    hidden: tuple[int, ...] = (32, 64, 64)  # channels of the stride-2 convolutions
+    hidden: tuple[int, ...] = (16, 32, 64)  # stride-2 convolutions; (32, 64, 64) scored Ped1 alike, 2.4× slower
     latent_channels: int = 4  # latent dimensions per grid cell
     beta: float = 0.1  # weight of KL against the summed squared error
     coords: bool = True  # let the model know where in the frame a pixel is

@@ -24,7 +24,8 @@ from .cache import ClipMeta
 from .config import ProjectConfig
 from .data import Split
 from .dream import dream_clips
-from .errors import LabelsError, NotTrainedError, ProjectError, VidanomError
+from .errors import ConfigError, LabelsError, NotTrainedError, ProjectError, VidanomError
+from .inference import for_inference
 from .mdn import LSTMMDN
 from .project import Project
 from .replay import (EWCPenalty, LatentPrior, PriorReplay, carry_prior, fisher_diagonal, fit_gaussian,
@@ -32,7 +33,7 @@ from .replay import (EWCPenalty, LatentPrior, PriorReplay, carry_prior, fisher_d
 from .score import Calibration, iter_scores, make_scorer, segments
 from .train import (Progress, build_mdn, build_vae, calibrate, encode, fit_mdn, fit_vae, load_checkpoint,
                     no_progress)
-from .vae import BetaVAE
+from .vae import BetaVAE, patch_means
 from .video import DecodeReport, Source, find_sources, iter_chunks
 
 DEFAULT_SCENE = "default"
@@ -92,12 +93,16 @@ def current_models(project: Project) -> tuple[Path, tuple[BetaVAE, LSTMMDN | Non
     version = project.require_version()
     models = load_models(version)
     _check_arch(project, models[0])
+    sc, cfg = project.config.score, project.config.frames
+    positions = patch_means(torch.zeros(1, cfg.height, cfg.width), sc.patch, sc.patch_stride).shape[1]
+    if models[2].err_mean.shape[-1] != positions:
+        raise ConfigError(f"model {version.name} was calibrated on other patches than score.patch = {sc.patch}, "
+                          f"score.patch_stride = {sc.patch_stride} give; set them back or train again")
     return version, models
 
 
 def _check_arch(project: Project, vae: BetaVAE) -> None:
     if vae.cfg != project.config.vae_config():
-        from .errors import ConfigError
         raise ConfigError("the project's config no longer matches its trained model (frame size, channels or "
                           "architecture changed); train from scratch with 'vidanom train --stage all'")
 
@@ -155,7 +160,8 @@ def _fit_mdn_stage(project: Project, plan: Plan, vae: BetaVAE, clips: list[np.nd
     if start is not None:
         mdn.load_state_dict(start["model"])
     # dreams are encoded by the new encoder, like real clips: that maps them into the new latent space
-    latents = [encode(vae, c, cfg.frames.motion_lag, device) for c in clips]
+    fast = for_inference(vae, device)
+    latents = [encode(fast, c, cfg.frames.motion_lag, device) for c in clips]
     stats = fit_mdn(mdn, [z[:, :e] for z, e in zip(latents, split.train_end)], split.train_end, cfg,
                     device, cfg.train.mdn_epochs, progress, part / "mdn.pt", start)
     return mdn, stats
@@ -342,7 +348,7 @@ def _score_arrays(project: Project, src: Source, models: tuple, device: torch.de
     models on the current chunk; the queue between them holds a few chunks, so memory does not
     grow with the clip. Only a few floats per frame are kept.
     """
-    from .inference import decoding_threads, for_inference, scoring_threads, torch_threads
+    from .inference import decoding_threads, scoring_threads, torch_threads
     from .prefetch import prefetch
     vae, mdn, cal = models
     cfg = project.config

@@ -20,6 +20,7 @@ import torch
 from . import fsutil
 from .config import ProjectConfig
 from .data import Split, frame_batches, window_starts
+from .inference import for_inference
 from .mdn import LSTMMDN, MDNConfig, mdn_nll
 from .score import Calibration, CausalMean, RunningStats, Scorer, combine, components, make_scorer
 from .vae import BetaVAE, VAEConfig, patch_means, vae_loss
@@ -251,6 +252,7 @@ def calibrate(vae: BetaVAE, mdn: LSTMMDN | None, clips: list[np.ndarray], split:
               device: torch.device, scene: str, progress: Progress = no_progress) -> Calibration:
     """One scene's statistics: position-wise on its training frames, then component scales and
     threshold on its held-out ones."""
+    vae = for_inference(vae, device)  # the copy scoring uses: the same numbers, 1.3-2.5× faster on a CPU
     total = 2 * sum(len(c) for c in clips)
     err, kl, nll, pixels, done = RunningStats(), RunningStats(), RunningStats(), RunningStats(), 0
     for frames, end in zip(clips, split.train_end):
