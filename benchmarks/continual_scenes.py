@@ -67,32 +67,37 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, help="epochs per stage (default: the config's)")
     ap.add_argument("--strategies", default="replay,replay-no-dream,ewc,finetune,joint")
     ap.add_argument("--json", type=Path)
-    ap.add_argument("--keep", type=Path, help="build the projects in this new folder and keep them")
+    ap.add_argument("--keep", type=Path, help="build the projects in this folder and keep them; a scene-A model "
+                                                "already in it is used again")
     args = ap.parse_args()
     work = args.keep if args.keep else Path(tempfile.mkdtemp(prefix="vidanom-scenes-"))
+    reuse = (work / "base" / "models" / "current").exists()  # a kept run: keep its scene-A model too
+    for name in ("b_train", "b_test", "a_train", "a_test", *([] if reuse else ["base"])):
+        shutil.rmtree(work / name, ignore_errors=True)
     b_train, b_test, b_labels = make_scene_b(work)
-    a_train = work / "a_train"
-    a_train.mkdir()
-    for p in sorted((args.data / "train").glob("*.mp4"))[:args.train_clips]:
-        (a_train / p.name).symlink_to(p.resolve())
-    a_test = work / "a_test"
-    a_test.mkdir()
-    for p in sorted((args.data / "test").glob("*.mp4"))[:args.test_clips]:
-        (a_test / p.name).symlink_to(p.resolve())
+    a_train, a_test = work / "a_train", work / "a_test"
+    for folder, split, count in ((a_train, "train", args.train_clips), (a_test, "test", args.test_clips)):
+        folder.mkdir()
+        for p in sorted((args.data / split).glob("*.mp4"))[:count]:
+            (folder / p.name).symlink_to(p.resolve())
     a_labels = {k: v for k, v in json.loads((args.data / "labels.json").read_text()).items()
                 if (a_test / k).exists()}
     epochs = {"vae_epochs": args.epochs, "mdn_epochs": args.epochs} if args.epochs else {}
     cfg = with_overrides(ProjectConfig(), train=epochs)
-    base = Project.init(work / "base", cfg)
     t0 = time.time()
-    pipeline.train(base, [a_train], scene="A")
+    if reuse:
+        base = Project.open(work / "base")
+    else:
+        base = Project.init(work / "base", cfg)
+        pipeline.train(base, [a_train], scene="A")
     rows = {"before update (A only)": (scene_auroc(base, a_test, a_labels),
                                        scene_auroc(base, b_test, b_labels), time.time() - t0)}
     for strategy in args.strategies.split(","):
         root = work / strategy
+        shutil.rmtree(root, ignore_errors=True)
         t0 = time.time()
         if strategy == "joint":
-            project = Project.init(root, cfg)
+            project = Project.init(root, base.config)
             pipeline.extract(project, [a_train, b_train], scene="AB")
             pipeline.train(project, [], scene="AB")
         else:

@@ -8,7 +8,7 @@ interrupted run can resume where it stopped.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
@@ -23,7 +23,7 @@ from .data import Split, frame_batches, window_starts
 from .inference import for_inference
 from .mdn import LSTMMDN, MDNConfig, mdn_nll
 from .score import Calibration, CausalMean, RunningStats, Scorer, combine, components, make_scorer
-from .vae import BetaVAE, VAEConfig, patch_means, vae_loss
+from .vae import BetaVAE, VAEConfig, error_map, patch_means, vae_loss
 
 Progress = Callable[[str, int, int, dict[str, float]], None]
 ExtraBatch = Callable[[int], torch.Tensor]  # batch size → replayed inputs to add to a batch
@@ -284,3 +284,16 @@ def calibrate(vae: BetaVAE, mdn: LSTMMDN | None, clips: list[np.ndarray], split:
         scores.append(s[end:] if end < len(s) else s)
     cal.thresholds = torch.quantile(torch.cat(scores).double(), cfg.score.threshold_quantile).float()[None]
     return cal
+
+
+@torch.no_grad()
+def patch_error_stats(vae: BetaVAE, inputs: Iterable[torch.Tensor], cfg: ProjectConfig
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and std (P,) per patch position of the error the score measures, on model inputs (B, C, H, W)."""
+    scorer = make_scorer(vae, None, cfg, torch.device("cpu"))
+    stats = RunningStats()
+    for x in inputs:
+        x = x.to(next(vae.parameters()).device)
+        err = error_map(x[:, scorer.recon_from:], vae(x, sample=False)[0][:, scorer.recon_from:])
+        stats.add(patch_means(err.cpu(), cfg.score.patch, cfg.score.patch_stride))
+    return stats.result()
