@@ -12,12 +12,13 @@ import av
 import numpy as np
 import pytest
 import torch
-from conftest import Clips, invoke
+from conftest import Clips, invoke, tiny_config
 from PIL import Image
 
-from vidanom import annotate, gallery, plot
+from vidanom import annotate, gallery, heatmap, plot
 from vidanom.project import Project
 from vidanom.revisit import scored_clip
+from vidanom.score import Calibration
 
 CPU = ("--device", "cpu")
 
@@ -191,6 +192,13 @@ def test_gallery_shows_the_top_frames(annotated, clips, tmp_path):
         assert [int(f) for f in re.findall(r"frame (\d+) at", res.stdout)] == expected
         sizes[k] = Image.open(out).size
     assert sizes[1][0] == sizes[3][0] and sizes[3][1] > 2 * sizes[1][1]  # one row per frame
+    # a scored clip can be named rather than found again: its summary knows the file
+    res = invoke("gallery", "anom.mp4", "-k", 1, "--min-gap", "0.2", "-o", tmp_path / "byname.png", *CPU,
+                 "-p", root)
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "byname.png").read_bytes() == (tmp_path / "g1.png").read_bytes()
+    res = invoke("gallery", "never_scored.mp4", "-p", root)
+    assert res.exit_code == 2 and "never_scored.mp4" in res.stderr
 
 
 def test_gallery_panels_are_the_chosen_frames(annotated, clips):
@@ -239,3 +247,21 @@ def test_timeline_bins_cover_every_frame(tmp_path):
     truth[5000:5100] = 1
     path = plot.timeline(tmp_path / "long.png", scores, 2.0, 0.04, [(5000, 5090)], truth, "long")
     assert Image.open(path).size == (1000, 390)
+
+
+def test_heatmap_measures_each_place_against_its_own_normal():
+    # 16×16 frames, 8×8 patches 4 apart: 3×3 positions; the top-left patch is busy in normal footage
+    cfg = tiny_config(frames={"width": 16, "height": 16}, score={"patch": 8, "patch_stride": 4})
+    mean, std = torch.full((1, 9), 0.01), torch.full((1, 9), 0.001)
+    mean[0, 0] = 1.0
+    cal = Calibration(mean, std, *[torch.zeros(1, 1)] * 4, torch.zeros(1, 3), torch.ones(1, 3),
+                      torch.zeros(1), False, ["default"])
+    scale = heatmap.ErrorScale.from_calibration(cal, cfg)
+    per_patch = (mean + 3 * std)[0].view(3, 3)
+    for y, x in ((0, 0), (5, 5), (15, 9)):  # every pixel: the mean over the patches covering it
+        covering = [per_patch[r, c] for r in range(3) for c in range(3)
+                    if 4 * r <= y < 4 * r + 8 and 4 * c <= x < 4 * c + 8]
+        assert scale.lo[y, x] == pytest.approx(float(sum(covering) / len(covering)))
+    err = torch.full((1, 16, 16), 0.2)  # the same error everywhere
+    level = scale.levels(err)[0]
+    assert level[1, 1] == 0 and level[12, 12] > 0.5  # ordinary where it is busy, hot where it is quiet

@@ -174,7 +174,7 @@ def _mark(frame: torch.Tensor) -> torch.Tensor:
 def render(project: Project, clip: ScoredClip, out: Path, device: torch.device | None = None,
            progress: Progress = no_progress) -> Annotated:
     """Write the annotated video of a scored clip to out (see the module docstring)."""
-    scale = ErrorScale.from_calibration(clip.models[2], project.config.score.patch)
+    scale = ErrorScale.from_calibration(clip.models[2], project.config)
     flags = clip.flags
     with ExitStack() as stack:
         encode, strip, size = None, None, (0, 0)

@@ -288,7 +288,7 @@ def _annotate(proj: Any, video: Path, output: Optional[Path], device: str) -> No
 
 @app.command(name="annotate")
 @cli_errors
-def annotate_(video: Annotated[Path, typer.Argument(help="A scored video file or frame folder.")],
+def annotate_(video: Annotated[Path, typer.Argument(help="A scored video file or frame folder, or the name of a scored clip.")],
               output: Annotated[Optional[Path], typer.Option(
                   "--output", "-o", help="Video to write (.mp4, .mkv, .mov...; default: "
                                          "scores/CLIP.annotated.mp4).")] = None,
@@ -305,7 +305,7 @@ def annotate_(video: Annotated[Path, typer.Argument(help="A scored video file or
 
 @app.command()
 @cli_errors
-def gallery(video: Annotated[Path, typer.Argument(help="A scored video file or frame folder.")],
+def gallery(video: Annotated[Path, typer.Argument(help="A scored video file or frame folder, or the name of a scored clip.")],
             k: Annotated[int, typer.Option("-k", help="How many frames to show.")] = 8,
             min_gap: Annotated[float, typer.Option(help="Seconds between any two frames shown.")] = 1.0,
             output: Annotated[Optional[Path], typer.Option(

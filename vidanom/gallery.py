@@ -62,7 +62,7 @@ def _resized(planes: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
 def collect(project: Project, clip: ScoredClip, frames: list[int], device: torch.device | None = None,
             progress: Progress = no_progress) -> list[Panel]:
     """Decode the clip up to the last of `frames` and keep those frames' panels, in the given order."""
-    scale = ErrorScale.from_calibration(clip.models[2], project.config.score.patch)
+    scale = ErrorScale.from_calibration(clip.models[2], project.config)
     channels, wanted, found = project.config.frames.channels, set(frames), {}
     for chunk in revisit(project, clip, device, progress, "gallery", recon=True):
         assert chunk.maps.recon is not None
@@ -102,7 +102,7 @@ def render(path: Path, panels: list[Panel], clip: ScoredClip, model_size: str) -
     bar = fig.colorbar(ScalarMappable(LogNorm(1, SPAN), COLORMAP), ax=axes[-1, :], shrink=0.6, aspect=40,
                        orientation="horizontal", ticks=[1, 2, 4, 8, 16], format="{x:g}×")
     bar.minorticks_off()
-    bar.set_label("reconstruction error, in multiples of what normal footage reaches", fontsize=8)
+    bar.set_label("reconstruction error, in multiples of what normal footage reaches there", fontsize=8)
     fig.suptitle(f"{clip.src.name}: the {len(panels)} most anomalous frames (threshold {clip.threshold:.2f})",
                  fontsize=11)
     with fsutil.atomic_path(path) as tmp:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .config import ProjectConfig
 from .score import Calibration
 
 COLORMAP = "inferno"
@@ -24,25 +25,32 @@ SPAN = 16.0  # the colour scale spans lo … SPAN·lo, logarithmically (errors v
 
 @dataclass(frozen=True)
 class ErrorScale:
-    """How error maps become colours: squared error lo is transparent, SPAN·lo full colour."""
+    """How error maps become colours: squared error lo is transparent, SPAN·lo full colour, where lo
+    is a map: every place is measured against what is normal there, as the score does."""
 
-    lo: float
+    lo: torch.Tensor  # (h, w) at the model's frame size
     smooth: int  # the error map is averaged over smooth × smooth pixels (model frame size), odd
     lut: torch.Tensor  # (256, 3) float RGB of the colormap, 0..255
 
     @classmethod
-    def from_calibration(cls, cal: Calibration, patch: int) -> ErrorScale:
-        """lo: the mean error that normal patches rarely exceed (mean + 3 std, at the worst patch
-        position, on the training frames). The map is smoothed over half a score patch, so what is
-        shown is close to what the score measures, and single noisy pixels do not light up."""
-        lo = float((cal.err_mean + 3 * cal.err_std).max())
-        return cls(max(lo, 1e-8), max(1, patch // 2) | 1, colormap_lut())
+    def from_calibration(cls, cal: Calibration, cfg: ProjectConfig) -> ErrorScale:
+        """lo per pixel: the mean error the patches over it rarely exceed on normal frames (mean + 3 std
+        of each patch position, averaged over the patches covering the pixel; the highest of the
+        scenes). One level for the whole frame, from its busiest place, left the unusual motion that
+        scores highest in a quiet place as dark as the normal bustle of a walkway. The map is
+        smoothed over half a score patch, so single noisy pixels do not light up."""
+        sc, size = cfg.score, (cfg.frames.height, cfg.frames.width)
+        per_patch = (cal.err_mean + 3 * cal.err_std).amax(0).float()  # (P,)
+        cover = F.fold(torch.ones(1, sc.patch ** 2, len(per_patch)), size, sc.patch, stride=sc.patch_stride)
+        total = F.fold(per_patch.expand(1, sc.patch ** 2, -1), size, sc.patch, stride=sc.patch_stride)
+        lo = torch.where(cover > 0, total / cover.clamp_min(1), per_patch.max())[0, 0]
+        return cls(lo.clamp_min(1e-8), max(1, sc.patch // 2) | 1, colormap_lut())
 
     def levels(self, err: torch.Tensor) -> torch.Tensor:
         """err: (n, h, w) squared error → (n, h, w) display level in [0, 1], 0 up to lo."""
         k = self.smooth
         smooth = F.avg_pool2d(err[:, None].float(), k, 1, k // 2, count_include_pad=False)[:, 0]
-        return (smooth.clamp_min(self.lo) / self.lo).log_().div_(math.log(SPAN)).clamp_(0, 1)
+        return torch.maximum(smooth, self.lo).div_(self.lo).log_().div_(math.log(SPAN)).clamp_(0, 1)
 
 
 def colormap_lut(name: str = COLORMAP) -> torch.Tensor:

@@ -52,7 +52,13 @@ def one_source(path: Path) -> Source:
 
 
 def scored_clip(project: Project, path: Path) -> ScoredClip:
-    """The clip at path with its stored scores, which must come from the current model."""
+    """The clip at path (or the scored clip of that name) with its stored scores, which must come
+    from the current model."""
+    if not path.exists():  # a scored clip's name, e.g. after scoring a whole folder: its summary knows the file
+        try:
+            path = Path(read_scores(project, path.name)[1]["source"])
+        except (VidanomError, KeyError):
+            pass  # one_source says that nothing is there
     src = one_source(path)
     version, models = current_models(project)
     scores, summary = read_scores(project, src.name)
