@@ -166,3 +166,21 @@ def trained_project(tmp_path: Path, trained_project_template: Path) -> Path:
     dst = tmp_path / "trained"
     shutil.copytree(trained_project_template, dst)
     return dst
+
+
+@pytest.fixture(scope="session")
+def scored_template(tmp_path_factory: pytest.TempPathFactory, trained_project_template: Path, clips: Clips) -> Path:
+    """The trained project, with the anomalous clip scored once (read-only: copy before writing)."""
+    root = tmp_path_factory.mktemp("scored") / "proj"
+    shutil.copytree(trained_project_template, root)
+    res = invoke("score", clips.anomalous, "--device", "cpu", "-p", root)
+    assert res.exit_code == 0, res.output
+    return root
+
+
+@pytest.fixture
+def scored(tmp_path: Path, scored_template: Path) -> Path:
+    """A private copy of the scored project, free to write to."""
+    dst = tmp_path / "scored"
+    shutil.copytree(scored_template, dst)
+    return dst

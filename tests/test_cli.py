@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 import typer
-from conftest import ANOMALY, Clips, invoke, make_project, tiny_config
+from conftest import ANOMALY, invoke, make_project, tiny_config
 from sklearn.metrics import roc_auc_score
 
 from vidanom.cli import app
@@ -46,23 +45,6 @@ def assert_clean_error(res, exit_code: int = 2, match: str = "") -> str:
     assert len(lines) == 1 and lines[0].startswith("error: "), res.stderr
     assert match in lines[0]
     return lines[0]
-
-
-@pytest.fixture(scope="module")
-def scored_template(tmp_path_factory, trained_project_template: Path, clips: Clips) -> Path:
-    """The trained project, with the anomalous clip scored once (copy before writing)."""
-    root = tmp_path_factory.mktemp("scored") / "proj"
-    shutil.copytree(trained_project_template, root)
-    res = invoke("score", clips.anomalous, "--device", "cpu", "-p", root)
-    assert res.exit_code == 0, res.output
-    return root
-
-
-@pytest.fixture
-def scored(tmp_path: Path, scored_template: Path) -> Path:
-    dst = tmp_path / "scored"
-    shutil.copytree(scored_template, dst)
-    return dst
 
 
 @pytest.fixture

@@ -90,22 +90,6 @@ def digest(folder: Path) -> dict[str, str]:
             for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-@pytest.fixture(scope="module")
-def scored_template(tmp_path_factory, trained_project_template: Path, clips: Clips) -> Path:
-    root = tmp_path_factory.mktemp("robust") / "proj"
-    shutil.copytree(trained_project_template, root)
-    res = invoke("score", clips.anomalous, *CPU, "-p", root)
-    assert res.exit_code == 0, res.output
-    return root
-
-
-@pytest.fixture
-def scored(tmp_path: Path, scored_template: Path) -> Path:
-    dst = tmp_path / "scored"
-    shutil.copytree(scored_template, dst)
-    return dst
-
-
 # -- bad input: one line, exit 2 -------------------------------------------------------------------
 
 BAD_INPUTS = {
