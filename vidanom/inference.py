@@ -80,7 +80,7 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-def scoring_threads() -> int:
+def scoring_threads(device: torch.device | None = None) -> int:
     """Torch threads while a decoder thread runs beside inference: leave the decoder a core.
 
     The decoder and the scaler take about one core at the speeds scoring reaches; intra-op threads
@@ -88,6 +88,8 @@ def scoring_threads() -> int:
     4 times slower than 1: OpenMP threads spin while they wait). torch's own setting still caps it,
     so a user's OMP_NUM_THREADS / torch.set_num_threads is respected.
     """
+    if device is not None and device.type != "cpu":  # the work is on the GPU: leave torch's setting
+        return torch.get_num_threads()
     return max(1, min(torch.get_num_threads(), usable_cores() - 1))
 
 

@@ -382,7 +382,7 @@ def _score_arrays(project: Project, src: Source, models: tuple, device: torch.de
     chunks = prefetch(iter_chunks(src, cfg.frames, cfg.score.batch_size, report, threads=decoding_threads()),
                       depth=3, name=f"vidanom-decode {src.name}")
     try:
-        with torch_threads(scoring_threads() if device.type == "cpu" else torch.get_num_threads()):
+        with torch_threads(scoring_threads(device)):
             for comp, scene, score in iter_scores(scorer, chunks, cal, cfg.score):
                 comps.append(comp.numpy())
                 scenes.append(scene.numpy())

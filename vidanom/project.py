@@ -143,12 +143,12 @@ class Project:
                     os.link(tmp, path)  # fails if the lock exists: atomic test-and-set, content included
                     return None
                 except FileExistsError:
-                    pass
+                    pass  # held: who holds it is looked at below
                 except OSError:  # a file system without hard links
                     try:
                         fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
                     except FileExistsError:
-                        pass
+                        pass  # held, as above
                     else:
                         with os.fdopen(fd, "w") as f:
                             json.dump(mine, f)

@@ -95,7 +95,7 @@ def revisit(project: Project, clip: ScoredClip, device: torch.device | None = No
                       depth=2, name=f"vidanom-decode {clip.src.name}")
     done = 0
     try:
-        with torch_threads(scoring_threads() if device.type == "cpu" else torch.get_num_threads()):
+        with torch_threads(scoring_threads(device)):
             for small, full in chunks:
                 if done + len(small) > n:
                     raise VidanomError(changed)

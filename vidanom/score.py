@@ -229,10 +229,11 @@ def pick_scene(comp: torch.Tensor, combined: torch.Tensor, scene: torch.Tensor |
     (n, S, 3), (n, S), (n,) or None. Telling the scene by the latent is the better rule: a scene
     whose errors vary widely otherwise "explains" a quiet scene's frames, anomalies included.
     """
-    score, best = combined.min(1)
-    if scene is not None:
-        score, best = combined.gather(1, scene[:, None])[:, 0], scene
-    return comp[torch.arange(len(comp)), best], score, best
+    if scene is None:
+        score, scene = combined.min(1)
+    else:
+        score = combined.gather(1, scene[:, None])[:, 0]
+    return comp[torch.arange(len(comp)), scene], score, scene
 
 
 class CausalMean:

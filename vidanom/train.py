@@ -32,7 +32,7 @@ INFER_BATCH = 256
 
 
 def no_progress(task: str, done: int, total: int, info: dict[str, float]) -> None:
-    pass
+    """The progress callback of a caller that shows none (tests, benchmarks, library use)."""
 
 
 def resolve_device(name: str) -> torch.device:

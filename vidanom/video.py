@@ -143,15 +143,12 @@ def _decode_container(container: Any, name: str, fc: FrameConfig, report: Decode
             except Exception as exc:  # FFmpegError mostly, but PyAV raises others on damaged data too
                 report.error = _why(exc)  # a damaged or truncated file: keep what decoded
                 break
-            for frame in frames:
-                if time.monotonic() - started > limit:
-                    report.error = f"no frame decoded in {limit:g} s (frames.decode_timeout)"
-                    return
-                yield frame
-                started = time.monotonic()  # the consumer's time does not count
             if time.monotonic() - started > limit:
                 report.error = f"no frame decoded in {limit:g} s (frames.decode_timeout)"
                 return
+            for frame in frames:
+                yield frame
+                started = time.monotonic()  # the consumer's time does not count
         expected = stream.frames  # from the container's index, where it has one (0 if not)
         if expected and index < expected - max(2, expected // 100):
             # a single-threaded decoder meets the damage as an error, a frame-threaded one as an early end
@@ -208,10 +205,8 @@ def iter_chunks(src: Source, fc: FrameConfig, size: int, report: DecodeReport | 
     """Decode src into chunks of at most `size` frames: (n, H, W, C) uint8.
 
     threads: FFmpeg's decoding threads for a video file. 0 lets FFmpeg choose (one per core and
-    one more), which can decode faster when decoding has idle cores to itself; 1 decodes in the
-    calling thread alone, which costs the least CPU per frame (frame threading costs more in all:
-    on 2 cores, 1.7 rather than 2.4 ms per 720p H.264 frame), the better choice when other work,
-    such as inference in another thread, wants the cores too.
+    one more), the fastest even beside inference in another thread (see
+    inference.decoding_threads); 1 decodes in the calling thread alone, at the least CPU per frame.
 
     Raises VideoError when the clip cannot be opened or yields no frame at all; a clip that breaks
     off midway ends early with `report.error` set.

@@ -290,7 +290,7 @@ def watch(project: Project, source: str, options: WatchOptions | None = None,
     device = device or torch.device("cpu")
     session = _Session(project, source, options or WatchOptions(), device)
     try:
-        with torch_threads(scoring_threads() if device.type == "cpu" else torch.get_num_threads()):
+        with torch_threads(scoring_threads(device)):
             for batch in session.feed.batches(session.cfg.score.batch_size):
                 batch = session.fresh(batch)
                 if batch:
