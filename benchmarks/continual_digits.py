@@ -30,8 +30,8 @@ import torch
 from vidanom.config import FrameConfig, ProjectConfig, TrainConfig, VAEOptions, with_overrides
 from vidanom.data import Split, to_input
 from vidanom.metrics import auroc
-from vidanom.replay import (EWCPenalty, LatentPrior, PriorReplay, carry_prior, fisher_diagonal, fit_gaussian,
-                            new_batch_size, replay_share)
+from vidanom.replay import (EWCPenalty, LatentPrior, PriorReplay, ReplayDistillation, carry_prior, fisher_diagonal,
+                            fit_gaussian, new_batch_size, replay_share)
 from vidanom.train import fit_vae
 from vidanom.vae import BetaVAE, error_map, kl_map, patch_means
 
@@ -102,12 +102,15 @@ def task_fisher(vae: BetaVAE, frames: np.ndarray, limit: int) -> dict[str, torch
     return fisher_diagonal(vae, x.split(128), vae.cfg.beta)
 
 
-def task_prior(vae: BetaVAE, replay: PriorReplay | None, frames: np.ndarray) -> LatentPrior:
-    """After a task: the old tasks' Gaussians carried into the new latent space, plus the new task's."""
+def task_prior(vae: BetaVAE, replay: PriorReplay | None, frames: np.ndarray, carry: bool) -> LatentPrior:
+    """After a task: the old tasks' Gaussians (carried into the new latent space, or kept as they
+    were), plus the new task's."""
     x = to_input(torch.from_numpy(frames), 0)
     new = fit_gaussian(vae, x.split(512))
-    old = carry_prior(replay, vae) if replay is not None and replay.prior is not None \
-        else LatentPrior.standard([], new[0].numel())
+    if replay is None or replay.prior is None:
+        old = LatentPrior.standard([], new[0].numel())
+    else:
+        old = carry_prior(replay, vae) if carry else replay.prior
     return old.with_scene(f"task{len(old.scenes) + 1}", *new)
 
 
@@ -128,12 +131,17 @@ def run_strategy(name: str, tasks: list[int], train: dict[int, np.ndarray], test
         if share and args.replay_batch == "fixed":  # as many optimiser steps as joint training
             train_opts["batch_size"] = new_batch_size(cfg.train.batch_size, share)
         task_cfg = with_overrides(cfg, train=train_opts)
+        penalty = ewc
+        if replay is not None and args.distill > 0:  # as `vidanom update` does
+            n = round(task_cfg.train.batch_size * share / (1 - share))  # as many as replay adds to a batch
+            penalty = ReplayDistillation(replay, vae, max(1, n), args.distill, args.distill)
         stats = fit_vae(vae, clips, Split([len(c) for c in clips]), task_cfg, torch.device("cpu"), args.epochs,
-                        extra=replay, penalty=ewc, extra_share=share)
+                        extra=replay, penalty=penalty, extra_share=share)
         if ewc is not None:
             ewc.consolidate(task_fisher(vae, train[digit], args.fisher_samples))
         if name == "replay" and args.replay_prior == "fitted":
-            prior = task_prior(vae, replay, train[digit])
+            carry = args.carry if args.carry is not None else not args.distill  # as `vidanom update` does
+            prior = task_prior(vae, replay, train[digit], carry)
         res = evaluate(vae, test, tasks[:i + 1], args.patch)
         res.update(digit=digit, seconds=time.time() - t0, cpu_seconds=time.process_time() - c0,
                    replay_share=share, loss=stats.get("loss"))
@@ -214,6 +222,11 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--replay-base", type=float, default=0.5, help="replay share with one old task")
     ap.add_argument("--replay-batch", default="fixed", choices=("fixed", "grow"),
                     help="fixed: new + replayed images make one batch of --batch-size; grow: replay is added")
+    ap.add_argument("--distill", type=float, default=TrainConfig().replay_distill,
+                    help="weight of replay's distillation terms (vidanom.replay.ReplayDistillation); 0 = off")
+    ap.add_argument("--carry", action=argparse.BooleanOptionalAction, default=None,
+                    help="carry old tasks' Gaussians into each new latent space (decode old, encode new); "
+                         "default: only without distillation, as `vidanom update` does")
     ap.add_argument("--ewc-lambda", type=float, default=1000.0)
     ap.add_argument("--ewc-accumulate", default="sum", choices=EWCPenalty.MODES)
     ap.add_argument("--fisher-samples", type=int, default=1000, help="images per task for the EWC Fisher")

@@ -10,8 +10,8 @@ import torch
 
 from vidanom.config import FrameConfig, ProjectConfig, TrainConfig, VAEOptions
 from vidanom.data import Split
-from vidanom.replay import (EWCPenalty, LatentPrior, PriorReplay, carry_prior, fisher_diagonal, fit_gaussian,
-                            new_batch_size, replay_share)
+from vidanom.replay import (EWCPenalty, LatentPrior, PriorReplay, ReplayDistillation, carry_prior, fisher_diagonal,
+                            fit_gaussian, gaussian_kl, new_batch_size, replay_share)
 from vidanom.train import fit_vae
 from vidanom.vae import BetaVAE, vae_loss
 
@@ -228,3 +228,32 @@ def test_ewc_accumulates_fisher_and_survives_a_weights_only_checkpoint() -> None
     assert back().item() == pytest.approx(mean().item()) and back().item() > 0
     with pytest.raises(ValueError):
         EWCPenalty(vae, 1.0, "max")
+
+
+def test_gaussian_kl_matches_torch_distributions() -> None:
+    g = torch.Generator().manual_seed(0)
+    mu, mu_ref = torch.randn(3, 2, 2, 2, generator=g), torch.randn(3, 2, 2, 2, generator=g)
+    lv, lv_ref = torch.randn(3, 2, 2, 2, generator=g), torch.randn(3, 2, 2, 2, generator=g)
+    ref = torch.distributions.kl_divergence(torch.distributions.Normal(mu, (0.5 * lv).exp()),
+                                            torch.distributions.Normal(mu_ref, (0.5 * lv_ref).exp()))
+    torch.testing.assert_close(gaussian_kl(mu, lv, mu_ref, lv_ref), ref.flatten(1).sum(1))
+
+
+def test_replay_distillation_is_zero_for_the_same_model_and_pulls_a_changed_one_back() -> None:
+    old = tiny_vae()
+    prior = LatentPrior.standard([], 8).with_scene("a", torch.ones(8), torch.eye(8) * 0.3)
+    live = tiny_vae()  # the same weights as the frozen copy
+    distill = ReplayDistillation(PriorReplay(old, 1, prior, generator=torch.Generator().manual_seed(1)), live, 16)
+    assert distill().item() == pytest.approx(0.0, abs=1e-6)
+    with torch.no_grad():
+        live.decoder[-1].bias.add_(0.5)  # every output pixel off by 0.5 (before clipping of the target)
+        live.to_stats.bias[:2] += 1.0  # and the posterior means of channel 0 moved by 1
+    loss = distill()
+    assert loss.item() >= 8 * 8 * 0.25  # 64 pixels, each off by 0.5, and the posteriors moved
+    loss.backward()
+    assert live.decoder[-1].bias.grad is not None and live.to_stats.bias.grad[:2].abs().sum() > 0
+    assert all(p.grad is None for p in distill.replay.vae.parameters())  # the frozen copy stays frozen
+    only_decoder = ReplayDistillation(distill.replay, live, 16, decoder=1.0, encoder=0.0)
+    live.zero_grad()
+    only_decoder().backward()
+    assert live.to_stats.bias.grad is None or live.to_stats.bias.grad.abs().sum() == 0

@@ -49,7 +49,9 @@ def test_update_adds_a_version_with_its_lineage(trained_project, scene_b, strate
     assert (trained_project / "models" / "v0002" / "ewc.pt").exists()
     priors = [torch.load(trained_project / "models" / v / "prior.pt", weights_only=True) for v in ("v0001", "v0002")]
     assert priors[0]["scenes"] == ["default"] and priors[1]["scenes"] == ["default", "moved"]
-    assert not torch.allclose(priors[1]["mean"][0], priors[0]["mean"][0])  # carried into the new latent space
+    # replay's distillation holds the old scene where it was; otherwise it is carried into the new latent space
+    assert torch.equal(priors[1]["mean"][0], priors[0]["mean"][0]) == (strategy == "replay")
+    assert info.get("replay_distill", 0) == (1.0 if strategy == "replay" else 0)
     # the updated model scores, and the scores say which version made them
     res = invoke("score", scene_b / "b1.mp4", "--device", "cpu", "-p", trained_project)
     assert res.exit_code == 0, res.output

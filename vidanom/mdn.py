@@ -20,7 +20,7 @@ LOG_2PI = math.log(2 * math.pi)
 class MDNConfig:
     latent_dim: int = 4  # D: latent dimensions per cell
     cells: int = 64  # number of cells in the latent grid (positions to embed)
-    hidden: int = 64  # LSTM units
+    hidden: int = 32  # LSTM units
     mixtures: int = 5  # K: Gaussians in the mixture
     cell_embedding: int = 8  # size of the position embedding
 

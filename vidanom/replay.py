@@ -3,6 +3,8 @@
 Replay (Wiewel & Yang, ICASSP 2019): before learning a new scene, freeze a copy of the current VAE
 and mix its prior samples into every batch, so the new model keeps reconstructing what the old one
 could. Chained from scene to scene, each frozen copy speaks for all the scenes before it.
+`ReplayDistillation` adds the frozen copy's own outputs on those samples as targets, so the old
+scenes also keep their place in latent space.
 
 EWC (Kirkpatrick et al., 2017) instead anchors the weights that mattered, weighted by the diagonal
 of the Fisher information. Both plug into `vidanom.train.fit_vae` (`extra=` and `penalty=`).
@@ -106,19 +108,65 @@ class PriorReplay:
         self.generator = generator
         self.out_device = torch.device(out_device)  # fit_vae joins replay to CPU batches before moving them
 
+    @torch.no_grad()
+    def sample(self, n: int, scene: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """n latents (n, latent_channels, rows, cols) and the frozen decoder's raw output for them
+        (n, C, H, W), both on the frozen model's device (all of prior scene index `scene`, if given)."""
+        p = next(self.vae.parameters())
+        if self.prior is None:
+            z = torch.randn(n, self.vae.cfg.latent_channels, *self.vae.cfg.grid, generator=self.generator)
+        else:
+            z = self.prior.sample(n, self.generator, scene).view(n, self.vae.cfg.latent_channels, *self.vae.cfg.grid)
+        z = z.to(p.device)
+        return z, self.vae.decode(z)
+
+    def clip(self, x: torch.Tensor) -> torch.Tensor:
+        """Decoded samples clipped to the range of real inputs (see the class docstring)."""
+        if self.frame_channels is None:
+            return x
+        k = self.frame_channels
+        return torch.cat([x[:, :k].clamp(0.0, 1.0), x[:, k:].clamp(-1.0, 1.0)], 1)
+
     def __call__(self, n: int, scene: int | None = None) -> torch.Tensor:
         """n samples (n, C, H, W) on out_device (all of prior scene index `scene`, if given)."""
+        return self.clip(self.sample(n, scene)[1]).to(self.out_device)
+
+
+def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor, mu_ref: torch.Tensor, logvar_ref: torch.Tensor) -> torch.Tensor:
+    """KL(N(mu, exp(logvar)) || N(mu_ref, exp(logvar_ref))) summed over all but the first dim: (B, ...) → (B,)."""
+    kl = 0.5 * (logvar_ref - logvar + (logvar.exp() + (mu - mu_ref).pow(2)) / logvar_ref.exp() - 1.0)
+    return kl.flatten(1).sum(1)
+
+
+class ReplayDistillation:
+    """Keep the new VAE doing what the frozen one did on the old scenes: `fit_vae(penalty=...)`.
+
+    Replaying decoded samples as training inputs teaches the new model to reconstruct them, but
+    through whatever latents it likes, so the latent space, and with it the next replay, drifts a
+    little with every update, and a scene learned many updates ago comes back blurred. This term
+    pins both halves in function space (as Ramapuram et al.'s "consistency" term does for the
+    encoder) on n fresh replayed samples per step:
+      decoder: the new decoder must turn the old scene's latent z into the old decoder's output, and
+      encoder: its posterior on that output must match the old encoder's, KL(q_new || q_old),
+    each summed per image like `vae_loss`, so a weight of 1 counts a replayed image like a real one.
+    """
+
+    def __init__(self, replay: PriorReplay, vae: BetaVAE, n: int, decoder: float = 1.0, encoder: float = 1.0) -> None:
+        self.replay, self.vae, self.n = replay, vae, n
+        self.decoder, self.encoder = float(decoder), float(encoder)
+
+    def __call__(self) -> torch.Tensor:
+        z, target = self.replay.sample(self.n)
+        x = self.replay.clip(target)  # the encoders see what replay feeds them
         with torch.no_grad():
-            if self.prior is None:
-                x = self.vae.sample_prior(n, self.generator)
-            else:
-                p = next(self.vae.parameters())
-                z = self.prior.sample(n, self.generator, scene).to(p.device)
-                x = self.vae.decode(z.view(n, self.vae.cfg.latent_channels, *self.vae.cfg.grid))
-        if self.frame_channels is not None:
-            k = self.frame_channels
-            x = torch.cat([x[:, :k].clamp(0.0, 1.0), x[:, k:].clamp(-1.0, 1.0)], 1)
-        return x.to(self.out_device)
+            mu_old, logvar_old = self.replay.vae.encode(x)
+        dev = next(self.vae.parameters()).device  # the frozen copy may live elsewhere (fit_vae moves the live one)
+        z, target, x, mu_old, logvar_old = (t.to(dev) for t in (z, target, x, mu_old, logvar_old))
+        loss = self.decoder * (self.vae.decode(z) - target).pow(2).flatten(1).sum(1).mean()
+        if self.encoder:
+            mu, logvar = self.vae.encode(x)
+            loss = loss + self.encoder * gaussian_kl(mu, logvar, mu_old, logvar_old).mean()
+        return loss
 
 
 def carry_prior(replay: PriorReplay, new_vae: BetaVAE, samples: int = 2048, batch: int = 256) -> LatentPrior:

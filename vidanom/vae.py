@@ -19,7 +19,7 @@ class VAEConfig:
     in_channels: int = 2  # input planes: the frame, plus one difference to an earlier frame
     height: int = 64  # input height in pixels, divisible by 2**len(hidden)
     width: int = 64  # input width in pixels, divisible by 2**len(hidden)
-    hidden: tuple[int, ...] = (16, 32, 64)  # channels of the stride-2 convolutions
+    hidden: tuple[int, ...] = (8, 16, 64)  # channels of the stride-2 convolutions
     latent_channels: int = 8  # latent dimensions per grid cell
     beta: float = 1.0  # weight of the KL term in the loss
     coords: bool = True  # feed pixel coordinates so normality may depend on position
