@@ -9,7 +9,9 @@ from a frozen copy of the previous model), ewc, and finetune (new task only: the
     python benchmarks/continual_digits.py --data ../shared/data/mnist --json digits.json --plot digits.png
 
 It trains through the library's own calls: `vidanom.train.fit_vae` with `vidanom.replay.PriorReplay`,
-`replay_share`, `fisher_diagonal` and `EWCPenalty`, the model from `ProjectConfig.vae_config()`.
+`ReplayDistillation`, `replay_share`, `fisher_diagonal` and `EWCPenalty`, the model from
+`ProjectConfig.vae_config()`. Like `vidanom update`, replay distils the frozen model on replayed samples
+and keeps the old tasks' Gaussians as they were (`--distill 0` carries them instead, as before).
 """
 
 from __future__ import annotations

@@ -230,6 +230,9 @@ def update(videos: Annotated[Optional[list[Path]], typer.Argument(help="Normal v
            project: ProjectOpt = None) -> None:
     """Learn a new normal scene without forgetting the ones the model knows (generative replay).
 
+    Replay mixes samples of the old scenes, decoded by the previous model, into every batch and holds
+    the model to the previous one's outputs on them (config train.replay_distill; 0 turns that off).
+
     Example: vidanom update ~/after_camera_move/*.mp4 --scene moved
     """
     from . import pipeline
