@@ -33,7 +33,7 @@ from vidanom.config import FrameConfig, ProjectConfig, TrainConfig, VAEOptions, 
 from vidanom.data import Split, to_input
 from vidanom.metrics import auroc
 from vidanom.replay import (EWCPenalty, LatentPrior, PriorReplay, ReplayDistillation, carry_prior, fisher_diagonal,
-                            fit_gaussian, new_batch_size, replay_share)
+                            fit_gaussian, new_batch_size, replay_share, replayed_count)
 from vidanom.train import fit_vae
 from vidanom.vae import BetaVAE, error_map, kl_map, patch_means
 
@@ -135,8 +135,8 @@ def run_strategy(name: str, tasks: list[int], train: dict[int, np.ndarray], test
         task_cfg = with_overrides(cfg, train=train_opts)
         penalty = ewc
         if replay is not None and args.distill > 0:  # as `vidanom update` does
-            n = round(task_cfg.train.batch_size * share / (1 - share))  # as many as replay adds to a batch
-            penalty = ReplayDistillation(replay, vae, max(1, n), args.distill, args.distill)
+            n = max(1, replayed_count(task_cfg.train.batch_size, share))  # as many as fit_vae replays
+            penalty = ReplayDistillation(replay, vae, n, args.distill, args.distill)
         stats = fit_vae(vae, clips, Split([len(c) for c in clips]), task_cfg, torch.device("cpu"), args.epochs,
                         extra=replay, penalty=penalty, extra_share=share)
         if ewc is not None:

@@ -29,7 +29,7 @@ from .inference import for_inference
 from .mdn import LSTMMDN
 from .project import Project
 from .replay import (EWCPenalty, LatentPrior, PriorReplay, ReplayDistillation, carry_prior, fisher_diagonal,
-                     fit_gaussian, replay_share)
+                     fit_gaussian, replay_share, replayed_count)
 from .score import Calibration, iter_scores, make_scorer, segments
 from .train import (Progress, build_mdn, build_vae, calibrate, encode, fit_mdn, fit_vae, load_checkpoint,
                     no_progress, patch_error_stats)
@@ -312,11 +312,11 @@ def _plan_replay(cfg: ProjectConfig, plan: Plan, share: float, dream_frames: int
     if share <= 0:
         return
     if cfg.train.replay_distill > 0:
-        w, n = cfg.train.replay_distill, round(cfg.train.batch_size * share / (1 - share))
-        plan.penalty, plan.keeps_latents = ReplayDistillation(plan.old_scenes, plan.vae, max(1, n), w, w), True
+        w, n = cfg.train.replay_distill, max(1, replayed_count(cfg.train.batch_size, share))  # as fit_vae replays
+        plan.penalty, plan.keeps_latents = ReplayDistillation(plan.old_scenes, plan.vae, n, w, w), True
         plan.lineage["replay_distill"] = w
     if dream_frames and plan.mdn is not None:
-        plan.dreams = dream_clips(plan.vae, plan.mdn, int(dream_frames * share / (1 - share)), DREAM_LENGTH,
+        plan.dreams = dream_clips(plan.vae, plan.mdn, replayed_count(dream_frames, share), DREAM_LENGTH,
                                   cfg.frames.channels, plan.old_scenes.prior, cfg.train.dream_temperature,
                                   cfg.train.seed)
 

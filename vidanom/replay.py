@@ -203,6 +203,12 @@ def replay_share(scenes_learned: int, base: float = 0.5, cap: float = 0.9) -> fl
     return min(odds / (1.0 + odds), cap)
 
 
+def replayed_count(new: int, share: float) -> int:
+    """How many replayed samples to put beside `new` new ones so that they make up `share` of the
+    whole: round(new·s/(1−s)). Also the count of frames dreamed beside a new scene's frames."""
+    return int(round(new * share / (1.0 - share))) if share > 0 else 0
+
+
 def new_batch_size(batch_size: int, share: float) -> int:
     """How many new frames per batch, so that with fit_vae's B·s/(1−s) replayed ones the whole batch
     stays near `batch_size`. Without this, replay grows every batch instead, and an update takes as

@@ -23,6 +23,7 @@ from .data import Split, frame_batches, window_starts
 from .inference import for_inference
 from .mdn import LSTMMDN, MDNConfig, mdn_nll
 from .score import Calibration, CausalMean, RunningStats, Scorer, combine, components, make_scorer
+from .replay import replayed_count
 from .vae import BetaVAE, VAEConfig, error_map, patch_means, vae_loss
 
 Progress = Callable[[str, int, int, dict[str, float]], None]
@@ -121,7 +122,7 @@ def fit_vae(vae: BetaVAE, clips: list[np.ndarray], split: Split, cfg: ProjectCon
     index = split.train_index()
     bs, lag = cfg.train.batch_size, cfg.frames.motion_lag
     per_epoch = -(-len(index) // bs)
-    n_extra = int(round(bs * extra_share / (1 - extra_share))) if extra and extra_share > 0 else 0
+    n_extra = replayed_count(bs, extra_share) if extra else 0
     stats: dict[str, float] = {}
     for epoch in range(first, epochs):
         torch.manual_seed(cfg.train.seed * 100_003 + epoch)  # reproducible, and the same after a resume
