@@ -40,6 +40,7 @@ def version_info(root: Path, name: str) -> dict:
 def test_update_adds_a_version_with_its_lineage(trained_project, scene_b, strategy):
     res = invoke("update", scene_b, "--scene", "moved", "--strategy", strategy, *TRAIN, "-p", trained_project)
     assert res.exit_code == 0, res.output
+    assert "learned scene 'moved'" in res.output
     project = Project.open(trained_project)
     assert project.current_version() == "v0002"
     info = version_info(trained_project, "v0002")

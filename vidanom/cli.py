@@ -242,8 +242,8 @@ def update(videos: Annotated[Optional[list[Path]], typer.Argument(help="Normal v
         proj.config = with_overrides(proj.config, train={"vae_epochs": epochs, "mdn_epochs": epochs})
     with proj.lock("update"), interrupt.deferred(), _progress() as progress:
         r = pipeline.update(proj, videos or [], scene, strategy, replay_ratio, _device(device), resume, progress)
-    out.print(f"model {r.version}: learned scene from {r.clips} clips ({r.frames} frames) in {r.seconds:.0f} s "
-              f"with {strategy}; threshold {r.threshold:.3f}")
+    out.print(f"model {r.version}: learned scene '{r.scene}' from {r.clips} clips ({r.frames} frames) "
+              f"in {r.seconds:.0f} s with {strategy}; threshold {r.threshold:.3f}")
 
 
 @app.command()

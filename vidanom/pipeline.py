@@ -75,6 +75,7 @@ class TrainResult:
     vae: dict[str, float] = field(default_factory=dict)
     mdn: dict[str, float] = field(default_factory=dict)
     threshold: float = 0.0
+    scene: str = ""
 
 
 def load_models(version_dir: Path) -> tuple[BetaVAE, LSTMMDN | None, Calibration]:
@@ -256,7 +257,7 @@ def fit_and_publish(project: Project, metas: list[ClipMeta], plan: Plan, device:
     real = [cache.load(project.cache_dir, m) for m in metas]
     clips = real + plan.dreams
     split = Split.tail([len(c) for c in clips], cfg.train.val_fraction)
-    result = TrainResult("", len(metas), sum(m.frames for m in metas), 0.0)
+    result = TrainResult("", len(metas), sum(m.frames for m in metas), 0.0, scene=plan.lineage["scene"])
     vae, result.vae = _fit_vae_stage(project, plan, real, Split(split.train_end[:len(real)]), device, resume,
                                      progress)
     mdn, result.mdn = _fit_mdn_stage(project, plan, vae, clips, split, device, resume, progress)
