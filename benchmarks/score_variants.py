@@ -3,7 +3,7 @@ config variants, against decoding alone, in interleaved rounds (so a busy spell 
 every kind of run alike).
 
     python benchmarks/score_variants.py                                   # default vs the previous default
-    python benchmarks/score_variants.py --variant "vae.hidden=(8,16,32)" --variant "mdn.hidden=32" --rounds 9
+    python benchmarks/score_variants.py --variant "vae.hidden=(8,16,32);mdn.hidden=32" --variant "mdn.hidden=64"
 
 Every --variant is one project (several `a=b` overrides joined by ';'). The clip is throughput.py's:
 a 60 s 720p H.264 clip with moving shapes; each project trains on its first 20 s (3 + 8 epochs).
