@@ -530,6 +530,27 @@ def test_ctrl_c_during_update_resumes_with_update_only(trained_project, scene_b,
     assert_same_model(trained_project / "models" / "v0002", reference / "models" / "v0002")
 
 
+
+def test_ctrl_c_mid_epoch_of_a_replayed_update_resumes_to_the_same_model(trained_project, scene_b, tmp_path,
+                                                                       monkeypatch):
+    """Replay and its distillation draw their samples from torch's random state: a resumed update
+    must draw the same ones as an uninterrupted run."""
+    reference = tmp_path / "reference"
+    shutil.copytree(trained_project, reference)
+    args = ("--scene", "moved", "--epochs", "2", *CPU)
+    with monkeypatch.context() as m:
+        interrupt_at(m, "frame_batches", epoch=1, batch=1)
+        res = invoke("update", scene_b, *args, "-p", trained_project)
+    assert res.exit_code == 130, res.output
+    ckpt = torch.load(trained_project / "models" / ".partial" / "vae.pt", weights_only=True)
+    assert (ckpt["epoch"], ckpt["batch"]) == (1, 2)
+    res = invoke("update", *args, "--resume", "-p", trained_project)
+    assert res.exit_code == 0, res.output
+    assert json.loads((trained_project / "models" / "v0002" / "version.json").read_text())["replay_distill"] > 0
+    res = invoke("update", scene_b, *args, "-p", reference)
+    assert res.exit_code == 0, res.output
+    assert_same_model(trained_project / "models" / "v0002", reference / "models" / "v0002")
+
 # -- SIGKILL at any moment: the previous model stays, the project stays consistent ---------------------
 
 def check_consistent(root: Path, clips: Clips, v1: dict[str, str]) -> str:
