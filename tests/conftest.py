@@ -160,19 +160,22 @@ def trained_project_template(tmp_path_factory: pytest.TempPathFactory, clips: Cl
     return root
 
 
+def private_copy(template: Path, dst: Path) -> Path:
+    """A copy of a session-wide project template that one test may write to."""
+    shutil.copytree(template, dst)
+    return dst
+
+
 @pytest.fixture
 def trained_project(tmp_path: Path, trained_project_template: Path) -> Path:
     """A private copy of the trained project, free to write to."""
-    dst = tmp_path / "trained"
-    shutil.copytree(trained_project_template, dst)
-    return dst
+    return private_copy(trained_project_template, tmp_path / "trained")
 
 
 @pytest.fixture(scope="session")
 def scored_template(tmp_path_factory: pytest.TempPathFactory, trained_project_template: Path, clips: Clips) -> Path:
     """The trained project, with the anomalous clip scored once (read-only: copy before writing)."""
-    root = tmp_path_factory.mktemp("scored") / "proj"
-    shutil.copytree(trained_project_template, root)
+    root = private_copy(trained_project_template, tmp_path_factory.mktemp("scored") / "proj")
     res = invoke("score", clips.anomalous, "--device", "cpu", "-p", root)
     assert res.exit_code == 0, res.output
     return root
@@ -181,6 +184,4 @@ def scored_template(tmp_path_factory: pytest.TempPathFactory, trained_project_te
 @pytest.fixture
 def scored(tmp_path: Path, scored_template: Path) -> Path:
     """A private copy of the scored project, free to write to."""
-    dst = tmp_path / "scored"
-    shutil.copytree(scored_template, dst)
-    return dst
+    return private_copy(scored_template, tmp_path / "scored")

@@ -503,14 +503,30 @@ def scene_b(tmp_path_factory, clips: Clips) -> Path:
     return write_video(tmp_path_factory.mktemp("scene_b") / "b1.mp4", np.ascontiguousarray(255 - frames))
 
 
-def test_ctrl_c_during_update_resumes_with_update_only(trained_project, scene_b, tmp_path, monkeypatch):
-    reference = tmp_path / "reference"
-    shutil.copytree(trained_project, reference)
-    args = ("--scene", "moved", "--epochs", "1", *CPU)
+def interrupted_update(monkeypatch, root: Path, scene_b: Path, args: tuple, batches: str, epoch: int,
+                       batch: int) -> Path:
+    """Ctrl-C an update of root at `batch` of `epoch` of `batches` (see interrupt_at); returns a copy of
+    root taken before, on which the same update can run uninterrupted."""
+    reference = root.parent / "reference"
+    shutil.copytree(root, reference)
     with monkeypatch.context() as m:
-        interrupt_at(m, "mdn_batches", epoch=0, batch=0)
-        res = invoke("update", scene_b, *args, "-p", trained_project)
+        interrupt_at(m, batches, epoch, batch)
+        res = invoke("update", scene_b, *args, "-p", root)
     assert res.exit_code == 130, res.output
+    return reference
+
+
+def assert_resume_matches_uninterrupted(root: Path, reference: Path, scene_b: Path, args: tuple) -> None:
+    res = invoke("update", *args, "--resume", "-p", root)
+    assert res.exit_code == 0, res.output
+    res = invoke("update", scene_b, *args, "-p", reference)
+    assert res.exit_code == 0, res.output
+    assert_same_model(root / "models" / "v0002", reference / "models" / "v0002")
+
+
+def test_ctrl_c_during_update_resumes_with_update_only(trained_project, scene_b, monkeypatch):
+    args = ("--scene", "moved", "--epochs", "1", *CPU)
+    reference = interrupted_update(monkeypatch, trained_project, scene_b, args, "mdn_batches", 0, 0)
     part = trained_project / "models" / ".partial"
     assert torch.load(part / "vae.pt", weights_only=True)["epoch"] == 1
     ckpt = torch.load(part / "mdn.pt", weights_only=True)
@@ -521,35 +537,21 @@ def test_ctrl_c_during_update_resumes_with_update_only(trained_project, scene_b,
     assert_clean_error(invoke("update", *args, "--strategy", "finetune", "--resume", "-p", trained_project),
                        match="same command")
     assert (part / "mdn.pt").exists()
-    res = invoke("update", *args, "--resume", "-p", trained_project)
-    assert res.exit_code == 0, res.output
+    assert_resume_matches_uninterrupted(trained_project, reference, scene_b, args)
     info = json.loads((trained_project / "models" / "v0002" / "version.json").read_text())
     assert (info["parent"], info["scene"], info["strategy"]) == ("v0001", "moved", "replay")
-    res = invoke("update", scene_b, *args, "-p", reference)
-    assert res.exit_code == 0, res.output
-    assert_same_model(trained_project / "models" / "v0002", reference / "models" / "v0002")
 
 
-
-def test_ctrl_c_mid_epoch_of_a_replayed_update_resumes_to_the_same_model(trained_project, scene_b, tmp_path,
-                                                                       monkeypatch):
+def test_ctrl_c_mid_epoch_of_a_replayed_update_resumes_to_the_same_model(trained_project, scene_b, monkeypatch):
     """Replay and its distillation draw their samples from torch's random state: a resumed update
     must draw the same ones as an uninterrupted run."""
-    reference = tmp_path / "reference"
-    shutil.copytree(trained_project, reference)
     args = ("--scene", "moved", "--epochs", "2", *CPU)
-    with monkeypatch.context() as m:
-        interrupt_at(m, "frame_batches", epoch=1, batch=1)
-        res = invoke("update", scene_b, *args, "-p", trained_project)
-    assert res.exit_code == 130, res.output
+    reference = interrupted_update(monkeypatch, trained_project, scene_b, args, "frame_batches", 1, 1)
     ckpt = torch.load(trained_project / "models" / ".partial" / "vae.pt", weights_only=True)
     assert (ckpt["epoch"], ckpt["batch"]) == (1, 2)
-    res = invoke("update", *args, "--resume", "-p", trained_project)
-    assert res.exit_code == 0, res.output
+    assert_resume_matches_uninterrupted(trained_project, reference, scene_b, args)
     assert json.loads((trained_project / "models" / "v0002" / "version.json").read_text())["replay_distill"] > 0
-    res = invoke("update", scene_b, *args, "-p", reference)
-    assert res.exit_code == 0, res.output
-    assert_same_model(trained_project / "models" / "v0002", reference / "models" / "v0002")
+
 
 # -- SIGKILL at any moment: the previous model stays, the project stays consistent ---------------------
 
