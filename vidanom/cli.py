@@ -9,7 +9,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -397,17 +397,13 @@ def watch(source: Annotated[str, typer.Argument(
     proj = _open(project)
     options = WatchOptions(realtime, idle if follow else 0.0, max_latency, _options(input_option or []))
     view = _WatchView(source)
-    with view.live if view.live is not None else _nothing():
+    with view.live if view.live is not None else nullcontext():
         s = run_watch(proj, source, options, view.event, view.status, _device(device))
     fps = s.frames / s.seconds if s.seconds > 0 else 0.0
     err.print(f"{'stopped' if s.interrupted else 'stream ended'}: {s.frames} frames scored in {s.seconds:.1f} s "
               f"({fps:.1f} frames/s), {s.dropped} dropped, {s.events} event(s)", markup=False, highlight=False,
               soft_wrap=True)
 
-
-@contextmanager
-def _nothing() -> Iterator[None]:
-    yield
 
 
 @app.command()

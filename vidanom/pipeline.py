@@ -355,11 +355,9 @@ def update(project: Project, paths: list[Path], scene: str | None = None, strate
              else LatentPrior.standard(old, vae.cfg.latent_channels * vae.cfg.grid[0] * vae.cfg.grid[1]))
     others = [s for s in prior.scenes if s != scene]  # a scene learned again is not replayed
     plan.old_scenes = PriorReplay(vae, cfg.frames.channels, prior.only(others)) if others else None
-    if strategy == "replay" and others:
-        share = replay_ratio if replay_ratio is not None else replay_share(len(others))
+    if strategy == "replay":  # nothing to replay when the only scene learned is learned again
+        share = 0.0 if not others else replay_ratio if replay_ratio is not None else replay_share(len(others))
         _plan_replay(cfg, plan, share, sum(m.frames for m in metas) if dreams else 0)
-    elif strategy == "replay":
-        plan.lineage["replay_share"] = 0.0
     elif strategy == "ewc":
         if plan.ewc_prior is None:
             raise NotTrainedError(f"model {version.name} has no stored Fisher information; train it again first")

@@ -12,7 +12,7 @@ normal footage, position by position:
 The combined score is Σ weight · (component − mean) / std with mean and std taken on held-out
 normal frames, causally smoothed; the threshold is a quantile of it on those same frames. All of
 these statistics are kept per scene, and a frame is scored against the scene it shows: the one
-whose Gaussian over the latent grid gives its mean latent the highest density.
+whose training frames its pixels lie closest to (see scene_of).
 """
 
 from __future__ import annotations
@@ -226,8 +226,8 @@ def pick_scene(comp: torch.Tensor, combined: torch.Tensor, scene: torch.Tensor |
     """Per frame, the components (n, 3), combined score (n,) and index (n,) of its scene: the one
     given, or without one the scene that explains the frame best (the lowest score).
 
-    (n, S, 3), (n, S), (n,) or None. Telling the scene by the latent is the better rule: a scene
-    whose errors vary widely otherwise "explains" a quiet scene's frames, anomalies included.
+    (n, S, 3), (n, S), (n,) or None. Telling the scene by its pixels (scene_of) is the better rule: a
+    scene whose errors vary widely otherwise "explains" a quiet scene's frames, anomalies included.
     """
     if scene is None:
         score, scene = combined.min(1)
