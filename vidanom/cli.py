@@ -189,7 +189,8 @@ def extract(videos: Annotated[list[Path], typer.Argument(help="Video files, fram
 @app.command()
 @cli_errors
 def train(videos: Annotated[Optional[list[Path]], typer.Argument(help="Normal videos to add (optional).")] = None,
-          epochs: Annotated[Optional[int], typer.Option(help="Epochs for each stage (overrides the config).")] = None,
+          steps: Annotated[Optional[int], typer.Option(
+              help="Optimiser steps for each stage at most (overrides train.vae_steps and mdn_steps).")] = None,
           stage: Annotated[str, typer.Option(help="vae, mdn or all.")] = "all",
           device: DeviceOpt = "auto",
           seed: Annotated[Optional[int], typer.Option(help="Random seed (overrides the config).")] = None,
@@ -198,7 +199,10 @@ def train(videos: Annotated[Optional[list[Path]], typer.Argument(help="Normal vi
           project: ProjectOpt = None) -> None:
     """Train the β-VAE, then the LSTM-MDN, on normal video, and calibrate the threshold.
 
-    Example: vidanom train ~/normal_videos --epochs 10
+    Each stage runs a budget of optimiser steps and stops early once held-out normal footage stops
+    improving; the threshold is set on held-out footage, and the false-alarm rate to expect is printed.
+
+    Example: vidanom train ~/normal_videos --steps 2000
     """
     from . import pipeline
     from .config import with_overrides
@@ -206,15 +210,25 @@ def train(videos: Annotated[Optional[list[Path]], typer.Argument(help="Normal vi
         raise typer.BadParameter("--stage must be vae, mdn or all")
     proj = _open(project)
     overrides: dict[str, Any] = {}
-    if epochs is not None:
-        overrides.update(vae_epochs=epochs, mdn_epochs=epochs)
+    if steps is not None:
+        overrides.update(vae_steps=steps, mdn_steps=steps)
     if seed is not None:
         overrides["seed"] = seed
     proj.config = with_overrides(proj.config, train=overrides)
     with proj.lock("train"), interrupt.deferred(), _progress() as progress:
         result = pipeline.train(proj, videos or [], stage, _device(device), resume, scene, progress)
-    out.print(f"model {result.version}: {result.clips} clips, {result.frames} frames, "
-              f"{result.seconds:.0f} s, threshold {result.threshold:.3f}")
+    _print_trained(result, f"model {result.version}: {result.clips} clips, {result.frames} frames, "
+                           f"{result.seconds:.0f} s")
+
+
+def _print_trained(result: Any, head: str) -> None:
+    """What train and update say of the new version: quality, threshold, the false alarms to expect."""
+    psnr = f", reconstruction {result.psnr:.1f} dB PSNR" if result.psnr is not None else ""
+    fa = (f" (expected to flag {100 * result.false_alarms:.1f}% of new normal footage)"
+          if result.false_alarms is not None else "")
+    out.print(f"{head}{psnr}; threshold {result.threshold:.2f}{fa}", markup=False, highlight=False)
+    for warning in result.warnings:
+        err.print(f"warning: {_one_line(warning)}", markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -224,7 +238,8 @@ def update(videos: Annotated[Optional[list[Path]], typer.Argument(help="Normal v
            strategy: Annotated[str, typer.Option(help="replay, ewc or finetune.")] = "replay",
            replay_ratio: Annotated[Optional[float], typer.Option(
                help="Share of every batch replayed from old scenes (default: grows with their number).")] = None,
-           epochs: Annotated[Optional[int], typer.Option(help="Epochs for each stage (overrides the config).")] = None,
+           steps: Annotated[Optional[int], typer.Option(
+               help="Optimiser steps for each stage at most (overrides the config).")] = None,
            device: DeviceOpt = "auto",
            resume: Annotated[bool, typer.Option(help="Continue an interrupted update.")] = False,
            project: ProjectOpt = None) -> None:
@@ -238,12 +253,12 @@ def update(videos: Annotated[Optional[list[Path]], typer.Argument(help="Normal v
     from . import pipeline
     from .config import with_overrides
     proj = _open(project)
-    if epochs is not None:
-        proj.config = with_overrides(proj.config, train={"vae_epochs": epochs, "mdn_epochs": epochs})
+    if steps is not None:
+        proj.config = with_overrides(proj.config, train={"vae_steps": steps, "mdn_steps": steps})
     with proj.lock("update"), interrupt.deferred(), _progress() as progress:
         r = pipeline.update(proj, videos or [], scene, strategy, replay_ratio, _device(device), resume, progress)
-    out.print(f"model {r.version}: learned scene '{r.scene}' from {r.clips} clips ({r.frames} frames) "
-              f"in {r.seconds:.0f} s with {strategy}; threshold {r.threshold:.3f}")
+    _print_trained(r, f"model {r.version}: learned scene '{r.scene}' from {r.clips} clips ({r.frames} frames) "
+                      f"in {r.seconds:.0f} s with {strategy}")
 
 
 @app.command()
@@ -470,12 +485,14 @@ def status(project: ProjectOpt = None) -> None:
     out.print(f"cached clips: {len(clips)} ({sum(c.frames for c in clips)} frames, "
               f"{cache.size_bytes(proj.cache_dir) / 1e6:.1f} MB)")
     current = proj.current_version()
-    t = Table("version", "scene", "parent", "how", "frames", "threshold", "train s")
+    t = Table("version", "scene", "parent", "how", "frames", "PSNR dB", "threshold", "false alarms", "train s")
     for v in proj.versions():
         name = v.get("version", "?")
+        fa, psnr = v.get("expected_false_alarms"), v.get("psnr")
         t.add_row(f"[bold]{name}*[/bold]" if name == current else name, v.get("scene", ""),
                   str(v.get("parent") or "-"), f"{v.get('strategy', '')}/{v.get('stage', '')}",
-                  str(v.get("frames", "")), f"{v.get('threshold', 0):.3f}", str(v.get("train_seconds", "")))
+                  str(v.get("frames", "")), "-" if psnr is None else f"{psnr:.1f}", f"{v.get('threshold', 0):.2f}",
+                  "-" if fa is None else f"{100 * fa:.1f}%", str(v.get("train_seconds", "")))
     if current:
         t.caption = f"* current version: {current}"
     out.print(t if proj.versions() else "models: none yet (run 'vidanom train VIDEO...')")

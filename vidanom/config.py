@@ -11,18 +11,28 @@ from .errors import ConfigError
 from .mdn import MDNConfig
 from .vae import VAEConfig
 
-SCHEMA_VERSION = 1  # bump when a saved project can no longer be read as it is
+SCHEMA_VERSION = 2  # bump when a saved project can no longer be read as it is (and migrate in _migrate)
 CONFIG_NAME = "vidanom.json"
+GRID = 8  # the frame size is rounded to a multiple of this (the β-VAE's downsampling of its default depth)
 
 
 @dataclass(frozen=True)
 class FrameConfig:
-    width: int = 64  # frames are resized to width × height before anything else
+    width: int = 0  # frames are resized to width × height; 0: from the first clip's aspect ratio
     height: int = 64
     channels: int = 1  # 1 = gray, 3 = RGB
     stride: int = 1  # keep every stride-th decoded frame
     motion_lag: int = 1  # the model also sees frame[t] - frame[t - lag]; 0 = appearance only
     decode_timeout: float = 60.0  # seconds of decoding (or of a blocked read) without a new frame: give up
+
+    def resolved(self, source_width: int, source_height: int) -> FrameConfig:
+        """This config with a width of 0 replaced by the source's aspect ratio at this height, rounded to
+        a multiple of GRID: a 16:9 camera is not squashed into a square, where a distant person
+        shrinks to a pixel or two across."""
+        if self.width:
+            return self
+        width = max(GRID, round(self.height * source_width / max(1, source_height) / GRID) * GRID)
+        return replace(self, width=width)
 
 
 @dataclass(frozen=True)
@@ -40,19 +50,25 @@ class MDNOptions:
     hidden: int = 32  # LSTM units (64 cost twice the time and scored Ped1 alike)
     mixtures: int = 5  # Gaussians in the predicted mixture
     cell_embedding: int = 8  # size of the learned embedding of a latent cell's position
+    delta: bool = True  # the LSTM also reads each latent's change since the frame before
+    residual: bool = True  # the mixture's means are offsets from the current latent
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    vae_epochs: int = 8
-    mdn_epochs: int = 8
+    vae_steps: int = 3000  # optimiser steps of the β-VAE at most: a budget, whatever the footage's length
+    mdn_steps: int = 2000  # optimiser steps of the LSTM-MDN at most
+    eval_every: int = 100  # steps between evaluations on the held-out frames (and checkpoints)
+    patience: int = 6  # evaluations without a better held-out loss before a stage stops early
+    max_minutes: float = 0.0  # also stop each stage after this long (0: no time limit)
     batch_size: int = 64  # frames per VAE batch
-    lr: float = 1e-3
+    lr: float = 1e-3  # Adam's learning rate, decayed to a tenth along a cosine over the step budget
     seq_len: int = 32  # frames per LSTM-MDN training sequence
+    holdout: float = 0.2  # share of the footage held out: whole clips when there are 5 or more, else time blocks
+    block_seconds: float = 5.0  # length of a held-out time block
     replay_distill: float = 1.0  # weight of replay's distillation terms (vidanom.replay.ReplayDistillation); 0 = off
     ewc_strength: float = 100.0  # λ of the EWC penalty, for 'update --strategy ewc'
     dream_temperature: float = 1.0  # of the LSTM-MDN's rollouts that replay old scenes on update
-    val_fraction: float = 0.15  # the last part of every clip, held out for calibration
     seed: int = 0
 
 
@@ -62,10 +78,11 @@ class ScoreConfig:
     patch: int = 16  # reconstruction error is averaged over patch × patch pixels...
     patch_stride: int = 8  # ...at windows this far apart...
     top_k: int = 5  # ...and the mean of the k worst patches counts
-    weights: tuple[float, float, float] = (1.0, 0.25, 0.1)  # combined = Σ weight · standardised (recon, kl, nll)
+    weights: tuple[float, ...] = (1.0, 0.25, 1.0)  # combined = Σ weight · standardised (recon, kl, nll)
+    shrink_seconds: float = 300.0  # place-by-place statistics count as much as the frame-wide ones after this much footage
     mdn_warmup: int = 8  # no MDN surprise for a clip's first frames: the LSTM has seen too little
     smooth: int = 5  # causal moving average over this many frames (1 = none)
-    threshold_quantile: float = 0.99  # threshold = this quantile of the combined score on validation frames
+    false_alarms: float = 0.01  # the share of normal frames the threshold may flag, estimated on held-out footage
     min_segment: int = 3  # shorter runs of anomalous frames are not reported as segments
     batch_size: int = 128  # frames per inference batch
 
@@ -115,25 +132,31 @@ def validate(cfg: ProjectConfig) -> None:
     f = cfg.frames
     if f.channels not in (1, 3):
         raise ConfigError(f"frames.channels must be 1 (gray) or 3 (RGB), not {f.channels}")
-    if min(f.width, f.height, f.stride) < 1 or f.motion_lag < 0:
-        raise ConfigError("frames.width, height and stride must be positive and motion_lag not negative")
+    if min(f.height, f.stride) < 1 or f.width < 0 or f.motion_lag < 0:
+        raise ConfigError("frames.height and stride must be positive, width positive or 0 (from the video) "
+                          "and motion_lag not negative")
     if not f.decode_timeout > 0:
         raise ConfigError("frames.decode_timeout must be a positive number of seconds")
     try:
-        cfg.vae_config()
         from .vae import BetaVAE  # a cheap check of the architecture's divisibility rules
-        BetaVAE(cfg.vae_config())
+        BetaVAE(replace(cfg, frames=f.resolved(f.height, f.height)).vae_config())
     except ValueError as exc:
         raise ConfigError(f"config does not describe a valid model: {exc}") from exc
-    if not 0 < cfg.train.val_fraction < 1:
-        raise ConfigError("train.val_fraction must lie between 0 and 1")
+    t = cfg.train
+    if not 0 < t.holdout < 1 or not t.block_seconds > 0:
+        raise ConfigError("train.holdout must lie between 0 and 1 and train.block_seconds be positive")
+    if min(t.vae_steps, t.mdn_steps) < 0 or min(t.eval_every, t.patience, t.batch_size, t.seq_len) < 1:
+        raise ConfigError("train.vae_steps and mdn_steps must not be negative; eval_every, patience, "
+                          "batch_size and seq_len must be positive")
     sc = cfg.score
-    if not (1 <= sc.patch <= min(f.width, f.height) and sc.patch_stride >= 1 and sc.top_k >= 1):
+    if not (1 <= sc.patch <= min(f.width or f.height, f.height) and sc.patch_stride >= 1 and sc.top_k >= 1):
         raise ConfigError("score.patch must fit the frame, and score.patch_stride and top_k must be positive")
-    if cfg.score.recon_planes not in ("motion", "all"):
+    if sc.recon_planes not in ("motion", "all"):
         raise ConfigError("score.recon_planes must be 'motion' or 'all'")
-    if not 0 < cfg.score.threshold_quantile < 1:
-        raise ConfigError("score.threshold_quantile must lie between 0 and 1")
+    if len(sc.weights) != 3:
+        raise ConfigError("score.weights must hold 3 numbers: recon, kl, nll")
+    if not 0 < sc.false_alarms < 0.5 or sc.shrink_seconds < 0:
+        raise ConfigError("score.false_alarms must lie between 0 and 0.5, score.shrink_seconds not be negative")
 
 
 def to_dict(cfg: ProjectConfig) -> dict[str, Any]:
@@ -150,11 +173,24 @@ def from_dict(data: Any) -> ProjectConfig:
         raise ConfigError(f"project was written by a newer vidanom (schema {version} > {SCHEMA_VERSION}); "
                           "upgrade vidanom to open it")
     try:
-        cfg = _build(ProjectConfig, data, "")
+        cfg = _build(ProjectConfig, _migrate(data), "")
         validate(cfg)
     except TypeError as exc:  # e.g. "width": "wide" in a hand-edited file
         raise ConfigError(f"config has a value of the wrong type: {exc}") from exc
     return cfg
+
+
+def _migrate(data: dict[str, Any]) -> dict[str, Any]:
+    """A config of an older schema, in today's terms (what was dropped had no counterpart)."""
+    data = json.loads(json.dumps(data))
+    if data.get("schema_version") == 1:
+        train, score = data.get("train", {}), data.get("score", {})
+        for key in ("vae_epochs", "mdn_epochs", "val_fraction"):  # epochs became a budget of steps
+            train.pop(key, None)
+        if "threshold_quantile" in score:
+            score["false_alarms"] = round(1.0 - score.pop("threshold_quantile"), 6)
+        data["schema_version"] = 2
+    return data
 
 
 def read_config(path: Path) -> ProjectConfig:

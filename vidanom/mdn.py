@@ -23,9 +23,12 @@ class MDNConfig:
     hidden: int = 32  # LSTM units
     mixtures: int = 5  # K: Gaussians in the mixture
     cell_embedding: int = 8  # size of the position embedding
+    delta: bool = True  # the LSTM also reads each step's change z[t] - z[t-1]: the dynamics, not only the look
+    residual: bool = True  # mixture means are offsets from z[t]: "nothing changes" is the model's default
 
 
-State = tuple[torch.Tensor, torch.Tensor]
+# LSTM (h, c), each (1, B, hidden), and the last latent read (B, D): what continues a sequence
+State = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 
 class LSTMMDN(nn.Module):
@@ -33,7 +36,8 @@ class LSTMMDN(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.embed = nn.Embedding(cfg.cells, cfg.cell_embedding)
-        self.lstm = nn.LSTM(cfg.latent_dim + cfg.cell_embedding, cfg.hidden, batch_first=True)
+        inputs = cfg.latent_dim * (2 if cfg.delta else 1) + cfg.cell_embedding
+        self.lstm = nn.LSTM(inputs, cfg.hidden, batch_first=True)
         k, d = cfg.mixtures, cfg.latent_dim
         self.head = nn.Linear(cfg.hidden, k + 2 * k * d)
 
@@ -41,19 +45,25 @@ class LSTMMDN(nn.Module):
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, State]:
         """Predict the mixture over z[:, t + 1] from z[:, :t + 1].
 
-        z: (B, T, D) latent sequences; cell: (B,) cell index of each sequence; state: LSTM state
-        carried from an earlier chunk of the same sequences, or None.
+        z: (B, T, D) latent sequences; cell: (B,) cell index of each sequence; state: carried from an
+        earlier chunk of the same sequences, or None at their start (where the first change is zero).
         Returns log_pi (B, T, K), mu (B, T, K, D), log_sigma (B, T, K, D) and the new state.
         """
         b, t, _ = z.shape
-        pos = self.embed(cell).unsqueeze(1).expand(b, t, -1)
-        h, state = self.lstm(torch.cat([z, pos], -1), state)
+        parts = [z]
+        if self.cfg.delta:
+            before = z[:, :1] if state is None else state[2].unsqueeze(1)
+            parts.append(z - torch.cat([before, z[:, :-1]], 1))
+        parts.append(self.embed(cell).unsqueeze(1).expand(b, t, -1))
+        h, (hn, cn) = self.lstm(torch.cat(parts, -1), None if state is None else (state[0], state[1]))
         k, d = self.cfg.mixtures, self.cfg.latent_dim
         out = self.head(h)
         log_pi = torch.log_softmax(out[..., :k], -1)
         mu = out[..., k:k + k * d].reshape(b, t, k, d)
+        if self.cfg.residual:
+            mu = mu + z.unsqueeze(2)
         log_sigma = out[..., k + k * d:].reshape(b, t, k, d).clamp(-7.0, 5.0)
-        return log_pi, mu, log_sigma, state
+        return log_pi, mu, log_sigma, (hn, cn, z[:, -1])
 
     @torch.no_grad()
     def dream(self, first: torch.Tensor, cell: torch.Tensor, steps: int, temperature: float = 1.0,

@@ -30,11 +30,11 @@ from .mdn import LSTMMDN
 from .project import Project
 from .replay import (EWCPenalty, LatentPrior, PriorReplay, ReplayDistillation, carry_prior, fisher_diagonal,
                      fit_gaussian, replay_share, replayed_count)
-from .score import Calibration, iter_scores, make_scorer, segments
-from .train import (Progress, build_mdn, build_vae, calibrate, encode, fit_mdn, fit_vae, load_checkpoint,
-                    no_progress, patch_error_stats)
+from .calibration import Calibration, Footage, calibrate, patch_error_stats
+from .score import iter_scores, make_scorer, segments
+from .train import Progress, build_mdn, build_vae, encode, fit_mdn, fit_vae, load_checkpoint, no_progress
 from .vae import BetaVAE, patch_means
-from .video import DecodeReport, Source, find_sources, iter_chunks
+from .video import DecodeReport, Source, find_sources, first_frame_size, iter_chunks
 
 DEFAULT_SCENE = "default"
 EWC_SAMPLES = 256  # training frames the Fisher information is estimated on
@@ -52,6 +52,8 @@ def extract(project: Project, paths: list[Path], scene: str = DEFAULT_SCENE,
         raise VidanomError(f"scene name '{scene}' may hold only letters, digits, '_', '.' and '-'")
     out = []
     sources = find_sources(paths)
+    if sources and not project.config.frames.width:  # the first clip sets the frame size from its aspect ratio
+        project.set_frames(project.config.frames.resolved(*first_frame_size(sources[0], project.config.frames)))
     for i, src in enumerate(sources):
         done = [0]
 
@@ -76,6 +78,9 @@ class TrainResult:
     mdn: dict[str, float] = field(default_factory=dict)
     threshold: float = 0.0
     scene: str = ""
+    psnr: float | None = None  # of the reconstructed held-out frames, in dB
+    false_alarms: float | None = None  # the share of new normal frames expected over the threshold
+    warnings: list[str] = field(default_factory=list)
 
 
 def load_models(version_dir: Path) -> tuple[BetaVAE, LSTMMDN | None, Calibration]:
@@ -140,16 +145,21 @@ def _fit_vae_stage(project: Project, plan: Plan, clips: list[np.ndarray], split:
     if plan.stage == "mdn":
         if plan.vae is None:
             raise NotTrainedError("no trained VAE to fit the LSTM-MDN on; run 'vidanom train --stage vae' first")
-        fsutil.save_torch(part / "vae.pt", load_checkpoint(project.require_version() / "vae.pt"))
         return plan.vae, {}
     start = load_checkpoint(part / "vae.pt") if resume and (part / "vae.pt").exists() else None
-    torch.manual_seed(cfg.train.seed)  # the initial weights, too, follow the seed
-    vae = plan.vae if plan.vae is not None else BetaVAE(cfg.vae_config())
-    if start is not None:
-        vae.load_state_dict(start["model"])
-    stats = fit_vae(vae, clips, split, cfg, device, cfg.train.vae_epochs, progress, part / "vae.pt", start,
-                    plan.vae_extra, plan.penalty, plan.extra_share)
+    init = torch.Generator().manual_seed(cfg.train.seed)  # the initial weights, too, follow the seed
+    vae = plan.vae if plan.vae is not None else _seeded(lambda: BetaVAE(cfg.vae_config()), init)
+    stats = fit_vae(vae, clips, split, cfg, device, progress, part / "vae.pt", start, plan.vae_extra,
+                    plan.penalty, plan.extra_share)
     return vae, stats
+
+
+def _seeded(make: Any, generator: torch.Generator) -> Any:
+    """make(), with torch's global random state (which initialises weights) set from generator and
+    restored afterwards: the caller's random state is left as it was."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(torch.randint(2**62, (1,), generator=generator)))
+        return make()
 
 
 def _fit_mdn_stage(project: Project, plan: Plan, vae: BetaVAE, clips: list[np.ndarray], split: Split,
@@ -157,16 +167,16 @@ def _fit_mdn_stage(project: Project, plan: Plan, vae: BetaVAE, clips: list[np.nd
     cfg, part = project.config, project.partial_dir
     if plan.stage == "vae":
         return None, {}
-    torch.manual_seed(cfg.train.seed + 1)
-    mdn = plan.mdn if plan.mdn is not None else LSTMMDN(cfg.mdn_config())
+    init = torch.Generator().manual_seed(cfg.train.seed + 1)
+    mdn = plan.mdn if plan.mdn is not None else _seeded(lambda: LSTMMDN(cfg.mdn_config()), init)
     start = load_checkpoint(part / "mdn.pt") if resume and (part / "mdn.pt").exists() else None
-    if start is not None:
-        mdn.load_state_dict(start["model"])
     # dreams are encoded by the new encoder, like real clips: that maps them into the new latent space
     fast = for_inference(vae, device)
     latents = [encode(fast, c, cfg.frames.motion_lag, device) for c in clips]
-    stats = fit_mdn(mdn, [z[:, :e] for z, e in zip(latents, split.train_end)], split.train_end, cfg,
-                    device, cfg.train.mdn_epochs, progress, part / "mdn.pt", start)
+    dreamed = [encode(fast, d, cfg.frames.motion_lag, device) for d in plan.dreams]
+    train = [latents[c][:, a:b] for c, a, b in split.runs()] + dreamed
+    held = [latents[c][:, a:b] for c, a, b in split.runs(held=True)]
+    stats = fit_mdn(mdn, train, held, cfg, device, progress, part / "mdn.pt", start)
     return mdn, stats
 
 
@@ -183,8 +193,8 @@ def _follow_drift(cfg: ProjectConfig, plan: Plan, vae: BetaVAE, cal: Calibration
     for i, scene in enumerate(plan.old_scenes.prior.scenes):
         if scene not in cal.scenes:
             continue
-        torch.manual_seed(cfg.train.seed + i)
-        samples = [plan.old_scenes(DRIFT_BATCH, scene=i) for _ in range(DRIFT_SAMPLES // DRIFT_BATCH)]
+        g = torch.Generator().manual_seed(cfg.train.seed + i)
+        samples = [plan.old_scenes(DRIFT_BATCH, g, scene=i) for _ in range(DRIFT_SAMPLES // DRIFT_BATCH)]
         (old_mean, old_std), (new_mean, new_std) = (patch_error_stats(v, samples, cfg)
                                                     for v in (plan.old_scenes.vae, vae))
         row = cal.scenes.index(scene)
@@ -243,6 +253,21 @@ def _stage_vae_state(project: Project, plan: Plan, vae: BetaVAE, clips: list[np.
             fsutil.save_torch(staging / name, load_checkpoint(parent / name))
 
 
+def _footage(project: Project, metas: list[ClipMeta], progress: Progress) -> Footage:
+    """The cached clips of metas, with their frame rates and which frames are held out."""
+    tc = project.config.train
+    clips = [cache.load(project.cache_dir, m) for m in metas]
+    fps = [m.fps / m.stride for m in metas]
+    split = Split.blocks([len(c) for c in clips], fps, tc.holdout, tc.block_seconds)
+    return Footage(clips, fps, split, progress=progress)
+
+
+def _model_file(ckpt_path: Path, model: torch.nn.Module, **extra: Any) -> dict[str, Any]:
+    """What a version keeps of a stage's checkpoint: the architecture and the final weights."""
+    return {"config": load_checkpoint(ckpt_path)["config"] if ckpt_path.exists() else asdict(model.cfg),
+            "model": {k: v.cpu() for k, v in model.state_dict().items()}, **extra}
+
+
 def fit_and_publish(project: Project, metas: list[ClipMeta], plan: Plan, device: torch.device,
                     resume: bool, progress: Progress) -> TrainResult:
     """Fit the planned stages into models/.partial, calibrate, and publish as a new version.
@@ -253,31 +278,31 @@ def fit_and_publish(project: Project, metas: list[ClipMeta], plan: Plan, device:
     cfg, t0, part = project.config, time.time(), project.partial_dir
     project.begin_run({**{k: plan.lineage.get(k) for k in ("strategy", "scene", "parent", "replay_share")},
                        "stage": plan.stage, "clips": [m.key for m in metas], "seed": cfg.train.seed,
-                       "vae": asdict(cfg.vae_config()), "mdn": asdict(cfg.mdn_config())}, resume)
-    real = [cache.load(project.cache_dir, m) for m in metas]
-    clips = real + plan.dreams
-    split = Split.tail([len(c) for c in clips], cfg.train.val_fraction)
+                       "train": asdict(cfg.train), "vae": asdict(cfg.vae_config()), "mdn": asdict(cfg.mdn_config())},
+                      resume)
+    footage = _footage(project, metas, progress)
+    real, split = footage.clips, footage.split
     result = TrainResult("", len(metas), sum(m.frames for m in metas), 0.0, scene=plan.lineage["scene"])
-    vae, result.vae = _fit_vae_stage(project, plan, real, Split(split.train_end[:len(real)]), device, resume,
-                                     progress)
-    mdn, result.mdn = _fit_mdn_stage(project, plan, vae, clips, split, device, resume, progress)
-    real_split = Split(split.train_end[:len(real)])
-    cal = calibrate(vae, mdn, real, real_split, cfg, device, plan.lineage["scene"], progress)
+    vae, result.vae = _fit_vae_stage(project, plan, real, split, device, resume, progress)
+    mdn, result.mdn = _fit_mdn_stage(project, plan, vae, real, split, device, resume, progress)
+    cal = calibrate(vae, mdn, footage, cfg, device, plan.lineage["scene"])
     if plan.calibration is not None:  # old scenes keep the statistics they were learned with
         cal = _follow_drift(cfg, plan, vae, cal.merged(plan.calibration, plan.lineage["scenes"]))
-    result.threshold = cal.threshold
+    result.threshold, result.warnings = cal.threshold, footage.warnings
+    result.false_alarms = float(cal.false_alarms.max()) if cal.false_alarms is not None else None
+    result.psnr = result.vae.get("psnr") if result.vae else plan.lineage.get("psnr")
     staging = project.new_staging_dir()
-    fsutil.save_torch(staging / "vae.pt", {**load_checkpoint(part / "vae.pt"),
-                                           "model": {k: v.cpu() for k, v in vae.state_dict().items()}})
+    fsutil.save_torch(staging / "vae.pt", _model_file(part / "vae.pt", vae))
     if mdn is not None:
-        fsutil.save_torch(staging / "mdn.pt", {"config": asdict(mdn.cfg), "model": mdn.state_dict(),
-                                               "vae_version": "this version"})
-    _stage_vae_state(project, plan, vae, real, real_split, device, staging)
+        fsutil.save_torch(staging / "mdn.pt", _model_file(part / "mdn.pt", mdn))
+    _stage_vae_state(project, plan, vae, real, split, device, staging)
     fsutil.save_torch(staging / "calibration.pt", cal.to_dict())
     result.seconds = time.time() - t0
     info = {**plan.lineage, "stage": plan.stage, "clips": [m.name for m in metas], "frames": result.frames,
+            "seconds_of_footage": round(footage.seconds, 1), "held_out_frames": int(len(split.index(held=True))),
             "dreamed_frames": sum(len(d) for d in plan.dreams), "has_mdn": mdn is not None,
-            "threshold": cal.threshold, "train_seconds": round(result.seconds, 1),
+            "threshold": cal.threshold, "expected_false_alarms": result.false_alarms, "psnr": result.psnr,
+            "warnings": result.warnings, "train_seconds": round(result.seconds, 1),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "vae": result.vae, "mdn": result.mdn}
     result.version = project.publish_version(staging, info)
     shutil.rmtree(part, ignore_errors=True)
@@ -298,7 +323,7 @@ def train(project: Project, paths: list[Path], stage: str = "all", device: torch
         plan.vae, _, plan.calibration = load_models(version)
         _check_arch(project, plan.vae)
         prev = json.loads((version / "version.json").read_text())
-        plan.lineage.update(scenes=prev.get("scenes", [scene]), vae_from=parent)
+        plan.lineage.update(scenes=prev.get("scenes", [scene]), vae_from=parent, psnr=prev.get("psnr"))
     return fit_and_publish(project, metas, plan, device, resume, progress)
 
 

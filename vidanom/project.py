@@ -17,12 +17,12 @@ import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from . import fsutil
-from .config import CONFIG_NAME, ProjectConfig, read_config, to_dict, validate
+from .config import CONFIG_NAME, FrameConfig, ProjectConfig, read_config, to_dict, validate
 from .errors import LockError, NotTrainedError, ProjectError
 
 ENV_VAR = "VIDANOM_PROJECT"
@@ -103,6 +103,13 @@ class Project:
 
     def save_config(self) -> None:
         fsutil.write_json(self.root / CONFIG_NAME, to_dict(self.config))
+
+    def set_frames(self, frames: FrameConfig) -> None:
+        """Store a resolved frame size: in the config on disk (with nothing else that a command may
+        have changed for its own run only) and in this one."""
+        on_disk = read_config(self.root / CONFIG_NAME)
+        self.config = replace(self.config, frames=frames)
+        fsutil.write_json(self.root / CONFIG_NAME, to_dict(replace(on_disk, frames=frames)))
 
     # -- the write lock ---------------------------------------------------------------------------
 

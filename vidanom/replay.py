@@ -104,19 +104,21 @@ class PriorReplay:
         self.vae = copy.deepcopy(vae).eval().requires_grad_(False)
         self.frame_channels = frame_channels
         self.prior = prior
-        # None draws from torch's global generator, which fit_vae reseeds every epoch: replay is reproducible
+        # the default generator of sample() and __call__ (None: torch's global one); fit_vae passes one per step
         self.generator = generator
         self.out_device = torch.device(out_device)  # fit_vae joins replay to CPU batches before moving them
 
     @torch.no_grad()
-    def sample(self, n: int, scene: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def sample(self, n: int, scene: int | None = None, generator: torch.Generator | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
         """n latents (n, latent_channels, rows, cols) and the frozen decoder's raw output for them
         (n, C, H, W), both on the frozen model's device (all of prior scene index `scene`, if given)."""
         p = next(self.vae.parameters())
+        g = generator if generator is not None else self.generator
         if self.prior is None:
-            z = torch.randn(n, self.vae.cfg.latent_channels, *self.vae.cfg.grid, generator=self.generator)
+            z = torch.randn(n, self.vae.cfg.latent_channels, *self.vae.cfg.grid, generator=g)
         else:
-            z = self.prior.sample(n, self.generator, scene).view(n, self.vae.cfg.latent_channels, *self.vae.cfg.grid)
+            z = self.prior.sample(n, g, scene).view(n, self.vae.cfg.latent_channels, *self.vae.cfg.grid)
         z = z.to(p.device)
         return z, self.vae.decode(z)
 
@@ -127,9 +129,9 @@ class PriorReplay:
         k = self.frame_channels
         return torch.cat([x[:, :k].clamp(0.0, 1.0), x[:, k:].clamp(-1.0, 1.0)], 1)
 
-    def __call__(self, n: int, scene: int | None = None) -> torch.Tensor:
+    def __call__(self, n: int, generator: torch.Generator | None = None, scene: int | None = None) -> torch.Tensor:
         """n samples (n, C, H, W) on out_device (all of prior scene index `scene`, if given)."""
-        return self.clip(self.sample(n, scene)[1]).to(self.out_device)
+        return self.clip(self.sample(n, scene, generator)[1]).to(self.out_device)
 
 
 def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor, mu_ref: torch.Tensor, logvar_ref: torch.Tensor) -> torch.Tensor:
@@ -155,8 +157,8 @@ class ReplayDistillation:
         self.replay, self.vae, self.n = replay, vae, n
         self.decoder, self.encoder = float(decoder), float(encoder)
 
-    def __call__(self) -> torch.Tensor:
-        z, target = self.replay.sample(self.n)
+    def __call__(self, generator: torch.Generator | None = None) -> torch.Tensor:
+        z, target = self.replay.sample(self.n, generator=generator)
         x = self.replay.clip(target)  # the encoders see what replay feeds them
         with torch.no_grad():
             mu_old, logvar_old = self.replay.vae.encode(x)
@@ -286,7 +288,8 @@ class EWCPenalty:
             self.fisher = {k: (f * t + fisher[k].to(f)) / (t + 1) for k, f in self.fisher.items()}
         self.tasks += 1
 
-    def __call__(self) -> torch.Tensor:
+    def __call__(self, generator: torch.Generator | None = None) -> torch.Tensor:
+        """The penalty on the live weights (generator: unused; fit_vae hands every penalty one)."""
         p = next(self.vae.parameters())
         total = torch.zeros((), device=p.device, dtype=p.dtype)
         for k, v in self.vae.named_parameters():

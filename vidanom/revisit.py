@@ -19,7 +19,8 @@ import torch
 from .errors import VidanomError, VideoError
 from .pipeline import current_models, read_scores
 from .project import Project
-from .score import Calibration, Maps, make_scorer
+from .calibration import Calibration
+from .score import Maps, make_scorer
 from .train import Progress, no_progress
 from .video import DecodeReport, Source, find_sources, iter_full_chunks
 

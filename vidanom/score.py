@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -28,7 +29,14 @@ from .data import to_input
 from .mdn import LSTMMDN, mdn_nll
 from .vae import BetaVAE, error_map, kl_map, patch_means
 
+if TYPE_CHECKING:
+    from .calibration import Calibration
+
 COMPONENTS = ("recon", "kl", "nll")
+# the LSTM-MDN's surprise counts when it is too low as well: in a frozen picture nothing changes
+# anywhere, and every cell sits at the least surprise the model can give
+TWO_SIDED = (False, False, True)
+LOW_MARGIN = 1.0  # a two-sided component counts below its median only beyond this many (lower) scales
 
 
 @dataclass
@@ -40,95 +48,6 @@ class Maps:
     nll: torch.Tensor  # (n, rows·cols) MDN NLL per cell; NaN where there is no past (or no MDN)
     frame: torch.Tensor | None = None  # (n, C·H·W) the frame planes in [0, 1]: which scene it shows
     recon: torch.Tensor | None = None  # (n, C_in, H, W) the VAE's reconstruction, if Scorer.keep_recon
-
-
-class RunningStats:
-    """Mean and std of maps over frames, accumulated chunk by chunk in float64."""
-
-    def __init__(self) -> None:
-        self.n = 0
-        self.s1: torch.Tensor | None = None
-        self.s2: torch.Tensor | None = None
-
-    def add(self, x: torch.Tensor) -> None:
-        x = x[~torch.isnan(x.flatten(1)).any(1)].double()
-        if len(x) == 0:
-            return
-        s1, s2 = x.sum(0), x.pow(2).sum(0)
-        self.s1 = s1 if self.s1 is None else self.s1 + s1
-        self.s2 = s2 if self.s2 is None else self.s2 + s2
-        self.n += len(x)
-
-    def result(self, floor: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.n == 0 or self.s1 is None or self.s2 is None:
-            raise ValueError("no data to take statistics of")
-        mean = self.s1 / self.n
-        var = (self.s2 / self.n - mean.pow(2)).clamp_min(0)
-        # the floor keeps a pixel that never changed in training from dividing by zero
-        std = var.sqrt().clamp_min(max(floor, float(var.sqrt().mean()) * 0.05))
-        return mean.float(), std.float()
-
-
-@dataclass
-class Calibration:
-    """What normal footage looks like to the model, one row per scene it has learned.
-
-    Every scene keeps its own position-wise statistics: a frame is scored against each scene and the
-    scene that explains it best counts, so learning a night scene does not redefine "normal" for
-    the day scene (standardising both against pooled statistics cost the day scene most of its AUROC).
-    """
-
-    err_mean: torch.Tensor  # (S, P) per scene and patch position: mean error over the patch
-    err_std: torch.Tensor
-    kl_mean: torch.Tensor  # (S, cells)
-    kl_std: torch.Tensor
-    nll_mean: torch.Tensor  # (S, cells) zeros when there is no MDN
-    nll_std: torch.Tensor
-    comp_mean: torch.Tensor  # (S, 3) of recon, kl, nll on the scene's validation frames
-    comp_std: torch.Tensor  # (S, 3) inf for a component the scene has no statistics of: it adds nothing
-    thresholds: torch.Tensor  # (S,) quantile of the scene's combined score on its validation frames
-    has_mdn: bool
-    scenes: list[str]
-    # per scene and pixel, mean and std of the training frames (C·H·W of them, in [0, 1]): which scene a
-    # frame shows is told by its pixels, which no update moves (None in calibrations made before)
-    frame_mean: torch.Tensor | None = None  # (S, C·H·W)
-    frame_std: torch.Tensor | None = None
-
-    @property
-    def threshold(self) -> float:
-        """One threshold for every scene: no scene's normal frames flag more often than it chose."""
-        return float(self.thresholds.max())
-
-    def to_dict(self) -> dict:
-        return dict(self.__dict__)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> Calibration:
-        if "threshold" in d:  # written before statistics were kept per scene: one scene, 1-D tensors
-            threshold = torch.tensor([float(d["threshold"])])
-            d = {k: v[None] if isinstance(v, torch.Tensor) else v for k, v in d.items() if k != "threshold"}
-            d.update(thresholds=threshold, scenes=["default"])
-        return cls(**d)
-
-    def merged(self, old: Calibration, keep: list[str]) -> Calibration:
-        """These statistics plus the stored ones of the old scenes in `keep` that were not learned anew.
-
-        Old scenes keep only their reconstruction statistics. Their KL and NLL statistics belonged
-        to the encoder and LSTM-MDN before this update: both move when a new scene is learned, and on
-        Ped1 → night plaza the stale KL statistics put old-scene z-scores near 60 instead of 2 and
-        turned scene A's AUROC from 0.84 to 0.17. Dreamed clips, too unlike real frames in KL
-        (z near 170), cannot recalibrate them either; the motion error's statistics stay valid
-        (scene A 0.85 after the update).
-        """
-        rows = [i for i, s in enumerate(old.scenes) if s in keep and s not in self.scenes]
-        if not rows:
-            return self
-        carried = old.comp_std[rows].clone()
-        carried[:, 1:] = float("inf")  # kl and nll: standardised to zero, they add nothing
-        cat = {k: torch.cat([carried if k == "comp_std" else old.__dict__[k][rows], v])
-               for k, v in self.__dict__.items()
-               if isinstance(v, torch.Tensor) and isinstance(old.__dict__[k], torch.Tensor)}
-        return Calibration(**cat, has_mdn=self.has_mdn, scenes=[old.scenes[i] for i in rows] + self.scenes)
 
 
 def make_scorer(vae: BetaVAE, mdn: LSTMMDN | None, cfg: ProjectConfig, device: torch.device) -> Scorer:
@@ -151,6 +70,10 @@ class Scorer:
         self._state = None  # LSTM state per cell
         self._pred = None  # mixture predicted for the next frame, per cell
         self.keep_recon = False  # hand out the reconstructions too (for pictures of them)
+
+    def reset(self) -> None:
+        """Start a new clip."""
+        self._seen, self._context, self._state, self._pred = 0, None, None, None
 
     @torch.inference_mode()
     def maps(self, frames: np.ndarray) -> Maps:
@@ -192,18 +115,34 @@ def top_mean(x: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def components(maps: Maps, cal: Calibration, sc: ScoreConfig) -> torch.Tensor:
-    """Maps of n frames → (n, S, 3) local components recon, kl, nll against each of S scenes."""
+    """Maps of n frames → (n, S, 3) components recon, kl, nll against each of S scenes: the worst
+    places of the frame (the top_k patches, the worst cell, the top_k cells), each place against its
+    own statistics. nll is NaN where the LSTM-MDN has no prediction yet."""
     patches = patch_means(maps.err, sc.patch, sc.patch_stride)[:, None]  # (n, 1, P)
     recon = top_mean((patches - cal.err_mean) / cal.err_std, sc.top_k)
     kl = ((maps.kl[:, None] - cal.kl_mean) / cal.kl_std).amax(2)
-    nll = ((maps.nll[:, None] - cal.nll_mean) / cal.nll_std).amax(2)  # NaN stays NaN
+    nll = top_mean((maps.nll[:, None] - cal.nll_mean) / cal.nll_std, sc.top_k)  # NaN stays NaN
     return torch.stack([recon, kl, nll], 2)
 
 
-def combine(comp: torch.Tensor, cal: Calibration, weights: tuple[float, ...]) -> torch.Tensor:
-    """(n, S, 3) → (n, S) weighted sum of standardised components; a missing (NaN) one adds nothing."""
-    z = ((comp - cal.comp_mean) / cal.comp_std).nan_to_num(0.0)
-    return z @ torch.tensor(weights, dtype=z.dtype)
+def standardise(comp: torch.Tensor, cal: Calibration) -> torch.Tensor:
+    """(n, S, 3) components → how far each lies beyond normal, in units of its spread on held-out
+    normal frames: above the median in upper scales (0 below it), and for a two-sided component also
+    below the median, in lower scales, past LOW_MARGIN. A missing (NaN) component is 0.
+
+    Each side has its own scale because the components are skewed: the LSTM-MDN's surprise has a
+    long upper tail and a short lower one, and a frozen picture lies 5-8 lower scales below the
+    median where one symmetric standard deviation put it at 3.
+    """
+    up = (comp - cal.comp_mean) / cal.comp_std
+    down = (cal.comp_mean - comp) / cal.comp_low - LOW_MARGIN
+    z = torch.where(torch.tensor(TWO_SIDED), torch.maximum(up, down), up).clamp_min(0.0)
+    return z.nan_to_num(0.0)
+
+
+def combine(smoothed: torch.Tensor, cal: Calibration, weights: tuple[float, ...]) -> torch.Tensor:
+    """(n, S, 3) smoothed components → (n, S) combined score: Σ weight · standardise."""
+    return standardise(smoothed, cal) @ torch.tensor(weights, dtype=smoothed.dtype)
 
 
 def scene_of(maps: Maps, cal: Calibration) -> torch.Tensor | None:
@@ -237,20 +176,25 @@ def pick_scene(comp: torch.Tensor, combined: torch.Tensor, scene: torch.Tensor |
 
 
 class CausalMean:
-    """Moving average over the last `window` values, fed chunk by chunk (never looks ahead)."""
+    """Moving average over the last `window` values along the first axis, fed chunk by chunk (never
+    looks ahead); NaN values are left out of the mean (NaN where the window holds no value)."""
 
     def __init__(self, window: int) -> None:
         self.window = max(1, window)
-        self.tail = torch.zeros(0)
+        self.tail: torch.Tensor | None = None
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        full = torch.cat([self.tail, x])
-        csum = torch.cat([torch.zeros(1, dtype=torch.float64), full.double().cumsum(0)])
-        ends = torch.arange(len(self.tail) + 1, len(full) + 1)
+        full = x if self.tail is None else torch.cat([self.tail, x])
+        known = ~torch.isnan(full)
+        zero = torch.zeros((1, *full.shape[1:]), dtype=torch.float64)
+        csum = torch.cat([zero, full.double().nan_to_num(0.0).cumsum(0)])
+        count = torch.cat([zero, known.double().cumsum(0)])
+        skip = 0 if self.tail is None else len(self.tail)
+        ends = torch.arange(skip + 1, len(full) + 1)
         starts = (ends - self.window).clamp_min(0)
-        out = (csum[ends] - csum[starts]) / (ends - starts)
-        self.tail = full[-(self.window - 1):] if self.window > 1 else torch.zeros(0)
-        return out.float()
+        out = (csum[ends] - csum[starts]) / (count[ends] - count[starts])  # 0/0: NaN
+        self.tail = full[len(full) - min(len(full), self.window - 1):]
+        return out.to(x.dtype)
 
 
 @dataclass(frozen=True)
@@ -275,11 +219,12 @@ def segments(flags: np.ndarray, scores: np.ndarray, min_len: int) -> list[Segmen
 
 def iter_scores(scorer: Scorer, chunks: Iterable[np.ndarray], cal: Calibration, sc: ScoreConfig
                 ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """Stream a clip's chunks → per chunk: components (n, 3) and index (n,) of the scene that explains
-    each frame best, and the smoothed combined score (n,)."""
+    """Stream a clip's chunks → per chunk: components (n, 3) and index (n,) of the scene each frame
+    is scored against, and the combined score (n,) of the causally smoothed components."""
     smoother = CausalMean(sc.smooth)
     for chunk in chunks:
         maps = scorer.maps(chunk)
         comp = components(maps, cal, sc)
-        comp, score, scene = pick_scene(comp, combine(comp, cal, sc.weights), scene_of(maps, cal))
-        yield comp, scene, smoother(score)
+        combined = combine(smoother(comp), cal, sc.weights)
+        comp, score, scene = pick_scene(comp, combined, scene_of(maps, cal))
+        yield comp, scene, score

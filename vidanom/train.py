@@ -1,16 +1,24 @@
-"""Fitting loops: the β-VAE on frames, the LSTM-MDN on latent sequences, and calibration.
+"""Fitting loops: the β-VAE on frames and the LSTM-MDN on latent sequences.
 
-Every loop reports through a `progress(task, done, total, info)` callback and can checkpoint
-after each epoch (and, on Ctrl-C, after the last finished batch), so the CLI can draw a bar and an
-interrupted run can resume where it stopped.
+Each stage runs a budget of optimiser steps, not of epochs: 40 s of footage and 4 hours get a model
+that has converged alike (counted in epochs, 40 s of footage was 56 steps, and the reconstructions
+a grey blur). Every `eval_every` steps the model is evaluated on held-out frames; the stage stops
+early once that loss has not improved for `patience` evaluations, and keeps the best weights.
+
+Every loop reports through a `progress(task, done, total, info)` callback and checkpoints at each
+evaluation (and, on Ctrl-C, after the last finished step). Batches and sampling noise are drawn
+from generators seeded by the step number, so a resumed run continues exactly as an uninterrupted
+one would have.
 """
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import Callable, Iterable, Iterator
+import copy
+import math
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,18 +26,21 @@ import numpy as np
 import torch
 
 from . import fsutil
-from .config import ProjectConfig
-from .data import Split, frame_batches, window_starts
-from .inference import for_inference
+from .config import ProjectConfig, TrainConfig
+from .data import Split, gather, sample_batch, spread, to_input, window_starts
+from .errors import ProjectError, VidanomError
 from .mdn import LSTMMDN, MDNConfig, mdn_nll
-from .score import Calibration, CausalMean, RunningStats, Scorer, combine, components, make_scorer
 from .replay import replayed_count
-from .vae import BetaVAE, VAEConfig, error_map, patch_means, vae_loss
+from .vae import BetaVAE, VAEConfig, vae_loss
 
 Progress = Callable[[str, int, int, dict[str, float]], None]
-ExtraBatch = Callable[[int], torch.Tensor]  # batch size → replayed inputs to add to a batch
-Penalty = Callable[[], torch.Tensor]  # an extra loss term on the weights (EWC)
+ExtraBatch = Callable[[int, torch.Generator], torch.Tensor]  # (batch size, generator) → replayed inputs
+Penalty = Callable[[torch.Generator], torch.Tensor]  # an extra loss term (EWC, replay's distillation)
 INFER_BATCH = 256
+VAL_FRAMES = 512  # held-out frames the β-VAE is evaluated on
+VAL_WINDOWS = 32  # held-out windows (of every cell) the LSTM-MDN is evaluated on
+MDN_WINDOWS = 8  # windows per LSTM-MDN batch; each brings every cell of the grid
+MIN_GAIN = 1e-3  # a held-out loss better by less than this share does not count as progress
 
 
 def no_progress(task: str, done: int, total: int, info: dict[str, float]) -> None:
@@ -40,14 +51,12 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        from .errors import VidanomError
         raise VidanomError("--device cuda was asked for, but no CUDA device is available; use --device cpu")
     return torch.device(name)
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
     """A checkpoint is data, never code: weights_only refuses anything but tensors and plain values."""
-    from .errors import ProjectError
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for damaged files; all mean the same here
@@ -63,238 +72,219 @@ def build_vae(ckpt: dict[str, Any]) -> BetaVAE:
 
 
 def build_mdn(ckpt: dict[str, Any]) -> LSTMMDN:
-    mdn = LSTMMDN(MDNConfig(**ckpt["config"]))
+    # a model saved before the LSTM-MDN read changes had neither option
+    mdn = LSTMMDN(MDNConfig(**{"delta": False, "residual": False, **ckpt["config"]}))
     mdn.load_state_dict(ckpt["model"])
     return mdn
 
 
-def _rng(device: torch.device) -> dict[str, torch.Tensor]:
-    """torch's random state, for a checkpoint taken mid-epoch (dropout-free, but sampling uses it)."""
-    state = {"rng": torch.get_rng_state()}
-    if device.type == "cuda":
-        state["cuda_rng"] = torch.cuda.get_rng_state(device)
-    return state
+def step_generator(seed: int, stage: int, step: int) -> torch.Generator:
+    """The CPU generator of one optimiser step: the same step of the same run always draws alike."""
+    return torch.Generator().manual_seed(((seed * 1_000_003 + stage) * 1_000_003 + step) % 2**63)
 
 
-def _set_rng(ckpt: dict[str, Any], device: torch.device) -> None:
-    if "rng" in ckpt:
-        torch.set_rng_state(ckpt["rng"])
-    if device.type == "cuda" and "cuda_rng" in ckpt:
-        torch.cuda.set_rng_state(ckpt["cuda_rng"], device)
+def learning_rate(tc: TrainConfig, step: int, steps: int) -> float:
+    """Cosine decay from lr to lr/10 over the step budget."""
+    return tc.lr * (0.1 + 0.45 * (1.0 + math.cos(math.pi * min(step, steps) / max(1, steps))))
+
+
+@dataclass
+class Fitting:
+    """Where a stage stands: what a checkpoint holds besides the weights and the optimiser."""
+
+    step: int = 0
+    best: float = math.inf  # the best held-out loss so far
+    best_state: dict[str, torch.Tensor] | None = None  # the weights that reached it (on the CPU)
+    bad: int = 0  # evaluations since it improved
+    held: dict[str, float] = field(default_factory=dict)  # the latest held-out evaluation
+    stopped_early: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+    def improve(self, model: torch.nn.Module, held: dict[str, float]) -> None:
+        """Record an evaluation; keep the weights if the loss improved."""
+        self.held = held
+        if held["loss"] < self.best - MIN_GAIN * abs(self.best if math.isfinite(self.best) else 0.0):
+            self.best, self.bad = held["loss"], 0
+            self.best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        else:
+            self.bad += 1
 
 
 @contextmanager
-def _checkpoint_on_interrupt(path: Path | None, state: Callable[[], dict[str, Any]],
-                             worth_it: Callable[[], bool]) -> Iterator[None]:
-    """On Ctrl-C inside the block, save a mid-epoch checkpoint (if it holds new work), then stop.
+def _checkpoint_on_interrupt(path: Path | None, state: Callable[[], dict[str, Any]]) -> Iterator[None]:
+    """On Ctrl-C inside the block, save the state after the last finished step, then stop.
 
     The CLI defers Ctrl-C to the progress callback, which runs between optimiser steps, so the
-    state saved is exactly that after the last finished batch; `--resume` continues from it.
+    saved state is consistent; `--resume` continues from it.
     """
     try:
         yield
     except KeyboardInterrupt:
-        if path is not None and worth_it():
+        if path is not None:
             fsutil.save_torch(path, state())
         raise
 
 
-def vae_checkpoint(vae: BetaVAE, opt: torch.optim.Optimizer, epoch: int, **extra: Any) -> dict[str, Any]:
-    return {"config": asdict(vae.cfg), "model": vae.state_dict(), "optimizer": opt.state_dict(),
-            "epoch": epoch, **extra}
+def _fit(task: str, model: torch.nn.Module, opt: torch.optim.Optimizer, tc: TrainConfig, steps: int,
+         step: Callable[[int], dict[str, float]], evaluate: Callable[[], dict[str, float]], progress: Progress,
+         ckpt: Path | None, start: dict[str, Any] | None) -> Fitting:
+    """The loop both stages share: `step(i)` computes the loss of optimiser step i and calls
+    backward, `evaluate()` measures the model on held-out data ({"loss": ..., ...}). Restores the
+    best weights at the end."""
+    state = Fitting()
+    if start is not None:
+        model.load_state_dict(start["model"])
+        opt.load_state_dict(start["optimizer"])
+        state = Fitting(**start["fitting"])
+    deadline = time.monotonic() + tc.max_minutes * 60 if tc.max_minutes > 0 else math.inf
+
+    def checkpoint() -> dict[str, Any]:
+        return {"config": asdict(model.cfg), "model": model.state_dict(), "optimizer": opt.state_dict(),
+                "fitting": state.to_dict()}
+
+    model.train()
+    with _checkpoint_on_interrupt(ckpt, checkpoint):
+        while state.step < steps and not state.stopped_early:
+            for group in opt.param_groups:
+                group["lr"] = learning_rate(tc, state.step, steps)
+            opt.zero_grad(set_to_none=True)
+            info = step(state.step)
+            opt.step()
+            state.step += 1
+            if state.step % tc.eval_every == 0 or state.step == steps or time.monotonic() > deadline:
+                model.eval()
+                state.improve(model, evaluate())
+                model.train()
+                state.stopped_early = state.bad >= tc.patience or time.monotonic() > deadline
+                if ckpt is not None:
+                    fsutil.save_torch(ckpt, checkpoint())
+            progress(task, state.step, steps, {**info, **{f"held {k}": v for k, v in state.held.items()}})
+    if state.best_state is not None:
+        model.load_state_dict(state.best_state)
+    model.eval()
+    return state
+
+
+# -- the β-VAE -----------------------------------------------------------------------------------
+
+@torch.no_grad()
+def vae_holdout(vae: BetaVAE, x: torch.Tensor, frame_channels: int) -> dict[str, float]:
+    """Held-out loss (per image, at the mean latent) and the PSNR in dB of the reconstructed frames
+    (the appearance planes, in [0, 1]) on model inputs x (N, C, H, W), on the model's device."""
+    device = next(vae.parameters()).device
+    loss, sq, n = 0.0, 0.0, 0
+    for s in range(0, len(x), INFER_BATCH):
+        xb = x[s:s + INFER_BATCH].to(device)
+        recon, mu, logvar = vae(xb, sample=False)
+        loss += float(vae_loss(xb, recon, mu, logvar, vae.cfg.beta)[0]) * len(xb)
+        sq += float((recon[:, :frame_channels].clamp(0, 1) - xb[:, :frame_channels]).pow(2).mean()) * len(xb)
+        n += len(xb)
+    return {"loss": loss / n, "psnr": 10 * math.log10(1.0 / max(sq / n, 1e-10))}
+
+
+def held_inputs(clips: list[np.ndarray], split: Split, lag: int, most: int) -> torch.Tensor:
+    """Model inputs of up to `most` held-out frames, evenly spread (training frames if none is held out)."""
+    index = split.index(held=True)
+    rows = spread(index if len(index) else split.train_index(), most)
+    return torch.cat([gather(clips[c], rows[rows[:, 0] == c, 1], lag) for c in np.unique(rows[:, 0])])
 
 
 def fit_vae(vae: BetaVAE, clips: list[np.ndarray], split: Split, cfg: ProjectConfig, device: torch.device,
-            epochs: int, progress: Progress = no_progress, ckpt: Path | None = None,
-            start: dict[str, Any] | None = None, extra: ExtraBatch | None = None,
-            penalty: Penalty | None = None, extra_share: float = 0.0) -> dict[str, float]:
-    """Train the VAE for `epochs` epochs (continuing from checkpoint dict `start` if given).
+            progress: Progress = no_progress, ckpt: Path | None = None, start: dict[str, Any] | None = None,
+            extra: ExtraBatch | None = None, penalty: Penalty | None = None, extra_share: float = 0.0,
+            steps: int | None = None) -> dict[str, float]:
+    """Train the VAE on the training frames of `clips` (continuing from checkpoint dict `start`).
 
-    extra(n) returns n replayed inputs; each batch of the new data gets round(B·share/(1−share))
-    of them, so replayed samples make up `extra_share` of every batch.
+    extra(n, generator) returns n replayed inputs; each batch of the new data gets round(B·s/(1−s))
+    of them, so replayed samples make up `extra_share` of every batch. Returns the held-out loss and
+    PSNR of the kept weights, and how many steps ran.
     """
-    vae.to(device).train()
-    opt = torch.optim.Adam(vae.parameters(), lr=cfg.train.lr)
-    first, skip = 0, 0
-    if start is not None:
-        opt.load_state_dict(start["optimizer"])
-        first, skip = int(start["epoch"]), int(start.get("batch", 0))
+    tc, lag = cfg.train, cfg.frames.motion_lag
+    steps = tc.vae_steps if steps is None else steps
     index = split.train_index()
-    bs, lag = cfg.train.batch_size, cfg.frames.motion_lag
-    per_epoch = -(-len(index) // bs)
-    n_extra = replayed_count(bs, extra_share) if extra else 0
-    stats: dict[str, float] = {}
-    for epoch in range(first, epochs):
-        torch.manual_seed(cfg.train.seed * 100_003 + epoch)  # reproducible, and the same after a resume
-        rng = np.random.default_rng([cfg.train.seed, epoch])
-        if skip:
-            _set_rng(start, device)  # mid-epoch: the random state after the batches already done
-        sums, done = np.zeros(3), skip
-        with _checkpoint_on_interrupt(ckpt, lambda: vae_checkpoint(vae, opt, epoch, batch=done, **_rng(device)),
-                                      lambda: done > skip):
-            for i, x in enumerate(frame_batches(clips, index, bs, lag, rng, skip), start=skip):
-                if n_extra:
-                    x = torch.cat([x, extra(n_extra)])
-                x = x.to(device)
-                recon, mu, logvar = vae(x)
-                loss, rec, kl = vae_loss(x, recon, mu, logvar, vae.cfg.beta)
-                if penalty is not None:
-                    loss = loss + penalty()
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                done = i + 1
-                sums += [loss.item(), rec.item(), kl.item()]
-                n = done - skip
-                stats = {"epoch": epoch + 1, "loss": sums[0] / n, "recon": sums[1] / n, "kl": sums[2] / n}
-                progress("vae", epoch * per_epoch + done, epochs * per_epoch, stats)
-            if ckpt is not None:
-                fsutil.save_torch(ckpt, vae_checkpoint(vae, opt, epoch + 1))
-        skip = 0
-    vae.eval()
-    return stats
+    n_extra = replayed_count(tc.batch_size, extra_share) if extra else 0
+    held = held_inputs(clips, split, lag, VAL_FRAMES)
+    vae.to(device)
 
+    def step(i: int) -> dict[str, float]:
+        g = step_generator(tc.seed, 0, i)
+        x = sample_batch(clips, index, tc.batch_size, lag, np.random.default_rng([tc.seed, 0, i]))
+        if n_extra and extra is not None:
+            x = torch.cat([x, extra(n_extra, g)])
+        x = x.to(device)
+        recon, mu, logvar = vae(x, generator=g)
+        loss, rec, kl = vae_loss(x, recon, mu, logvar, vae.cfg.beta)
+        if penalty is not None:
+            loss = loss + penalty(g)
+        loss.backward()
+        return {"loss": loss.item(), "recon": rec.item(), "kl": kl.item()}
+
+    opt = torch.optim.Adam(vae.parameters(), lr=tc.lr)
+    state = _fit("vae", vae, opt, tc, steps, step, lambda: vae_holdout(vae, held, cfg.frames.channels),
+                 progress, ckpt, start)
+    return {**vae_holdout(vae, held, cfg.frames.channels), "steps": state.step}
+
+
+# -- the LSTM-MDN --------------------------------------------------------------------------------
 
 @torch.inference_mode()
 def encode(vae: BetaVAE, frames: np.ndarray, lag: int, device: torch.device) -> torch.Tensor:
     """Mean latents of a whole clip, chunk by chunk: (n, H, W, C) uint8 → (cells, n, D) float32."""
-    scorer_ctx: torch.Tensor | None = None
+    context: torch.Tensor | None = None
     out = []
-    from .data import to_input
     for s in range(0, len(frames), INFER_BATCH):
         cur = torch.from_numpy(np.array(frames[s:s + INFER_BATCH]))
-        mu, _ = vae.encode(to_input(cur, lag, scorer_ctx).to(device))
+        mu, _ = vae.encode(to_input(cur, lag, context).to(device))
         out.append(mu.flatten(2).permute(2, 0, 1).cpu())
-        if lag:
-            scorer_ctx = torch.from_numpy(np.array(frames[max(0, s + len(cur) - lag):s + len(cur)]))
-            if len(scorer_ctx) < lag:
-                scorer_ctx = torch.cat([scorer_ctx[:1].expand(lag - len(scorer_ctx), *scorer_ctx.shape[1:]), scorer_ctx])
+        if lag:  # the frames the next chunk's first differences need
+            context = torch.from_numpy(np.array(frames[max(0, s + len(cur) - lag):s + len(cur)]))
+            if len(context) < lag:
+                context = torch.cat([context[:1].expand(lag - len(context), *context.shape[1:]), context])
     return torch.cat(out, 1)
 
 
-def mdn_batches(latents: list[torch.Tensor], lengths: list[int], seq_len: int, windows: int,
-                rng: np.random.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Shuffled batches of `windows` windows × all cells: (B, T + 1, D) sequences and (B,) cell ids."""
-    starts = window_starts(lengths, seq_len)
-    # an epoch sees each frame about once: one window per seq_len start positions, drawn afresh each epoch
-    order = starts[rng.permutation(len(starts))[:max(1, len(starts) // seq_len)]]
-    for s in range(0, len(order), windows):
-        seqs, cells = [], []
-        for clip, t in order[s:s + windows]:
-            z = latents[clip][:, t:min(t + seq_len + 1, lengths[clip])]
-            seqs.append(z)
-            cells.append(torch.arange(z.shape[0]))
-        t_min = min(z.shape[1] for z in seqs)
-        yield torch.cat([z[:, :t_min] for z in seqs]), torch.cat(cells)
-
-
-def fit_mdn(mdn: LSTMMDN, latents: list[torch.Tensor], lengths: list[int], cfg: ProjectConfig,
-            device: torch.device, epochs: int, progress: Progress = no_progress, ckpt: Path | None = None,
-            start: dict[str, Any] | None = None) -> dict[str, float]:
-    """Teach the LSTM-MDN to predict each cell's next latent. latents: per clip (cells, n, D)."""
-    mdn.to(device).train()
-    opt = torch.optim.Adam(mdn.parameters(), lr=cfg.train.lr)
-    first, skip = (int(start["epoch"]), int(start.get("batch", 0))) if start else (0, 0)
-    if start:
-        opt.load_state_dict(start["optimizer"])
-    windows = 8  # windows per batch; each brings every cell of the grid
-    n_batches = -(-max(1, len(window_starts(lengths, cfg.train.seq_len)) // cfg.train.seq_len) // windows)
-    stats: dict[str, float] = {}
-
-    def checkpoint(epoch: int, **extra: Any) -> dict[str, Any]:
-        return {"config": asdict(mdn.cfg), "model": mdn.state_dict(), "optimizer": opt.state_dict(),
-                "epoch": epoch, **extra}
-
-    for epoch in range(first, epochs):
-        torch.manual_seed(cfg.train.seed * 100_003 + 50_000 + epoch)
-        rng = np.random.default_rng([cfg.train.seed, 1, epoch])
-        if skip:
-            _set_rng(start, device)
-        total, done = 0.0, skip
-        with _checkpoint_on_interrupt(ckpt, lambda: checkpoint(epoch, batch=done, **_rng(device)),
-                                      lambda: done > skip):
-            batches = mdn_batches(latents, lengths, cfg.train.seq_len, windows, rng)
-            for i, (z, cells) in enumerate(itertools.islice(batches, skip, None), start=skip):
-                z, cells = z.to(device), cells.to(device)
-                log_pi, mu, log_s, _ = mdn(z[:, :-1], cells)
-                loss = mdn_nll(z[:, 1:], log_pi, mu, log_s).mean() / z.shape[-1]  # per dimension
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(mdn.parameters(), 1.0)
-                opt.step()
-                done = i + 1
-                total += loss.item()
-                stats = {"epoch": epoch + 1, "nll": total / (done - skip)}
-                progress("mdn", epoch * n_batches + done, epochs * n_batches, stats)
-            if ckpt is not None:
-                fsutil.save_torch(ckpt, checkpoint(epoch + 1))
-        skip = 0
-    mdn.eval()
-    return stats
-
-
-def _column_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and std of each column over its non-NaN rows; (0, inf) for a column with none (no MDN),
-    so that standardising by them makes that component count for nothing."""
-    mean, std = torch.zeros(x.shape[1]), torch.full((x.shape[1],), float("inf"))
-    for j in range(x.shape[1]):
-        col = x[:, j][~torch.isnan(x[:, j])]
-        if len(col) > 1:
-            mean[j], std[j] = col.mean(), col.std().clamp_min(1e-6)
-    return mean, std
-
-
-def _clip_maps(scorer: Scorer, frames: np.ndarray):
-    for s in range(0, len(frames), INFER_BATCH):
-        yield s, scorer.maps(np.asarray(frames[s:s + INFER_BATCH]))
-
-
-def calibrate(vae: BetaVAE, mdn: LSTMMDN | None, clips: list[np.ndarray], split: Split, cfg: ProjectConfig,
-              device: torch.device, scene: str, progress: Progress = no_progress) -> Calibration:
-    """One scene's statistics: position-wise on its training frames, then component scales and
-    threshold on its held-out ones."""
-    vae = for_inference(vae, device)  # the copy scoring uses: the same numbers, 1.3-2.5× faster on a CPU
-    total = 2 * sum(len(c) for c in clips)
-    err, kl, nll, pixels, done = RunningStats(), RunningStats(), RunningStats(), RunningStats(), 0
-    for frames, end in zip(clips, split.train_end):
-        for s, m in _clip_maps(make_scorer(vae, mdn, cfg, device), frames):
-            k = max(0, min(end - s, len(m.err)))
-            err.add(patch_means(m.err[:k], cfg.score.patch, cfg.score.patch_stride))
-            kl.add(m.kl[:k])
-            nll.add(m.nll[:k])
-            pixels.add(m.frame[:k])
-            done += len(m.err)
-            progress("calibrate", done, total, {})
-    (em, es), (km, ks), (fm, fs) = err.result(), kl.result(), pixels.result()
-    nm, ns = nll.result() if nll.n else (torch.zeros_like(km), torch.ones_like(ks))
-    cal = Calibration(em[None], es[None], km[None], ks[None], nm[None], ns[None], torch.zeros(1, 3),
-                      torch.ones(1, 3), torch.zeros(1), mdn is not None, [scene], fm[None], fs[None])
-    comps, held = [], []
-    for frames, end in zip(clips, split.train_end):
-        c = torch.cat([components(m, cal, cfg.score)[:, 0]
-                       for _, m in _clip_maps(make_scorer(vae, mdn, cfg, device), frames)])
-        done += len(frames)
-        progress("calibrate", done, total, {})
-        comps.append(c)
-        held.append(c[end:] if end < len(c) else c)  # a clip too short to split calibrates on itself
-    mean, std = _column_stats(torch.cat(held))
-    cal.comp_mean, cal.comp_std = mean[None], std[None]
-    scores = []
-    for c, end in zip(comps, split.train_end):
-        s = CausalMean(cfg.score.smooth)(combine(c[:, None], cal, cfg.score.weights)[:, 0])
-        scores.append(s[end:] if end < len(s) else s)
-    cal.thresholds = torch.quantile(torch.cat(scores).double(), cfg.score.threshold_quantile).float()[None]
-    return cal
+def window_batch(latents: list[torch.Tensor], starts: np.ndarray, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Windows of seq_len + 1 latents at rows (sequence, start) of `starts`, each with every cell:
+    (B, T + 1, D) sequences and (B,) cell ids, cut to the shortest window."""
+    seqs = [latents[i][:, t:t + seq_len + 1] for i, t in starts]
+    t_min = min(z.shape[1] for z in seqs)
+    return (torch.cat([z[:, :t_min] for z in seqs]),
+            torch.cat([torch.arange(z.shape[0]) for z in seqs]))
 
 
 @torch.no_grad()
-def patch_error_stats(vae: BetaVAE, inputs: Iterable[torch.Tensor], cfg: ProjectConfig
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and std (P,) per patch position of the error the score measures, on model inputs (B, C, H, W)."""
-    scorer = make_scorer(vae, None, cfg, torch.device("cpu"))
-    stats = RunningStats()
-    for x in inputs:
-        x = x.to(next(vae.parameters()).device)
-        err = error_map(x[:, scorer.recon_from:], vae(x, sample=False)[0][:, scorer.recon_from:])
-        stats.add(patch_means(err.cpu(), cfg.score.patch, cfg.score.patch_stride))
-    return stats.result()
+def mdn_holdout(mdn: LSTMMDN, z: torch.Tensor, cells: torch.Tensor) -> dict[str, float]:
+    """Mean NLL per latent dimension of held-out windows (B, T + 1, D)."""
+    device = next(mdn.parameters()).device
+    log_pi, mu, log_s, _ = mdn(z[:, :-1].to(device), cells.to(device))
+    return {"loss": float(mdn_nll(z[:, 1:].to(device), log_pi, mu, log_s).mean()) / z.shape[-1]}
+
+
+def fit_mdn(mdn: LSTMMDN, train: list[torch.Tensor], held: list[torch.Tensor], cfg: ProjectConfig,
+            device: torch.device, progress: Progress = no_progress, ckpt: Path | None = None,
+            start: dict[str, Any] | None = None, steps: int | None = None) -> dict[str, float]:
+    """Teach the LSTM-MDN to predict each cell's next latent. train, held: latent sequences
+    (cells, n, D) of contiguous training and held-out frames (training ones stand in when none is held out)."""
+    tc = cfg.train
+    steps = tc.mdn_steps if steps is None else steps
+    starts = window_starts([z.shape[1] for z in train], tc.seq_len)
+    held = held if any(z.shape[1] > 1 for z in held) else train
+    held_starts = window_starts([z.shape[1] for z in held], tc.seq_len)
+    held_batch = window_batch(held, spread(held_starts, VAL_WINDOWS), tc.seq_len)
+    mdn.to(device)
+    opt = torch.optim.Adam(mdn.parameters(), lr=tc.lr)
+
+    def step(i: int) -> dict[str, float]:
+        rng = np.random.default_rng([tc.seed, 1, i])
+        z, cells = window_batch(train, starts[rng.integers(len(starts), size=MDN_WINDOWS)], tc.seq_len)
+        z, cells = z.to(device), cells.to(device)
+        log_pi, mu, log_s, _ = mdn(z[:, :-1], cells)
+        loss = mdn_nll(z[:, 1:], log_pi, mu, log_s).mean() / z.shape[-1]  # per dimension
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(mdn.parameters(), 1.0)
+        return {"nll": loss.item()}
+
+    state = _fit("mdn", mdn, opt, tc, steps, step, lambda: mdn_holdout(mdn, *held_batch), progress, ckpt, start)
+    return {"nll": mdn_holdout(mdn, *held_batch)["loss"], "steps": state.step}

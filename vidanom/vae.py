@@ -77,14 +77,19 @@ class BetaVAE(nn.Module):
         """z: (B, latent_channels, rows, cols) → (B, in_channels, H, W)."""
         return self.decoder(self._with_coords(z))
 
-    def forward(self, x: torch.Tensor, sample: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, sample: bool = True, generator: torch.Generator | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """x: (B, C, H, W) → reconstruction (B, C, H, W), mu and logvar (B, latent_channels, rows, cols).
 
-        With ``sample=False`` the mean latent is decoded, which makes scores deterministic.
+        With ``sample=False`` the mean latent is decoded, which makes scores deterministic. The
+        sampling noise comes from `generator` (a CPU generator) if given, else torch's global one.
         """
         mu, logvar = self.encode(x)
-        z = mu + torch.randn_like(mu) * (0.5 * logvar).exp() if sample else mu
-        return self.decode(z), mu, logvar
+        if not sample:
+            return self.decode(mu), mu, logvar
+        eps = (torch.randn(mu.shape, generator=generator, dtype=mu.dtype).to(mu.device) if generator is not None
+               else torch.randn_like(mu))
+        return self.decode(mu + eps * (0.5 * logvar).exp()), mu, logvar
 
     def sample_prior(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """n samples decoded from the prior N(0, I): (n, C, H, W)."""

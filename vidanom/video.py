@@ -200,6 +200,16 @@ def _finish(name: object, report: DecodeReport) -> None:
                                              name, report.frames, report.error)
 
 
+def first_frame_size(src: Source, fc: FrameConfig) -> tuple[int, int]:
+    """(width, height) of the clip's first frame, as decoded."""
+    report = DecodeReport()
+    for size in _frames(src, fc, report, 1, lambda frame: (frame.width, frame.height)):
+        return size
+    why = f": {report.error}" if report.error else ""
+    raise VideoError(f"no frames could be decoded from {src.path}{why}; "
+                     "pass a video (or images) with at least one readable frame")
+
+
 def iter_chunks(src: Source, fc: FrameConfig, size: int, report: DecodeReport | None = None,
                 threads: int = 0) -> Iterator[np.ndarray]:
     """Decode src into chunks of at most `size` frames: (n, H, W, C) uint8.

@@ -1,0 +1,305 @@
+"""What normal footage looks like to a trained model, and the threshold that comes of it.
+
+Two sets of normal frames are used, never the same ones:
+- the *training* frames give the statistics of each place in the frame (patch errors, each latent
+  cell's KL and surprise), pulled towards the statistics of the whole frame as far as the footage
+  is short (`shrink`): after 40 s of a campus camera, a place nobody crossed has no idea of its
+  own spread, and a passer-by there scored 70 times the threshold;
+- the *held-out* frames (whole clips, or time blocks spread over the footage; see data.Split) give
+  the scale of each score component and the threshold. The threshold is the lowest level whose
+  false-alarm rate, estimated block by block on blocks it was not set on, stays within the target
+  (`choose_threshold`); that estimate is what `train` promises.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .config import ProjectConfig
+from .data import Split
+from .mdn import LSTMMDN
+from .score import CausalMean, Maps, Scorer, combine, components, make_scorer
+from .train import Progress, no_progress
+from .vae import BetaVAE, patch_means
+
+MIN_SECONDS = 60.0  # less normal footage than this cannot support a promised false-alarm rate
+MIN_BLOCKS = 4  # the held-out frames are cut into at least this many blocks to estimate it
+
+
+class RunningStats:
+    """Mean and std of maps over frames, accumulated chunk by chunk in float64."""
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.s1: torch.Tensor | None = None
+        self.s2: torch.Tensor | None = None
+
+    def add(self, x: torch.Tensor) -> None:
+        x = x[~torch.isnan(x.flatten(1)).any(1)].double()
+        if len(x) == 0:
+            return
+        s1, s2 = x.sum(0), x.pow(2).sum(0)
+        self.s1 = s1 if self.s1 is None else self.s1 + s1
+        self.s2 = s2 if self.s2 is None else self.s2 + s2
+        self.n += len(x)
+
+    def result(self, floor: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.n == 0 or self.s1 is None or self.s2 is None:
+            raise ValueError("no data to take statistics of")
+        mean = self.s1 / self.n
+        var = (self.s2 / self.n - mean.pow(2)).clamp_min(0)
+        # the floor keeps a pixel that never changed in training from dividing by zero
+        std = var.sqrt().clamp_min(max(floor, float(var.sqrt().mean()) * 0.05))
+        return mean.float(), std.float()
+
+
+def shrink(mean: torch.Tensor, std: torch.Tensor, weight: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-place statistics (..., P) pulled towards the frame-wide ones: weight 1 keeps them, weight 0
+    gives every place the statistics of all places pooled (their mean, and the variance of a value
+    drawn at a random place: the mean of std² + (mean − pooled mean)²). Variances are mixed, not stds."""
+    pooled_mean = mean.mean(-1, keepdim=True)
+    pooled_var = (std.pow(2) + (mean - pooled_mean).pow(2)).mean(-1, keepdim=True)
+    mixed_var = weight * std.pow(2) + (1.0 - weight) * pooled_var
+    return weight * mean + (1.0 - weight) * pooled_mean, mixed_var.sqrt()
+
+
+def shrink_weight(seconds: float, prior_seconds: float) -> float:
+    """How much the per-place statistics count after `seconds` of footage: seconds / (seconds + prior)."""
+    return seconds / (seconds + prior_seconds) if seconds + prior_seconds > 0 else 1.0
+
+
+@dataclass
+class Calibration:
+    """What normal footage looks like to the model, one row per scene it has learned.
+
+    Every scene keeps its own position-wise statistics: a frame is scored against the scene it shows,
+    so learning a night scene does not redefine "normal" for the day scene (standardising both
+    against pooled statistics cost the day scene most of its AUROC).
+    """
+
+    err_mean: torch.Tensor  # (S, P) per scene and patch position: mean error over the patch
+    err_std: torch.Tensor
+    kl_mean: torch.Tensor  # (S, cells)
+    kl_std: torch.Tensor
+    nll_mean: torch.Tensor  # (S, cells) zeros when there is no MDN
+    nll_std: torch.Tensor
+    comp_mean: torch.Tensor  # (S, 3) median of recon, kl, nll (smoothed) on the scene's held-out frames
+    comp_std: torch.Tensor  # (S, 3) their spread above the median; inf where the scene has none: it adds nothing
+    thresholds: torch.Tensor  # (S,) each scene's threshold on its held-out frames
+    has_mdn: bool
+    scenes: list[str]
+    # per scene and pixel, mean and std of the training frames (C·H·W of them, in [0, 1]): which scene a
+    # frame shows is told by its pixels, which no update moves (None in calibrations made before)
+    frame_mean: torch.Tensor | None = None  # (S, C·H·W)
+    frame_std: torch.Tensor | None = None
+    false_alarms: torch.Tensor | None = None  # (S,) the share of new normal frames expected over the threshold
+    comp_low: torch.Tensor | None = None  # (S, 3) the components' spread below the median
+
+    def __post_init__(self) -> None:
+        if self.comp_low is None:  # made before the two sides had their own scales
+            self.comp_low = self.comp_std.clone()
+
+    @property
+    def threshold(self) -> float:
+        """One threshold for every scene: no scene's normal frames flag more often than it chose."""
+        return float(self.thresholds.max())
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Calibration:
+        if "threshold" in d:  # written before statistics were kept per scene: one scene, 1-D tensors
+            threshold = torch.tensor([float(d["threshold"])])
+            d = {k: v[None] if isinstance(v, torch.Tensor) else v for k, v in d.items() if k != "threshold"}
+            d.update(thresholds=threshold, scenes=["default"])
+        return cls(**d)
+
+    def merged(self, old: Calibration, keep: list[str]) -> Calibration:
+        """These statistics plus the stored ones of the old scenes in `keep` that were not learned anew.
+
+        Old scenes keep only their reconstruction statistics. Their KL and NLL statistics belonged
+        to the encoder and LSTM-MDN before this update: both move when a new scene is learned, and on
+        Ped1 → night plaza the stale KL statistics put old-scene z-scores near 60 instead of 2 and
+        turned scene A's AUROC from 0.84 to 0.17. Dreamed clips, too unlike real frames in KL
+        (z near 170), cannot recalibrate them either; the motion error's statistics stay valid
+        (scene A 0.85 after the update).
+        """
+        rows = [i for i, s in enumerate(old.scenes) if s in keep and s not in self.scenes]
+        if not rows:
+            return self
+        carried = {k: old.__dict__[k][rows].clone() for k in ("comp_std", "comp_low")}
+        for v in carried.values():
+            v[:, 1:] = float("inf")  # kl and nll: standardised to zero, they add nothing
+        cat = {k: torch.cat([carried[k] if k in carried else old.__dict__[k][rows], v])
+               for k, v in self.__dict__.items()
+               if isinstance(v, torch.Tensor) and isinstance(old.__dict__.get(k), torch.Tensor)}
+        return Calibration(**cat, has_mdn=self.has_mdn, scenes=[old.scenes[i] for i in rows] + self.scenes)
+
+
+# -- the threshold -------------------------------------------------------------------------------
+
+def choose_threshold(blocks: list[torch.Tensor], target: float) -> tuple[float, float]:
+    """(threshold, expected false-alarm rate) from the combined scores of held-out blocks.
+
+    The threshold is the (1 − target) quantile of all held-out scores. The rate to expect on new
+    footage is estimated the way new footage meets it: the same quantile set on all blocks but one,
+    counted on that one, for every block in turn (weighted by their lengths). When the blocks differ
+    (a crowded clip among quiet ones), it exceeds the target, and says by how much.
+    """
+    if len(blocks) < 2:
+        raise ValueError("choose_threshold needs at least two held-out blocks")
+    level = 1.0 - target
+    sizes = np.array([len(b) for b in blocks], float)
+    rates = []
+    for i, block in enumerate(blocks):
+        rest = torch.cat([b for j, b in enumerate(blocks) if j != i]).double()
+        rates.append(float((block.double() > torch.quantile(rest, level)).double().mean()))
+    return float(torch.quantile(torch.cat(blocks).double(), level)), float(np.dot(rates, sizes) / sizes.sum())
+
+
+def held_blocks(split: Split) -> list[tuple[int, int, int]]:
+    """The held-out runs (clip, start, end), cut into at least MIN_BLOCKS blocks for choose_threshold."""
+    runs = split.runs(held=True)
+    total = sum(b - a for _, a, b in runs)
+    if len(runs) >= MIN_BLOCKS or total < MIN_BLOCKS:
+        return runs
+    size = -(-total // MIN_BLOCKS)
+    return [(c, s, min(s + size, b)) for c, a, b in runs for s in range(a, b, size)]
+
+
+# -- calibrating ---------------------------------------------------------------------------------
+
+def _clip_maps(scorer: Scorer, frames: np.ndarray, footage: Footage, batch: int = 256
+               ) -> Iterator[tuple[int, Maps]]:
+    scorer.reset()
+    for s in range(0, len(frames), batch):
+        maps = scorer.maps(np.asarray(frames[s:s + batch]))
+        footage.done += len(maps.err)
+        footage.progress("calibrate", footage.done, footage.total, {})
+        yield s, maps
+
+
+@dataclass
+class Footage:
+    """The normal clips one scene is calibrated on: frames, frame rates and their split."""
+
+    clips: list[np.ndarray]  # (n, H, W, C) uint8 each, memory-mapped
+    fps: list[float]
+    split: Split
+    warnings: list[str] = field(default_factory=list)
+    progress: Progress = no_progress  # told of the frames calibrate has gone through
+    done: int = 0
+
+    @property
+    def total(self) -> int:
+        """Frames calibrate goes through: clips with training frames once, clips with held-out ones again."""
+        return sum(len(c) * (self.split.mask(i).any() + (~self.split.mask(i)).any())
+                   for i, c in enumerate(self.clips))
+
+    @property
+    def training_seconds(self) -> float:
+        return sum((b - a) / self.fps[c] for c, a, b in self.split.runs())
+
+    @property
+    def seconds(self) -> float:
+        return sum(len(c) / f for c, f in zip(self.clips, self.fps))
+
+
+def place_statistics(scorer: Scorer, footage: Footage, cfg: ProjectConfig, scene: str, has_mdn: bool
+                     ) -> Calibration:
+    """Per place statistics of the training frames, shrunk by the footage's length; components' scales
+    and threshold still unset."""
+    err, kl, nll, pixels = RunningStats(), RunningStats(), RunningStats(), RunningStats()
+    sc = cfg.score
+    for clip, frames in enumerate(footage.clips):
+        train = ~footage.split.mask(clip)
+        if not train.any():
+            continue
+        for s, m in _clip_maps(scorer, frames, footage):
+            keep = torch.from_numpy(train[s:s + len(m.err)])
+            err.add(patch_means(m.err[keep], sc.patch, sc.patch_stride))
+            kl.add(m.kl[keep])
+            nll.add(m.nll[keep])
+            if m.frame is not None:
+                pixels.add(m.frame[keep])
+    w = shrink_weight(footage.training_seconds, sc.shrink_seconds)
+    (em, es), (km, ks) = shrink(*err.result(), w), shrink(*kl.result(), w)
+    nm, ns = shrink(*nll.result(), w) if nll.n else (torch.zeros_like(km), torch.ones_like(ks))
+    fm, fs = pixels.result()
+    return Calibration(em[None], es[None], km[None], ks[None], nm[None], ns[None], torch.zeros(1, 3),
+                       torch.ones(1, 3), torch.zeros(1), has_mdn, [scene], fm[None], fs[None])
+
+
+def held_scores(scorer: Scorer, footage: Footage, cal: Calibration, cfg: ProjectConfig) -> list[torch.Tensor]:
+    """The held-out blocks' combined scores, after setting in cal the components' medians and scales
+    on the held-out frames."""
+    smoothed: dict[int, torch.Tensor] = {}
+    for clip in sorted({c for c, _, _ in footage.split.runs(held=True)}):
+        smoother = CausalMean(cfg.score.smooth)
+        smoothed[clip] = torch.cat([smoother(components(m, cal, cfg.score))
+                                    for _, m in _clip_maps(scorer, footage.clips[clip], footage)])[:, 0]
+    held = torch.cat([smoothed[c][a:b] for c, a, b in footage.split.runs(held=True)])
+    median, low, high = split_scales(held)
+    cal.comp_mean, cal.comp_low, cal.comp_std = median[None], low[None], high[None]
+    combined = {c: combine(v[:, None], cal, cfg.score.weights)[:, 0] for c, v in smoothed.items()}
+    return [combined[c][a:b] for c, a, b in held_blocks(footage.split)]
+
+
+def split_scales(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per column of x (N, K), over its non-NaN rows: the median and the root mean square distance
+    of the values below and above it (a two-piece normal). (0, inf, inf) for a column with no
+    values (no MDN), so that it counts for nothing."""
+    k = x.shape[1]
+    median, low, high = torch.zeros(k), torch.full((k,), math.inf), torch.full((k,), math.inf)
+    for j in range(k):
+        col = x[:, j][~torch.isnan(x[:, j])].double()
+        if len(col) < 2:
+            continue
+        m = col.median()
+        below, above = col[col < m] - m, col[col > m] - m
+        spread = max(float(col.std()), 1e-6) * 0.05  # a floor: a constant component cannot divide by zero
+        median[j] = m
+        low[j] = max(float(below.pow(2).mean().sqrt()) if len(below) else 0.0, spread)
+        high[j] = max(float(above.pow(2).mean().sqrt()) if len(above) else 0.0, spread)
+    return median, low, high
+
+
+def calibrate(vae: BetaVAE, mdn: LSTMMDN | None, footage: Footage, cfg: ProjectConfig, device: torch.device,
+              scene: str) -> Calibration:
+    """One scene's calibration: place statistics on the training frames, component scales and the
+    threshold on the held-out ones. Appends to footage.warnings what the user should know about
+    how far the promised false-alarm rate can be trusted."""
+    from .inference import for_inference
+    scorer = make_scorer(for_inference(vae, device), mdn, cfg, device)
+    cal = place_statistics(scorer, footage, cfg, scene, mdn is not None)
+    target = cfg.score.false_alarms
+    threshold, rate = choose_threshold(held_scores(scorer, footage, cal, cfg), target)
+    cal.thresholds, cal.false_alarms = torch.tensor([threshold]), torch.tensor([rate])
+    if footage.seconds < MIN_SECONDS:
+        footage.warnings.append(f"only {footage.seconds:.0f} s of normal footage: too little to promise "
+                                f"a false-alarm rate; train on a few minutes or more")
+    if rate > 2 * target:
+        footage.warnings.append(f"the held-out normal footage varies more than the threshold allows for: "
+                                f"{100 * rate:.1f}% of new normal frames may be flagged, not {100 * target:g}%; "
+                                "train on longer or more varied normal footage (busy and quiet times)")
+    return cal
+
+
+@torch.no_grad()
+def patch_error_stats(vae: BetaVAE, inputs: Iterator[torch.Tensor], cfg: ProjectConfig
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and std (P,) per patch position of the error the score measures, on model inputs (B, C, H, W)."""
+    from .vae import error_map
+    scorer = make_scorer(vae, None, cfg, torch.device("cpu"))
+    stats = RunningStats()
+    for x in inputs:
+        x = x.to(next(vae.parameters()).device)
+        err = error_map(x[:, scorer.recon_from:], vae(x, sample=False)[0][:, scorer.recon_from:])
+        stats.add(patch_means(err.cpu(), cfg.score.patch, cfg.score.patch_stride))
+    return stats.result()
