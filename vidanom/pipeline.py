@@ -486,7 +486,7 @@ def read_scored(project: Project, clip: str) -> tuple[np.ndarray, np.ndarray, di
     try:
         summary = json.loads(base.with_name(clip + ".json").read_text())
         with open(base.with_name(clip + ".csv")) as f:
-            rows = [(r["score"], r["time"]) for r in csv.DictReader(f)]
+            rows = [(float(r["score"]), float(r["time"])) for r in csv.DictReader(f)]
         table = np.array(rows, dtype=np.float64).reshape(-1, 2)
     except (OSError, json.JSONDecodeError, KeyError, ValueError, TypeError) as exc:
         raise VidanomError(f"no stored scores for clip '{clip}'; run 'vidanom score {clip}' first") from exc
