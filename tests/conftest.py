@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import shutil
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -66,6 +67,28 @@ def write_video(path: Path, frames: np.ndarray, fps: int = FPS, codec: str = "mp
                 out.mux(packet)
         for packet in stream.encode():
             out.mux(packet)
+    return path
+
+
+VFR_PTS_MS = [0, 100, 800, 900, 2000, 2040, 2080, 3000, 3040, 5000]  # irregular frame times, in ms
+
+
+def write_vfr(path: Path, pts: list[int], time_base: Fraction = Fraction(1, 1000),
+              frames: np.ndarray | None = None, rate: int = FPS) -> Path:
+    """A variable-frame-rate video: frame i shown at pts[i] · time_base seconds (explicit PTS; for
+    an AVI in 1/rate, the skipped slots are dropped frames). Frames default to a square moving right."""
+    if frames is None:
+        frames, _ = square_frames(len(pts), 4, 20, 3.0, 8)
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("mpeg4", rate=rate)
+        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+        stream.bit_rate = 4_000_000
+        stream.time_base = stream.codec_context.time_base = time_base
+        for p, f in zip(pts, frames):
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24")
+            frame.pts, frame.time_base = p, time_base
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode())
     return path
 
 

@@ -245,7 +245,8 @@ def test_timeline_bins_cover_every_frame(tmp_path):
         assert (mn, mx) == (scores[a:b].min(), scores[a:b].max()) and me == pytest.approx(scores[a:b].mean())
     truth = np.zeros(15000, np.int8)
     truth[5000:5100] = 1
-    path = plot.timeline(tmp_path / "long.png", scores, 2.0, 0.04, [(5000, 5090)], truth, "long")
+    times = np.arange(len(scores)) * 0.04
+    path = plot.timeline(tmp_path / "long.png", scores, 2.0, times, [(5000, 5090)], truth, "long")
     assert Image.open(path).size == (1000, 390)
 
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import numpy as np
 import pytest
-from conftest import square_frames, write_video
+from conftest import VFR_PTS_MS, square_frames, write_vfr, write_video
 
 from vidanom import cache
 from vidanom.config import FrameConfig
@@ -29,7 +30,10 @@ def test_extract_writes_a_memory_mapped_clip_equal_to_the_decoded_frames(clips, 
     assert frames.shape == (clips.n_frames, 24, 32, 1)
     np.testing.assert_array_equal(frames, np.concatenate(list(iter_chunks(Source(clips.normal_a), FC, 16))))
     assert cache.find(tmp_path, meta.key) == meta
-    assert cache.size_bytes(tmp_path) == frames.nbytes
+    times = cache.load_times(tmp_path, meta)
+    np.testing.assert_allclose(times, np.arange(clips.n_frames) / 25.0, atol=1e-9)  # a constant-rate clip
+    assert meta.duration == pytest.approx(clips.n_frames / 25.0)
+    assert cache.size_bytes(tmp_path) == frames.nbytes + times.nbytes
 
 
 def test_extract_twice_does_not_decode_again(clips, tmp_path, monkeypatch):
@@ -40,16 +44,16 @@ def test_extract_twice_does_not_decode_again(clips, tmp_path, monkeypatch):
     def no_decoding(*args, **kwargs):
         raise AssertionError("decoded a clip that is already cached")
 
-    monkeypatch.setattr(cache, "iter_chunks", no_decoding)
+    monkeypatch.setattr(cache, "iter_timed_chunks", no_decoding)
     again, new = cache.extract(tmp_path, Source(clips.normal_a), FC, "default", no_decoding)
     assert not new and again == meta
     assert raw.stat().st_mtime_ns == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([raw.name, f"{meta.key}.json"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([raw.name, f"{meta.key}.t", f"{meta.key}.json"])
 
 
 def test_same_clip_as_another_scene_is_relabelled_without_decoding(clips, tmp_path, monkeypatch):
     meta, _ = cache.extract(tmp_path, Source(clips.normal_a), FC, "day")
-    monkeypatch.setattr(cache, "iter_chunks", None)  # calling it would fail
+    monkeypatch.setattr(cache, "iter_timed_chunks", None)  # calling it would fail
     relabelled, new = cache.extract(tmp_path, Source(clips.normal_a), FC, "night")
     assert not new and relabelled.scene == "night" and relabelled.key == meta.key
     assert [m.key for m in cache.clips(tmp_path, FC, "night")] == [meta.key]
@@ -96,3 +100,31 @@ def test_unreadable_video_leaves_nothing_in_the_cache(tmp_path):
     with pytest.raises(VideoError):
         cache.extract(cache_dir, Source(fake), FC, "default")
     assert list(cache_dir.iterdir()) == []
+
+
+def test_variable_frame_rate_clip_keeps_its_timestamps_in_the_cache(tmp_path):
+    video = write_vfr(tmp_path / "vfr.mkv", VFR_PTS_MS)
+    fc = FrameConfig(width=32, height=24, channels=1, stride=2)
+    meta, _ = cache.extract(tmp_path / "cache", Source(video), fc, "default")
+    times = cache.load_times(tmp_path / "cache", meta)
+    assert times.dtype == np.float64 and meta.frames == len(times) == len(VFR_PTS_MS[::2])
+    np.testing.assert_allclose(times, np.array(VFR_PTS_MS[::2]) / 1000, atol=1e-9)  # not index · stride / fps
+    assert meta.duration == pytest.approx(VFR_PTS_MS[-1] / 1000 + 0.04)  # the last frame's time and length
+    assert cache.find(tmp_path / "cache", meta.key) == meta
+
+
+def test_a_cache_written_before_times_were_kept_still_loads(clips, tmp_path):
+    fc = FrameConfig(width=32, height=24, channels=1, stride=2)
+    meta, _ = cache.extract(tmp_path, Source(clips.normal_a), fc, "default")
+    # what the previous version left: no times file, no duration in the JSON
+    (tmp_path / f"{meta.key}.t").unlink()
+    stored = json.loads((tmp_path / f"{meta.key}.json").read_text())
+    del stored["duration"]
+    (tmp_path / f"{meta.key}.json").write_text(json.dumps(stored))
+    old = cache.find(tmp_path, meta.key)
+    assert old is not None and old.duration is None and old.frames == meta.frames
+    assert [m.key for m in cache.clips(tmp_path, fc)] == [meta.key]
+    assert cache.load(tmp_path, old).shape[0] == meta.frames
+    np.testing.assert_allclose(cache.load_times(tmp_path, old), np.arange(meta.frames) * 2 / 25.0)
+    again, new = cache.extract(tmp_path, Source(clips.normal_a), fc, "default")
+    assert not new and again == old  # not decoded again

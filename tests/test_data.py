@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from vidanom.data import Split, frame_batches, gather, to_input, window_starts
+from vidanom.data import Split, frame_batches, gather, motion_scale, to_input, window_starts
 
 
 @pytest.fixture(scope="module")
@@ -30,6 +30,32 @@ def test_to_input_with_context_continues_a_clip(frames, lag):
     whole = to_input(torch.from_numpy(frames), lag)
     ctx = torch.from_numpy(frames[5 - lag:5]) if lag else None
     torch.testing.assert_close(to_input(torch.from_numpy(frames[5:]), lag, ctx), whole[5:])
+
+
+# -- motion scaled by the time a difference spans ----------------------------------------------------
+
+def test_motion_scale_by_hand():
+    # ref 0.04 s: the usual gap → 1; 2.5× longer → 0.4; 25× longer → at most 8-fold down; shorter or zero → 1
+    got = motion_scale(np.array([0.04, 0.1, 1.0, 0.02, 0.0, 0.32]), 0.04)
+    assert got.dtype == torch.float32
+    np.testing.assert_allclose(got.numpy(), [1.0, 0.4, 0.125, 1.0, 1.0, 0.125], rtol=1e-6)
+
+
+def test_to_input_scales_each_difference_by_its_gap(frames):
+    gaps = np.array([0.0, 0.04, 0.08, 0.2, 0.04, 0.5, 0.01, 0.04, 0.04, 0.12, 0.04, 0.04])
+    plain = to_input(torch.from_numpy(frames), 1)
+    scaled = to_input(torch.from_numpy(frames), 1, gaps=gaps, ref_dt=0.04)
+    by_hand = np.minimum(1.0, np.maximum(1 / 8, 0.04 / np.maximum(gaps, 1e-12)))  # (1, 1, .5, .2, 1, .125...)
+    torch.testing.assert_close(scaled[:, :3], plain[:, :3])  # the frame itself is untouched
+    np.testing.assert_allclose(scaled[:, 3:].numpy(), plain[:, 3:].numpy() * by_hand[:, None, None, None],
+                               rtol=1e-6, atol=1e-7)
+    assert not np.allclose(scaled[3, 3:].numpy(), plain[3, 3:].numpy())
+    # without a reference interval (or without gaps) nothing changes
+    torch.testing.assert_close(to_input(torch.from_numpy(frames), 1, gaps=gaps), plain)
+    torch.testing.assert_close(to_input(torch.from_numpy(frames), 1, ref_dt=0.04), plain)
+    # gather scales the same frames the same way
+    idx = np.array([1, 3, 5, 9])
+    torch.testing.assert_close(gather(frames, idx, 1, gaps[idx], 0.04), scaled[idx])
 
 
 @pytest.mark.parametrize("lag", [0, 1, 3])

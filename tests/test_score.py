@@ -164,6 +164,25 @@ def test_scorer_in_chunks_equals_one_pass(models, frames, size):
     assert torch.isnan(chunked[2][:8]).all() and not torch.isnan(chunked[2][8:]).any()
 
 
+@pytest.mark.parametrize("size", [N, 4])
+def test_scorer_scales_motion_by_the_frames_times(models, frames, size):
+    vae, _ = models
+    times = np.cumsum(np.where(np.arange(N) % 5 == 0, 0.4, 0.04)) - 0.4  # a long gap every 5 frames
+    scorer = Scorer(vae, None, LAG, torch.device("cpu"))
+    scorer.ref_dt = 0.04  # the hook: the training footage's usual frame interval
+    err = torch.cat([scorer.maps(frames[s:s + size], times[s:s + size]).err for s in range(0, N, size)])
+    span = times - times[np.maximum(np.arange(N) - LAG, 0)]  # the time each difference spans
+    x = reference_input(frames, LAG)
+    x[:, 1:] *= torch.from_numpy(np.clip(LAG * 0.04 / np.maximum(span, 1e-12), 1 / 8, 1)).float()[:, None, None, None]
+    with torch.no_grad():
+        expected = error_map(x, vae(x, sample=False)[0])
+    torch.testing.assert_close(err, expected, rtol=1e-4, atol=1e-5)
+    # without ref_dt the times change nothing
+    unscaled = run_scorer((vae, None), frames, N)[0]
+    torch.testing.assert_close(Scorer(vae, None, LAG, torch.device("cpu")).maps(frames, times).err, unscaled)
+    assert not torch.allclose(err, unscaled, rtol=1e-3, atol=1e-4)
+
+
 def test_scorer_without_mdn_has_no_surprise(models, frames):
     scorer = Scorer(models[0], None, LAG, torch.device("cpu"))
     assert torch.isnan(scorer.maps(frames[:5]).nll).all()

@@ -214,21 +214,23 @@ def test_torch_threads_restores_the_count():
 
 # -- the CSV writer --------------------------------------------------------------------------------
 
-def csv_writer_reference(comps, scenes, scores, flags, dt) -> str:
+def csv_writer_reference(comps, scenes, scores, flags, times) -> str:
     """What pipeline._write_csv wrote with csv.writer, row by row."""
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(["frame", "time", "recon", "kl", "nll", "scene", "score", "anomalous"])
-    for i, (c, scene, s, f) in enumerate(zip(comps, scenes, scores, flags)):
-        w.writerow([i, f"{i * dt:.3f}", f"{c[0]:.5g}", f"{c[1]:.5g}", "" if np.isnan(c[2]) else f"{c[2]:.5g}",
+    for i, (c, scene, s, f, t) in enumerate(zip(comps, scenes, scores, flags, times)):
+        w.writerow([i, f"{t:.3f}", f"{c[0]:.5g}", f"{c[1]:.5g}", "" if np.isnan(c[2]) else f"{c[2]:.5g}",
                     scene, f"{s:.5g}", int(f)])
     return buf.getvalue()
 
 
 @pytest.mark.parametrize("n", [0, 1, 500])
-@pytest.mark.parametrize("dt", [0.04, 1001 / 30000])
+@pytest.mark.parametrize("dt", [0.04, 1001 / 30000, None])
 def test_csv_is_byte_for_byte_what_csv_writer_wrote(tmp_path, n, dt):
     rng = np.random.default_rng(n)
+    # a constant rate, or (None) irregular times from timestamps
+    times = np.arange(n) * dt if dt else np.cumsum(rng.exponential(0.2, n))
     comps = (rng.standard_normal((n, 3)) * 10.0 ** rng.uniform(-6, 6, (n, 3))).astype(np.float32)
     scores = (rng.standard_normal(n) * 3).astype(np.float32)
     if n > 10:
@@ -236,8 +238,8 @@ def test_csv_is_byte_for_byte_what_csv_writer_wrote(tmp_path, n, dt):
         comps[3, 0], comps[4, 1], comps[5, 0] = np.inf, -np.inf, -0.0
     flags = scores > 1.0
     scenes = rng.choice(["default", "night-2", "moved_cam.b"], n).tolist()
-    pipeline._write_csv(tmp_path / "s.csv", comps, scenes, scores, flags, dt)
-    assert (tmp_path / "s.csv").read_bytes() == csv_writer_reference(comps, scenes, scores, flags, dt).encode()
+    pipeline._write_csv(tmp_path / "s.csv", comps, scenes, scores, flags, times)
+    assert (tmp_path / "s.csv").read_bytes() == csv_writer_reference(comps, scenes, scores, flags, times).encode()
 
 
 # -- scoring through all of it ---------------------------------------------------------------------
@@ -248,8 +250,8 @@ def test_scoring_equals_plain_streaming_with_the_original_models(trained_project
     vae, mdn, cal = models
     cfg = project.config
     threads = torch.get_num_threads()
-    comps, _, scores, report = pipeline._score_arrays(project, Source(clips.anomalous), models,
-                                                      torch.device("cpu"), pipeline.no_progress)
+    comps, _, scores, times, report = pipeline._score_arrays(project, Source(clips.anomalous), models,
+                                                             torch.device("cpu"), pipeline.no_progress)
     assert torch.get_num_threads() == threads
     plain = make_scorer(vae, mdn, cfg, torch.device("cpu"))
     chunks = iter_chunks(Source(clips.anomalous), cfg.frames, cfg.score.batch_size)
@@ -257,6 +259,7 @@ def test_scoring_equals_plain_streaming_with_the_original_models(trained_project
     np.testing.assert_allclose(comps, np.concatenate([c for c, _ in ref]), rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(scores, np.concatenate([s for _, s in ref]), rtol=1e-4, atol=1e-4)
     assert report.frames == len(scores) == clips.n_frames
+    np.testing.assert_allclose(times, np.arange(clips.n_frames) / 25.0, atol=1e-9)
     assert wait_until(lambda: not [t for t in threading.enumerate() if t.name.startswith("vidanom-decode")])
 
 

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import shutil
+from fractions import Fraction
 
 import numpy as np
 import pytest
-from conftest import background, square_frames, write_video
+from conftest import VFR_PTS_MS, background, square_frames, write_vfr, write_video
 
 from vidanom.config import FrameConfig
 from vidanom.errors import VideoError
-from vidanom.video import DEFAULT_FPS, DecodeReport, Source, find_sources, iter_chunks
+from vidanom.video import DEFAULT_FPS, DecodeReport, Source, _Clock, find_sources, iter_chunks, iter_timed_chunks
 
 
 def decode(src: Source, fc: FrameConfig, size: int = 10, report: DecodeReport | None = None) -> list[np.ndarray]:
@@ -142,3 +143,81 @@ def test_truncated_video_keeps_the_frames_that_decoded(tmp_path):
     got = np.concatenate(decode(Source(cut), FrameConfig(64, 48, 1), report=report))
     assert 0 < len(got) < 40 and report.frames == len(got)
     np.testing.assert_array_less(np.abs(got[0, ..., 0].astype(float) - background()[..., 0]).mean(), 10.0)
+
+
+# -- frame times -----------------------------------------------------------------------------------
+
+def timed(src: Source, fc: FrameConfig, size: int = 3, report: DecodeReport | None = None
+          ) -> tuple[np.ndarray, np.ndarray]:
+    chunks = list(iter_timed_chunks(src, fc, size, report))
+    assert all(len(f) == len(t) and t.dtype == np.float64 for f, t in chunks)
+    return np.concatenate([f for f, _ in chunks]), np.concatenate([t for _, t in chunks])
+
+
+@pytest.mark.parametrize("suffix", [".mkv", ".mp4"])
+def test_times_of_a_variable_frame_rate_file_are_its_timestamps(tmp_path, suffix):
+    video = write_vfr(tmp_path / f"vfr{suffix}", VFR_PTS_MS)
+    report = DecodeReport()
+    frames, times = timed(Source(video), FrameConfig(64, 48, 3), report=report)
+    assert len(frames) == report.frames == len(VFR_PTS_MS) and report.error is None
+    np.testing.assert_allclose(times, np.array(VFR_PTS_MS) / 1000, atol=1e-9)  # not index / fps
+    assert report.duration == pytest.approx(VFR_PTS_MS[-1] / 1000 + 0.04, abs=1e-3)  # + the last frame's length
+    # the frames are those of the times: the square moves 3 px per frame written
+    xs = [np.nonzero((f[..., 0] > 150).any(0))[0].mean() for f in frames]
+    np.testing.assert_allclose(np.diff(xs), 3.0, atol=0.6)
+
+
+def test_stride_keeps_every_stride_th_frame_with_its_time(tmp_path):
+    video = write_vfr(tmp_path / "vfr.mkv", VFR_PTS_MS)
+    _, times = timed(Source(video), FrameConfig(32, 32, 1, stride=3))
+    np.testing.assert_allclose(times, np.array(VFR_PTS_MS[::3]) / 1000, atol=1e-9)
+
+
+def test_an_avi_with_dropped_frame_slots_keeps_true_times_and_is_not_short(tmp_path):
+    # an IP camera's AVI: 30 slots a second, most of them empty (the muxer writes empty chunks)
+    slots = [0, 7, 14, 21, 30, 37, 60, 89]
+    video = write_vfr(tmp_path / "cam.avi", slots, Fraction(1, 30), rate=30)
+    report = DecodeReport()
+    _, times = timed(Source(video), FrameConfig(32, 32, 1), report=report)
+    np.testing.assert_allclose(times, np.array(slots) / 30, atol=1e-9)
+    assert report.fps == pytest.approx(30.0)  # the nominal rate stays what the file states
+    assert report.duration == pytest.approx(3.0)
+    assert report.error is None  # fewer frames than slots is not a file that ends early
+
+
+def test_times_start_at_zero_and_a_constant_rate_file_gets_index_over_fps(tmp_path):
+    video = write_vfr(tmp_path / "late.mkv", [5000 + 40 * i for i in range(10)])  # first frame at 5 s
+    _, times = timed(Source(video), FrameConfig(32, 32, 1, stride=2))
+    np.testing.assert_allclose(times, np.arange(0, 10, 2) * 0.04, atol=1e-9)
+
+
+def test_frame_folder_times_are_position_over_fps(clips, tmp_path):
+    folder = tmp_path / "frames"
+    shutil.copytree(clips.frames_dir, folder)
+    (folder / "frame_004.png").write_text("not a png")  # an unreadable image keeps its slot
+    report = DecodeReport()
+    frames, times = timed(Source(folder, frames_dir=True), FrameConfig(32, 32, 1, stride=2), report=report)
+    kept = [i for i in range(0, clips.n_png, 2) if i != 4]
+    assert len(frames) == len(kept)
+    np.testing.assert_allclose(times, np.array(kept) / DEFAULT_FPS)
+    assert report.duration == pytest.approx(clips.n_png / DEFAULT_FPS)
+
+
+def test_clock_keeps_times_non_decreasing_and_fills_missing_timestamps():
+    clock = _Clock(10.0)
+    got = [clock(p, i) for i, p in enumerate([2.0, None, 2.5, 2.45, None, 0.1, 0.2])]
+    # no PTS: one nominal period on; a little back: held; far back (a restart): a new timeline
+    np.testing.assert_allclose(got, [0.0, 0.1, 0.5, 0.5, 0.6, 0.7, 0.8])
+    assert all(b >= a for a, b in zip(got, got[1:]))
+    assert [_Clock(25.0)(None, 0)] == [0.0]
+
+
+def test_live_clock_falls_back_to_arrival_time(monkeypatch):
+    now = [100.0]
+    monkeypatch.setattr("vidanom.video.time.monotonic", lambda: now[0])
+    clock, got = _Clock(25.0, live=True), []
+    for arrival, pts in [(100.0, 7.0), (100.5, 7.04), (101.0, None), (103.0, 2.0), (103.1, 2.04)]:
+        now[0] = arrival
+        got.append(clock(pts, len(got)))
+    # PTS while they come (0.04 s apart though 0.5 s in arrival); none: arrival; a step back: arrival, then PTS
+    np.testing.assert_allclose(got, [0.0, 0.04, 0.54, 2.54, 2.58])

@@ -5,6 +5,11 @@ Streaming in constant memory: the scores come from the score pass (stored per cl
 second pass decodes the clip at its own resolution and encodes frame by frame (H.264 through
 PyAV) into a temporary file beside the output, renamed into place only when complete. The strip
 is drawn once per clip with numpy; each frame only gets its cursor.
+
+The strip's horizontal axis is time (each frame's own, as scoring stored it), so a variable-frame-
+rate clip shows its events where they happened. The video is written at a constant rate: the
+clip's nominal one, or where the frames' times say otherwise (dropped frames) their mean rate,
+so that the video lasts as long as the clip.
 """
 
 from __future__ import annotations
@@ -42,13 +47,21 @@ class ScoreStrip:
 
     Each pixel column shows the range (min to max) of the score over the frames it covers, so a
     clip of many more frames than pixels reads as an envelope rather than a solid block.
+    times, duration: (n,) each frame's time and the clip's end, in seconds, to place frames by;
+    without them, frames are spread evenly.
     """
 
     def __init__(self, scores: np.ndarray, threshold: float, segments: list[tuple[int, int]], width: int,
-                 height: int) -> None:
+                 height: int, times: np.ndarray | None = None, duration: float | None = None) -> None:
         n, self.width = len(scores), width
-        self.columns = np.minimum(((np.arange(n) + 0.5) * width / n).astype(np.int64), width - 1)  # per frame
-        lo, hi = _envelope(scores.astype(np.float64), width, self.columns)
+        if times is None:
+            times, duration = np.arange(n, dtype=np.float64), float(n)  # in frames
+        times = np.asarray(times, dtype=np.float64)
+        if duration is None or duration <= 0:
+            duration = float(times[-1]) + 1.0 if float(times[-1]) > 0 else 1.0
+        centres = (times + duration / (2 * n)) * width / duration  # each frame's centre, in columns
+        self.columns = np.minimum(centres.astype(np.int64), width - 1)  # per frame
+        lo, hi = _envelope(scores.astype(np.float64), width, self.columns, centres)
         top = max(float(hi.max()), threshold)
         bottom = min(float(lo.min()), threshold)
         span, margin = max(top - bottom, 1e-6), max(1, height // 10)
@@ -83,14 +96,18 @@ class ScoreStrip:
         return out
 
 
-def _envelope(scores: np.ndarray, width: int, columns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Min and max per pixel column of the polyline through (frame + 0.5, score): (width,) each.
+def _envelope(scores: np.ndarray, width: int, columns: np.ndarray, centres: np.ndarray | None = None
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """Min and max per pixel column of the polyline through (centre, score): (width,) each.
 
+    centres: (n,) where each frame lies, in columns (default: spread evenly, (frame + 0.5) · width / n).
     Each column takes the line's values at its two edges (so neighbouring columns join up, and a
     short clip draws a line, not steps) and the score of every frame whose centre falls inside.
     """
     n = len(scores)
-    edges = np.interp(np.arange(width + 1) * n / width, np.arange(n) + 0.5, scores)
+    if centres is None:
+        centres = (np.arange(n) + 0.5) * width / n
+    edges = np.interp(np.arange(width + 1, dtype=np.float64), centres, scores)
     lo, hi = np.minimum(edges[:-1], edges[1:]), np.maximum(edges[:-1], edges[1:])
     np.minimum.at(lo, columns, scores)
     np.maximum.at(hi, columns, scores)
@@ -171,19 +188,26 @@ def _mark(frame: torch.Tensor) -> torch.Tensor:
     return frame
 
 
+def _rate(clip: ScoredClip) -> float:
+    """Frames per second to write the annotated video at: the clip's nominal rate, unless its frames
+    span a clearly different time (dropped frames): then their mean rate, to keep its length."""
+    mean = len(clip.scores) / clip.duration if clip.duration > 0 else clip.fps
+    return clip.fps if abs(mean / clip.fps - 1) < 0.02 else mean
+
+
 def render(project: Project, clip: ScoredClip, out: Path, device: torch.device | None = None,
            progress: Progress = no_progress) -> Annotated:
     """Write the annotated video of a scored clip to out (see the module docstring)."""
     scale = ErrorScale.from_calibration(clip.models[2], project.config)
-    flags = clip.flags
+    flags, rate = clip.flags, _rate(clip)
     with ExitStack() as stack:
         encode, strip, size = None, None, (0, 0)
         for chunk in revisit(project, clip, device, progress, "annotate"):
             if encode is None:
                 size = chunk.full.shape[1:3]
                 strip = ScoreStrip(clip.scores, clip.threshold, clip.segments, size[1],
-                                   max(8, round(size[0] * STRIP_SHARE)))
-                encode = stack.enter_context(open_encoder(out, size[1], size[0], clip.fps))
+                                   max(8, round(size[0] * STRIP_SHARE)), clip.times, clip.duration)
+                encode = stack.enter_context(open_encoder(out, size[1], size[0], rate))
             levels = scale.levels(chunk.maps.err)
             for i, full in enumerate(chunk.full):
                 t = chunk.start + i
@@ -194,7 +218,7 @@ def render(project: Project, clip: ScoredClip, out: Path, device: torch.device |
     odd = size[0] % 2 or size[1] % 2
     note = f"{size[1]}x{size[0]} is odd: padded by one pixel to {size[1] + size[1] % 2}x{size[0] + size[0] % 2}" \
         if odd else None
-    return Annotated(out, len(clip.scores), clip.fps, size[1], size[0], note)
+    return Annotated(out, len(clip.scores), rate, size[1], size[0], note)
 
 
 def annotate(project: Project, path: Path, out: Path | None = None, device: torch.device | None = None,

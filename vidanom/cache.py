@@ -1,5 +1,7 @@
 """The frame cache: each extracted clip is a raw uint8 file (frames, H, W, C) read memory-mapped,
-plus a JSON file that describes it. The JSON is written last, so its presence means complete."""
+a raw float64 file (.t) of every frame's time in seconds (from its timestamp, see video), plus a
+JSON file that describes it. The JSON is written last, so its presence means complete. A clip
+cached before times were kept has no .t file: its times are index · stride / fps."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ import numpy as np
 
 from . import fsutil
 from .config import FrameConfig
-from .video import DecodeReport, Source, iter_chunks
+from .video import DecodeReport, Source, iter_timed_chunks
 
 CHUNK = 256  # frames decoded and written at a time
 
@@ -32,6 +34,7 @@ class ClipMeta:
     channels: int
     stride: int
     truncated: bool = False  # decoding broke off before the end of the file
+    duration: float | None = None  # seconds (None in a cache written before times were kept)
 
 
 def cache_key(src: Source, fc: FrameConfig) -> str:
@@ -64,14 +67,18 @@ def extract(cache_dir: Path, src: Source, fc: FrameConfig, scene: str,
             fsutil.write_json(cache_dir / f"{key}.json", asdict(meta))
         return meta, False
     report = DecodeReport()
-    with fsutil.atomic_path(cache_dir / f"{key}.u8") as tmp, open(tmp, "wb") as out:
-        for chunk in iter_chunks(src, fc, CHUNK, report):
+    with fsutil.atomic_path(cache_dir / f"{key}.u8") as tmp, open(tmp, "wb") as out, \
+            fsutil.atomic_path(cache_dir / f"{key}.t") as ttmp, open(ttmp, "wb") as tout:
+        for chunk, times in iter_timed_chunks(src, fc, CHUNK, report):
             out.write(np.ascontiguousarray(chunk).tobytes())
+            tout.write(np.ascontiguousarray(times, "<f8").tobytes())
             if on_frames:
                 on_frames(len(chunk))
         out.flush()
+        tout.flush()
     meta = ClipMeta(key, src.name, str(src.path.resolve()), scene, report.frames, report.fps,
-                    fc.height, fc.width, fc.channels, fc.stride, truncated=report.error is not None)
+                    fc.height, fc.width, fc.channels, fc.stride, truncated=report.error is not None,
+                    duration=report.duration)
     fsutil.write_json(cache_dir / f"{key}.json", asdict(meta))
     return meta, True
 
@@ -80,6 +87,18 @@ def load(cache_dir: Path, meta: ClipMeta) -> np.ndarray:
     """The clip's frames, memory-mapped: (frames, H, W, C) uint8."""
     shape = (meta.frames, meta.height, meta.width, meta.channels)
     return np.memmap(cache_dir / f"{meta.key}.u8", dtype=np.uint8, mode="r", shape=shape)
+
+
+def load_times(cache_dir: Path, meta: ClipMeta) -> np.ndarray:
+    """The clip's frame times, seconds from its first frame: (frames,) float64, non-decreasing.
+
+    A clip cached before times were kept (no .t file, or one of the wrong size) gets
+    index · stride / fps, the times it was then given.
+    """
+    path = cache_dir / f"{meta.key}.t"
+    if path.is_file() and path.stat().st_size == 8 * meta.frames:
+        return np.fromfile(path, dtype="<f8")
+    return np.arange(meta.frames) * (meta.stride / meta.fps)
 
 
 def clips(cache_dir: Path, fc: FrameConfig, scene: str | None = None) -> list[ClipMeta]:
@@ -96,4 +115,4 @@ def clips(cache_dir: Path, fc: FrameConfig, scene: str | None = None) -> list[Cl
 
 
 def size_bytes(cache_dir: Path) -> int:
-    return sum(os.path.getsize(p) for p in cache_dir.glob("*.u8"))
+    return sum(os.path.getsize(p) for pattern in ("*.u8", "*.t") for p in cache_dir.glob(pattern))

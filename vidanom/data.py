@@ -3,6 +3,10 @@
 The VAE sees each frame together with its difference to the frame `motion_lag` steps earlier:
 on Ped1 a per-pixel statistic of motion alone reaches 0.75 AUROC where appearance reaches 0.69,
 because most anomalies (cyclists, skaters, carts) move faster than walkers.
+
+Where the frames' times are known, the difference can be scaled by the time it spans (see
+motion_scale), so that a frame after a longer gap than usual (a variable-frame-rate source that
+dropped frames) does not look like fast motion.
 """
 
 from __future__ import annotations
@@ -12,13 +16,40 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+MIN_MOTION_SCALE = 1 / 8  # the most a difference over a long gap is scaled down
 
 
-def to_input(frames: torch.Tensor, lag: int, context: torch.Tensor | None = None) -> torch.Tensor:
+def motion_scale(gaps: torch.Tensor | np.ndarray, ref_dt: float) -> torch.Tensor:
+    """The factor for each frame's motion plane: clamp(ref_dt / gap, 1/8, 1), as a (n,) float32 tensor.
+
+    gaps: (n,) seconds between each frame and the frame its difference is taken against; ref_dt:
+    the usual such interval (for the training footage, its median). The same speed over a gap
+    longer than usual makes a larger difference, so it is scaled down by as much (at most 8-fold);
+    a gap shorter than usual is never scaled up, which would amplify noise. A zero gap (the start
+    of a clip, or two frames with one time) scales by 1.
+
+    For example ref_dt 0.04 and gaps (0.04, 0.1, 1.0, 0.02) → (1, 0.4, 0.125, 1).
+    """
+    ratio = ref_dt / torch.as_tensor(gaps, dtype=torch.float64)  # 0 gap → inf → 1
+    return ratio.clamp(MIN_MOTION_SCALE, 1.0).float()
+
+
+def _scaled(diff: torch.Tensor, gaps: torch.Tensor | np.ndarray | None, ref_dt: float | None) -> torch.Tensor:
+    """(n, C, H, W) differences, scaled per frame by motion_scale where gaps and ref_dt are given."""
+    if gaps is None or ref_dt is None:
+        return diff
+    return diff.mul_(motion_scale(gaps, ref_dt)[:, None, None, None])
+
+
+def to_input(frames: torch.Tensor, lag: int, context: torch.Tensor | None = None,
+             gaps: torch.Tensor | np.ndarray | None = None, ref_dt: float | None = None) -> torch.Tensor:
     """frames: (n, H, W, C) uint8 → (n, C·(2 if lag else 1), H, W) float in [0, 1] (differences in [-1, 1]).
 
     context: the `lag` frames (lag, H, W, C) that precede frames, or None at the start of a clip,
     where the first frame stands in for the missing past (so the first differences are zero).
+    gaps, ref_dt: (n,) seconds each frame's difference spans (to the frame `lag` before it), and
+    the usual span: the differences are scaled by motion_scale(gaps, ref_dt); unscaled unless both
+    are given.
     """
     x = frames.permute(0, 3, 1, 2).float().div_(255.0)
     if lag == 0:
@@ -28,17 +59,21 @@ def to_input(frames: torch.Tensor, lag: int, context: torch.Tensor | None = None
     else:
         past = context.permute(0, 3, 1, 2).float().div_(255.0)
     prev = torch.cat([past, x], 0)[: x.shape[0]]
-    return torch.cat([x, x - prev], 1)
+    return torch.cat([x, _scaled(x - prev, gaps, ref_dt)], 1)
 
 
-def gather(frames: np.ndarray, idx: np.ndarray, lag: int) -> torch.Tensor:
-    """Model inputs for frames idx of one clip (memory-mapped): (len(idx), C_in, H, W)."""
+def gather(frames: np.ndarray, idx: np.ndarray, lag: int, gaps: torch.Tensor | np.ndarray | None = None,
+           ref_dt: float | None = None) -> torch.Tensor:
+    """Model inputs for frames idx of one clip (memory-mapped): (len(idx), C_in, H, W).
+
+    gaps, ref_dt: as for to_input, gaps (len(idx),) for the frames idx (e.g. times[idx] −
+    times[max(idx − lag, 0)] with cache.load_times)."""
     cur = torch.from_numpy(np.array(frames[idx]))
     x = cur.permute(0, 3, 1, 2).float().div_(255.0)
     if lag == 0:
         return x
     prev = torch.from_numpy(np.array(frames[np.maximum(idx - lag, 0)])).permute(0, 3, 1, 2).float().div_(255.0)
-    return torch.cat([x, x - prev], 1)
+    return torch.cat([x, _scaled(x - prev, gaps, ref_dt)], 1)
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,5 @@
 """The gallery: one PNG of a clip's most anomalous frames, each as original, reconstruction and
-error heatmap, labelled with frame number, time and score.
+error heatmap, labelled with frame number, time (the frame's own, as scoring stored it) and score.
 
 The frames are chosen from the stored scores (the k highest, at least a gap apart, so that one
 long event does not fill the gallery with near-copies of a frame); a second pass decodes the clip
@@ -72,7 +72,7 @@ def collect(project: Project, clip: ScoredClip, frames: list[int], device: torch
             t = chunk.start + i
             recon = _resized(chunk.maps.recon[i, :channels], chunk.full.shape[1:3])  # the appearance planes
             heat = overlay(torch.from_numpy(chunk.full[i]), levels[j], scale.lut).numpy()
-            found[t] = Panel(t, t / clip.fps, float(clip.scores[t]), chunk.full[i].copy(), recon, heat)
+            found[t] = Panel(t, float(clip.times[t]), float(clip.scores[t]), chunk.full[i].copy(), recon, heat)
         if len(found) == len(wanted):
             break  # the rest of the clip is not needed (closing revisit stops the decoder)
     return [found[f] for f in frames]
@@ -129,7 +129,7 @@ def gallery(project: Project, path: Path, k: int = 8, out: Path | None = None, m
     if out is not None and out.suffix.lower() != ".png":
         raise VidanomError(f"the gallery is a PNG: name the output .png, not {out.name}")
     clip = scored_clip(project, path)
-    frames = pick_frames(clip.scores, k, int(round(min_gap * clip.fps)))
+    frames = pick_frames(clip.scores, k, int(round(min_gap * clip.rate)))  # the gap in frames, as they come
     panels = collect(project, clip, frames, device, progress)
     fc = project.config.frames
     size = f"{fc.width}×{fc.height} {'gray' if fc.channels == 1 else 'RGB'}"

@@ -34,7 +34,7 @@ from .calibration import Calibration, Footage, calibrate, patch_error_stats
 from .score import iter_scores, make_scorer, segments
 from .train import Progress, build_mdn, build_vae, encode, fit_mdn, fit_vae, load_checkpoint, no_progress
 from .vae import BetaVAE, patch_means
-from .video import DecodeReport, Source, find_sources, first_frame_size, iter_chunks
+from .video import DecodeReport, Source, find_sources, first_frame_size, iter_timed_chunks
 
 DEFAULT_SCENE = "default"
 EWC_SAMPLES = 256  # training frames the Fisher information is estimated on
@@ -408,9 +408,9 @@ class ClipScores:
 
 
 def _score_arrays(project: Project, src: Source, models: tuple, device: torch.device,
-                  progress: Progress) -> tuple[np.ndarray, np.ndarray, np.ndarray, DecodeReport]:
-    """Components (n, 3), best scene indices (n,) and smoothed scores (n,) of one clip, scored while
-    it decodes.
+                  progress: Progress) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, DecodeReport]:
+    """Components (n, 3), best scene indices (n,), smoothed scores (n,) and times (n,) in seconds of
+    one clip's frames, scored while it decodes.
 
     A producer thread decodes the next chunks (PyAV releases the GIL) while this one runs the
     models on the current chunk; the queue between them holds a few chunks, so memory does not
@@ -422,12 +422,18 @@ def _score_arrays(project: Project, src: Source, models: tuple, device: torch.de
     cfg = project.config
     scorer = make_scorer(for_inference(vae, device), mdn.to(device).eval() if mdn else None, cfg, device)
     report = DecodeReport()
-    comps, scenes, scores, done = [], [], [], 0
-    chunks = prefetch(iter_chunks(src, cfg.frames, cfg.score.batch_size, report, threads=decoding_threads()),
+    comps, scenes, scores, times, done = [], [], [], [], 0
+    chunks = prefetch(iter_timed_chunks(src, cfg.frames, cfg.score.batch_size, report, threads=decoding_threads()),
                       depth=3, name=f"vidanom-decode {src.name}")
+
+    def timed() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        for frames, t in chunks:
+            times.append(t)
+            yield frames, t
+
     try:
         with torch_threads(scoring_threads(device)):
-            for comp, scene, score in iter_scores(scorer, chunks, cal, cfg.score):
+            for comp, scene, score in iter_scores(scorer, timed(), cal, cfg.score):
                 comps.append(comp.numpy())
                 scenes.append(scene.numpy())
                 scores.append(score.numpy())
@@ -435,17 +441,17 @@ def _score_arrays(project: Project, src: Source, models: tuple, device: torch.de
                 progress(f"score {src.name}", done, 0, {})
     finally:
         chunks.close()  # on an error or Ctrl-C: stop the decoding thread and close the file
-    return np.concatenate(comps), np.concatenate(scenes), np.concatenate(scores), report
+    return np.concatenate(comps), np.concatenate(scenes), np.concatenate(scores), np.concatenate(times), report
 
 
 def _write_csv(path: Path, comps: np.ndarray, scenes: list[str], scores: np.ndarray, flags: np.ndarray,
-               dt: float) -> None:
+               times: np.ndarray) -> None:
     """One row per frame, as csv.writer would write it (\\r\\n line ends; scene names are checked
-    to need no quoting)."""
+    to need no quoting). times: (n,) seconds."""
     header = "frame,time,recon,kl,nll,scene,score,anomalous\r\n"
     n = len(scores)
     nll = ["" if v != v else f"{v:.5g}" for v in comps[:, 2].tolist()]  # NaN (v != v): an empty field
-    rows = zip(range(n), (np.arange(n) * dt).tolist(), comps[:, 0].tolist(), comps[:, 1].tolist(), nll,
+    rows = zip(range(n), times.tolist(), comps[:, 0].tolist(), comps[:, 1].tolist(), nll,
                scenes, scores.tolist(), flags.astype(np.int64).tolist())
     fsutil.write_text(path, header + "".join(map("%d,%.3f,%.5g,%.5g,%s,%s,%.5g,%d\r\n".__mod__, rows)))
 
@@ -470,25 +476,26 @@ def score(project: Project, path: Path, device: torch.device | None = None,
     version, models = current_models(project)
     out = []
     for src in find_sources([path]):
-        comps, scene_index, scores, report = _score_arrays(project, src, models, device, progress)
+        comps, scene_index, scores, times, report = _score_arrays(project, src, models, device, progress)
         scenes = np.asarray(models[2].scenes)[scene_index]
-        dt = project.config.frames.stride / report.fps
         flags = scores > models[2].threshold
-        segs = [{"start_frame": s.start, "end_frame": s.end, "start_time": round(s.start * dt, 3),
-                 "end_time": round(s.end * dt, 3), "peak_frame": s.peak_frame, "peak_score": s.peak_score}
+        edges = np.append(times, report.duration)  # the time of frame i, and of the clip's end at n
+        segs = [{"start_frame": s.start, "end_frame": s.end, "start_time": round(float(edges[s.start]), 3),
+                 "end_time": round(float(edges[s.end]), 3), "peak_frame": s.peak_frame, "peak_score": s.peak_score}
                 for s in segments(flags, scores, project.config.score.min_segment)]
         base = project.scores_dir / src.name
         warning = _score_warning(report, len(scores), models[1] is not None, project.config.score.mdn_warmup)
         summary = {"clip": src.name, "source": str(src.path.resolve()), "frames": int(len(scores)),
-                   "fps": report.fps / project.config.frames.stride, "model_version": version.name,
+                   "fps": report.fps / project.config.frames.stride, "duration": round(report.duration, 3),
+                   "model_version": version.name,
                    "threshold": models[2].threshold, "peak_score": float(scores.max()),
                    "anomalous_frames": int(flags.sum()), "segments": segs, "warning": warning,
                    "scene_frames": dict(zip(*map(np.ndarray.tolist, np.unique(scenes, return_counts=True))))}
-        _write_csv(base.with_name(base.name + ".csv"), comps, scenes.tolist(), scores, flags, dt)
+        _write_csv(base.with_name(base.name + ".csv"), comps, scenes.tolist(), scores, flags, times)
         fsutil.write_json(base.with_name(base.name + ".json"), summary)
         png = base.with_name(base.name + ".png")
-        plot.timeline(png, scores, models[2].threshold, dt, [(s["start_frame"], s["end_frame"]) for s in segs],
-                      title=src.name)
+        plot.timeline(png, scores, models[2].threshold, times, [(s["start_frame"], s["end_frame"]) for s in segs],
+                      title=src.name, duration=report.duration)
         out.append(ClipScores(src.name, report.fps, len(scores), models[2].threshold, version.name, segs,
                               float(scores.max()), base.with_name(base.name + ".csv"),
                               base.with_name(base.name + ".json"), png, warning))
@@ -497,18 +504,33 @@ def score(project: Project, path: Path, device: torch.device | None = None,
 
 # -- reading stored scores ---------------------------------------------------------------------------
 
-def read_scores(project: Project, clip: str) -> tuple[np.ndarray, dict[str, Any]]:
-    """Stored combined scores (n,) and summary of a scored clip (by its file name)."""
+def read_scored(project: Project, clip: str) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """Stored combined scores (n,), frame times (n,) in seconds and summary of a scored clip (by its
+    file name). A summary written before durations were kept gets one: frames / fps."""
     base = project.scores_dir / clip
     try:
         summary = json.loads(base.with_name(clip + ".json").read_text())
         with open(base.with_name(clip + ".csv")) as f:
-            scores = np.array([float(r["score"]) for r in csv.DictReader(f)], dtype=np.float64)
+            rows = [(float(r["score"]), float(r["time"])) for r in csv.DictReader(f)]
+        table = np.array(rows, dtype=np.float64).reshape(-1, 2)
     except (OSError, json.JSONDecodeError, KeyError, ValueError, TypeError) as exc:
         raise VidanomError(f"no stored scores for clip '{clip}'; run 'vidanom score {clip}' first") from exc
+    scores, times = table[:, 0].copy(), table[:, 1].copy()
     if not isinstance(summary, dict) or summary.get("frames") != len(scores) or not scores.size:
         raise VidanomError(f"the stored scores of clip '{clip}' are incomplete or damaged; "
                            f"score it again with 'vidanom score {clip}'")
+    if "duration" not in summary:
+        try:
+            summary["duration"] = len(scores) / float(summary["fps"])
+        except (KeyError, TypeError, ValueError, ZeroDivisionError) as exc:
+            raise VidanomError(f"the stored summary of clip '{clip}' is damaged; "
+                               f"score it again with 'vidanom score {clip}'") from exc
+    return scores, times, summary
+
+
+def read_scores(project: Project, clip: str) -> tuple[np.ndarray, dict[str, Any]]:
+    """Stored combined scores (n,) and summary of a scored clip (by its file name)."""
+    scores, _, summary = read_scored(project, clip)
     return scores, summary
 
 
@@ -542,17 +564,17 @@ def label_vector(ranges: list[tuple[int, int]], n: int, clip: str) -> np.ndarray
 
 
 def plot_clip(project: Project, clip: str, labels: Path | None = None, out: Path | None = None) -> Path:
-    scores, summary = read_scores(project, clip)
+    scores, times, summary = read_scored(project, clip)
     truth = None
     if labels is not None:
         table = read_labels(labels)
         if clip not in table:
             raise LabelsError(f"labels file {labels} has no entry for '{clip}'")
         truth = label_vector(table[clip], len(scores), clip)
-    dt = 1.0 / summary["fps"]
     path = out or project.scores_dir / f"{clip}.png"
     segs = [(s["start_frame"], s["end_frame"]) for s in summary["segments"]]
-    plot.timeline(path, scores, summary["threshold"], dt, segs, truth=truth, title=clip)
+    plot.timeline(path, scores, summary["threshold"], times, segs, truth=truth, title=clip,
+                  duration=float(summary["duration"]))
     return path
 
 

@@ -1,7 +1,7 @@
 """The project directory: where everything lives, the write lock, and model versions.
 
     vidanom.json        config with schema version
-    cache/              frame caches (one .u8 + .json per clip)
+    cache/              frame caches (one .u8 + .t + .json per clip: frames, their times, description)
     models/v0001/       a finished model version: vae.pt, mdn.pt, calibration.pt, version.json
     models/current      name of the version in use (written atomically)
     models/.partial/    the resumable state of a train/update that has not finished (run.json says which)

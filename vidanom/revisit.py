@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from .errors import VidanomError, VideoError
-from .pipeline import current_models, read_scores
+from .pipeline import current_models, read_scored, read_scores
 from .project import Project
 from .calibration import Calibration
 from .score import Maps, make_scorer
@@ -34,9 +34,18 @@ class ScoredClip:
     src: Source
     scores: np.ndarray  # (n,) combined score per scored frame
     threshold: float
-    fps: float  # scored frames per second (the source's rate / frames.stride)
+    fps: float  # scored frames per second (the source's nominal rate / frames.stride)
     segments: list[tuple[int, int]]  # detected segments [start, end) in frames
     models: tuple[Any, Any, Calibration]  # the current version's VAE, LSTM-MDN, calibration
+    times: np.ndarray  # (n,) each scored frame's time in seconds, as stored
+    duration: float  # seconds: the clip's end
+
+    @property
+    def rate(self) -> float:
+        """Scored frames per second as the frames' times have them: one over the median step between
+        them (the nominal fps where the times do not say)."""
+        step = float(np.median(np.diff(self.times))) if len(self.times) > 1 else 0.0
+        return 1.0 / step if step > 0 else self.fps
 
     @property
     def flags(self) -> np.ndarray:
@@ -62,12 +71,13 @@ def scored_clip(project: Project, path: Path) -> ScoredClip:
             pass  # one_source says that nothing is there
     src = one_source(path)
     version, models = current_models(project)
-    scores, summary = read_scores(project, src.name)
+    scores, times, summary = read_scored(project, src.name)
     if summary.get("model_version") != version.name:
         raise VidanomError(f"the stored scores of {src.name} come from model {summary.get('model_version')}, "
                            f"not the current {version.name}; score it again with 'vidanom score {path}'")
     segments = [(int(s["start_frame"]), int(s["end_frame"])) for s in summary.get("segments", [])]
-    return ScoredClip(src, scores, float(summary["threshold"]), float(summary["fps"]), segments, models)
+    return ScoredClip(src, scores, float(summary["threshold"]), float(summary["fps"]), segments, models, times,
+                      float(summary["duration"]))
 
 
 @dataclass
@@ -100,7 +110,7 @@ def revisit(project: Project, clip: ScoredClip, device: torch.device | None = No
             for small, full in chunks:
                 if done + len(small) > n:
                     raise VidanomError(changed)
-                yield Chunk(done, small, full, scorer.maps(small))
+                yield Chunk(done, small, full, scorer.maps(small, clip.times[done:done + len(small)]))
                 done += len(small)
                 progress(f"{task} {clip.src.name}", done, n, {})
     finally:

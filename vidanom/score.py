@@ -70,16 +70,33 @@ class Scorer:
         self._state = None  # LSTM state per cell
         self._pred = None  # mixture predicted for the next frame, per cell
         self.keep_recon = False  # hand out the reconstructions too (for pictures of them)
+        # the usual seconds between frames (the training footage's median): with it and the frames' times,
+        # motion planes are scaled by the time they span (data.motion_scale); None: never scaled
+        self.ref_dt: float | None = None
+        self._times: torch.Tensor | None = None  # the last `lag` times of the previous chunk
+
+    def _gaps(self, times: np.ndarray | None, n: int) -> torch.Tensor | None:
+        """(n,) seconds from each frame to the frame `lag` before it (None without times or lag)."""
+        if times is None or not self.lag:
+            self._times = None
+            return None
+        t = torch.as_tensor(np.asarray(times, np.float64))
+        span = torch.cat([self._times if self._times is not None else t[:1].expand(self.lag), t])
+        self._times = span[-self.lag:].clone()
+        return t - span[:n]
 
     def reset(self) -> None:
         """Start a new clip."""
-        self._seen, self._context, self._state, self._pred = 0, None, None, None
+        self._seen, self._context, self._state, self._pred, self._times = 0, None, None, None, None
 
     @torch.inference_mode()
-    def maps(self, frames: np.ndarray) -> Maps:
-        """frames: (n, H, W, C) uint8, the next frames of the clip → their Maps."""
+    def maps(self, frames: np.ndarray, times: np.ndarray | None = None) -> Maps:
+        """frames: (n, H, W, C) uint8, the next frames of the clip; times: their (n,) times in seconds
+        (see ref_dt) → their Maps."""
         cur = torch.from_numpy(np.array(frames, copy=True))
-        x = to_input(cur, self.lag, self._context).to(self.device)
+        gaps = self._gaps(times, len(cur))
+        ref = None if self.ref_dt is None else self.lag * self.ref_dt  # the usual span of a difference
+        x = to_input(cur, self.lag, self._context, gaps, ref).to(self.device)
         if self.lag:
             self._context = torch.cat([self._context, cur])[-self.lag:] if self._context is not None \
                 else torch.cat([cur[:1].expand(self.lag, *cur.shape[1:]), cur])[-self.lag:]
@@ -217,13 +234,14 @@ def segments(flags: np.ndarray, scores: np.ndarray, min_len: int) -> list[Segmen
     return out
 
 
-def iter_scores(scorer: Scorer, chunks: Iterable[np.ndarray], cal: Calibration, sc: ScoreConfig
-                ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """Stream a clip's chunks → per chunk: components (n, 3) and index (n,) of the scene each frame
-    is scored against, and the combined score (n,) of the causally smoothed components."""
+def iter_scores(scorer: Scorer, chunks: Iterable[np.ndarray | tuple[np.ndarray, np.ndarray]], cal: Calibration,
+                sc: ScoreConfig) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Stream a clip's chunks (frames, or (frames, times) as video.iter_timed_chunks gives) → per
+    chunk: components (n, 3) and index (n,) of the scene each frame is scored against, and the
+    combined score (n,) of the causally smoothed components."""
     smoother = CausalMean(sc.smooth)
     for chunk in chunks:
-        maps = scorer.maps(chunk)
+        maps = scorer.maps(*chunk) if isinstance(chunk, tuple) else scorer.maps(chunk)
         comp = components(maps, cal, sc)
         combined = combine(smoother(comp), cal, sc.weights)
         comp, score, scene = pick_scene(comp, combined, scene_of(maps, cal))

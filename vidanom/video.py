@@ -2,6 +2,10 @@
 
 Frames are streamed, resized and converted by FFmpeg's scaler (`reformat`), and handed out in
 small chunks, so memory does not depend on the video's length.
+
+Every frame has a time, in seconds from the clip's first frame: its presentation timestamp (PTS),
+so a variable-frame-rate file (an AVI whose camera dropped most frame slots, a phone's MP4) keeps
+its true times; a frame of a folder is its position / DEFAULT_FPS. See _Clock.
 """
 
 from __future__ import annotations
@@ -42,8 +46,9 @@ class Source:
 class DecodeReport:
     """Filled in while a clip is decoded: what a caller may want to tell the user afterwards."""
 
-    fps: float = DEFAULT_FPS
+    fps: float = DEFAULT_FPS  # the nominal rate the container states (not that of the times)
     frames: int = 0  # frames handed out (after the stride)
+    duration: float = 0.0  # seconds: the end of the last decoded frame (its time plus its own length)
     error: str | None = None  # why decoding stopped early, if it did
     skipped: list[str] = field(default_factory=list)  # unreadable images in a frame folder
 
@@ -96,8 +101,53 @@ def _why(exc: BaseException) -> str:
     return getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
 
 
+RESET = 1.0  # seconds: a timestamp this far back is a new timeline (a stream restarted), not jitter
+
+
+class _Clock:
+    """Each decoded frame's time in seconds from the clip's first frame, from its PTS.
+
+    A frame without a PTS is placed one nominal period per decoded frame after the one before (so
+    a clip without any PTS gets index / fps), or on a live source by its arrival time. Times never
+    go backwards: a timestamp a little behind the previous one (jitter) repeats the previous time;
+    one more than RESET seconds behind (a stream that restarted its clock), or on a live source any
+    step back, starts a new timeline from the estimate (the nominal period, or the arrival time).
+    """
+
+    def __init__(self, fps: float, live: bool = False) -> None:
+        self.period, self.live = 1.0 / fps, live
+        self.offset: float | None = None  # added to a frame's PTS time
+        self.last: float | None = None  # the previous frame's time...
+        self.last_index, self.last_wall = 0, 0.0  # ...its decoding index and arrival (monotonic)
+        self.last_pts: float | None = None  # the latest PTS time seen, as the container gives it
+
+    def __call__(self, pts_time: float | None, index: int) -> float:
+        now = time.monotonic() if self.live else 0.0
+        if self.last is None:
+            guess = 0.0
+        elif self.live:
+            guess = self.last + (now - self.last_wall)
+        else:
+            guess = self.last + (index - self.last_index) * self.period
+        if pts_time is None:
+            t = guess
+        else:
+            self.last_pts = pts_time
+            if self.offset is None:
+                self.offset = guess - pts_time
+            t = pts_time + self.offset
+            if self.last is not None and t < self.last:
+                if self.live or t < self.last - RESET:
+                    self.offset += guess - t  # a new timeline, continued from the estimate
+                    t = guess
+                else:
+                    t = self.last
+        self.last, self.last_index, self.last_wall = t, index, now
+        return t
+
+
 def _decode_file(src: Source, fc: FrameConfig, report: DecodeReport, threads: int = 0,
-                 convert: Callable[[av.VideoFrame], Any] | None = None) -> Iterator[Any]:
+                 convert: Callable[[av.VideoFrame], Any] | None = None) -> Iterator[tuple[Any, float]]:
     limit = fc.decode_timeout
     try:
         # FFmpeg gives up on an open or a read that blocks longer than the limit (a stalled network mount)
@@ -110,10 +160,11 @@ def _decode_file(src: Source, fc: FrameConfig, report: DecodeReport, threads: in
 
 def _decode_container(container: Any, name: str, fc: FrameConfig, report: DecodeReport, threads: int = 0,
                       convert: Callable[[av.VideoFrame], Any] | None = None,
-                      follow: bool = False) -> Iterator[Any]:
+                      follow: bool = False, live: bool = False) -> Iterator[tuple[Any, float]]:
     """Decode the first video stream of an open container: every stride-th frame, through `convert`
-    (default: to the project's frame size). follow: a read error is the end of a followed file
-    (FFmpeg's file protocol gives up after its rw_timeout without new data), not damage."""
+    (default: to the project's frame size), with its time (see _Clock). follow: a read error is the
+    end of a followed file (FFmpeg's file protocol gives up after its rw_timeout without new data),
+    not damage. live: a frame without a usable PTS is timed by its arrival."""
     limit = fc.decode_timeout
     with container:
         if not container.streams.video:
@@ -127,6 +178,7 @@ def _decode_container(container: Any, name: str, fc: FrameConfig, report: Decode
         rate = stream.average_rate or stream.guessed_rate
         report.fps = float(rate) if rate else DEFAULT_FPS
         scale = convert or _Scaler(fc)
+        clock = _Clock(report.fps, live)
         index = 0
         packets = _until_idle(container.demux(stream)) if follow else container.demux(stream)
         started = time.monotonic()  # decoding time since the last frame was handed out
@@ -137,8 +189,10 @@ def _decode_container(container: Any, name: str, fc: FrameConfig, report: Decode
                     break
                 frames = []
                 for frame in stream.decode(packet):  # (packet None: flush the decoder)
+                    t = clock(frame.time, index)
+                    report.duration = t + (_length(frame) or clock.period)
                     if index % fc.stride == 0:
-                        frames.append(scale(frame))
+                        frames.append((scale(frame), t))
                     index += 1
             except Exception as exc:  # FFmpegError mostly, but PyAV raises others on damaged data too
                 report.error = _why(exc)  # a damaged or truncated file: keep what decoded
@@ -146,14 +200,30 @@ def _decode_container(container: Any, name: str, fc: FrameConfig, report: Decode
             if time.monotonic() - started > limit:
                 report.error = f"no frame decoded in {limit:g} s (frames.decode_timeout)"
                 return
-            for frame in frames:
-                yield frame
+            for pair in frames:
+                yield pair
                 started = time.monotonic()  # the consumer's time does not count
         expected = stream.frames  # from the container's index, where it has one (0 if not)
-        if expected and index < expected - max(2, expected // 100):
+        if expected and index < expected - max(2, expected // 100) and not _reached_end(stream, clock):
             # a single-threaded decoder meets the damage as an error, a frame-threaded one as an early end
             short = f"{index} of the {expected} frames it lists could be decoded"
             report.error = f"{report.error} ({short})" if report.error else f"the file ends early: {short}"
+
+
+def _length(frame: av.VideoFrame) -> float | None:
+    """How long the frame is shown, in seconds, as the container says (None where it does not)."""
+    length, base = getattr(frame, "duration", None), frame.time_base  # (AVFrame.duration: PyAV 14 on)
+    return float(length * base) if length and length > 0 and base else None
+
+
+def _reached_end(stream: Any, clock: _Clock) -> bool:
+    """Whether the last frame's timestamp lies at the stream's stated end: then fewer frames than
+    the index lists means empty slots (an AVI whose camera dropped frames), not an early end."""
+    if clock.last_pts is None or not stream.duration or stream.time_base is None:
+        return False
+    end = float((stream.duration + (stream.start_time or 0)) * stream.time_base)
+    span = float(stream.duration * stream.time_base)
+    return clock.last_pts >= end - max(2 * clock.period, 0.01 * span)
 
 
 _END = object()
@@ -170,20 +240,23 @@ def _until_idle(packets: Iterator[av.Packet]) -> Iterator[av.Packet | None]:
 
 
 def _decode_folder(src: Source, fc: FrameConfig, report: DecodeReport,
-                   convert: Callable[[av.VideoFrame], Any] | None = None) -> Iterator[Any]:
+                   convert: Callable[[av.VideoFrame], Any] | None = None) -> Iterator[tuple[Any, float]]:
+    """Every stride-th image, at its position in the folder / fps (an unreadable image keeps its slot)."""
     scale = convert or _Scaler(fc)
-    for path in _images(src.path)[::fc.stride]:
+    images = _images(src.path)
+    report.duration = len(images) / report.fps
+    for i, path in enumerate(images[::fc.stride]):
         try:
             with av.open(str(path), timeout=fc.decode_timeout) as container:
                 image = scale(next(container.decode(video=0)))
         except Exception as exc:  # noqa: BLE001 - an unreadable image, whatever PyAV raises for it
             report.skipped.append(f"{path.name}: {_why(exc) if not isinstance(exc, StopIteration) else 'no image'}")
             continue
-        yield image
+        yield image, i * fc.stride / report.fps
 
 
 def _frames(src: Source, fc: FrameConfig, report: DecodeReport, threads: int,
-            convert: Callable[[av.VideoFrame], Any] | None = None) -> Iterator[Any]:
+            convert: Callable[[av.VideoFrame], Any] | None = None) -> Iterator[tuple[Any, float]]:
     if src.frames_dir:
         return _decode_folder(src, fc, report, convert)
     return _decode_file(src, fc, report, threads, convert)
@@ -203,16 +276,17 @@ def _finish(name: object, report: DecodeReport) -> None:
 def first_frame_size(src: Source, fc: FrameConfig) -> tuple[int, int]:
     """(width, height) of the clip's first frame, as decoded."""
     report = DecodeReport()
-    for size in _frames(src, fc, report, 1, lambda frame: (frame.width, frame.height)):
+    for size, _ in _frames(src, fc, report, 1, lambda frame: (frame.width, frame.height)):
         return size
     why = f": {report.error}" if report.error else ""
     raise VideoError(f"no frames could be decoded from {src.path}{why}; "
                      "pass a video (or images) with at least one readable frame")
 
 
-def iter_chunks(src: Source, fc: FrameConfig, size: int, report: DecodeReport | None = None,
-                threads: int = 0) -> Iterator[np.ndarray]:
-    """Decode src into chunks of at most `size` frames: (n, H, W, C) uint8.
+def iter_timed_chunks(src: Source, fc: FrameConfig, size: int, report: DecodeReport | None = None,
+                      threads: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Decode src into chunks of at most `size` frames with their times: ((n, H, W, C) uint8,
+    (n,) float64 seconds from the first frame, non-decreasing; see _Clock).
 
     threads: FFmpeg's decoding threads for a video file. 0 lets FFmpeg choose (one per core and
     one more), the fastest even beside inference in another thread (see
@@ -225,17 +299,29 @@ def iter_chunks(src: Source, fc: FrameConfig, size: int, report: DecodeReport | 
         raise ValueError(f"chunk size must be positive, not {size}")
     report = report if report is not None else DecodeReport()
     shape = (fc.height, fc.width, fc.channels)
-    buf, n = np.empty((size, *shape), np.uint8), 0
-    for frame in _frames(src, fc, report, threads):
-        buf[n] = frame  # one copy, straight into the chunk (no list of frames, no np.stack)
+    buf, times, n = np.empty((size, *shape), np.uint8), np.empty(size), 0
+    for frame, t in _frames(src, fc, report, threads):
+        buf[n], times[n] = frame, t  # one copy, straight into the chunk (no list of frames, no np.stack)
         n += 1
         report.frames += 1
         if n == size:
-            yield buf
-            buf, n = np.empty((size, *shape), np.uint8), 0  # a fresh one: the consumer may keep the last
+            yield buf, times
+            # fresh ones: the consumer may keep the last
+            buf, times, n = np.empty((size, *shape), np.uint8), np.empty(size), 0
     if n:
-        yield buf[:n]
+        yield buf[:n], times[:n]
     _finish(src.path, report)
+
+
+def iter_chunks(src: Source, fc: FrameConfig, size: int, report: DecodeReport | None = None,
+                threads: int = 0) -> Iterator[np.ndarray]:
+    """iter_timed_chunks without the times: chunks of at most `size` frames, (n, H, W, C) uint8."""
+    chunks = iter_timed_chunks(src, fc, size, report, threads)
+    try:
+        for frames, _ in chunks:
+            yield frames
+    finally:
+        chunks.close()  # closed with this one: the decoder stops and the file closes now
 
 
 class _WithFullSize:
@@ -271,7 +357,7 @@ def iter_full_chunks(src: Source, fc: FrameConfig, size: int, report: DecodeRepo
         raise ValueError(f"chunk size must be positive, not {size}")
     report = report if report is not None else DecodeReport()
     batch: list[tuple[np.ndarray, np.ndarray]] = []
-    for pair in _frames(src, fc, report, threads, _WithFullSize(fc)):
+    for pair, _ in _frames(src, fc, report, threads, _WithFullSize(fc)):
         batch.append(pair)
         report.frames += 1
         if len(batch) == size:
@@ -310,9 +396,13 @@ def _open_live(location: str, fc: FrameConfig, options: dict[str, str], follow: 
 
 
 def iter_live(location: str, fc: FrameConfig, report: DecodeReport | None = None,
-              options: dict[str, str] | None = None, follow: float = 0.0) -> Iterator[np.ndarray]:
-    """Frames (h, w, C) uint8 at the project's size, one at a time as they arrive, of a live source:
-    a URL FFmpeg reads (rtsp://, http://, udp://...), a V4L2 camera (/dev/video0), or a file.
+              options: dict[str, str] | None = None, follow: float = 0.0) -> Iterator[tuple[np.ndarray, float]]:
+    """Frames (h, w, C) uint8 at the project's size with their times (seconds from the first frame),
+    one at a time as they arrive, of a live source: a URL FFmpeg reads (rtsp://, http://, udp://...),
+    a V4L2 camera (/dev/video0), or a file.
+
+    Times come from the PTS; on a URL or a camera, a frame without one (or whose PTS steps back) is
+    timed by its arrival instead (see _Clock).
 
     options: FFmpeg options for the input (e.g. rtsp_transport, video_size). follow > 0: a file
     still being written is read as it grows, and ends once it has not grown for `follow` seconds
@@ -320,7 +410,8 @@ def iter_live(location: str, fc: FrameConfig, report: DecodeReport | None = None
     """
     report = report if report is not None else DecodeReport()
     container = _open_live(location, fc, options or {}, follow)
-    for frame in _decode_container(container, location, fc, report, follow=follow > 0):
+    live = "://" in location or location.startswith("/dev/")
+    for frame, t in _decode_container(container, location, fc, report, follow=follow > 0, live=live):
         report.frames += 1
-        yield frame
+        yield frame, t
     _finish(location, report)

@@ -12,8 +12,11 @@ loses nothing: the decoder waits for the scorer instead, so the events are those
 A gap of dropped frames breaks what the model sees over time: the motion plane (this frame minus
 the one before) and the LSTM-MDN's sequence. After a gap the scorer starts afresh, as at the
 start of a clip: the first frame's motion is zero, the LSTM-MDN is silent for its warm-up frames,
-and the score's moving average restarts. Frame numbers count the dropped frames, so times stay
-true, and an event open across a gap goes on while the score stays above the threshold.
+and the score's moving average restarts. Frame numbers count the dropped frames, and an event
+open across a gap goes on while the score stays above the threshold.
+
+Event times are the frames' own times (from their timestamps, see video.iter_live), so they stay
+true on a variable-frame-rate source, and match those `score` writes for the same file.
 """
 
 from __future__ import annotations
@@ -71,37 +74,50 @@ class WatchStatus:
 class EventTracker:
     """Anomalous events found frame by frame: an event starts at a frame whose score is above the
     threshold and ends at the first frame back under it (end exclusive); one shorter than min_len
-    frames is not reported. On a whole clip, the same as score.segments."""
+    frames is not reported. On a whole clip, the same as score.segments.
+
+    Times are the frames' own (seconds); dt (seconds per frame number) only stands in where a time
+    is not known: frames given without times, and an end after the last frame seen.
+    """
 
     def __init__(self, threshold: float, min_len: int, dt: float) -> None:
         self.threshold, self.min_len, self.dt = threshold, min_len, dt
         self.start: int | None = None
+        self.start_time = self.peak_time = 0.0
         self.peak, self.peak_score, self.count = 0, -math.inf, 0
+        self.last: tuple[int, float] | None = None  # the latest frame's number and time
 
-    def update(self, frames: np.ndarray, scores: np.ndarray) -> list[dict[str, Any]]:
-        """frames: (n,) frame numbers, increasing; scores: (n,) → the events that ended here."""
+    def update(self, frames: np.ndarray, scores: np.ndarray, times: np.ndarray | None = None
+               ) -> list[dict[str, Any]]:
+        """frames: (n,) frame numbers, increasing; scores: (n,); times: (n,) their times in seconds
+        (default frames · dt) → the events that ended here."""
         out = []
-        for f, s in zip(frames.tolist(), scores.tolist()):
+        times = np.asarray(frames) * self.dt if times is None else times
+        for f, s, t in zip(frames.tolist(), scores.tolist(), np.asarray(times, np.float64).tolist()):
             if s > self.threshold:
                 if self.start is None:
-                    self.start, self.peak_score = f, -math.inf
+                    self.start, self.start_time, self.peak_score = f, t, -math.inf
                 if s > self.peak_score:
-                    self.peak, self.peak_score = f, s
+                    self.peak, self.peak_time, self.peak_score = f, t, s
             elif self.start is not None:
-                out += self.finish(f)
+                out += self.finish(f, t)
+            self.last = (f, t)
         return out
 
-    def finish(self, end: int) -> list[dict[str, Any]]:
-        """Close the open event, if any, at frame end (exclusive): at the end of the stream."""
+    def finish(self, end: int, end_time: float | None = None) -> list[dict[str, Any]]:
+        """Close the open event, if any, at frame end (exclusive), whose time is end_time: at the end
+        of the stream, where it defaults to the last frame's time plus dt per frame number after it."""
         start, self.start = self.start, None
         if start is None or end - start < self.min_len:
             return []
+        if end_time is None:
+            f, t = self.last if self.last is not None else (0, 0.0)
+            end_time = t + (end - f) * self.dt
         self.count += 1
-        dt = self.dt
         return [{"event": self.count, "start_frame": start, "end_frame": end, "peak_frame": self.peak,
-                 "start_time": round(start * dt, 3), "end_time": round(end * dt, 3),
-                 "peak_time": round(self.peak * dt, 3), "peak_score": self.peak_score,
-                 "duration": round((end - start) * dt, 3)}]
+                 "start_time": round(self.start_time, 3), "end_time": round(end_time, 3),
+                 "peak_time": round(self.peak_time, 3), "peak_score": self.peak_score,
+                 "duration": round(end_time - self.start_time, 3)}]
 
 
 @dataclass
@@ -109,6 +125,7 @@ class _Frame:
     index: int  # frame number in the stream, after the stride, dropped frames included
     pixels: np.ndarray  # (h, w, C) uint8 at the project's size
     arrived: float  # time.monotonic() when it was decoded
+    time: float  # seconds from the stream's first frame, from its timestamp (see video.iter_live)
 
 
 _END = object()
@@ -117,10 +134,10 @@ _END = object()
 class _Feed:
     """The frames of one source, decoded in a thread into a bounded queue (see the module docstring)."""
 
-    def __init__(self, frames: Iterator[np.ndarray], report: DecodeReport, live: bool, pace: bool,
-                 stride: int, depth: int) -> None:
+    def __init__(self, frames: Iterator[tuple[np.ndarray, float]], report: DecodeReport, live: bool, pace: bool,
+                 depth: int) -> None:
         self.q: queue.Queue[Any] = queue.Queue(maxsize=LIVE_QUEUE if live else depth)
-        self.stop, self.live, self.pace, self.stride = threading.Event(), live, pace, stride
+        self.stop, self.live, self.pace = threading.Event(), live, pace
         self.dropped = 0  # by the producer, when the queue was full
         self._frames, self._report = frames, report
         self._thread = threading.Thread(target=self._produce, name="vidanom-watch-decode", daemon=True)
@@ -129,13 +146,13 @@ class _Feed:
     def _produce(self) -> None:
         start = None
         try:
-            for i, pixels in enumerate(self._frames):
-                start = time.monotonic() if start is None else start
-                if self.pace:  # a file played at its own rate: frame i is due i·stride/fps after the first
-                    wait = start + i * self.stride / self._report.fps - time.monotonic()
+            for i, (pixels, t) in enumerate(self._frames):
+                start = time.monotonic() - t if start is None else start
+                if self.pace:  # a file played at its own rate: a frame is due at its time after the first
+                    wait = start + t - time.monotonic()
                     if wait > 0 and self.stop.wait(wait):
                         return
-                if not self._put(_Frame(i, pixels, time.monotonic())):
+                if not self._put(_Frame(i, pixels, time.monotonic(), t)):
                     return
             self._put(_END)
         except BaseException as exc:  # handed to the scoring thread, which raises it
@@ -195,21 +212,22 @@ class _LiveScorer:
     def __init__(self, new_scorer: Callable[[], Scorer], project: Project, cal: Any) -> None:
         self.new_scorer, self.cal, self.sc = new_scorer, cal, project.config.score
         self.next = -1  # the frame number that continues the current run
-        self._chunk: np.ndarray | None = None
+        self._chunk: tuple[np.ndarray, np.ndarray] | None = None
         self._scores: Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None = None
 
-    def _feed(self) -> Iterator[np.ndarray]:
+    def _feed(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         while self._chunk is not None:
             chunk, self._chunk = self._chunk, None
             yield chunk
 
-    def __call__(self, index: np.ndarray, frames: np.ndarray) -> np.ndarray:
-        """index: (n,) increasing frame numbers; frames: (n, h, w, C) uint8 → (n,) smoothed scores."""
+    def __call__(self, index: np.ndarray, frames: np.ndarray, times: np.ndarray) -> np.ndarray:
+        """index: (n,) increasing frame numbers; frames: (n, h, w, C) uint8; times: (n,) seconds
+        → (n,) smoothed scores."""
         out = []
         for run in np.split(np.arange(len(index)), np.flatnonzero(np.diff(index) != 1) + 1):
             if index[run[0]] != self.next or self._scores is None:  # a gap (or the start): begin again
                 self._scores = iter_scores(self.new_scorer(), self._feed(), self.cal, self.sc)
-            self._chunk = frames[run]
+            self._chunk = frames[run], times[run]
             out.append(next(self._scores)[-1].numpy())  # (components, scene, score)
             self.next = int(index[run[-1]]) + 1
         return np.concatenate(out)
@@ -229,8 +247,7 @@ class _Session:
         self.tracker: EventTracker | None = None
         self.late, self.last, self.started = 0, -1, time.monotonic()
         frames = iter_live(source, self.cfg.frames, self.report, options.input_options, options.follow)
-        self.feed = _Feed(frames, self.report, self.live, options.realtime, self.cfg.frames.stride,
-                          2 * self.cfg.score.batch_size)
+        self.feed = _Feed(frames, self.report, self.live, options.realtime, 2 * self.cfg.score.batch_size)
 
     def fresh(self, batch: list[_Frame]) -> list[_Frame]:
         """The frames not too late to score (on a live source); counts the others as dropped."""
@@ -247,10 +264,10 @@ class _Session:
         if self.tracker is None:  # the rate is known once the stream is open
             status.fps = self.report.fps / self.cfg.frames.stride
             self.tracker = EventTracker(status.threshold, self.cfg.score.min_segment, 1 / status.fps)
-        index = np.array([f.index for f in batch])
-        scores = self.scorer(index, np.stack([f.pixels for f in batch]))
+        index, times = np.array([f.index for f in batch]), np.array([f.time for f in batch])
+        scores = self.scorer(index, np.stack([f.pixels for f in batch]), times)
         self.last = int(index[-1])
-        self._report(self.tracker.update(index, scores), on_event)
+        self._report(self.tracker.update(index, scores, times), on_event)
         status.frames += len(batch)
         status.score, status.in_event = float(scores[-1]), self.tracker.start is not None
         status.latency = time.monotonic() - batch[0].arrived
@@ -263,8 +280,9 @@ class _Session:
     def finish(self, on_event: Callable[[dict[str, Any]], None]) -> WatchStatus:
         """Stop the decoder, close an event still open at the last frame, and sum up."""
         self.feed.close()
-        if self.tracker is not None:
-            self._report(self.tracker.finish(self.last + 1), on_event)
+        if self.tracker is not None:  # past the stream's last frame: its end (the time `score` gives too)
+            end = self.report.duration if self.last + 1 == self.report.frames else None
+            self._report(self.tracker.finish(self.last + 1, end), on_event)
         self.status.in_event = False
         self._tally()
         return self.status
