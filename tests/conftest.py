@@ -1,6 +1,6 @@
 """Shared fixtures: tiny synthetic videos written with PyAV, a folder of PNG frames, and tiny projects.
 
-Everything here is small on purpose (64x48 clips of 48 frames, 32x32 gray models, one epoch), so the
+Everything here is small on purpose (64x48 clips of 48 frames, 32x32 gray models, eight optimiser steps), so the
 whole suite runs in well under a minute on two shared cores. No real dataset is ever read.
 """
 
@@ -26,6 +26,7 @@ torch.set_num_threads(1)  # the machine is shared; tiny models gain nothing from
 
 WIDTH, HEIGHT, FPS = 64, 48, 25
 N_FRAMES = 48
+NORMAL_FRAMES = 96  # the normal clips: 8 s of footage to learn from, hold out and calibrate on
 ANOMALY = (24, 40)  # frames [24, 40) of the anomalous clip show a large, fast square
 
 
@@ -111,7 +112,8 @@ class Clips:
     moving: Path  # an RGB clip with a red square moving 3 px per frame
     moving_centres: list[tuple[float, float]]
     frames_dir: Path  # a folder of PNG frames (one clip)
-    n_frames: int
+    n_frames: int  # of the anomalous and the moving clip
+    normal_frames: int  # of each normal clip
     n_png: int
 
 
@@ -120,8 +122,8 @@ def clips(tmp_path_factory: pytest.TempPathFactory) -> Clips:
     root = tmp_path_factory.mktemp("videos")
     normal = root / "normal"
     normal.mkdir()
-    a = write_video(normal / "normal_a.mp4", square_frames(N_FRAMES, 4, 20, 1.0, 8)[0])
-    b = write_video(normal / "normal_b.mp4", square_frames(N_FRAMES, 30, 28, 1.0, 8)[0], codec="libx264")
+    a = write_video(normal / "normal_a.mp4", square_frames(NORMAL_FRAMES, 4, 20, 1.0, 8)[0])
+    b = write_video(normal / "normal_b.mp4", square_frames(NORMAL_FRAMES, 30, 28, 1.0, 8)[0], codec="libx264")
     anom = write_video(root / "anom.mp4", anomalous_frames())
     moving_frames, centres = square_frames(N_FRAMES, 2, 16, 3.0, 10, (230, 20, 20))
     moving = write_video(root / "moving.mp4", moving_frames)
@@ -130,17 +132,17 @@ def clips(tmp_path_factory: pytest.TempPathFactory) -> Clips:
     png_frames, _ = square_frames(12, 10, 10, 2.0, 8)
     for i, f in enumerate(png_frames):
         Image.fromarray(f).save(pngs / f"frame_{i:03d}.png")
-    return Clips(normal, a, b, anom, moving, centres, pngs, N_FRAMES, len(png_frames))
+    return Clips(normal, a, b, anom, moving, centres, pngs, N_FRAMES, NORMAL_FRAMES, len(png_frames))
 
 
 def tiny_config(**sections: dict) -> ProjectConfig:
-    """32x32 gray frames, a two-layer VAE, a 16-unit LSTM, one epoch of each."""
+    """32x32 gray frames, a two-layer VAE, a 16-unit LSTM, eight optimiser steps of each."""
     base = with_overrides(
         ProjectConfig(),
         frames={"width": 32, "height": 32, "channels": 1, "stride": 1, "motion_lag": 1},
         vae={"hidden": (8, 16), "latent_channels": 2, "beta": 0.1},
         mdn={"hidden": 16, "mixtures": 2, "cell_embedding": 4},
-        train={"vae_epochs": 1, "mdn_epochs": 1, "batch_size": 16, "seq_len": 8, "seed": 0},
+        train={"vae_steps": 8, "mdn_steps": 8, "eval_every": 4, "batch_size": 16, "seq_len": 8, "seed": 0},
         score={"patch": 8, "patch_stride": 4, "smooth": 3, "min_segment": 2, "batch_size": 16},
     )
     return with_overrides(base, **sections)
@@ -178,7 +180,7 @@ def project(tmp_path: Path) -> Path:
 def trained_project_template(tmp_path_factory: pytest.TempPathFactory, clips: Clips) -> Path:
     """A tiny project trained once per session on the two normal clips (read-only: copy before writing)."""
     root = make_project(tmp_path_factory.mktemp("trained") / "proj")
-    res = invoke("train", clips.folder, "--epochs", "1", "--seed", "0", "--device", "cpu", "-p", root)
+    res = invoke("train", clips.folder, "--steps", "8", "--seed", "0", "--device", "cpu", "-p", root)
     assert res.exit_code == 0, res.output
     return root
 

@@ -22,17 +22,17 @@ def test_extract_writes_a_memory_mapped_clip_equal_to_the_decoded_frames(clips, 
     meta, new = cache.extract(tmp_path, Source(clips.normal_a), FC, "street", seen.append)
     assert new
     assert (meta.name, meta.scene, meta.frames, meta.height, meta.width, meta.channels, meta.stride) == \
-        ("normal_a.mp4", "street", clips.n_frames, 24, 32, 1, 1)
+        ("normal_a.mp4", "street", clips.normal_frames, 24, 32, 1, 1)
     assert meta.fps == pytest.approx(25.0) and not meta.truncated
-    assert sum(seen) == clips.n_frames
+    assert sum(seen) == clips.normal_frames
     frames = cache.load(tmp_path, meta)
     assert isinstance(frames, np.memmap) and frames.dtype == np.uint8
-    assert frames.shape == (clips.n_frames, 24, 32, 1)
+    assert frames.shape == (clips.normal_frames, 24, 32, 1)
     np.testing.assert_array_equal(frames, np.concatenate(list(iter_chunks(Source(clips.normal_a), FC, 16))))
     assert cache.find(tmp_path, meta.key) == meta
     times = cache.load_times(tmp_path, meta)
-    np.testing.assert_allclose(times, np.arange(clips.n_frames) / 25.0, atol=1e-9)  # a constant-rate clip
-    assert meta.duration == pytest.approx(clips.n_frames / 25.0)
+    np.testing.assert_allclose(times, np.arange(clips.normal_frames) / 25.0, atol=1e-9)  # a constant-rate clip
+    assert meta.duration == pytest.approx(clips.normal_frames / 25.0)
     assert cache.size_bytes(tmp_path) == frames.nbytes + times.nbytes
 
 
@@ -67,7 +67,7 @@ def test_other_frame_settings_or_a_changed_file_are_extracted_anew(clips, tmp_pa
     a, _ = cache.extract(cache_dir, Source(video), FC, "default")
     gray_stride2 = FrameConfig(width=32, height=24, channels=1, stride=2)
     b, new_b = cache.extract(cache_dir, Source(video), gray_stride2, "default")
-    assert new_b and b.key != a.key and b.frames == -(-clips.n_frames // 2)
+    assert new_b and b.key != a.key and b.frames == -(-clips.normal_frames // 2)
     # clips() only lists clips cached with the asked-for settings
     assert [m.key for m in cache.clips(cache_dir, FC)] == [a.key]
     assert [m.key for m in cache.clips(cache_dir, gray_stride2)] == [b.key]

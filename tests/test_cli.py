@@ -19,10 +19,11 @@ from sklearn.metrics import roc_auc_score
 from vidanom.cli import app
 from vidanom.config import CONFIG_NAME, ProjectConfig, SCHEMA_VERSION, read_config, to_dict
 from vidanom.project import Project
-from vidanom.score import Calibration, CausalMean, combine
+from vidanom.calibration import Calibration
+from vidanom.score import CausalMean, combine
 
 COLUMNS = ["frame", "time", "recon", "kl", "nll", "scene", "score", "anomalous"]
-TRAIN = ("--epochs", "1", "--device", "cpu")
+TRAIN = ("--steps", "8", "--device", "cpu")
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:
@@ -71,7 +72,7 @@ def test_extract_caches_each_clip_once(project, clips):
     assert res.stdout.count("extracted") == 2 and "normal_a.mp4" in res.stdout and "normal_b.mp4" in res.stdout
     metas = [json.loads(p.read_text()) for p in (project / "cache").glob("*.json")]
     assert sorted(m["name"] for m in metas) == ["normal_a.mp4", "normal_b.mp4"]
-    assert {m["scene"] for m in metas} == {"street"} and {m["frames"] for m in metas} == {clips.n_frames}
+    assert {m["scene"] for m in metas} == {"street"} and {m["frames"] for m in metas} == {clips.normal_frames}
     assert {(m["height"], m["width"], m["channels"]) for m in metas} == {(32, 32, 1)}  # the project's config
     again = invoke("extract", clips.normal_a, clips.frames_dir, "--scene", "street", "-p", project)
     assert again.exit_code == 0, again.output
@@ -130,13 +131,13 @@ def test_the_anomaly_is_detected(scored_template):
 
 
 def test_stored_scores_follow_from_the_stored_components(scored):
-    # score = causal mean of Σ w·(component − mean)/std, with the version's calibration
+    # score = Σ w · standardised causal mean of each component, with the version's calibration
     rows = read_csv(scored / "scores" / "anom.mp4.csv")
     comp = torch.tensor([[float(r[k]) if r[k] else float("nan") for k in ("recon", "kl", "nll")] for r in rows])
     cal = Calibration.from_dict(torch.load(scored / "models" / "v0001" / "calibration.pt", weights_only=True))
     assert cal.scenes == ["default"] and {r["scene"] for r in rows} == {"default"}
     cfg = tiny_config().score
-    expected = CausalMean(cfg.smooth)(combine(comp[:, None], cal, cfg.weights)[:, 0]).numpy()
+    expected = combine(CausalMean(cfg.smooth)(comp[:, None]), cal, cfg.weights)[:, 0].numpy()
     np.testing.assert_allclose(scores_of(scored), expected, rtol=1e-3, atol=1e-3)
 
 

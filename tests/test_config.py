@@ -17,8 +17,8 @@ from vidanom.vae import BetaVAE
 
 def test_round_trip_through_json_restores_every_field():
     cfg = with_overrides(tiny_config(), frames={"channels": 3, "stride": 2, "motion_lag": 0},
-                         score={"weights": (0.5, 0.25, 2.0), "threshold_quantile": 0.95},
-                         train={"lr": 3e-4, "val_fraction": 0.2})
+                         score={"weights": (0.5, 0.25, 2.0), "false_alarms": 0.05, "shrink_seconds": 60.0},
+                         train={"lr": 3e-4, "holdout": 0.3, "vae_steps": 50})
     back = from_dict(json.loads(json.dumps(to_dict(cfg))))
     assert back == cfg
     assert isinstance(back.vae.hidden, tuple) and isinstance(back.score.weights, tuple)
@@ -73,7 +73,8 @@ def test_values_of_the_wrong_type_are_config_errors(section, key, value):
 
 @pytest.mark.parametrize("section,values", [
     ("frames", {"channels": 2}), ("frames", {"width": 30}), ("frames", {"stride": 0}),
-    ("frames", {"motion_lag": -1}), ("train", {"val_fraction": 1.0}), ("score", {"threshold_quantile": 0.0}),
+    ("frames", {"motion_lag": -1}), ("train", {"holdout": 1.0}), ("train", {"eval_every": 0}),
+    ("score", {"false_alarms": 0.0}), ("score", {"weights": (1.0, 2.0)}),
 ])
 def test_validation_refuses_configs_that_cannot_work(section, values, tmp_path):
     data = to_dict(tiny_config())
@@ -101,3 +102,21 @@ def test_derived_model_configs_fit_together(channels, lag):
     mu, _ = BetaVAE(vc).encode(torch.zeros(1, vc.in_channels, cfg.frames.height, cfg.frames.width))
     assert mc.cells == mu.shape[2] * mu.shape[3] and mc.latent_dim == mu.shape[1]
     assert (mc.hidden, mc.mixtures) == (cfg.mdn.hidden, cfg.mdn.mixtures)
+
+
+def test_a_config_of_the_first_schema_is_read_in_todays_terms():
+    old = {"schema_version": 1, "frames": {"width": 64, "height": 64},
+           "train": {"vae_epochs": 8, "mdn_epochs": 8, "val_fraction": 0.15, "seed": 3},
+           "score": {"threshold_quantile": 0.99, "weights": [1.0, 0.25, 0.1]}}
+    cfg = from_dict(old)
+    assert cfg.schema_version == SCHEMA_VERSION == 2
+    assert cfg.frames.width == 64 and cfg.train.seed == 3 and cfg.train.vae_steps == ProjectConfig().train.vae_steps
+    assert cfg.score.false_alarms == pytest.approx(0.01) and cfg.score.weights == (1.0, 0.25, 0.1)
+
+
+@pytest.mark.parametrize("source,expected", [((640, 360), 112), ((238, 158), 96), ((480, 640), 48), ((10, 1000), 8)])
+def test_a_width_of_zero_follows_the_aspect_ratio(source, expected):
+    frames = ProjectConfig().frames
+    assert frames.width == 0 and frames.height == 64
+    assert frames.resolved(*source).width == expected  # rounded to a multiple of 8, at least 8
+    assert with_overrides(tiny_config()).frames.resolved(*source) == tiny_config().frames  # set: kept

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from vidanom.data import Split, frame_batches, gather, motion_scale, to_input, window_starts
+from vidanom.data import Split, gather, motion_scale, sample_batch, spread, to_input, window_starts
 
 
 @pytest.fixture(scope="module")
@@ -64,24 +64,43 @@ def test_training_batches_see_the_same_inputs_as_scoring(frames, lag):
     torch.testing.assert_close(gather(frames, idx, lag), to_input(torch.from_numpy(frames), lag)[idx])
 
 
-def test_an_epoch_of_frame_batches_covers_every_training_frame_once(frames):
+def test_a_sampled_batch_holds_the_inputs_of_the_drawn_rows(frames):
     clips = [frames, frames[::-1].copy()]
     index = np.array([[c, t] for c in range(2) for t in range(10)])
-    batches = list(frame_batches(clips, index, 6, 1, np.random.default_rng(0)))
-    assert [len(b) for b in batches] == [6, 6, 6, 2]
-    got = torch.cat(batches)
-    expected = torch.cat([to_input(torch.from_numpy(c), 1)[:10] for c in clips])
+    got = sample_batch(clips, index, 6, 1, np.random.default_rng(7))
+    rows = index[np.random.default_rng(7).integers(len(index), size=6)]
+    expected = torch.cat([to_input(torch.from_numpy(clips[c]), 1)[[t]] for c, t in rows])
     key = lambda t: sorted(map(tuple, t.flatten(1).numpy().round(6).tolist()))  # noqa: E731
-    assert key(got) == key(expected)
+    assert got.shape == (6, 6, 4, 5) and key(got) == key(expected)
+    # the same generator state draws the same batch: a resumed run sees the batches it would have
+    torch.testing.assert_close(sample_batch(clips, index, 6, 1, np.random.default_rng(7)), got)
 
 
-def test_split_holds_out_the_tail_of_every_clip():
-    split = Split.tail([100, 48, 3], 0.15)
-    assert split.train_end == [85, 41, 3]  # round(0.15 n) frames held out; a tiny clip is not split
-    index = split.train_index()
-    assert index.shape == (85 + 41 + 3, 2) and index.dtype == np.int64
-    for clip, end in enumerate(split.train_end):
-        np.testing.assert_array_equal(index[index[:, 0] == clip, 1], np.arange(end))
+def test_split_holds_out_whole_clips_when_there_are_enough():
+    split = Split.blocks([100] * 10, [25.0] * 10, holdout=0.2, block_seconds=5.0)
+    assert [i for i, h in enumerate(split.held) if h] == [2, 7]  # evenly spread, not the last ones
+    assert split.held[2] == [(0, 100)] and split.runs(held=True) == [(2, 0, 100), (7, 0, 100)]
+    assert len(split.train_index()) == 800 and len(split.index(held=True)) == 200
+
+
+def test_split_holds_out_time_blocks_of_few_clips():
+    # one 40 s clip at 25 fps: blocks of 5 s (125 frames), every fifth-ish one held out
+    split = Split.blocks([1000], [25.0], holdout=0.2, block_seconds=5.0)
+    assert split.held == [[(250, 375), (750, 875)]]
+    mask = split.mask(0)
+    assert mask.sum() == 250 and not mask[:250].any() and mask[250:375].all()
+    assert split.runs() == [(0, 0, 250), (0, 375, 750), (0, 875, 1000)]
+    # short footage: shorter blocks, so that there are enough of them (2 s: 0.4 s blocks of 10 frames)
+    short = Split.blocks([50], [25.0], holdout=0.2, block_seconds=5.0)
+    assert short.held == [[(20, 30)]]
+    assert Split.blocks([1], [25.0], 0.2, 5.0).held == [[]]  # one frame: nothing to hold out
+    np.testing.assert_array_equal(Split.none([3, 2]).train_index(), [[0, 0], [0, 1], [0, 2], [1, 0], [1, 1]])
+
+
+def test_spread_keeps_evenly_spaced_rows():
+    index = np.arange(20).reshape(10, 2)
+    np.testing.assert_array_equal(spread(index, 4), index[[0, 3, 6, 9]])
+    assert spread(index, 50) is index
 
 
 def test_window_starts_fit_inside_each_clip():

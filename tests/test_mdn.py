@@ -82,10 +82,11 @@ def tiny_mdn(seed: int = 0) -> LSTMMDN:
 def test_forward_shapes_and_normalised_weights():
     mdn = tiny_mdn()
     z, cells = torch.randn(6, 9, 3), torch.arange(6)
-    log_pi, mu, log_sigma, (h, c) = mdn(z, cells)
+    log_pi, mu, log_sigma, (h, c, last) = mdn(z, cells)
     assert log_pi.shape == (6, 9, 4)
     assert mu.shape == log_sigma.shape == (6, 9, 4, 3)
     assert h.shape == c.shape == (1, 6, 12)
+    torch.testing.assert_close(last, z[:, -1])  # the last latent read: the next chunk's first change needs it
     torch.testing.assert_close(log_pi.logsumexp(-1), torch.zeros(6, 9), atol=1e-6, rtol=0)
 
 
@@ -107,8 +108,37 @@ def test_state_carried_over_two_chunks_equals_one_pass():
         torch.testing.assert_close(torch.cat([first[i], second[i]], 1), full[i], rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(second[3][0], full[3][0], rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(second[3][1], full[3][1], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(second[3][2], full[3][2])
     # and without the state the second chunk is predicted differently: the state carries information
     assert not torch.allclose(mdn(z[:, 4:], cells)[1], full[1][:, 4:])
+
+
+@pytest.mark.parametrize("delta,residual", [(True, True), (True, False), (False, True), (False, False)])
+def test_inputs_and_means_as_configured(delta, residual):
+    torch.manual_seed(1)
+    mdn = LSTMMDN(MDNConfig(latent_dim=3, cells=6, hidden=12, mixtures=4, cell_embedding=5, delta=delta,
+                            residual=residual)).eval()
+    assert mdn.lstm.input_size == 3 * (2 if delta else 1) + 5
+    with torch.no_grad():
+        mdn.head.weight.zero_()
+        mdn.head.bias.zero_()
+        z = torch.randn(6, 9, 3)
+        _, mu, _, _ = mdn(z, torch.arange(6))
+    # with a silent head the means are the current latent (residual) or zero: "nothing changes" is the default
+    expected = z[:, :, None].expand(6, 9, 4, 3) if residual else torch.zeros(6, 9, 4, 3)
+    torch.testing.assert_close(mu, expected)
+
+
+def test_the_change_input_reads_the_step_before():
+    torch.manual_seed(2)
+    mdn = LSTMMDN(MDNConfig(latent_dim=3, cells=6, hidden=12, mixtures=4, cell_embedding=5, delta=True)).eval()
+    z = torch.randn(6, 5, 3)
+    moved = z.clone()
+    moved[:, 1] += 1.0  # the same latent at step 2, reached from elsewhere
+    with torch.no_grad():
+        a, b = mdn(z, torch.arange(6))[1], mdn(moved, torch.arange(6))[1]
+    assert not torch.allclose(a[:, 2], b[:, 2], atol=1e-4)  # the change z[2] - z[1] differs, so does the prediction
+    torch.testing.assert_close(a[:, 0], b[:, 0])  # before it nothing differs
 
 
 def test_dream_shapes_and_first_step():

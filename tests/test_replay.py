@@ -35,8 +35,8 @@ class Recorder:
     def __init__(self, source: PriorReplay) -> None:
         self.source, self.given = source, []
 
-    def __call__(self, n: int) -> torch.Tensor:
-        x = self.source(n)
+    def __call__(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        x = self.source(n, generator)
         self.given.append(x)
         return x
 
@@ -47,11 +47,11 @@ def test_replay_takes_its_share_of_every_fit_vae_batch(old_scenes: int) -> None:
     before = {k: v.clone() for k, v in old.state_dict().items()}
     replay = Recorder(PriorReplay(old, frame_channels=1))
     seen: list[torch.Tensor] = []
-    new.register_forward_pre_hook(lambda _m, args: seen.append(args[0].detach().clone()))
+    new.register_forward_pre_hook(lambda m, args: seen.append(args[0].detach().clone()) if m.training else None)
     frames = np.random.default_rng(0).integers(0, 256, (5 * BATCH, 8, 8, 1), dtype=np.uint8)
     share = replay_share(old_scenes)
-    fit_vae(new, [frames], Split([len(frames)]), tiny_config(), torch.device("cpu"), epochs=1,
-            extra=replay, extra_share=share)
+    fit_vae(new, [frames], Split.none([len(frames)]), tiny_config(),
+            torch.device("cpu"), extra=replay, extra_share=share, steps=5)
     assert len(seen) == len(replay.given) == 5
     for x, r in zip(seen, replay.given):
         assert x.shape[0] == BATCH + r.shape[0]

@@ -130,9 +130,9 @@ def test_bad_input_is_a_one_line_error(trained_project_template, bad_inputs, cas
 
 def test_bad_input_to_train_and_update_leaves_the_model_alone(trained_project, bad_inputs):
     before = digest(trained_project / "models")
-    assert_clean_error(invoke("train", bad_inputs / "text.mp4", "--epochs", "1", *CPU, "-p", trained_project),
+    assert_clean_error(invoke("train", bad_inputs / "text.mp4", "--steps", "8", *CPU, "-p", trained_project),
                        match="cannot read")
-    assert_clean_error(invoke("update", write_audio(bad_inputs / "u.m4a", "aac"), "--epochs", "1", *CPU,
+    assert_clean_error(invoke("update", write_audio(bad_inputs / "u.m4a", "aac"), "--steps", "8", *CPU,
                               "-p", trained_project), match="only audio")
     assert digest(trained_project / "models") == before
 
@@ -247,7 +247,7 @@ def test_damaged_checkpoint_is_a_clean_error_and_never_runs_code(trained_project
         torch.save({"config": _Exploit(marker), "model": {}}, path)
     else:
         torch.save({"config": {"latent_dim": 2}, "model": {"weight": torch.zeros(3)}}, path)
-    for cmd in (("score", clips.anomalous), ("update", clips.normal_a, "--epochs", "1")):
+    for cmd in (("score", clips.anomalous), ("update", clips.normal_a, "--steps", "8")):
         line = assert_clean_error(invoke(*cmd, *CPU, "-p", trained_project), match="v0001")
         assert "damaged" in line and ("train again" in line or "restore" in line)
     assert not marker.exists()  # weights_only: a checkpoint is data, never code
@@ -340,7 +340,7 @@ def test_a_write_never_goes_straight_to_its_final_name(scored, clips, tmp_path, 
 
     with monkeypatch.context() as m:
         m.setattr(builtins, "open", spy)
-        for cmd in (("extract", clips.frames_dir), ("train", "--stage", "mdn", "--epochs", "1", *CPU),
+        for cmd in (("extract", clips.frames_dir), ("train", "--stage", "mdn", "--steps", "8", *CPU),
                     ("score", clips.anomalous, *CPU), ("plot", "anom.mp4")):
             res = invoke(*cmd, "-p", scored)
             assert res.exit_code == 0, res.output
@@ -437,21 +437,24 @@ def test_decoding_that_stalls_is_stopped_by_the_time_limit(trained_project, clip
 
 # -- Ctrl-C: a checkpoint, then --resume ---------------------------------------------------------------
 
-def interrupt_at(monkeypatch, batches: str, epoch: int, batch: int) -> None:
-    """Send this process a real SIGINT while fitting reaches `batch` of `epoch` ('frame_batches': the VAE,
-    'mdn_batches': the LSTM-MDN), as a user pressing Ctrl-C would."""
+def interrupt_at(monkeypatch, stage: str, step: int) -> None:
+    """Send this process a real SIGINT while a stage ('vae': the β-VAE, 'mdn': the LSTM-MDN) draws the
+    batch of optimiser step `step`, as a user pressing Ctrl-C would."""
     from vidanom import train as fitting
-    real, epochs = getattr(fitting, batches), [0]
+    name = {"vae": "sample_batch", "mdn": "window_batch"}[stage]
+    real, calls = getattr(fitting, name), [-1 if stage == "mdn" else 0]  # the LSTM-MDN first draws its held-out windows
 
     def wrapped(*args, **kwargs):
-        this = epochs[0]
-        epochs[0] += 1
-        for i, item in enumerate(real(*args, **kwargs)):
-            if (this, i) == (epoch, batch):
-                os.kill(os.getpid(), signal.SIGINT)
-            yield item
+        if calls[0] == step:
+            os.kill(os.getpid(), signal.SIGINT)
+        calls[0] += 1
+        return real(*args, **kwargs)
 
-    monkeypatch.setattr(fitting, batches, wrapped)
+    monkeypatch.setattr(fitting, name, wrapped)
+
+
+def fitted_steps(path: Path) -> int:
+    return torch.load(path, weights_only=True)["fitting"]["step"]
 
 
 def model_tensors(version: Path) -> dict[str, torch.Tensor]:
@@ -471,19 +474,18 @@ def assert_same_model(a: Path, b: Path) -> None:
     assert ca == pytest.approx(cb, abs=1e-6)
 
 
-def test_ctrl_c_during_train_saves_a_mid_epoch_checkpoint_and_resume_finishes_the_same_model(
+def test_ctrl_c_during_train_saves_a_checkpoint_and_resume_finishes_the_same_model(
         trained_project, tmp_path, monkeypatch):
     reference = tmp_path / "reference"
     shutil.copytree(trained_project, reference)
-    args = ("--epochs", "2", "--seed", "0", *CPU)
+    args = ("--steps", "16", "--seed", "0", *CPU)
     with monkeypatch.context() as m:
-        interrupt_at(m, "frame_batches", epoch=1, batch=2)
+        interrupt_at(m, "vae", step=5)
         res = invoke("train", *args, "-p", trained_project)
     assert res.exit_code == 130, res.output
     assert res.stderr.strip().count("\n") == 0 and "--resume" in res.stderr and "Traceback" not in res.output
     part = trained_project / "models" / ".partial"
-    ckpt = torch.load(part / "vae.pt", weights_only=True)
-    assert (ckpt["epoch"], ckpt["batch"]) == (1, 3)  # in the second epoch, after its third batch
+    assert fitted_steps(part / "vae.pt") == 6  # after the step during which Ctrl-C came, between two evaluations
     assert not (part / "mdn.pt").exists()
     assert Project.open(trained_project).current_version() == "v0001"
     assert not (trained_project / "lock").exists()
@@ -503,14 +505,13 @@ def scene_b(tmp_path_factory, clips: Clips) -> Path:
     return write_video(tmp_path_factory.mktemp("scene_b") / "b1.mp4", np.ascontiguousarray(255 - frames))
 
 
-def interrupted_update(monkeypatch, root: Path, scene_b: Path, args: tuple, batches: str, epoch: int,
-                       batch: int) -> Path:
-    """Ctrl-C an update of root at `batch` of `epoch` of `batches` (see interrupt_at); returns a copy of
-    root taken before, on which the same update can run uninterrupted."""
+def interrupted_update(monkeypatch, root: Path, scene_b: Path, args: tuple, stage: str, step: int) -> Path:
+    """Ctrl-C an update of root at `step` of `stage` (see interrupt_at); returns a copy of root taken
+    before, on which the same update can run uninterrupted."""
     reference = root.parent / "reference"
     shutil.copytree(root, reference)
     with monkeypatch.context() as m:
-        interrupt_at(m, batches, epoch, batch)
+        interrupt_at(m, stage, step)
         res = invoke("update", scene_b, *args, "-p", root)
     assert res.exit_code == 130, res.output
     return reference
@@ -525,14 +526,12 @@ def assert_resume_matches_uninterrupted(root: Path, reference: Path, scene_b: Pa
 
 
 def test_ctrl_c_during_update_resumes_with_update_only(trained_project, scene_b, monkeypatch):
-    args = ("--scene", "moved", "--epochs", "1", *CPU)
-    reference = interrupted_update(monkeypatch, trained_project, scene_b, args, "mdn_batches", 0, 0)
+    args = ("--scene", "moved", "--steps", "8", *CPU)
+    reference = interrupted_update(monkeypatch, trained_project, scene_b, args, "mdn", 0)
     part = trained_project / "models" / ".partial"
-    assert torch.load(part / "vae.pt", weights_only=True)["epoch"] == 1
-    ckpt = torch.load(part / "mdn.pt", weights_only=True)
-    assert (ckpt["epoch"], ckpt["batch"]) == (0, 1)
+    assert fitted_steps(part / "vae.pt") == 8 and fitted_steps(part / "mdn.pt") == 1
     # resuming it as another run would mix two runs' checkpoints: refused, and nothing is lost
-    assert_clean_error(invoke("train", "--resume", "--epochs", "1", *CPU, "-p", trained_project),
+    assert_clean_error(invoke("train", "--resume", "--steps", "8", *CPU, "-p", trained_project),
                        match="interrupted run")
     assert_clean_error(invoke("update", *args, "--strategy", "finetune", "--resume", "-p", trained_project),
                        match="same command")
@@ -542,13 +541,12 @@ def test_ctrl_c_during_update_resumes_with_update_only(trained_project, scene_b,
     assert (info["parent"], info["scene"], info["strategy"]) == ("v0001", "moved", "replay")
 
 
-def test_ctrl_c_mid_epoch_of_a_replayed_update_resumes_to_the_same_model(trained_project, scene_b, monkeypatch):
-    """Replay and its distillation draw their samples from torch's random state: a resumed update
+def test_ctrl_c_amid_a_replayed_update_resumes_to_the_same_model(trained_project, scene_b, monkeypatch):
+    """Replay and its distillation draw their samples from a generator of each step: a resumed update
     must draw the same ones as an uninterrupted run."""
-    args = ("--scene", "moved", "--epochs", "2", *CPU)
-    reference = interrupted_update(monkeypatch, trained_project, scene_b, args, "frame_batches", 1, 1)
-    ckpt = torch.load(trained_project / "models" / ".partial" / "vae.pt", weights_only=True)
-    assert (ckpt["epoch"], ckpt["batch"]) == (1, 2)
+    args = ("--scene", "moved", "--steps", "16", *CPU)
+    reference = interrupted_update(monkeypatch, trained_project, scene_b, args, "vae", 5)
+    assert fitted_steps(trained_project / "models" / ".partial" / "vae.pt") == 6
     assert_resume_matches_uninterrupted(trained_project, reference, scene_b, args)
     assert json.loads((trained_project / "models" / "v0002" / "version.json").read_text())["replay_distill"] > 0
 
@@ -580,13 +578,13 @@ def test_sigkill_at_any_moment_of_train_loses_nothing(scored, clips, tmp_path, n
     models, part = scored / "models", scored / "models" / ".partial"
     moments = {
         "started": lambda: (scored / "lock").exists(),
-        "mid-vae": lambda: (part / "vae.pt").exists(),  # one VAE epoch of three done
+        "mid-vae": lambda: (part / "vae.pt").exists(),  # the β-VAE's first evaluation done
         "mid-mdn": lambda: (part / "mdn.pt").exists(),
         "publishing": lambda: any(models.glob(".staging-*")) or (models / "v0002").exists(),
     }
     env = {k: v for k, v in os.environ.items() if not k.startswith("VIDANOM_")}
     env["OMP_NUM_THREADS"] = "1"
-    proc = subprocess.Popen([sys.executable, "-m", "vidanom", "train", "--epochs", "3", *CPU, "-p", str(scored)],
+    proc = subprocess.Popen([sys.executable, "-m", "vidanom", "train", "--steps", "24", *CPU, "-p", str(scored)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     snapshots = []
     try:
@@ -618,7 +616,7 @@ def test_sigkill_at_any_moment_of_train_loses_nothing(scored, clips, tmp_path, n
         check_consistent(root, clips, v1)
     # and training again (here: resuming) cleans up and publishes a complete version
     for root in (tmp_path / "mid-vae", scored):
-        res = invoke("train", "--epochs", "3", "--resume", *CPU, "-p", root)
+        res = invoke("train", "--steps", "24", "--resume", *CPU, "-p", root)
         assert res.exit_code == 0, res.output
         project = Project.open(root)
         assert project.current_version() in ("v0002", "v0003") and not project.partial_dir.exists()

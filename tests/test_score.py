@@ -1,4 +1,4 @@
-"""Scoring: causal smoothing, segments, running statistics, and the streaming Scorer against one pass."""
+"""Scoring: causal smoothing, segments, components and their combination, and the streaming Scorer."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ import torch
 from vidanom import train
 from vidanom.mdn import LSTMMDN, MDNConfig, mdn_nll
 from vidanom.config import ScoreConfig
-from vidanom.score import (Calibration, CausalMean, combine, components, iter_scores, Maps, pick_scene, RunningStats,
-                           scene_of, Scorer, segments)
+from vidanom.calibration import Calibration
+from vidanom.score import (LOW_MARGIN, CausalMean, combine, components, iter_scores, Maps, pick_scene, scene_of, Scorer,
+                           segments, standardise)
 from vidanom.vae import BetaVAE, VAEConfig, error_map, kl_map
 
 LAG = 2
@@ -48,6 +49,19 @@ def test_causal_mean_never_looks_ahead():
     assert (b[12:] > a[12:] + 10).all()
 
 
+def test_causal_mean_of_columns_leaves_nan_out():
+    x = torch.randn(12, 2, 3, generator=torch.Generator().manual_seed(2))
+    x[:4, :, 2] = float("nan")  # no LSTM-MDN surprise in a clip's first frames
+    x[7, 1, 0] = float("nan")
+    got = feed(CausalMean(3), x, [5, 7])
+    for idx in np.ndindex(2, 3):
+        col = x[(slice(None), *idx)].numpy().astype(np.float64)
+        ref = np.array([np.nanmean(col[max(0, t - 2):t + 1]) if not np.isnan(col[max(0, t - 2):t + 1]).all()
+                        else np.nan for t in range(12)])
+        np.testing.assert_allclose(got[(slice(None), *idx)].numpy(), ref, rtol=1e-6, atol=1e-6)
+    assert torch.isnan(got[:4, :, 2]).all() and not torch.isnan(got[4:]).any()
+
+
 def test_causal_mean_treats_nonpositive_window_as_no_smoothing():
     x = torch.randn(6, generator=torch.Generator().manual_seed(1))
     torch.testing.assert_close(CausalMean(0)(x), x)
@@ -69,42 +83,6 @@ def test_segments_of_no_and_all_flags():
     assert segments(np.zeros(5, dtype=bool), np.zeros(5), 1) == []
     (seg,) = segments(np.ones(5, dtype=bool), np.array([1.0, 3, 2, 0, 1]), 1)
     assert (seg.start, seg.end, seg.peak_frame) == (0, 5, 1)
-
-
-# -- RunningStats ----------------------------------------------------------------------------------
-
-def test_running_stats_against_numpy_and_skips_rows_with_nan():
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(40, 6)) * np.arange(1, 7) + np.arange(6)
-    with_nan = x.copy()
-    with_nan[[3, 17], [2, 0]] = np.nan  # rows 3 and 17 must be left out entirely
-    stats = RunningStats()
-    for a, b in [(0, 10), (10, 11), (11, 40)]:
-        stats.add(torch.from_numpy(with_nan[a:b]).float())
-    keep = np.delete(x, [3, 17], axis=0).astype(np.float32).astype(np.float64)
-    mean, std = stats.result()
-    assert stats.n == 38
-    np.testing.assert_allclose(mean.numpy(), keep.mean(0), rtol=1e-5)
-    np.testing.assert_allclose(std.numpy(), keep.std(0), rtol=1e-4)
-
-
-def test_running_stats_floors_the_std_of_constant_positions():
-    rng = np.random.default_rng(1)
-    x = rng.normal(size=(50, 4))
-    x[:, 1] = 3.0  # a pixel that never changes
-    stats = RunningStats()
-    stats.add(torch.from_numpy(x))
-    _, std = stats.result()
-    stds = x.std(0)
-    assert std[1].item() == pytest.approx(0.05 * stds.mean(), rel=1e-5)
-    np.testing.assert_allclose(std.numpy()[[0, 2, 3]], stds[[0, 2, 3]], rtol=1e-5)
-
-
-def test_running_stats_without_data_raises():
-    stats = RunningStats()
-    stats.add(torch.full((3, 2), float("nan")))
-    with pytest.raises(ValueError):
-        stats.result()
 
 
 # -- the streaming Scorer --------------------------------------------------------------------------
@@ -195,8 +173,8 @@ def calibration():
     return Calibration(torch.rand(2, 9, generator=g), torch.rand(2, 9, generator=g) + 0.5,
                        torch.rand(2, 16, generator=g), torch.rand(2, 16, generator=g) + 0.5,
                        torch.rand(2, 16, generator=g), torch.rand(2, 16, generator=g) + 0.5,
-                       torch.randn(2, 3, generator=g), torch.rand(2, 3, generator=g) + 0.5,
-                       torch.tensor([0.5, 1.5]), True, ["day", "night"])
+                       torch.randn(2, 3, generator=g) - 4, torch.rand(2, 3, generator=g) + 0.5,
+                       torch.tensor([0.5, 1.5]), True, ["day", "night"], comp_low=torch.rand(2, 3, generator=g) + 0.2)
 
 
 def test_components_and_combine_against_hand_computation(models, frames, calibration):
@@ -213,10 +191,9 @@ def test_components_and_combine_against_hand_computation(models, frames, calibra
         np.testing.assert_allclose(comp[:, s, 1].numpy(), ((kl - cal.kl_mean[s]) / cal.kl_std[s]).numpy().max(1),
                                    rtol=1e-6)
         assert torch.isnan(comp[:8, s, 2]).all()
-        np.testing.assert_allclose(comp[8:, s, 2].numpy(),
-                                   ((nll[8:] - cal.nll_mean[s]) / cal.nll_std[s]).numpy().max(1), rtol=1e-6)
-    z = ((comp - cal.comp_mean) / cal.comp_std).numpy()
-    ref = np.nansum(z * np.array(weights), 2)  # a missing component adds nothing
+        nz = ((nll[8:] - cal.nll_mean[s]) / cal.nll_std[s]).numpy()
+        np.testing.assert_allclose(comp[8:, s, 2].numpy(), np.sort(nz, 1)[:, -3:].mean(1), rtol=1e-5, atol=1e-6)
+    ref = np.nansum(reference_standardise(comp, cal) * np.array(weights), 2)  # a missing component adds nothing
     combined = combine(comp, cal, weights)
     np.testing.assert_allclose(combined.numpy(), ref, rtol=1e-5, atol=1e-5)
     best, score, scene = pick_scene(comp, combined, None)  # without Gaussians: the scene of the lowest score
@@ -227,6 +204,30 @@ def test_components_and_combine_against_hand_computation(models, frames, calibra
     best, score, scene = pick_scene(comp, combined, given)
     assert torch.equal(scene, given)
     np.testing.assert_allclose(score.numpy(), ref[np.arange(N), given.numpy()], rtol=1e-5, atol=1e-5)
+
+
+def reference_standardise(comp: torch.Tensor, cal: Calibration) -> np.ndarray:
+    """Above the median in upper scales; below it, for nll alone, in lower scales past the margin."""
+    c, m, hi, lo = (t.numpy().astype(np.float64) for t in (comp, cal.comp_mean, cal.comp_std, cal.comp_low))
+    up = (c - m) / hi
+    down = (m - c) / lo - LOW_MARGIN
+    z = np.maximum(up, 0.0)
+    z[..., 2] = np.maximum(np.maximum(up[..., 2], down[..., 2]), 0.0)
+    return np.nan_to_num(z, nan=0.0)
+
+
+def test_standardise_counts_too_little_surprise_but_not_too_little_error(calibration):
+    cal = Calibration(**calibration.to_dict() | {"comp_low": torch.tensor([[0.5, 0.5, 0.25], [1.0, 1.0, 2.0]])})
+    m = cal.comp_mean[0]
+    comp = torch.stack([m + 3 * cal.comp_std[0], m - 3.0, m - 1.0, m - 0.1]).unsqueeze(1).expand(4, 2, 3)
+    z = standardise(comp, cal)[:, 0]
+    torch.testing.assert_close(z[0], torch.full((3,), 3.0))  # above: in upper scales, every component
+    # below the median only the LSTM-MDN's surprise counts, in its lower scale, past the margin
+    torch.testing.assert_close(z[1], torch.tensor([0.0, 0.0, 3.0 / 0.25 - LOW_MARGIN]))
+    torch.testing.assert_close(z[2], torch.tensor([0.0, 0.0, 1.0 / 0.25 - LOW_MARGIN]))
+    torch.testing.assert_close(z[3], torch.zeros(3))  # within the margin: nothing
+    np.testing.assert_allclose(standardise(comp, cal).numpy(), reference_standardise(comp, cal), rtol=1e-6, atol=1e-6)
+    assert standardise(torch.full((1, 2, 3), float("nan")), cal).eq(0).all()
 
 
 def test_scene_of_picks_the_scene_whose_frames_it_lies_closest_to(calibration):
@@ -252,8 +253,9 @@ def test_calibration_threshold_and_merge(calibration):
     # the old scene is scored by its reconstruction alone: its KL and NLL statistics went stale
     assert merged.comp_std[0, 0] == calibration.comp_std[0, 0] and merged.comp_std[0, 1:].isinf().all()
     torch.testing.assert_close(merged.comp_std[1], calibration.comp_std[1])
-    comp = torch.tensor([[[2.0, 50.0, float("nan")], [2.0, 50.0, 1.0]]])
-    z_recon = (2.0 - calibration.comp_mean[0, 0]) / calibration.comp_std[0, 0]
+    assert merged.comp_low[0, 1:].isinf().all() and merged.comp_low[0, 0] == calibration.comp_low[0, 0]
+    comp = torch.tensor([[[5.0, 50.0, float("nan")], [5.0, 50.0, -50.0]]])
+    z_recon = (5.0 - calibration.comp_mean[0, 0]) / calibration.comp_std[0, 0]
     torch.testing.assert_close(combine(comp, merged, (1.0, 1.0, 1.0))[0, 0], z_recon)
     assert mine.merged(calibration, ["dawn"]) is mine
     relearned = Calibration.from_dict(mine.to_dict() | {"scenes": ["day"]})
@@ -273,9 +275,13 @@ def test_iter_scores_in_chunks_equals_one_pass(models, frames, calibration):
     torch.testing.assert_close(comp_7, comp_whole, rtol=1e-4, atol=1e-4, equal_nan=True)
     torch.testing.assert_close(score_7, score_whole, rtol=1e-4, atol=1e-4)
     assert torch.equal(scene_7, scene_whole)
-    # the smoothed score follows from the reported components, standardised by the reported scene's stats
-    z = ((comp_whole - calibration.comp_mean[scene_whole]) / calibration.comp_std[scene_whole]).nan_to_num(0.0)
-    ref = causal_mean_reference((z @ torch.tensor([1.0, 0.5, 1.0])).double().numpy(), 4)
+    # the score: every scene's components smoothed, standardised, weighted; the frame's scene's counts
+    err, kl, nll = run_scorer(models, frames, size=N)
+    comp = components(Maps(err, kl, nll), calibration, ScoreConfig(patch=8, patch_stride=4, top_k=2)).numpy()
+    smoothed = np.stack([[[np.nanmean(c) if not np.isnan(c).all() else np.nan for c in comp[max(0, t - 3):t + 1, s].T]
+                          for s in range(2)] for t in range(N)])
+    z = reference_standardise(torch.from_numpy(smoothed), calibration)
+    ref = (z * np.array([1.0, 0.5, 1.0])).sum(2)[np.arange(N), scene_whole.numpy()]
     np.testing.assert_allclose(score_whole.numpy(), ref, rtol=1e-5, atol=1e-5)
 
 

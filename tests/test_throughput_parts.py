@@ -180,10 +180,10 @@ def test_subpixel_refuses_other_transposed_convolutions():
 
 
 @pytest.mark.parametrize("cfg", [
-    ProjectConfig(),
+    with_overrides(ProjectConfig(), frames={"width": 96}),  # the default model at a 3:2 frame
     tiny_config(),
     with_overrides(ProjectConfig(), frames={"width": 48, "height": 32, "channels": 3}, vae={"coords": False}),
-    with_overrides(ProjectConfig(), frames={"motion_lag": 0}, vae={"hidden": (16, 32)}),
+    with_overrides(ProjectConfig(), frames={"width": 64, "motion_lag": 0}, vae={"hidden": (16, 32)}),
 ], ids=["default", "tiny", "rgb-no-coords", "no-motion"])
 def test_inference_copy_computes_the_same_and_leaves_the_model_alone(cfg):
     torch.manual_seed(0)

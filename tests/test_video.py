@@ -57,9 +57,9 @@ def test_decoding_gives_frames_of_the_configured_size_and_channels(clips, channe
     fc = FrameConfig(width=32, height=24, channels=channels)
     report = DecodeReport()
     chunks = decode(Source(clips.normal_a), fc, size=20, report=report)
-    assert [len(c) for c in chunks] == [20, 20, clips.n_frames - 40]
+    assert [len(c) for c in chunks] == [20, 20, 20, 20, clips.normal_frames - 80]
     assert all(c.shape[1:] == (24, 32, channels) and c.dtype == np.uint8 for c in chunks)
-    assert report.frames == clips.n_frames and report.fps == pytest.approx(25.0) and report.error is None
+    assert report.frames == clips.normal_frames and report.fps == pytest.approx(25.0) and report.error is None
 
 
 def test_gray_frames_keep_the_brightness_of_the_source(clips):

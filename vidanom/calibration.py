@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from .config import ProjectConfig
-from .data import Split
+from .data import Split, Timing
 from .mdn import LSTMMDN
 from .score import CausalMean, Maps, Scorer, combine, components, make_scorer
 from .train import Progress, no_progress
@@ -29,6 +29,9 @@ from .vae import BetaVAE, patch_means
 
 MIN_SECONDS = 60.0  # less normal footage than this cannot support a promised false-alarm rate
 MIN_BLOCKS = 4  # the held-out frames are cut into at least this many blocks to estimate it
+# the least spread of a component: each is made of z-scores, whose spread a few seconds of held-out
+# footage (a handful of nearly alike frames) can put near zero
+MIN_SCALE = 0.1
 
 
 class RunningStats:
@@ -98,6 +101,7 @@ class Calibration:
     frame_mean: torch.Tensor | None = None  # (S, C·H·W)
     frame_std: torch.Tensor | None = None
     false_alarms: torch.Tensor | None = None  # (S,) the share of new normal frames expected over the threshold
+    frame_interval: float | None = None  # the usual seconds between training frames: motion is scaled by it
     comp_low: torch.Tensor | None = None  # (S, 3) the components' spread below the median
 
     def __post_init__(self) -> None:
@@ -139,7 +143,8 @@ class Calibration:
         cat = {k: torch.cat([carried[k] if k in carried else old.__dict__[k][rows], v])
                for k, v in self.__dict__.items()
                if isinstance(v, torch.Tensor) and isinstance(old.__dict__.get(k), torch.Tensor)}
-        return Calibration(**cat, has_mdn=self.has_mdn, scenes=[old.scenes[i] for i in rows] + self.scenes)
+        return Calibration(**cat, has_mdn=self.has_mdn, scenes=[old.scenes[i] for i in rows] + self.scenes,
+                           frame_interval=self.frame_interval)
 
 
 # -- the threshold -------------------------------------------------------------------------------
@@ -175,11 +180,11 @@ def held_blocks(split: Split) -> list[tuple[int, int, int]]:
 
 # -- calibrating ---------------------------------------------------------------------------------
 
-def _clip_maps(scorer: Scorer, frames: np.ndarray, footage: Footage, batch: int = 256
-               ) -> Iterator[tuple[int, Maps]]:
+def _clip_maps(scorer: Scorer, footage: Footage, clip: int, batch: int = 256) -> Iterator[tuple[int, Maps]]:
     scorer.reset()
+    frames, times = footage.clips[clip], footage.timing.times
     for s in range(0, len(frames), batch):
-        maps = scorer.maps(np.asarray(frames[s:s + batch]))
+        maps = scorer.maps(np.asarray(frames[s:s + batch]), None if times is None else times[clip][s:s + batch])
         footage.done += len(maps.err)
         footage.progress("calibrate", footage.done, footage.total, {})
         yield s, maps
@@ -192,6 +197,7 @@ class Footage:
     clips: list[np.ndarray]  # (n, H, W, C) uint8 each, memory-mapped
     fps: list[float]
     split: Split
+    timing: Timing = Timing()  # the frames' times and the usual interval between them
     warnings: list[str] = field(default_factory=list)
     progress: Progress = no_progress  # told of the frames calibrate has gone through
     done: int = 0
@@ -221,7 +227,7 @@ def place_statistics(scorer: Scorer, footage: Footage, cfg: ProjectConfig, scene
         train = ~footage.split.mask(clip)
         if not train.any():
             continue
-        for s, m in _clip_maps(scorer, frames, footage):
+        for s, m in _clip_maps(scorer, footage, clip):
             keep = torch.from_numpy(train[s:s + len(m.err)])
             err.add(patch_means(m.err[keep], sc.patch, sc.patch_stride))
             kl.add(m.kl[keep])
@@ -243,7 +249,7 @@ def held_scores(scorer: Scorer, footage: Footage, cal: Calibration, cfg: Project
     for clip in sorted({c for c, _, _ in footage.split.runs(held=True)}):
         smoother = CausalMean(cfg.score.smooth)
         smoothed[clip] = torch.cat([smoother(components(m, cal, cfg.score))
-                                    for _, m in _clip_maps(scorer, footage.clips[clip], footage)])[:, 0]
+                                    for _, m in _clip_maps(scorer, footage, clip)])[:, 0]
     held = torch.cat([smoothed[c][a:b] for c, a, b in footage.split.runs(held=True)])
     median, low, high = split_scales(held)
     cal.comp_mean, cal.comp_low, cal.comp_std = median[None], low[None], high[None]
@@ -253,8 +259,8 @@ def held_scores(scorer: Scorer, footage: Footage, cal: Calibration, cfg: Project
 
 def split_scales(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per column of x (N, K), over its non-NaN rows: the median and the root mean square distance
-    of the values below and above it (a two-piece normal). (0, inf, inf) for a column with no
-    values (no MDN), so that it counts for nothing."""
+    of the values below and above it (a two-piece normal), at least MIN_SCALE. (0, inf, inf) for a
+    column with no values (no MDN), so that it counts for nothing."""
     k = x.shape[1]
     median, low, high = torch.zeros(k), torch.full((k,), math.inf), torch.full((k,), math.inf)
     for j in range(k):
@@ -263,10 +269,9 @@ def split_scales(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Ten
             continue
         m = col.median()
         below, above = col[col < m] - m, col[col > m] - m
-        spread = max(float(col.std()), 1e-6) * 0.05  # a floor: a constant component cannot divide by zero
         median[j] = m
-        low[j] = max(float(below.pow(2).mean().sqrt()) if len(below) else 0.0, spread)
-        high[j] = max(float(above.pow(2).mean().sqrt()) if len(above) else 0.0, spread)
+        low[j] = max(float(below.pow(2).mean().sqrt()) if len(below) else 0.0, MIN_SCALE)
+        high[j] = max(float(above.pow(2).mean().sqrt()) if len(above) else 0.0, MIN_SCALE)
     return median, low, high
 
 
@@ -276,8 +281,9 @@ def calibrate(vae: BetaVAE, mdn: LSTMMDN | None, footage: Footage, cfg: ProjectC
     threshold on the held-out ones. Appends to footage.warnings what the user should know about
     how far the promised false-alarm rate can be trusted."""
     from .inference import for_inference
-    scorer = make_scorer(for_inference(vae, device), mdn, cfg, device)
+    scorer = make_scorer(for_inference(vae, device), mdn, cfg, device, footage.timing.ref_dt)
     cal = place_statistics(scorer, footage, cfg, scene, mdn is not None)
+    cal.frame_interval = footage.timing.ref_dt
     target = cfg.score.false_alarms
     threshold, rate = choose_threshold(held_scores(scorer, footage, cal, cfg), target)
     cal.thresholds, cal.false_alarms = torch.tensor([threshold]), torch.tensor([rate])

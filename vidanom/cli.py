@@ -485,14 +485,14 @@ def status(project: ProjectOpt = None) -> None:
     out.print(f"cached clips: {len(clips)} ({sum(c.frames for c in clips)} frames, "
               f"{cache.size_bytes(proj.cache_dir) / 1e6:.1f} MB)")
     current = proj.current_version()
-    t = Table("version", "scene", "parent", "how", "frames", "PSNR dB", "threshold", "false alarms", "train s")
+    t = Table("version", "scene", "parent", "how", "frames", "PSNR dB", "threshold (false alarms)")
     for v in proj.versions():
         name = v.get("version", "?")
         fa, psnr = v.get("expected_false_alarms"), v.get("psnr")
+        how = v.get("strategy", "") + ("" if v.get("stage") == "all" else f"/{v.get('stage', '')}")
         t.add_row(f"[bold]{name}*[/bold]" if name == current else name, v.get("scene", ""),
-                  str(v.get("parent") or "-"), f"{v.get('strategy', '')}/{v.get('stage', '')}",
-                  str(v.get("frames", "")), "-" if psnr is None else f"{psnr:.1f}", f"{v.get('threshold', 0):.2f}",
-                  "-" if fa is None else f"{100 * fa:.1f}%", str(v.get("train_seconds", "")))
+                  str(v.get("parent") or "-"), how, str(v.get("frames", "")), "-" if psnr is None else f"{psnr:.1f}",
+                  f"{v.get('threshold', 0):.2f}" + ("" if fa is None else f" ({100 * fa:.1f}%)"))
     if current:
         t.caption = f"* current version: {current}"
     out.print(t if proj.versions() else "models: none yet (run 'vidanom train VIDEO...')")

@@ -144,19 +144,40 @@ class Split:
         return Split(self.lengths + other.lengths, self.held + other.held)
 
 
+def gaps_of(times: np.ndarray, idx: np.ndarray, lag: int) -> np.ndarray:
+    """(len(idx),) seconds each frame's difference spans: times[idx] − times[max(idx − lag, 0)]."""
+    return times[idx] - times[np.maximum(idx - lag, 0)]
+
+
+@dataclass(frozen=True)
+class Timing:
+    """The frames' times of every clip and the usual interval between frames: what scales motion
+    planes (see motion_scale). None of either leaves them as they are."""
+
+    times: list[np.ndarray] | None = None  # (frames,) seconds per clip
+    ref_dt: float | None = None
+
+    def gaps(self, clip: int, idx: np.ndarray, lag: int) -> np.ndarray | None:
+        return None if self.times is None or self.ref_dt is None else gaps_of(self.times[clip], idx, lag)
+
+
+def inputs(clips: list[np.ndarray], rows: np.ndarray, lag: int, timing: Timing = Timing()) -> torch.Tensor:
+    """Model inputs (N, C_in, H, W) of the (clip, frame) rows, in an order of clips and frames."""
+    parts = []
+    for clip in np.unique(rows[:, 0]):
+        idx = np.sort(rows[rows[:, 0] == clip, 1])  # sorted reads are kinder to the memmap
+        parts.append(gather(clips[clip], idx, lag, timing.gaps(clip, idx, lag), timing.ref_dt))
+    return torch.cat(parts)
+
+
 def sample_batch(clips: list[np.ndarray], index: np.ndarray, batch_size: int, lag: int,
-                 rng: np.random.Generator) -> torch.Tensor:
+                 rng: np.random.Generator, timing: Timing = Timing()) -> torch.Tensor:
     """A random batch of model inputs (B, C_in, H, W) from the (clip, frame) rows of index.
 
     Drawn with replacement from a generator seeded per optimiser step, so a resumed run draws exactly
     the batches the uninterrupted one would have.
     """
-    rows = index[rng.integers(len(index), size=batch_size)]
-    parts = []
-    for clip in np.unique(rows[:, 0]):
-        idx = np.sort(rows[rows[:, 0] == clip, 1])  # sorted reads are kinder to the memmap
-        parts.append(gather(clips[clip], idx, lag))
-    return torch.cat(parts)
+    return inputs(clips, index[rng.integers(len(index), size=batch_size)], lag, timing)
 
 
 def spread(index: np.ndarray, most: int) -> np.ndarray:

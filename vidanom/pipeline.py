@@ -22,7 +22,7 @@ import torch
 from . import cache, fsutil, metrics, plot
 from .cache import ClipMeta
 from .config import ProjectConfig
-from .data import Split
+from .data import Split, Timing
 from .dream import dream_clips
 from .errors import ConfigError, LabelsError, NotTrainedError, ProjectError, VidanomError
 from .inference import for_inference
@@ -139,8 +139,8 @@ class Plan:
     old_scenes: Any = None  # PriorReplay of the frozen parent: its old scenes' latents, to carry over
 
 
-def _fit_vae_stage(project: Project, plan: Plan, clips: list[np.ndarray], split: Split, device: torch.device,
-                   resume: bool, progress: Progress) -> tuple[BetaVAE, dict[str, float]]:
+def _fit_vae_stage(project: Project, plan: Plan, footage: Footage, device: torch.device, resume: bool,
+                   progress: Progress) -> tuple[BetaVAE, dict[str, float]]:
     cfg, part = project.config, project.partial_dir
     if plan.stage == "mdn":
         if plan.vae is None:
@@ -149,8 +149,8 @@ def _fit_vae_stage(project: Project, plan: Plan, clips: list[np.ndarray], split:
     start = load_checkpoint(part / "vae.pt") if resume and (part / "vae.pt").exists() else None
     init = torch.Generator().manual_seed(cfg.train.seed)  # the initial weights, too, follow the seed
     vae = plan.vae if plan.vae is not None else _seeded(lambda: BetaVAE(cfg.vae_config()), init)
-    stats = fit_vae(vae, clips, split, cfg, device, progress, part / "vae.pt", start, plan.vae_extra,
-                    plan.penalty, plan.extra_share)
+    stats = fit_vae(vae, footage.clips, footage.split, cfg, device, progress, part / "vae.pt", start,
+                    plan.vae_extra, plan.penalty, plan.extra_share, timing=footage.timing)
     return vae, stats
 
 
@@ -162,8 +162,8 @@ def _seeded(make: Any, generator: torch.Generator) -> Any:
         return make()
 
 
-def _fit_mdn_stage(project: Project, plan: Plan, vae: BetaVAE, clips: list[np.ndarray], split: Split,
-                   device: torch.device, resume: bool, progress: Progress) -> tuple[LSTMMDN | None, dict[str, float]]:
+def _fit_mdn_stage(project: Project, plan: Plan, vae: BetaVAE, footage: Footage, device: torch.device,
+                   resume: bool, progress: Progress) -> tuple[LSTMMDN | None, dict[str, float]]:
     cfg, part = project.config, project.partial_dir
     if plan.stage == "vae":
         return None, {}
@@ -172,10 +172,12 @@ def _fit_mdn_stage(project: Project, plan: Plan, vae: BetaVAE, clips: list[np.nd
     start = load_checkpoint(part / "mdn.pt") if resume and (part / "mdn.pt").exists() else None
     # dreams are encoded by the new encoder, like real clips: that maps them into the new latent space
     fast = for_inference(vae, device)
-    latents = [encode(fast, c, cfg.frames.motion_lag, device) for c in clips]
-    dreamed = [encode(fast, d, cfg.frames.motion_lag, device) for d in plan.dreams]
-    train = [latents[c][:, a:b] for c, a, b in split.runs()] + dreamed
-    held = [latents[c][:, a:b] for c, a, b in split.runs(held=True)]
+    timing, lag = footage.timing, cfg.frames.motion_lag
+    latents = [encode(fast, c, lag, device, None if timing.times is None else timing.times[i], timing.ref_dt)
+               for i, c in enumerate(footage.clips)]
+    dreamed = [encode(fast, d, lag, device) for d in plan.dreams]
+    train = [latents[c][:, a:b] for c, a, b in footage.split.runs()] + dreamed
+    held = [latents[c][:, a:b] for c, a, b in footage.split.runs(held=True)]
     stats = fit_mdn(mdn, train, held, cfg, device, progress, part / "mdn.pt", start)
     return mdn, stats
 
@@ -257,9 +259,17 @@ def _footage(project: Project, metas: list[ClipMeta], progress: Progress) -> Foo
     """The cached clips of metas, with their frame rates and which frames are held out."""
     tc = project.config.train
     clips = [cache.load(project.cache_dir, m) for m in metas]
+    times = [cache.load_times(project.cache_dir, m) for m in metas]
     fps = [m.fps / m.stride for m in metas]
     split = Split.blocks([len(c) for c in clips], fps, tc.holdout, tc.block_seconds)
-    return Footage(clips, fps, split, progress=progress)
+    return Footage(clips, fps, split, Timing(times, usual_interval(times)), progress=progress)
+
+
+def usual_interval(times: list[np.ndarray]) -> float | None:
+    """The median of the intervals between consecutive frames over all clips (None if none)."""
+    steps = np.concatenate([np.diff(t) for t in times]) if times else np.zeros(0)
+    steps = steps[steps > 0]
+    return float(np.median(steps)) if len(steps) else None
 
 
 def _model_file(ckpt_path: Path, model: torch.nn.Module, **extra: Any) -> dict[str, Any]:
@@ -283,8 +293,8 @@ def fit_and_publish(project: Project, metas: list[ClipMeta], plan: Plan, device:
     footage = _footage(project, metas, progress)
     real, split = footage.clips, footage.split
     result = TrainResult("", len(metas), sum(m.frames for m in metas), 0.0, scene=plan.lineage["scene"])
-    vae, result.vae = _fit_vae_stage(project, plan, real, split, device, resume, progress)
-    mdn, result.mdn = _fit_mdn_stage(project, plan, vae, real, split, device, resume, progress)
+    vae, result.vae = _fit_vae_stage(project, plan, footage, device, resume, progress)
+    mdn, result.mdn = _fit_mdn_stage(project, plan, vae, footage, device, resume, progress)
     cal = calibrate(vae, mdn, footage, cfg, device, plan.lineage["scene"])
     if plan.calibration is not None:  # old scenes keep the statistics they were learned with
         cal = _follow_drift(cfg, plan, vae, cal.merged(plan.calibration, plan.lineage["scenes"]))
@@ -420,7 +430,8 @@ def _score_arrays(project: Project, src: Source, models: tuple, device: torch.de
     from .prefetch import prefetch
     vae, mdn, cal = models
     cfg = project.config
-    scorer = make_scorer(for_inference(vae, device), mdn.to(device).eval() if mdn else None, cfg, device)
+    scorer = make_scorer(for_inference(vae, device), mdn.to(device).eval() if mdn else None, cfg, device,
+                         cal.frame_interval)
     report = DecodeReport()
     comps, scenes, scores, times, done = [], [], [], [], 0
     chunks = prefetch(iter_timed_chunks(src, cfg.frames, cfg.score.batch_size, report, threads=decoding_threads()),

@@ -99,7 +99,7 @@ def revisit(project: Project, clip: ScoredClip, device: torch.device | None = No
     from .inference import decoding_threads, for_inference, scoring_threads, torch_threads
     from .prefetch import prefetch
     device, cfg, n = device or torch.device("cpu"), project.config, len(clip.scores)
-    scorer = make_scorer(for_inference(clip.models[0], device), None, cfg, device)
+    scorer = make_scorer(for_inference(clip.models[0], device), None, cfg, device, clip.models[2].frame_interval)
     scorer.keep_recon = recon
     changed = f"{clip.src.name} no longer decodes to the {n} frames it was scored with; score it again"
     chunks = prefetch(iter_full_chunks(clip.src, cfg.frames, FULL_CHUNK, DecodeReport(), decoding_threads()),

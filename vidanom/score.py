@@ -50,11 +50,15 @@ class Maps:
     recon: torch.Tensor | None = None  # (n, C_in, H, W) the VAE's reconstruction, if Scorer.keep_recon
 
 
-def make_scorer(vae: BetaVAE, mdn: LSTMMDN | None, cfg: ProjectConfig, device: torch.device) -> Scorer:
-    """A Scorer set up as the project's config says."""
+def make_scorer(vae: BetaVAE, mdn: LSTMMDN | None, cfg: ProjectConfig, device: torch.device,
+                ref_dt: float | None = None) -> Scorer:
+    """A Scorer set up as the project's config says; ref_dt: the model's usual seconds between frames
+    (Calibration.frame_interval), by which motion planes are scaled."""
     motion_only = cfg.score.recon_planes == "motion" and cfg.frames.motion_lag > 0
-    return Scorer(vae, mdn, cfg.frames.motion_lag, device, cfg.score.mdn_warmup,
-                  cfg.frames.channels if motion_only else 0)
+    scorer = Scorer(vae, mdn, cfg.frames.motion_lag, device, cfg.score.mdn_warmup,
+                    cfg.frames.channels if motion_only else 0)
+    scorer.ref_dt = ref_dt
+    return scorer
 
 
 class Scorer:

@@ -241,7 +241,7 @@ class _Session:
         version, (vae, mdn, cal) = current_models(project)
         self.cfg, self.report, self.options = project.config, DecodeReport(), options
         fast, mdn = for_inference(vae, device), mdn.to(device).eval() if mdn else None
-        self.scorer = _LiveScorer(lambda: make_scorer(fast, mdn, self.cfg, device), project, cal)
+        self.scorer = _LiveScorer(lambda: make_scorer(fast, mdn, self.cfg, device, cal.frame_interval), project, cal)
         self.live = options.live(source)
         self.status = WatchStatus(source, version.name, cal.threshold)
         self.tracker: EventTracker | None = None

@@ -1,0 +1,113 @@
+"""Calibration: statistics of each place shrunk by the footage's length, the components' two-sided scales
+and the threshold on held-out blocks, against hand computations."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from vidanom.calibration import (MIN_SCALE, RunningStats, choose_threshold, held_blocks, shrink, shrink_weight,
+                                 split_scales)
+from vidanom.data import Split
+
+
+def test_running_stats_against_numpy_and_skips_rows_with_nan():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 6)) * np.arange(1, 7) + np.arange(6)
+    with_nan = x.copy()
+    with_nan[[3, 17], [2, 0]] = np.nan  # rows 3 and 17 must be left out entirely
+    stats = RunningStats()
+    for a, b in [(0, 10), (10, 11), (11, 40)]:
+        stats.add(torch.from_numpy(with_nan[a:b]).float())
+    keep = np.delete(x, [3, 17], axis=0).astype(np.float32).astype(np.float64)
+    mean, std = stats.result()
+    assert stats.n == 38
+    np.testing.assert_allclose(mean.numpy(), keep.mean(0), rtol=1e-5)
+    np.testing.assert_allclose(std.numpy(), keep.std(0), rtol=1e-4)
+
+
+def test_running_stats_floors_the_std_of_constant_positions():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(50, 4))
+    x[:, 1] = 3.0  # a pixel that never changes
+    stats = RunningStats()
+    stats.add(torch.from_numpy(x))
+    _, std = stats.result()
+    stds = x.std(0)
+    assert std[1].item() == pytest.approx(0.05 * stds.mean(), rel=1e-5)
+    np.testing.assert_allclose(std.numpy()[[0, 2, 3]], stds[[0, 2, 3]], rtol=1e-5)
+
+
+def test_running_stats_without_data_raises():
+    stats = RunningStats()
+    stats.add(torch.full((3, 2), float("nan")))
+    with pytest.raises(ValueError):
+        stats.result()
+
+
+def test_shrink_against_a_hand_computation():
+    mean, std = torch.tensor([1.0, 3.0, 8.0]), torch.tensor([0.1, 1.0, 2.0])
+    # every place pooled: mean 4, variance of a value at a random place mean(std² + (mean − 4)²)
+    pooled_var = ((0.01 + 9) + (1 + 1) + (4 + 16)) / 3
+    w = 0.25
+    m, s = shrink(mean, std, w)
+    np.testing.assert_allclose(m.numpy(), [0.25 * 1 + 0.75 * 4, 0.25 * 3 + 0.75 * 4, 0.25 * 8 + 0.75 * 4], rtol=1e-6)
+    np.testing.assert_allclose(s.numpy() ** 2, [0.25 * 0.01 + 0.75 * pooled_var, 0.25 * 1 + 0.75 * pooled_var,
+                                                0.25 * 4 + 0.75 * pooled_var], rtol=1e-5)
+    kept = shrink(mean, std, 1.0)
+    torch.testing.assert_close(kept[0], mean)
+    torch.testing.assert_close(kept[1], std)
+    pooled = shrink(mean[None].expand(2, 3), std[None].expand(2, 3), 0.0)  # per row: (scenes, places)
+    torch.testing.assert_close(pooled[0], torch.full((2, 3), 4.0))
+    torch.testing.assert_close(pooled[1], torch.full((2, 3), pooled_var ** 0.5))
+
+
+def test_shrink_weight_grows_with_the_footage():
+    assert shrink_weight(40.0, 300.0) == pytest.approx(40 / 340)
+    assert shrink_weight(3000.0, 300.0) == pytest.approx(3000 / 3300)
+    assert shrink_weight(10.0, 0.0) == 1.0  # no prior: the places' own statistics
+
+
+def test_split_scales_against_numpy():
+    rng = np.random.default_rng(3)
+    x = np.stack([rng.exponential(size=501), rng.normal(size=501), np.full(501, np.nan),
+                  rng.normal(size=501) * 0.01], 1)
+    x[::7, 1] = np.nan
+    median, low, high = split_scales(torch.from_numpy(x))
+    assert low[3] == high[3] == MIN_SCALE  # no component of z-scores spreads less
+    for j in range(2):
+        col = x[:, j][~np.isnan(x[:, j])]
+        m = np.median(col)
+        assert median[j].item() == pytest.approx(m, rel=1e-6)
+        assert low[j].item() == pytest.approx(np.sqrt(np.mean((col[col < m] - m) ** 2)), rel=1e-5)
+        assert high[j].item() == pytest.approx(np.sqrt(np.mean((col[col > m] - m) ** 2)), rel=1e-5)
+    assert high[0] > 2 * low[0]  # a long upper tail, a short lower one
+    assert median[2] == 0 and low[2].isinf() and high[2].isinf()  # no values: it counts for nothing
+
+
+def test_choose_threshold_is_the_quantile_and_estimates_block_by_block():
+    rng = np.random.default_rng(4)
+    blocks = [torch.from_numpy(rng.normal(size=n)) for n in (300, 200, 250)]
+    blocks.append(torch.from_numpy(rng.normal(size=150) + 3.0))  # a busy block unlike the rest
+    threshold, rate = choose_threshold(blocks, 0.05)
+    every = np.concatenate([b.numpy() for b in blocks])
+    assert threshold == pytest.approx(np.quantile(every, 0.95), rel=1e-9)
+    expected = 0.0
+    for i, b in enumerate(blocks):
+        rest = np.concatenate([c.numpy() for j, c in enumerate(blocks) if j != i])
+        expected += len(b) * np.mean(b.numpy() > np.quantile(rest, 0.95))
+    assert rate == pytest.approx(expected / len(every), rel=1e-9)
+    assert rate > 0.1  # the busy block left out is flagged almost whole: the estimate says so
+    alike = [torch.from_numpy(rng.normal(size=400)) for _ in range(4)]
+    assert choose_threshold(alike, 0.05)[1] == pytest.approx(0.05, abs=0.02)
+    with pytest.raises(ValueError):
+        choose_threshold(blocks[:1], 0.05)
+
+
+def test_held_blocks_cut_few_runs_into_enough_blocks():
+    split = Split([100, 40], [[(20, 40)], []])
+    blocks = held_blocks(split)
+    assert blocks == [(0, 20, 25), (0, 25, 30), (0, 30, 35), (0, 35, 40)]
+    many = Split([10] * 5, [[(0, 10)]] * 5)
+    assert held_blocks(many) == [(i, 0, 10) for i in range(5)]  # whole clips stay whole
