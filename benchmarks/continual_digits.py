@@ -137,8 +137,9 @@ def run_strategy(name: str, tasks: list[int], train: dict[int, np.ndarray], test
         if replay is not None and args.distill > 0:  # as `vidanom update` does
             n = max(1, replayed_count(task_cfg.train.batch_size, share))  # as many as fit_vae replays
             penalty = ReplayDistillation(replay, vae, n, args.distill, args.distill)
-        stats = fit_vae(vae, clips, Split([len(c) for c in clips]), task_cfg, torch.device("cpu"), args.epochs,
-                        extra=replay, penalty=penalty, extra_share=share)
+        steps = -(-args.epochs * sum(len(c) for c in clips) // task_cfg.train.batch_size)  # as many images as epochs
+        stats = fit_vae(vae, clips, Split.none([len(c) for c in clips]), task_cfg, torch.device("cpu"),
+                        extra=replay, penalty=penalty, extra_share=share, steps=steps)
         if ewc is not None:
             ewc.consolidate(task_fisher(vae, train[digit], args.fisher_samples))
         if name == "replay" and args.replay_prior == "fitted":

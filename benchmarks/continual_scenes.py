@@ -64,7 +64,7 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared/data/ucsd_ped1")
     ap.add_argument("--train-clips", type=int, default=34, help="Ped1 training clips for scene A")
     ap.add_argument("--test-clips", type=int, default=36, help="Ped1 test clips for scene A")
-    ap.add_argument("--epochs", type=int, help="epochs per stage (default: the config's)")
+    ap.add_argument("--steps", type=int, help="optimiser steps per stage (default: the config's)")
     ap.add_argument("--strategies", default="replay,replay-no-dream,ewc,finetune,joint")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--keep", type=Path, help="build the projects in this folder and keep them; a scene-A model "
@@ -82,8 +82,8 @@ def main() -> None:
             (folder / p.name).symlink_to(p.resolve())
     a_labels = {k: v for k, v in json.loads((args.data / "labels.json").read_text()).items()
                 if (a_test / k).exists()}
-    epochs = {"vae_epochs": args.epochs, "mdn_epochs": args.epochs} if args.epochs else {}
-    cfg = with_overrides(ProjectConfig(), train=epochs)
+    steps = {"vae_steps": args.steps, "mdn_steps": args.steps} if args.steps else {}
+    cfg = with_overrides(ProjectConfig(), train=steps)
     t0 = time.time()
     if reuse:
         base = Project.open(work / "base")

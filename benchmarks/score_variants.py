@@ -6,7 +6,7 @@ every kind of run alike).
     python benchmarks/score_variants.py --variant "vae.hidden=(8,16,32);mdn.hidden=32" --variant "mdn.hidden=64"
 
 Every --variant is one project (several `a=b` overrides joined by ';'). The clip is throughput.py's:
-a 60 s 720p H.264 clip with moving shapes; each project trains on its first 20 s (3 + 8 epochs).
+a 60 s 720p H.264 clip with moving shapes; each project trains on its first 20 s (600 + 600 steps).
 Prints frames/s and the median (and range) over rounds of each one's ratio to the floor of that round.
 """
 
@@ -34,7 +34,7 @@ def trained(root: Path, overrides: str, train_clip: Path) -> Project:
     if (root / "models" / "current").exists():
         return Project.open(root)
     sets = parse_overrides([o for o in overrides.split(";") if o])
-    sets["train"] = {"vae_epochs": 3, "mdn_epochs": 8, **sets.get("train", {})}
+    sets["train"] = {"vae_steps": 600, "mdn_steps": 600, **sets.get("train", {})}
     project = Project.init(root, with_overrides(ProjectConfig(), **sets))
     pipeline.train(project, [train_clip], device=torch.device("cpu"))
     return project

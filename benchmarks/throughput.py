@@ -44,6 +44,7 @@ import torch
 from vidanom import cache, pipeline
 from vidanom.config import ProjectConfig, parse_overrides, with_overrides
 from vidanom.project import Project
+from vidanom.train import MDN_WINDOWS
 from vidanom.video import Source, iter_chunks
 
 WIDTH, HEIGHT, FPS = 1280, 720, 25
@@ -235,11 +236,11 @@ def main() -> None:
     ap.add_argument("--train-seconds", type=float, default=20.0, help="its first part, to train on")
     ap.add_argument("--long-repeats", type=int, default=10, help="the long clip is the clip this many times")
     ap.add_argument("--repeats", type=int, default=3, help="rounds of the interleaved speed measurements")
-    ap.add_argument("--vae-epochs", type=int, default=3)
-    ap.add_argument("--mdn-epochs", type=int, default=8)
+    ap.add_argument("--vae-steps", type=int, default=600)
+    ap.add_argument("--mdn-steps", type=int, default=600)
     ap.add_argument("--set", action="append", default=[], help="config override, e.g. score.batch_size=64")
     ap.add_argument("--extract-train-memory", action="store_true",
-                    help="also peak RSS of extract and of train (1 epoch) on the short and the long clip "
+                    help="also peak RSS of extract and of train (100 + 100 steps) on the short and the long clip "
                          "(slow: training on the long clip takes about 10 minutes on 2 busy cores)")
     ap.add_argument("--workdir", type=Path, help="keep clips and projects here (default: a temporary folder)")
     ap.add_argument("--json", type=Path, help="write the results here")
@@ -269,7 +270,7 @@ def main() -> None:
     root = work / "project"
     shutil.rmtree(root, ignore_errors=True)
     sets = parse_overrides(args.set)
-    sets["train"] = {"vae_epochs": args.vae_epochs, "mdn_epochs": args.mdn_epochs, **sets.get("train", {})}
+    sets["train"] = {"vae_steps": args.vae_steps, "mdn_steps": args.mdn_steps, **sets.get("train", {})}
     cfg = with_overrides(ProjectConfig(), **sets)
     project = Project.init(root, cfg)
     clock = StageClock()
@@ -277,10 +278,10 @@ def main() -> None:
     pipeline.train(project, [train_clip], device=torch.device("cpu"), progress=clock)
     train_s = time.perf_counter() - t0
     frames = sum(m.frames for m in cache.clips(project.cache_dir, cfg.frames))
-    n_train = frames - int(round(frames * cfg.train.val_fraction))  # the tail of the clip calibrates
-    training = {
-        "vae": clock.rate("vae", n_train * cfg.train.vae_epochs),
-        "mdn": clock.rate("mdn", n_train * cfg.train.mdn_epochs),
+    tc = cfg.train
+    training = {  # frames per second: of the β-VAE's batches, and of the LSTM-MDN's windows (all cells each)
+        "vae": clock.rate("vae", tc.vae_steps * tc.batch_size),
+        "mdn": clock.rate("mdn", tc.mdn_steps * MDN_WINDOWS * tc.seq_len),
         "calibrate": clock.rate("calibrate", 2 * frames),
     }
     print(f"trained in {train_s:.0f} s on {frames} frames", flush=True)
@@ -331,11 +332,11 @@ def main() -> None:
         for name, c in (("short", clip), ("long", long_clip)):
             proj = work / f"mem_{name}"
             shutil.rmtree(proj, ignore_errors=True)
-            Project.init(proj, with_overrides(ProjectConfig(), train={"vae_epochs": 1, "mdn_epochs": 1}))
+            Project.init(proj, with_overrides(ProjectConfig(), train={"vae_steps": 100, "mdn_steps": 100}))
             ex = run_cli(["extract", str(c), "-p", str(proj)], work)
             tr = run_cli(["train", "--device", "cpu", "-p", str(proj)], work)
             memory.setdefault("extract", []).append(ex[2])
-            memory.setdefault("train (1 epoch)", []).append(tr[2])
+            memory.setdefault("train (100 + 100 steps)", []).append(tr[2])
             print(f"{name}: extract {ex[0]:.0f} s, train {tr[0]:.0f} s", flush=True)
             shutil.rmtree(proj / "cache", ignore_errors=True)
 
@@ -375,11 +376,12 @@ def main() -> None:
                 mem_rows)
 
     train_rows = [[k, "n/a" if v is None else f"{v:.0f}"] for k, v in training.items()]
-    print_table(f"Training throughput at {cfg.frames.width}x{cfg.frames.height}, hidden {cfg.vae.hidden} "
-                f"({n_train} training frames, {torch.get_num_threads()} torch threads)",
+    fc = project.config.frames
+    print_table(f"Training throughput at {fc.width}x{fc.height}, hidden {cfg.vae.hidden} "
+                f"({frames} frames, {torch.get_num_threads()} torch threads)",
                 ["stage", "frames/s"], train_rows)
-    print("  vae: frames through fit_vae per second; mdn: training frames per second (an epoch reads about "
-          "every training frame once); calibrate: frames per second of its two passes")
+    print("  vae: frames of the β-VAE's batches per second; mdn: frames of the LSTM-MDN's windows per second "
+          "(each with every cell of the grid); calibrate: frames per second of its two passes")
     load1 = os.getloadavg()
     print(f"\nload average {load0[0]:.1f} at the start, {load1[0]:.1f} at the end; "
           f"benchmark took {time.perf_counter() - t_start:.0f} s")

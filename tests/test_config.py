@@ -74,7 +74,8 @@ def test_values_of_the_wrong_type_are_config_errors(section, key, value):
 @pytest.mark.parametrize("section,values", [
     ("frames", {"channels": 2}), ("frames", {"width": 30}), ("frames", {"stride": 0}),
     ("frames", {"motion_lag": -1}), ("train", {"holdout": 1.0}), ("train", {"eval_every": 0}),
-    ("score", {"false_alarms": 0.0}), ("score", {"weights": (1.0, 2.0)}),
+    ("score", {"false_alarms": 0.0}), ("score", {"weights": (1.0, 2.0)}), ("frames", {"motion": "flow"}),
+    ("frames", {"motion_blur": 4}),
 ])
 def test_validation_refuses_configs_that_cannot_work(section, values, tmp_path):
     data = to_dict(tiny_config())
@@ -112,6 +113,9 @@ def test_a_config_of_the_first_schema_is_read_in_todays_terms():
     assert cfg.schema_version == SCHEMA_VERSION == 2
     assert cfg.frames.width == 64 and cfg.train.seed == 3 and cfg.train.vae_steps == ProjectConfig().train.vae_steps
     assert cfg.score.false_alarms == pytest.approx(0.01) and cfg.score.weights == (1.0, 0.25, 0.1)
+    # its models saw the signed difference: so must they when it is read again
+    assert (cfg.frames.motion, cfg.frames.motion_gain, cfg.frames.motion_blur) == ("difference", 1.0, 1)
+    assert ProjectConfig().frames.motion == "magnitude"
 
 
 @pytest.mark.parametrize("source,expected", [((640, 360), 112), ((238, 158), 96), ((480, 640), 48), ((10, 1000), 8)])

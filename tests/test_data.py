@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from vidanom.data import Split, gather, motion_scale, sample_batch, spread, to_input, window_starts
+from vidanom.data import MotionPlane, Split, gather, motion_scale, sample_batch, spread, to_input, window_starts
 
 
 @pytest.fixture(scope="module")
@@ -108,3 +108,20 @@ def test_window_starts_fit_inside_each_clip():
     assert starts.tolist() == [[0, 0], [0, 1], [2, 0], [2, 1], [2, 2], [2, 3]]  # start + 8 < length
     # when no clip holds a whole window, every clip longer than one frame is used once
     assert window_starts([4, 1, 6], 8).tolist() == [[0, 0], [2, 0]]
+
+
+def test_the_magnitude_plane_is_the_local_mean_absolute_difference_times_the_gain(frames):
+    plane = MotionPlane(lag=1, kind="magnitude", gain=8.0, blur=3)
+    x = to_input(torch.from_numpy(frames), plane)
+    f = frames.astype(np.float64).transpose(0, 3, 1, 2) / 255.0
+    diff = np.abs(f - f[np.maximum(np.arange(12) - 1, 0)])
+    h, w = diff.shape[2:]
+    ref = np.zeros_like(diff)
+    for r in range(h):  # the mean over the 3x3 pixels around each that lie inside the frame
+        for c in range(w):
+            ref[:, :, r, c] = diff[:, :, max(0, r - 1):r + 2, max(0, c - 1):c + 2].mean((2, 3))
+    np.testing.assert_allclose(x[:, 3:].numpy(), 8.0 * ref, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(x[:, :3].numpy(), f, rtol=1e-6)
+    assert plane.range == (0.0, 8.0) and MotionPlane(gain=2.0).range == (-2.0, 2.0)
+    # training draws the same planes as scoring computes
+    torch.testing.assert_close(gather(frames, np.array([0, 5, 11]), plane), x[[0, 5, 11]])

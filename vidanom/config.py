@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from .data import MOTION_KINDS, MotionPlane
 from .errors import ConfigError
 from .mdn import MDNConfig
 from .vae import VAEConfig
@@ -22,7 +23,10 @@ class FrameConfig:
     height: int = 64
     channels: int = 1  # 1 = gray, 3 = RGB
     stride: int = 1  # keep every stride-th decoded frame
-    motion_lag: int = 1  # the model also sees frame[t] - frame[t - lag]; 0 = appearance only
+    motion_lag: int = 1  # the model also sees the motion between frame[t] and frame[t - lag]; 0 = appearance only
+    motion: str = "magnitude"  # the motion plane: "magnitude" (local mean |difference|) or "difference" (signed)
+    motion_gain: float = 8.0  # the motion plane is multiplied by this (differences are small beside the frame)
+    motion_blur: int = 5  # "magnitude" is averaged over this many pixels square (odd)
     decode_timeout: float = 60.0  # seconds of decoding (or of a blocked read) without a new frame: give up
 
     def resolved(self, source_width: int, source_height: int) -> FrameConfig:
@@ -33,6 +37,9 @@ class FrameConfig:
             return self
         width = max(GRID, round(self.height * source_width / max(1, source_height) / GRID) * GRID)
         return replace(self, width=width)
+
+    def motion_plane(self) -> MotionPlane:
+        return MotionPlane(self.motion_lag, self.motion, self.motion_gain, self.motion_blur)
 
 
 @dataclass(frozen=True)
@@ -137,6 +144,9 @@ def validate(cfg: ProjectConfig) -> None:
                           "and motion_lag not negative")
     if not f.decode_timeout > 0:
         raise ConfigError("frames.decode_timeout must be a positive number of seconds")
+    if f.motion not in MOTION_KINDS or not f.motion_gain > 0 or f.motion_blur < 1 or f.motion_blur % 2 == 0:
+        raise ConfigError(f"frames.motion must be one of {', '.join(MOTION_KINDS)}, motion_gain positive and "
+                          "motion_blur an odd number of pixels")
     try:
         from .vae import BetaVAE  # a cheap check of the architecture's divisibility rules
         BetaVAE(replace(cfg, frames=f.resolved(f.height, f.height)).vae_config())
@@ -184,7 +194,8 @@ def _migrate(data: dict[str, Any]) -> dict[str, Any]:
     """A config of an older schema, in today's terms (what was dropped had no counterpart)."""
     data = json.loads(json.dumps(data))
     if data.get("schema_version") == 1:
-        train, score = data.get("train", {}), data.get("score", {})
+        train, score, frames = data.get("train", {}), data.get("score", {}), data.setdefault("frames", {})
+        frames.update(motion="difference", motion_gain=1.0, motion_blur=1)  # what its models were trained on
         for key in ("vae_epochs", "mdn_epochs", "val_fraction"):  # epochs became a budget of steps
             train.pop(key, None)
         if "threshold_quantile" in score:

@@ -1,8 +1,9 @@
 """From cached uint8 frames to model inputs, and the samplers that feed training.
 
-The VAE sees each frame together with its difference to the frame `motion_lag` steps earlier:
-on Ped1 a per-pixel statistic of motion alone reaches 0.75 AUROC where appearance reaches 0.69,
-because most anomalies (cyclists, skaters, carts) move faster than walkers.
+The VAE sees each frame together with a motion plane made from its difference to the frame
+`motion_lag` steps earlier (see MotionPlane): on Ped1 a per-pixel statistic of motion alone reaches
+0.75 AUROC where appearance reaches 0.69, because most anomalies (cyclists, skaters, carts) move
+faster than walkers.
 
 Where the frames' times are known, the difference can be scaled by the time it spans (see
 motion_scale), so that a frame after a longer gap than usual (a variable-frame-rate source that
@@ -15,8 +16,46 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 MIN_MOTION_SCALE = 1 / 8  # the most a difference over a long gap is scaled down
+MOTION_KINDS = ("magnitude", "difference")
+
+
+@dataclass(frozen=True)
+class MotionPlane:
+    """How the motion input is made from a frame and the one `lag` frames before it.
+
+    "magnitude": the mean absolute difference over blur × blur pixels, times gain. The signed
+    difference of two frames is a pattern of thin edges that a β-VAE with a few latent dimensions
+    per cell cannot reconstruct at all (on Ped1 it explained none of its variance, so its
+    "reconstruction error" was the raw motion energy); the local magnitude is a smooth map of where
+    and how fast things move, which it learns (86% of its variance), and a frozen picture or a
+    fast-forward then breaks what the model expects of a scene's motion.
+    "difference": the signed difference, times gain (blur unused).
+    """
+
+    lag: int = 1  # 0: no motion plane
+    kind: str = "difference"
+    gain: float = 1.0
+    blur: int = 1
+
+    @property
+    def range(self) -> tuple[float, float]:
+        """The values the plane can take."""
+        return (0.0, self.gain) if self.kind == "magnitude" else (-self.gain, self.gain)
+
+    def __call__(self, diff: torch.Tensor) -> torch.Tensor:
+        """(n, C, H, W) differences of frames in [0, 1] → the motion plane."""
+        if self.kind == "magnitude":
+            k = self.blur
+            diff = F.avg_pool2d(diff.abs(), k, 1, k // 2, count_include_pad=False) if k > 1 else diff.abs()
+        return diff.mul_(self.gain) if self.gain != 1 else diff
+
+
+def as_plane(motion: MotionPlane | int) -> MotionPlane:
+    """A lag alone is the plain difference at that lag."""
+    return motion if isinstance(motion, MotionPlane) else MotionPlane(lag=motion)
 
 
 def motion_scale(gaps: torch.Tensor | np.ndarray, ref_dt: float) -> torch.Tensor:
@@ -34,16 +73,19 @@ def motion_scale(gaps: torch.Tensor | np.ndarray, ref_dt: float) -> torch.Tensor
     return ratio.clamp(MIN_MOTION_SCALE, 1.0).float()
 
 
-def _scaled(diff: torch.Tensor, gaps: torch.Tensor | np.ndarray | None, ref_dt: float | None) -> torch.Tensor:
-    """(n, C, H, W) differences, scaled per frame by motion_scale where gaps and ref_dt are given."""
-    if gaps is None or ref_dt is None:
-        return diff
-    return diff.mul_(motion_scale(gaps, ref_dt)[:, None, None, None])
+def _scaled(diff: torch.Tensor, gaps: torch.Tensor | np.ndarray | None, ref_dt: float | None,
+            plane: MotionPlane) -> torch.Tensor:
+    """(n, C, H, W) differences → the motion plane, scaled per frame by motion_scale where gaps and
+    ref_dt are given."""
+    if gaps is not None and ref_dt is not None:
+        diff = diff.mul_(motion_scale(gaps, ref_dt)[:, None, None, None])
+    return plane(diff)
 
 
-def to_input(frames: torch.Tensor, lag: int, context: torch.Tensor | None = None,
+def to_input(frames: torch.Tensor, motion: MotionPlane | int, context: torch.Tensor | None = None,
              gaps: torch.Tensor | np.ndarray | None = None, ref_dt: float | None = None) -> torch.Tensor:
-    """frames: (n, H, W, C) uint8 → (n, C·(2 if lag else 1), H, W) float in [0, 1] (differences in [-1, 1]).
+    """frames: (n, H, W, C) uint8 → (n, C·(2 if lag else 1), H, W): the frames in [0, 1] and their
+    motion planes (a plain lag: differences in [-1, 1]).
 
     context: the `lag` frames (lag, H, W, C) that precede frames, or None at the start of a clip,
     where the first frame stands in for the missing past (so the first differences are zero).
@@ -51,29 +93,31 @@ def to_input(frames: torch.Tensor, lag: int, context: torch.Tensor | None = None
     the usual span: the differences are scaled by motion_scale(gaps, ref_dt); unscaled unless both
     are given.
     """
+    plane = as_plane(motion)
     x = frames.permute(0, 3, 1, 2).float().div_(255.0)
-    if lag == 0:
+    if plane.lag == 0:
         return x
     if context is None:
-        past = x[:1].expand(lag, -1, -1, -1)
+        past = x[:1].expand(plane.lag, -1, -1, -1)
     else:
         past = context.permute(0, 3, 1, 2).float().div_(255.0)
     prev = torch.cat([past, x], 0)[: x.shape[0]]
-    return torch.cat([x, _scaled(x - prev, gaps, ref_dt)], 1)
+    return torch.cat([x, _scaled(x - prev, gaps, ref_dt, plane)], 1)
 
 
-def gather(frames: np.ndarray, idx: np.ndarray, lag: int, gaps: torch.Tensor | np.ndarray | None = None,
-           ref_dt: float | None = None) -> torch.Tensor:
+def gather(frames: np.ndarray, idx: np.ndarray, motion: MotionPlane | int,
+           gaps: torch.Tensor | np.ndarray | None = None, ref_dt: float | None = None) -> torch.Tensor:
     """Model inputs for frames idx of one clip (memory-mapped): (len(idx), C_in, H, W).
 
     gaps, ref_dt: as for to_input, gaps (len(idx),) for the frames idx (e.g. times[idx] −
     times[max(idx − lag, 0)] with cache.load_times)."""
+    plane = as_plane(motion)
     cur = torch.from_numpy(np.array(frames[idx]))
     x = cur.permute(0, 3, 1, 2).float().div_(255.0)
-    if lag == 0:
+    if plane.lag == 0:
         return x
-    prev = torch.from_numpy(np.array(frames[np.maximum(idx - lag, 0)])).permute(0, 3, 1, 2).float().div_(255.0)
-    return torch.cat([x, _scaled(x - prev, gaps, ref_dt)], 1)
+    prev = torch.from_numpy(np.array(frames[np.maximum(idx - plane.lag, 0)])).permute(0, 3, 1, 2).float().div_(255.0)
+    return torch.cat([x, _scaled(x - prev, gaps, ref_dt, plane)], 1)
 
 
 @dataclass(frozen=True)
@@ -161,23 +205,24 @@ class Timing:
         return None if self.times is None or self.ref_dt is None else gaps_of(self.times[clip], idx, lag)
 
 
-def inputs(clips: list[np.ndarray], rows: np.ndarray, lag: int, timing: Timing = Timing()) -> torch.Tensor:
+def inputs(clips: list[np.ndarray], rows: np.ndarray, motion: MotionPlane | int, timing: Timing = Timing()
+           ) -> torch.Tensor:
     """Model inputs (N, C_in, H, W) of the (clip, frame) rows, in an order of clips and frames."""
-    parts = []
+    parts, lag = [], as_plane(motion).lag
     for clip in np.unique(rows[:, 0]):
         idx = np.sort(rows[rows[:, 0] == clip, 1])  # sorted reads are kinder to the memmap
-        parts.append(gather(clips[clip], idx, lag, timing.gaps(clip, idx, lag), timing.ref_dt))
+        parts.append(gather(clips[clip], idx, motion, timing.gaps(clip, idx, lag), timing.ref_dt))
     return torch.cat(parts)
 
 
-def sample_batch(clips: list[np.ndarray], index: np.ndarray, batch_size: int, lag: int,
+def sample_batch(clips: list[np.ndarray], index: np.ndarray, batch_size: int, motion: MotionPlane | int,
                  rng: np.random.Generator, timing: Timing = Timing()) -> torch.Tensor:
     """A random batch of model inputs (B, C_in, H, W) from the (clip, frame) rows of index.
 
     Drawn with replacement from a generator seeded per optimiser step, so a resumed run draws exactly
     the batches the uninterrupted one would have.
     """
-    return inputs(clips, index[rng.integers(len(index), size=batch_size)], lag, timing)
+    return inputs(clips, index[rng.integers(len(index), size=batch_size)], motion, timing)
 
 
 def spread(index: np.ndarray, most: int) -> np.ndarray:

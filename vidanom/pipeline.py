@@ -172,10 +172,10 @@ def _fit_mdn_stage(project: Project, plan: Plan, vae: BetaVAE, footage: Footage,
     start = load_checkpoint(part / "mdn.pt") if resume and (part / "mdn.pt").exists() else None
     # dreams are encoded by the new encoder, like real clips: that maps them into the new latent space
     fast = for_inference(vae, device)
-    timing, lag = footage.timing, cfg.frames.motion_lag
-    latents = [encode(fast, c, lag, device, None if timing.times is None else timing.times[i], timing.ref_dt)
+    timing, motion = footage.timing, cfg.frames.motion_plane()
+    latents = [encode(fast, c, motion, device, None if timing.times is None else timing.times[i], timing.ref_dt)
                for i, c in enumerate(footage.clips)]
-    dreamed = [encode(fast, d, lag, device) for d in plan.dreams]
+    dreamed = [encode(fast, d, motion, device) for d in plan.dreams]
     train = [latents[c][:, a:b] for c, a, b in footage.split.runs()] + dreamed
     held = [latents[c][:, a:b] for c, a, b in footage.split.runs(held=True)]
     stats = fit_mdn(mdn, train, held, cfg, device, progress, part / "mdn.pt", start)
@@ -212,7 +212,7 @@ def _sample_inputs(cfg: ProjectConfig, clips: list[np.ndarray], split: Split, co
     rng = np.random.default_rng(cfg.train.seed)
     index = split.train_index()
     rows = index[rng.permutation(len(index))[:count]]
-    return (gather(clips[c], np.sort(rows[rows[:, 0] == c, 1]), cfg.frames.motion_lag).to(device)
+    return (gather(clips[c], np.sort(rows[rows[:, 0] == c, 1]), cfg.frames.motion_plane()).to(device)
             for c in np.unique(rows[:, 0]))
 
 
@@ -389,7 +389,8 @@ def update(project: Project, paths: list[Path], scene: str | None = None, strate
     prior = (LatentPrior.from_dict(load_checkpoint(version / "prior.pt")) if (version / "prior.pt").exists()
              else LatentPrior.standard(old, vae.cfg.latent_channels * vae.cfg.grid[0] * vae.cfg.grid[1]))
     others = [s for s in prior.scenes if s != scene]  # a scene learned again is not replayed
-    plan.old_scenes = PriorReplay(vae, cfg.frames.channels, prior.only(others)) if others else None
+    plan.old_scenes = (PriorReplay(vae, cfg.frames.channels, prior.only(others),
+                                   motion_range=cfg.frames.motion_plane().range) if others else None)
     if strategy == "replay":  # nothing to replay when the only scene learned is learned again
         share = 0.0 if not others else replay_ratio if replay_ratio is not None else replay_share(len(others))
         _plan_replay(cfg, plan, share, sum(m.frames for m in metas) if dreams else 0)

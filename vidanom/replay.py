@@ -95,14 +95,16 @@ class PriorReplay:
 
     Latents come from `prior` (the old scenes' fitted Gaussians) or, without one, from N(0, I).
     frame_channels: how many leading input channels are frames in [0, 1] (the rest are motion
-    differences in [-1, 1]); samples are clipped to those ranges, since the decoder's linear output
+    planes in motion_range); samples are clipped to those ranges, since the decoder's linear output
     can overshoot what real inputs ever hold. None leaves samples as decoded.
     """
 
     def __init__(self, vae: BetaVAE, frame_channels: int | None = None, prior: LatentPrior | None = None,
-                 generator: torch.Generator | None = None, out_device: torch.device | str = "cpu") -> None:
+                 generator: torch.Generator | None = None, out_device: torch.device | str = "cpu",
+                 motion_range: tuple[float, float] = (-1.0, 1.0)) -> None:
         self.vae = copy.deepcopy(vae).eval().requires_grad_(False)
         self.frame_channels = frame_channels
+        self.motion_range = motion_range
         self.prior = prior
         # the default generator of sample() and __call__ (None: torch's global one); fit_vae passes one per step
         self.generator = generator
@@ -127,7 +129,7 @@ class PriorReplay:
         if self.frame_channels is None:
             return x
         k = self.frame_channels
-        return torch.cat([x[:, :k].clamp(0.0, 1.0), x[:, k:].clamp(-1.0, 1.0)], 1)
+        return torch.cat([x[:, :k].clamp(0.0, 1.0), x[:, k:].clamp(*self.motion_range)], 1)
 
     def __call__(self, n: int, generator: torch.Generator | None = None, scene: int | None = None) -> torch.Tensor:
         """n samples (n, C, H, W) on out_device (all of prior scene index `scene`, if given)."""

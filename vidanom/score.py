@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from .config import ProjectConfig, ScoreConfig
-from .data import to_input
+from .data import MotionPlane, as_plane, to_input
 from .mdn import LSTMMDN, mdn_nll
 from .vae import BetaVAE, error_map, kl_map, patch_means
 
@@ -55,7 +55,7 @@ def make_scorer(vae: BetaVAE, mdn: LSTMMDN | None, cfg: ProjectConfig, device: t
     """A Scorer set up as the project's config says; ref_dt: the model's usual seconds between frames
     (Calibration.frame_interval), by which motion planes are scaled."""
     motion_only = cfg.score.recon_planes == "motion" and cfg.frames.motion_lag > 0
-    scorer = Scorer(vae, mdn, cfg.frames.motion_lag, device, cfg.score.mdn_warmup,
+    scorer = Scorer(vae, mdn, cfg.frames.motion_plane(), device, cfg.score.mdn_warmup,
                     cfg.frames.channels if motion_only else 0)
     scorer.ref_dt = ref_dt
     return scorer
@@ -64,9 +64,11 @@ def make_scorer(vae: BetaVAE, mdn: LSTMMDN | None, cfg: ProjectConfig, device: t
 class Scorer:
     """Runs the VAE (and LSTM-MDN) over a stream of frame chunks of one clip, carrying state."""
 
-    def __init__(self, vae: BetaVAE, mdn: LSTMMDN | None, lag: int, device: torch.device, warmup: int = 8,
+    def __init__(self, vae: BetaVAE, mdn: LSTMMDN | None, motion: MotionPlane | int, device: torch.device, warmup: int = 8,
                  recon_from: int = 0) -> None:
-        self.vae, self.mdn, self.lag, self.device = vae.eval(), mdn.eval() if mdn else None, lag, device
+        self.vae, self.mdn, self.device = vae.eval(), mdn.eval() if mdn else None, device
+        self.motion = as_plane(motion)
+        self.lag = self.motion.lag
         self.recon_from = recon_from  # first input plane whose reconstruction error counts
         self.warmup = warmup  # the LSTM's first predictions, from an empty state, are not yet informed
         self._seen = 0  # frames of the clip already scored
@@ -100,7 +102,7 @@ class Scorer:
         cur = torch.from_numpy(np.array(frames, copy=True))
         gaps = self._gaps(times, len(cur))
         ref = None if self.ref_dt is None else self.lag * self.ref_dt  # the usual span of a difference
-        x = to_input(cur, self.lag, self._context, gaps, ref).to(self.device)
+        x = to_input(cur, self.motion, self._context, gaps, ref).to(self.device)
         if self.lag:
             self._context = torch.cat([self._context, cur])[-self.lag:] if self._context is not None \
                 else torch.cat([cur[:1].expand(self.lag, *cur.shape[1:]), cur])[-self.lag:]

@@ -26,7 +26,7 @@ import torch
 
 from . import fsutil
 from .config import ProjectConfig, TrainConfig
-from .data import Split, Timing, gaps_of, inputs, sample_batch, spread, to_input, window_starts
+from .data import MotionPlane, Split, Timing, as_plane, gaps_of, inputs, sample_batch, spread, to_input, window_starts
 from .errors import ProjectError, VidanomError
 from .mdn import LSTMMDN, MDNConfig, mdn_nll
 from .replay import replayed_count
@@ -183,11 +183,11 @@ def vae_holdout(vae: BetaVAE, x: torch.Tensor, frame_channels: int) -> dict[str,
     return {"loss": loss / n, "psnr": 10 * math.log10(1.0 / max(sq / n, 1e-10))}
 
 
-def held_inputs(clips: list[np.ndarray], split: Split, lag: int, most: int, timing: Timing = Timing()
+def held_inputs(clips: list[np.ndarray], split: Split, motion: MotionPlane, most: int, timing: Timing = Timing()
                 ) -> torch.Tensor:
     """Model inputs of up to `most` held-out frames, evenly spread (training frames if none is held out)."""
     index = split.index(held=True)
-    return inputs(clips, spread(index if len(index) else split.train_index(), most), lag, timing)
+    return inputs(clips, spread(index if len(index) else split.train_index(), most), motion, timing)
 
 
 def fit_vae(vae: BetaVAE, clips: list[np.ndarray], split: Split, cfg: ProjectConfig, device: torch.device,
@@ -200,16 +200,16 @@ def fit_vae(vae: BetaVAE, clips: list[np.ndarray], split: Split, cfg: ProjectCon
     of them, so replayed samples make up `extra_share` of every batch. Returns the held-out loss and
     PSNR of the kept weights, and how many steps ran.
     """
-    tc, lag = cfg.train, cfg.frames.motion_lag
+    tc, motion = cfg.train, cfg.frames.motion_plane()
     steps = tc.vae_steps if steps is None else steps
     index = split.train_index()
     n_extra = replayed_count(tc.batch_size, extra_share) if extra else 0
-    held = held_inputs(clips, split, lag, VAL_FRAMES, timing)
+    held = held_inputs(clips, split, motion, VAL_FRAMES, timing)
     vae.to(device)
 
     def step(i: int) -> dict[str, float]:
         g = step_generator(tc.seed, 0, i)
-        x = sample_batch(clips, index, tc.batch_size, lag, np.random.default_rng([tc.seed, 0, i]), timing)
+        x = sample_batch(clips, index, tc.batch_size, motion, np.random.default_rng([tc.seed, 0, i]), timing)
         if n_extra and extra is not None:
             x = torch.cat([x, extra(n_extra, g)])
         x = x.to(device)
@@ -229,17 +229,17 @@ def fit_vae(vae: BetaVAE, clips: list[np.ndarray], split: Split, cfg: ProjectCon
 # -- the LSTM-MDN --------------------------------------------------------------------------------
 
 @torch.inference_mode()
-def encode(vae: BetaVAE, frames: np.ndarray, lag: int, device: torch.device, times: np.ndarray | None = None,
-           ref_dt: float | None = None) -> torch.Tensor:
+def encode(vae: BetaVAE, frames: np.ndarray, motion: MotionPlane | int, device: torch.device,
+           times: np.ndarray | None = None, ref_dt: float | None = None) -> torch.Tensor:
     """Mean latents of a whole clip, chunk by chunk: (n, H, W, C) uint8 → (cells, n, D) float32
     (motion planes scaled by the frames' times (n,) as the Scorer does, when both are given)."""
     context: torch.Tensor | None = None
-    out = []
+    out, lag = [], as_plane(motion).lag
     gaps = gaps_of(times, np.arange(len(frames)), lag) if times is not None and ref_dt is not None else None
     for s in range(0, len(frames), INFER_BATCH):
         cur = torch.from_numpy(np.array(frames[s:s + INFER_BATCH]))
         chunk_gaps = None if gaps is None else gaps[s:s + len(cur)]
-        mu, _ = vae.encode(to_input(cur, lag, context, chunk_gaps, ref_dt).to(device))
+        mu, _ = vae.encode(to_input(cur, motion, context, chunk_gaps, ref_dt).to(device))
         out.append(mu.flatten(2).permute(2, 0, 1).cpu())
         if lag:  # the frames the next chunk's first differences need
             context = torch.from_numpy(np.array(frames[max(0, s + len(cur) - lag):s + len(cur)]))
