@@ -111,3 +111,44 @@ def test_held_blocks_cut_few_runs_into_enough_blocks():
     assert blocks == [(0, 20, 25), (0, 25, 30), (0, 30, 35), (0, 35, 40)]
     many = Split([10] * 5, [[(0, 10)]] * 5)
     assert held_blocks(many) == [(i, 0, 10) for i in range(5)]  # whole clips stay whole
+
+
+def test_calibrate_takes_place_statistics_from_training_frames_and_scales_from_held_out_ones():
+    from conftest import tiny_config
+
+    from vidanom.calibration import Footage, calibrate
+    from vidanom.mdn import LSTMMDN
+    from vidanom.score import CausalMean, components, make_scorer
+    from vidanom.vae import BetaVAE, patch_means
+    cfg = tiny_config()
+    torch.manual_seed(0)
+    vae, mdn = BetaVAE(cfg.vae_config()).eval(), LSTMMDN(cfg.mdn_config()).eval()
+    rng = np.random.default_rng(0)
+    quiet = rng.integers(100, 110, (60, 32, 32, 1), dtype=np.uint8)
+    busy = rng.integers(0, 256, (60, 32, 32, 1), dtype=np.uint8)  # unlike anything in training
+    clips = [quiet, busy, quiet.copy(), quiet[::-1].copy(), busy[::-1].copy()]
+    split = Split.blocks([60] * 5, [25.0] * 5, 0.4, 5.0)  # whole clips: 1 and 3 held out
+    assert [c for c, _, _ in split.runs(held=True)] == [1, 3]
+    footage = Footage(clips, [25.0] * 5, split)
+    cal = calibrate(vae, mdn, footage, cfg, torch.device("cpu"), "default")
+
+    scorer = make_scorer(vae, mdn, cfg, torch.device("cpu"))
+    errs = []
+    for c in (0, 2, 4):  # the training clips alone give each place's statistics
+        scorer.reset()
+        errs.append(patch_means(scorer.maps(clips[c]).err, cfg.score.patch, cfg.score.patch_stride))
+    err = torch.cat(errs).double()
+    w = shrink_weight(180 / 25.0, cfg.score.shrink_seconds)
+    mean, std = shrink(err.mean(0).float(), err.std(0, unbiased=False).float(), w)
+    torch.testing.assert_close(cal.err_mean[0], mean, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(cal.err_std[0], std, rtol=1e-4, atol=1e-5)
+    smoothed = []
+    for c in (1, 3):  # the held-out clips alone give the components' scales
+        scorer.reset()
+        smoothed.append(CausalMean(cfg.score.smooth)(components(scorer.maps(clips[c]), cal, cfg.score))[:, 0])
+    median, low, high = split_scales(torch.cat(smoothed))
+    torch.testing.assert_close(cal.comp_mean[0], median.float(), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(cal.comp_std[0], high.float(), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(cal.comp_low[0], low.float(), rtol=1e-4, atol=1e-4)
+    assert cal.false_alarms is not None and 0 <= float(cal.false_alarms[0]) <= 1
+    assert any("only 12 s" in w for w in footage.warnings)

@@ -85,7 +85,7 @@ class ScoreConfig:
     patch: int = 16  # reconstruction error is averaged over patch × patch pixels...
     patch_stride: int = 8  # ...at windows this far apart...
     top_k: int = 5  # ...and the mean of the k worst patches counts
-    weights: tuple[float, ...] = (1.0, 0.25, 1.0)  # combined = Σ weight · standardised (recon, kl, nll)
+    weights: tuple[float, ...] = (1.0, 1.0, 1.0)  # combined = Σ weight · standardised (recon, kl, nll)
     shrink_seconds: float = 300.0  # place-by-place statistics count as much as the frame-wide ones after this much footage
     mdn_warmup: int = 8  # no MDN surprise for a clip's first frames: the LSTM has seen too little
     smooth: int = 5  # causal moving average over this many frames (1 = none)
