@@ -4,6 +4,7 @@
     python benchmarks/real_footage.py                                  # ~15 minutes on 2 cores
     python benchmarks/real_footage.py --only avenue,ped1-24            # some of the experiments
     python benchmarks/real_footage.py --set vae.beta=0.1 --json out.json   # a variant
+    python benchmarks/real_footage.py --only ped1,avenue --ablate          # and every ablation (~1 hour)
 
 Experiments (data: ../shared/data, see its README):
   ped1      train on UCSD Ped1's 34 normal clips, score its 36 labelled test clips: frame-level micro
@@ -232,30 +233,64 @@ def table(results: list[Result], title: str) -> Table:
     return t
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared/data")
-    ap.add_argument("--only", default=",".join(EXPERIMENTS), help=f"comma-separated, of {', '.join(EXPERIMENTS)}")
-    ap.add_argument("--set", action="append", default=[], help="config override, e.g. vae.beta=0.3")
-    ap.add_argument("--work", type=Path, help="folder for the projects (default: a temporary one)")
-    ap.add_argument("--json", type=Path, help="write the results here")
-    args = ap.parse_args()
-    only = args.only.split(",")
-    if unknown := set(only) - set(EXPERIMENTS):
-        ap.error(f"unknown experiment(s): {', '.join(sorted(unknown))}")
-    cfg = with_overrides(ProjectConfig(), **parse_overrides(args.set))
-    work = args.work or Path(tempfile.mkdtemp(prefix="vidanom-real-"))
+# the modelling choices the README's ablation table measures, each against the defaults
+ABLATIONS = {
+    "signed difference as motion plane": ["frames.motion='difference'", "frames.motion_gain=1.0", "frames.motion_blur=1"],
+    "64x64 frames (squashed)": ["frames.width=64"],
+    "no place statistics shrinkage": ["score.shrink_seconds=0.0"],
+    "LSTM-MDN reads latents only": ["mdn.delta=False", "mdn.residual=False"],
+    "no LSTM-MDN in the score": ["score.weights=(1.0,1.0,0.0)"],
+    "no pixel coordinates": ["vae.coords=False"],
+}
+SUMMARY = ("Ped1 test AUROC", "Ped1 test flagged", "Ped1 test normal flagged", "Avenue 010 -> 011 flagged",
+           "Avenue fast AUROC", "Avenue fast flagged", "Avenue freeze AUROC", "Avenue freeze flagged")
+
+
+def run_all(args: argparse.Namespace, work: Path, overrides: list[str]) -> list[Result]:
+    cfg = with_overrides(ProjectConfig(), **parse_overrides(overrides))
     work.mkdir(parents=True, exist_ok=True)
     runs = {"ped1": lambda: run_ped1(args.data, work, cfg),
             "ped1-4": lambda: run_ped1_subset(args.data, work, cfg, 4),
             "ped1-24": lambda: run_ped1_subset(args.data, work, cfg, 24),
             "avenue": lambda: run_avenue(args.data, work, cfg)}
+    return [runs[name]() for name in EXPERIMENTS if name in args.only.split(",")]
+
+
+def summary(rows: dict[str, list[Result]]) -> Table:
+    """One row per variant: the combined score's key figures."""
+    t = Table(title="ablations: the combined score, each change against the defaults")
+    t.add_column("")
+    for metric in SUMMARY:
+        t.add_column(metric.replace("Ped1 test ", "Ped1 ").replace(" flagged", " flag."), justify="right")
+    for name, results in rows.items():
+        found = {m: v.get("score") for r in results for m, v in r.rows.items()}
+        t.add_row(name, *("" if found.get(m) is None else
+                          f"{100 * found[m]:.1f}%" if "flagged" in m else f"{found[m]:.3f}" for m in SUMMARY))
+    return t
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared/data")
+    ap.add_argument("--only", default=",".join(EXPERIMENTS), help=f"comma-separated, of {', '.join(EXPERIMENTS)}")
+    ap.add_argument("--set", action="append", default=[], help="config override, e.g. vae.beta=0.3")
+    ap.add_argument("--ablate", action="store_true", help="also run every ablation (the experiments in --only, "
+                                                          "about 8 minutes each for ped1,avenue)")
+    ap.add_argument("--work", type=Path, help="folder for the projects (default: a temporary one)")
+    ap.add_argument("--json", type=Path, help="write the results here")
+    args = ap.parse_args()
+    if unknown := set(args.only.split(",")) - set(EXPERIMENTS):
+        ap.error(f"unknown experiment(s): {', '.join(sorted(unknown))}")
+    work = args.work or Path(tempfile.mkdtemp(prefix="vidanom-real-"))
     t0 = time.time()
-    results = [runs[name]() for name in EXPERIMENTS if name in only]
-    Console().print(table(results, f"vidanom on real footage {' '.join(args.set)} ({time.time() - t0:.0f} s, "
-                                   f"{os.cpu_count()} cores)"))
+    rows = {"defaults": run_all(args, work / "defaults", args.set)}
+    Console().print(table(rows["defaults"], f"vidanom on real footage {' '.join(args.set)} "
+                                            f"({time.time() - t0:.0f} s, {os.cpu_count()} cores)"))
+    for i, (name, overrides) in enumerate(ABLATIONS.items() if args.ablate else []):
+        rows[name] = run_all(args, work / f"ablation{i}", args.set + overrides)
+        Console().print(summary(rows))
     if args.json:
-        args.json.write_text(json.dumps([r.__dict__ for r in results], indent=2))
+        args.json.write_text(json.dumps({k: [r.__dict__ for r in v] for k, v in rows.items()}, indent=2))
 
 
 if __name__ == "__main__":
