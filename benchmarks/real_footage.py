@@ -239,7 +239,8 @@ ABLATIONS = {
     "64x64 frames (squashed)": ["frames.width=64"],
     "no place statistics shrinkage": ["score.shrink_seconds=0.0"],
     "LSTM-MDN reads latents only": ["mdn.delta=False", "mdn.residual=False"],
-    "no LSTM-MDN in the score": ["score.weights=(1.0,1.0,0.0)"],
+    "LSTM-MDN: surprise only, no stillness": ["score.weights=(1.0,1.0,0.25,0.0)"],
+    "no LSTM-MDN in the score": ["score.weights=(1.0,1.0,0.0,0.0)"],
     "no pixel coordinates": ["vae.coords=False"],
 }
 SUMMARY = ("Ped1 test AUROC", "Ped1 test flagged", "Ped1 test normal flagged", "Avenue 010 -> 011 flagged",

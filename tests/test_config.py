@@ -17,7 +17,7 @@ from vidanom.vae import BetaVAE
 
 def test_round_trip_through_json_restores_every_field():
     cfg = with_overrides(tiny_config(), frames={"channels": 3, "stride": 2, "motion_lag": 0},
-                         score={"weights": (0.5, 0.25, 2.0), "false_alarms": 0.05, "shrink_seconds": 60.0},
+                         score={"weights": (0.5, 0.25, 2.0, 1.0), "false_alarms": 0.05, "shrink_seconds": 60.0},
                          train={"lr": 3e-4, "holdout": 0.3, "vae_steps": 50})
     back = from_dict(json.loads(json.dumps(to_dict(cfg))))
     assert back == cfg
@@ -112,7 +112,9 @@ def test_a_config_of_the_first_schema_is_read_in_todays_terms():
     cfg = from_dict(old)
     assert cfg.schema_version == SCHEMA_VERSION == 2
     assert cfg.frames.width == 64 and cfg.train.seed == 3 and cfg.train.vae_steps == ProjectConfig().train.vae_steps
-    assert cfg.score.false_alarms == pytest.approx(0.01) and cfg.score.weights == (1.0, 0.25, 0.1)
+    assert cfg.score.false_alarms == pytest.approx(0.01) and cfg.score.weights == (1.0, 0.25, 0.1, 0.0)
+    bare = from_dict({"schema_version": 1})  # the defaults of its day where today's differ
+    assert bare.frames.width == 64 and bare.score.weights == (1.0, 0.25, 0.1, 0.0)
     # its models saw the signed difference: so must they when it is read again
     assert (cfg.frames.motion, cfg.frames.motion_gain, cfg.frames.motion_blur) == ("difference", 1.0, 1)
     assert ProjectConfig().frames.motion == "magnitude"

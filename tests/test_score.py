@@ -10,7 +10,7 @@ from vidanom import train
 from vidanom.mdn import LSTMMDN, MDNConfig, mdn_nll
 from vidanom.config import ScoreConfig
 from vidanom.calibration import Calibration
-from vidanom.score import (LOW_MARGIN, CausalMean, combine, components, iter_scores, Maps, pick_scene, scene_of, Scorer,
+from vidanom.score import (STILL_MARGIN, CausalMean, combine, components, iter_scores, Maps, pick_scene, scene_of, Scorer,
                            segments, standardise)
 from vidanom.vae import BetaVAE, VAEConfig, error_map, kl_map
 
@@ -178,7 +178,7 @@ def calibration():
 
 
 def test_components_and_combine_against_hand_computation(models, frames, calibration):
-    cal, weights = calibration, (1.0, 0.5, 2.0)
+    cal, weights = calibration, (1.0, 0.5, 2.0, 0.7)
     sc = ScoreConfig(patch=8, patch_stride=4, top_k=3, weights=weights)
     err, kl, nll = run_scorer(models, frames, size=N)
     comp = components(Maps(err, kl, nll), cal, sc)
@@ -207,12 +207,11 @@ def test_components_and_combine_against_hand_computation(models, frames, calibra
 
 
 def reference_standardise(comp: torch.Tensor, cal: Calibration) -> np.ndarray:
-    """Above the median in upper scales; below it, for nll alone, in lower scales past the margin."""
+    """(..., 4): every component above the median in upper scales; nll below it in lower scales, past
+    the margin."""
     c, m, hi, lo = (t.numpy().astype(np.float64) for t in (comp, cal.comp_mean, cal.comp_std, cal.comp_low))
-    up = (c - m) / hi
-    down = (m - c) / lo - LOW_MARGIN
-    z = np.maximum(up, 0.0)
-    z[..., 2] = np.maximum(np.maximum(up[..., 2], down[..., 2]), 0.0)
+    still = (m[..., 2] - c[..., 2]) / lo[..., 2] - STILL_MARGIN
+    z = np.concatenate([np.maximum((c - m) / hi, 0.0), np.maximum(still, 0.0)[..., None]], -1)
     return np.nan_to_num(z, nan=0.0)
 
 
@@ -221,11 +220,11 @@ def test_standardise_counts_too_little_surprise_but_not_too_little_error(calibra
     m = cal.comp_mean[0]
     comp = torch.stack([m + 3 * cal.comp_std[0], m - 3.0, m - 1.0, m - 0.1]).unsqueeze(1).expand(4, 2, 3)
     z = standardise(comp, cal)[:, 0]
-    torch.testing.assert_close(z[0], torch.full((3,), 3.0))  # above: in upper scales, every component
-    # below the median only the LSTM-MDN's surprise counts, in its lower scale, past the margin
-    torch.testing.assert_close(z[1], torch.tensor([0.0, 0.0, 3.0 / 0.25 - LOW_MARGIN]))
-    torch.testing.assert_close(z[2], torch.tensor([0.0, 0.0, 1.0 / 0.25 - LOW_MARGIN]))
-    torch.testing.assert_close(z[3], torch.zeros(3))  # within the margin: nothing
+    torch.testing.assert_close(z[0], torch.tensor([3.0, 3.0, 3.0, 0.0]))  # above: in upper scales, every one
+    # below the median only the LSTM-MDN's surprise counts, as stillness, in its lower scale, past the margin
+    torch.testing.assert_close(z[1], torch.tensor([0.0, 0.0, 0.0, 3.0 / 0.25 - STILL_MARGIN]))
+    torch.testing.assert_close(z[2], torch.tensor([0.0, 0.0, 0.0, 1.0 / 0.25 - STILL_MARGIN]))
+    torch.testing.assert_close(z[3], torch.zeros(4))  # within the margin: nothing
     np.testing.assert_allclose(standardise(comp, cal).numpy(), reference_standardise(comp, cal), rtol=1e-6, atol=1e-6)
     assert standardise(torch.full((1, 2, 3), float("nan")), cal).eq(0).all()
 
@@ -256,7 +255,7 @@ def test_calibration_threshold_and_merge(calibration):
     assert merged.comp_low[0, 1:].isinf().all() and merged.comp_low[0, 0] == calibration.comp_low[0, 0]
     comp = torch.tensor([[[5.0, 50.0, float("nan")], [5.0, 50.0, -50.0]]])
     z_recon = (5.0 - calibration.comp_mean[0, 0]) / calibration.comp_std[0, 0]
-    torch.testing.assert_close(combine(comp, merged, (1.0, 1.0, 1.0))[0, 0], z_recon)
+    torch.testing.assert_close(combine(comp, merged, (1.0, 1.0, 1.0, 1.0))[0, 0], z_recon)
     assert mine.merged(calibration, ["dawn"]) is mine
     relearned = Calibration.from_dict(mine.to_dict() | {"scenes": ["day"]})
     assert relearned.merged(calibration, ["day", "night"]).scenes == ["night", "day"]  # the new "day" wins
@@ -266,7 +265,7 @@ def test_iter_scores_in_chunks_equals_one_pass(models, frames, calibration):
     def run(size: int):
         scorer = Scorer(models[0], models[1], LAG, torch.device("cpu"))
         chunks = (frames[s:s + size] for s in range(0, N, size))
-        sc = ScoreConfig(patch=8, patch_stride=4, top_k=2, weights=(1.0, 0.5, 1.0), smooth=4)
+        sc = ScoreConfig(patch=8, patch_stride=4, top_k=2, weights=(1.0, 0.5, 1.0, 2.0), smooth=4)
         out = list(iter_scores(scorer, chunks, calibration, sc))
         return tuple(torch.cat([o[i] for o in out]) for i in range(3))
 
@@ -281,7 +280,7 @@ def test_iter_scores_in_chunks_equals_one_pass(models, frames, calibration):
     smoothed = np.stack([[[np.nanmean(c) if not np.isnan(c).all() else np.nan for c in comp[max(0, t - 3):t + 1, s].T]
                           for s in range(2)] for t in range(N)])
     z = reference_standardise(torch.from_numpy(smoothed), calibration)
-    ref = (z * np.array([1.0, 0.5, 1.0])).sum(2)[np.arange(N), scene_whole.numpy()]
+    ref = (z * np.array([1.0, 0.5, 1.0, 2.0])).sum(2)[np.arange(N), scene_whole.numpy()]
     np.testing.assert_allclose(score_whole.numpy(), ref, rtol=1e-5, atol=1e-5)
 
 

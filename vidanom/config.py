@@ -85,7 +85,7 @@ class ScoreConfig:
     patch: int = 16  # reconstruction error is averaged over patch × patch pixels...
     patch_stride: int = 8  # ...at windows this far apart...
     top_k: int = 5  # ...and the mean of the k worst patches counts
-    weights: tuple[float, ...] = (1.0, 1.0, 1.0)  # combined = Σ weight · standardised (recon, kl, nll)
+    weights: tuple[float, ...] = (1.0, 1.0, 0.25, 2.0)  # combined = Σ weight · term (recon, kl, nll, still)
     shrink_seconds: float = 300.0  # place-by-place statistics count as much as the frame-wide ones after this much footage
     mdn_warmup: int = 8  # no MDN surprise for a clip's first frames: the LSTM has seen too little
     smooth: int = 5  # causal moving average over this many frames (1 = none)
@@ -163,8 +163,8 @@ def validate(cfg: ProjectConfig) -> None:
         raise ConfigError("score.patch must fit the frame, and score.patch_stride and top_k must be positive")
     if sc.recon_planes not in ("motion", "all"):
         raise ConfigError("score.recon_planes must be 'motion' or 'all'")
-    if len(sc.weights) != 3:
-        raise ConfigError("score.weights must hold 3 numbers: recon, kl, nll")
+    if len(sc.weights) != 4:
+        raise ConfigError("score.weights must hold 4 numbers: recon, kl, nll, still")
     if not 0 < sc.false_alarms < 0.5 or sc.shrink_seconds < 0:
         raise ConfigError("score.false_alarms must lie between 0 and 0.5, score.shrink_seconds not be negative")
 
@@ -194,10 +194,15 @@ def _migrate(data: dict[str, Any]) -> dict[str, Any]:
     """A config of an older schema, in today's terms (what was dropped had no counterpart)."""
     data = json.loads(json.dumps(data))
     if data.get("schema_version") == 1:
-        train, score, frames = data.get("train", {}), data.get("score", {}), data.setdefault("frames", {})
-        frames.update(motion="difference", motion_gain=1.0, motion_blur=1)  # what its models were trained on
+        frames, score = data.setdefault("frames", {}), data.setdefault("score", {})
+        train = data.get("train", {})
+        # what its models were trained on, where today's defaults differ
+        frames.update(motion="difference", motion_gain=1.0, motion_blur=1)
+        frames.setdefault("width", 64)
         for key in ("vae_epochs", "mdn_epochs", "val_fraction"):  # epochs became a budget of steps
             train.pop(key, None)
+        # no weight for stillness: its models' scores stay as they were
+        score["weights"] = [*score.get("weights", (1.0, 0.25, 0.1)), 0.0]
         if "threshold_quantile" in score:
             score["false_alarms"] = round(1.0 - score.pop("threshold_quantile"), 6)
         data["schema_version"] = 2

@@ -33,10 +33,11 @@ if TYPE_CHECKING:
     from .calibration import Calibration
 
 COMPONENTS = ("recon", "kl", "nll")
-# the LSTM-MDN's surprise counts when it is too low as well: in a frozen picture nothing changes
-# anywhere, and every cell sits at the least surprise the model can give
-TWO_SIDED = (False, False, True)
-LOW_MARGIN = 1.0  # a two-sided component counts below its median only beyond this many (lower) scales
+# what the combined score weighs: each component where it is higher than normal, and the LSTM-MDN's
+# surprise where it is lower than normal ("still"): in a frozen picture nothing changes anywhere,
+# and every cell sits at the least surprise the model can give
+TERMS = ("recon", "kl", "nll", "still")
+STILL_MARGIN = 1.0  # the surprise counts as "still" only this many (lower) scales below its median
 
 
 @dataclass
@@ -149,22 +150,22 @@ def components(maps: Maps, cal: Calibration, sc: ScoreConfig) -> torch.Tensor:
 
 
 def standardise(comp: torch.Tensor, cal: Calibration) -> torch.Tensor:
-    """(n, S, 3) components → how far each lies beyond normal, in units of its spread on held-out
-    normal frames: above the median in upper scales (0 below it), and for a two-sided component also
-    below the median, in lower scales, past LOW_MARGIN. A missing (NaN) component is 0.
+    """(n, S, 3) components → (n, S, 4) terms: how far each component lies above normal, in units of
+    its spread above the median on held-out normal frames (0 below the median), and how far the
+    LSTM-MDN's surprise lies below normal, in its spread below the median, past STILL_MARGIN. A
+    missing (NaN) component gives 0.
 
-    Each side has its own scale because the components are skewed: the LSTM-MDN's surprise has a
-    long upper tail and a short lower one, and a frozen picture lies 5-8 lower scales below the
-    median where one symmetric standard deviation put it at 3.
+    Each side has its own scale because the components are skewed: the surprise has a long upper
+    tail and a short lower one, and a frozen picture lies 5-8 lower scales below the median where
+    one symmetric standard deviation put it at 3.
     """
     up = (comp - cal.comp_mean) / cal.comp_std
-    down = (cal.comp_mean - comp) / cal.comp_low - LOW_MARGIN
-    z = torch.where(torch.tensor(TWO_SIDED), torch.maximum(up, down), up).clamp_min(0.0)
-    return z.nan_to_num(0.0)
+    still = (cal.comp_mean[..., 2] - comp[..., 2]) / cal.comp_low[..., 2] - STILL_MARGIN
+    return torch.cat([up, still.unsqueeze(-1)], -1).clamp_min(0.0).nan_to_num(0.0)
 
 
 def combine(smoothed: torch.Tensor, cal: Calibration, weights: tuple[float, ...]) -> torch.Tensor:
-    """(n, S, 3) smoothed components → (n, S) combined score: Σ weight · standardise."""
+    """(n, S, 3) smoothed components → (n, S) combined score: Σ weight · term (see standardise)."""
     return standardise(smoothed, cal) @ torch.tensor(weights, dtype=smoothed.dtype)
 
 
