@@ -375,12 +375,17 @@ def span(seconds: float) -> str:
     return f"{s:.1f} s" if s < 60 else f"{s / 60:.1f} min" if s < 3600 else f"{s / 3600:.2f} h"
 
 
+def seconds(value: float) -> str:
+    """A duration: 0.04 s, 12.40 s, or as a clock from a minute on."""
+    return f"{float(value):.2f} s" if float(value) < 60 else clock(value)
+
+
 def _render(cameras: list[CameraView]) -> str:
     """index.html of the cameras' views (Jinja2, autoescaped: clip and scene names are users' text)."""
     from jinja2 import Environment, PackageLoader, StrictUndefined
     env = Environment(loader=PackageLoader(__package__, "templates"), autoescape=True, undefined=StrictUndefined,
                       trim_blocks=True, lstrip_blocks=True)
-    env.filters.update(clock=clock, span=span)
+    env.filters.update(clock=clock, span=span, seconds=seconds)
     clips = [c for cam in cameras for c in cam.clips]
     rows = [(c, e) for c in clips for e in c.events]  # in camera, clip name, then time order
     return env.get_template("index.html.j2").render(
