@@ -16,7 +16,7 @@ from vidanom import revisit
 from vidanom.errors import VidanomError
 from vidanom.project import Project
 from vidanom.report import build_report
-from vidanom.report.build import clock, span
+from vidanom.report.build import clock, seconds, span
 
 HOSTILE = "<img src=x onerror=alert(1)>.mp4"
 
@@ -192,6 +192,7 @@ def test_fleet_report_shows_each_camera(scored, tmp_path):
     assert len({a["id"] for a in page.all("section", **{"class": "clip"})}) == 2
 
 
-def test_clock_and_span():
+def test_times_read_as_clock_lengths_and_durations():
     assert clock(0.96) == "0:00.96" and clock(61.5) == "1:01.50" and clock(3723.04) == "1:02:03.04"
     assert span(7.66) == "7.7 s" and span(90) == "1.5 min" and span(5400) == "1.50 h"
+    assert seconds(0.04) == "0.04 s" and seconds(75.5) == "1:15.50"
