@@ -27,17 +27,18 @@ FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-
          "--disable-background-networking", "--disable-component-update", "--disable-sync", "--hide-scrollbars")
 
 
-def _browser() -> str:
-    found = next((path for path in map(shutil.which, BROWSERS) if path), None)
-    if found is None:
-        pytest.skip("Chromium is not installed: 'apt-get install chromium' (.ci/run does it where apt is available)")
-    return found
+def _browser() -> str | None:
+    return next((path for path in map(shutil.which, BROWSERS) if path), None)
+
+
+pytestmark = pytest.mark.skipif(_browser() is None, reason="Chromium is not installed: 'apt-get install chromium' "
+                                                          "(.ci/run does it where apt is available)")
 
 
 def browse(page: Path, profile: Path, *args: str, fragment: str = "") -> str:
     """Run headless Chromium on page (file://) with a fresh profile; its stdout."""
     profile.mkdir(parents=True)
-    cmd = [_browser(), *FLAGS, f"--user-data-dir={profile}", *args, page.resolve().as_uri() + fragment]
+    cmd = [str(_browser()), *FLAGS, f"--user-data-dir={profile}", *args, page.resolve().as_uri() + fragment]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=profile)
     assert res.returncode == 0, res.stderr[-2000:]
     return res.stdout
