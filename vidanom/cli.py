@@ -342,6 +342,32 @@ def gallery(video: Annotated[Path, typer.Argument(help="A scored video file or f
         out.print(f"  frame {f} at {t:.2f} s: score {s:.2f}")
 
 
+@app.command()
+@cli_errors
+def report(output: Annotated[Optional[Path], typer.Option(
+               "--output", "-o", help="Folder to write index.html and its assets into (default: PROJECT/report).")] = None,
+           videos: Annotated[bool, typer.Option(
+               help="Also make the annotated video of every clip with events that has none (slow: decodes "
+                    "each clip again).")] = False,
+           device: DeviceOpt = "auto", project: ProjectOpt = None) -> None:
+    """One HTML page of the scored clips: totals, model, events with images, timelines, videos.
+
+    Open DIR/index.html in a browser: it needs no server and no internet. Images already made are
+    reused, so running it again after scoring more clips is quick.
+
+    Example: vidanom report -o night_report --videos
+    """
+    from .report import build_report
+    proj = _open(project)
+    with _progress() as progress:
+        r = build_report([(proj.root.resolve().name, proj)], output or proj.root / "report", videos,
+                         _device(device), progress)
+    made = ", ".join(f"{n} {kind}" for kind, n in r.made.items() if n) or "nothing new"
+    out.print(f"wrote {r.index}: {r.clips} clips, {r.events} events ({made} made)", markup=False, highlight=False)
+    for note in r.notes:
+        err.print(f"note: {_one_line(note)}", markup=False, highlight=False, soft_wrap=True)
+
+
 def _options(items: list[str]) -> dict[str, str]:
     """['key=value', ...] → {'key': 'value'} (FFmpeg input options)."""
     if any("=" not in item for item in items):
