@@ -90,8 +90,9 @@ def test_browser_shows_every_event_image_and_video(shown, tmp_path):
     assert len(rows) == sum(len(s) for s in segments_of(root).values()) > 0
     images = [a["src"] for a in page.all("img")]
     videos = page.all("video")
-    assert len(images) == len(rows) + 3  # a thumbnail per event, a timeline per clip
-    assert len(videos) == 2  # the two clips with events
+    segments = segments_of(root)
+    assert len(images) == len(rows) + len(segments)  # a thumbnail per event, a timeline per clip
+    assert len(videos) == sum(1 for s in segments.values() if s) >= 2  # a video per clip with events
     for ref in images + [v[k] for v in videos for k in ("src", "poster")]:
         local_file(out, ref)
     assert all(v.get("data-state") == "ready" for v in videos), "a video did not load in the browser"
