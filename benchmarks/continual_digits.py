@@ -8,7 +8,7 @@ from a frozen copy of the previous model), ewc, and finetune (new task only: the
 
     python benchmarks/continual_digits.py --data ../shared/data/mnist --json digits.json --plot digits.png
 
-It trains through the library's own calls: `vidanom.train.fit_vae` with `vidanom.replay.PriorReplay`,
+It trains through the library's own calls: `vidanom.fitting.fit_vae` with `vidanom.replay.PriorReplay`,
 `ReplayDistillation`, `replay_share`, `fisher_diagonal` and `EWCPenalty`, the model from
 `ProjectConfig.vae_config()`. Like `vidanom update`, replay distils the frozen model on replayed samples
 and keeps the old tasks' Gaussians as they were (`--distill 0` carries them instead, as before).
@@ -34,7 +34,7 @@ from vidanom.data import Split, to_input
 from vidanom.metrics import auroc
 from vidanom.replay import (EWCPenalty, LatentPrior, PriorReplay, ReplayDistillation, carry_prior, fisher_diagonal,
                             fit_gaussian, new_batch_size, replay_share, replayed_count)
-from vidanom.train import fit_vae
+from vidanom.fitting import fit_vae
 from vidanom.vae import BetaVAE, error_map, kl_map, patch_means
 
 STRATEGIES = ("joint", "replay", "ewc", "finetune")

@@ -25,7 +25,7 @@ from vidanom import pipeline
 from vidanom.config import ProjectConfig, parse_overrides, with_overrides
 from vidanom.metrics import summary
 from vidanom.project import Project
-from vidanom.score import COMPONENTS, CausalMean
+from vidanom.scoring import COMPONENTS, CausalMean
 
 
 def read_components(path: Path) -> tuple[np.ndarray, np.ndarray]:

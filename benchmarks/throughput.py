@@ -44,7 +44,7 @@ import torch
 from vidanom import cache, pipeline
 from vidanom.config import ProjectConfig, parse_overrides, with_overrides
 from vidanom.project import Project
-from vidanom.train import MDN_WINDOWS
+from vidanom.fitting import MDN_WINDOWS
 from vidanom.video import Source, iter_chunks
 
 WIDTH, HEIGHT, FPS = 1280, 720, 25

@@ -118,7 +118,7 @@ def test_calibrate_takes_place_statistics_from_training_frames_and_scales_from_h
 
     from vidanom.calibration import Footage, calibrate
     from vidanom.mdn import LSTMMDN
-    from vidanom.score import CausalMean, components, make_scorer
+    from vidanom.scoring import CausalMean, components, make_scorer
     from vidanom.vae import BetaVAE, patch_means
     cfg = tiny_config()
     torch.manual_seed(0)

@@ -20,7 +20,7 @@ from vidanom.cli import app
 from vidanom.config import CONFIG_NAME, ProjectConfig, SCHEMA_VERSION, read_config, to_dict
 from vidanom.project import Project
 from vidanom.calibration import Calibration
-from vidanom.score import CausalMean, combine
+from vidanom.scoring import CausalMean, combine
 
 COLUMNS = ["frame", "time", "recon", "kl", "nll", "scene", "score", "anomalous"]
 TRAIN = ("--steps", "8", "--device", "cpu")

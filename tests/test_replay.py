@@ -12,7 +12,7 @@ from vidanom.config import FrameConfig, ProjectConfig, TrainConfig, VAEOptions
 from vidanom.data import Split
 from vidanom.replay import (EWCPenalty, LatentPrior, PriorReplay, ReplayDistillation, carry_prior, fisher_diagonal,
                             fit_gaussian, gaussian_kl, new_batch_size, replay_share)
-from vidanom.train import fit_vae
+from vidanom.fitting import fit_vae
 from vidanom.vae import BetaVAE, vae_loss
 
 BATCH = 8

@@ -440,7 +440,7 @@ def test_decoding_that_stalls_is_stopped_by_the_time_limit(trained_project, clip
 def interrupt_at(monkeypatch, stage: str, step: int) -> None:
     """Send this process a real SIGINT while a stage ('vae': the β-VAE, 'mdn': the LSTM-MDN) draws the
     batch of optimiser step `step`, as a user pressing Ctrl-C would."""
-    from vidanom import train as fitting
+    from vidanom import fitting
     name = {"vae": "sample_batch", "mdn": "window_batch"}[stage]
     real, calls = getattr(fitting, name), [-1 if stage == "mdn" else 0]  # the LSTM-MDN first draws its held-out windows
 

@@ -23,7 +23,7 @@ from vidanom.inference import (SubPixelConvTranspose, decoding_threads, for_infe
                                torch_threads)
 from vidanom.prefetch import prefetch
 from vidanom.project import Project
-from vidanom.score import iter_scores, make_scorer
+from vidanom.scoring import iter_scores, make_scorer
 from vidanom.vae import BetaVAE
 from vidanom.video import DecodeReport, Source, iter_chunks
 

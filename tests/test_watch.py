@@ -22,7 +22,7 @@ from conftest import anomalous_frames, invoke, write_video
 
 from vidanom import pipeline
 from vidanom.project import Project
-from vidanom.score import segments
+from vidanom.scoring import segments
 from vidanom.watch import EventTracker, WatchOptions, watch
 
 CPU = torch.device("cpu")

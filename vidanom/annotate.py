@@ -30,7 +30,7 @@ from .errors import VidanomError
 from .heatmap import ErrorScale, overlay
 from .project import Project
 from .revisit import ScoredClip, revisit, scored_clip
-from .train import Progress, no_progress
+from .fitting import Progress, no_progress
 
 CODECS = ("libx264", "h264", "mpeg4")  # the first this FFmpeg can encode with
 CONTAINERS = {".mp4": "mp4", ".mkv": "matroska", ".mov": "mov", ".m4v": "mp4", ".avi": "avi",

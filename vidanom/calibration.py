@@ -23,8 +23,8 @@ import torch
 from .config import ProjectConfig
 from .data import Split, Timing
 from .mdn import LSTMMDN
-from .score import CausalMean, Maps, Scorer, combine, components, make_scorer
-from .train import Progress, no_progress
+from .scoring import CausalMean, Maps, Scorer, combine, components, make_scorer
+from .fitting import Progress, no_progress
 from .vae import BetaVAE, patch_means
 
 MIN_SECONDS = 60.0  # less normal footage than this cannot support a promised false-alarm rate

@@ -152,7 +152,7 @@ def _muted(handler: _Warnings) -> Iterator[None]:
 
 
 def _device(name: str):
-    from .train import resolve_device
+    from .fitting import resolve_device
     return resolve_device(name)
 
 

@@ -31,8 +31,8 @@ from .project import Project
 from .replay import (EWCPenalty, LatentPrior, PriorReplay, ReplayDistillation, carry_prior, fisher_diagonal,
                      fit_gaussian, replay_share, replayed_count)
 from .calibration import Calibration, Footage, calibrate, patch_error_stats
-from .score import iter_scores, make_scorer, segments
-from .train import Progress, build_mdn, build_vae, encode, fit_mdn, fit_vae, load_checkpoint, no_progress
+from .scoring import iter_scores, make_scorer, segments
+from .fitting import Progress, build_mdn, build_vae, encode, fit_mdn, fit_vae, load_checkpoint, no_progress
 from .vae import BetaVAE, patch_means
 from .video import DecodeReport, Source, find_sources, first_frame_size, iter_timed_chunks
 

@@ -7,7 +7,7 @@ could. Chained from scene to scene, each frozen copy speaks for all the scenes b
 scenes also keep their place in latent space.
 
 EWC (Kirkpatrick et al., 2017) instead anchors the weights that mattered, weighted by the diagonal
-of the Fisher information. Both plug into `vidanom.train.fit_vae` (`extra=` and `penalty=`).
+of the Fisher information. Both plug into `vidanom.fitting.fit_vae` (`extra=` and `penalty=`).
 No file access here: checkpoints store `EWCPenalty.to_dict()`, the caller writes it.
 """
 

@@ -20,8 +20,8 @@ from .errors import VidanomError, VideoError
 from .pipeline import current_models, read_scored, read_scores
 from .project import Project
 from .calibration import Calibration
-from .score import Maps, make_scorer
-from .train import Progress, no_progress
+from .scoring import Maps, make_scorer
+from .fitting import Progress, no_progress
 from .video import DecodeReport, Source, find_sources, iter_full_chunks
 
 FULL_CHUNK = 8  # frames per chunk of the second pass: 8 RGB frames of 1080p are 50 MB

@@ -34,7 +34,7 @@ import torch
 
 from .pipeline import current_models
 from .project import Project
-from .score import Scorer, iter_scores, make_scorer
+from .scoring import Scorer, iter_scores, make_scorer
 from .video import DecodeReport, iter_live
 
 LIVE_QUEUE = 256  # frames waiting to be scored, at most (at the model's size: 4 kB each at 64×64 gray)

@@ -30,7 +30,7 @@ import numpy as np
 from .. import fsutil
 from ..errors import VidanomError
 from ..project import Project
-from ..train import Progress, no_progress
+from ..fitting import Progress, no_progress
 from .stored import Stored, StoredClip, read_stored
 
 THUMB_WIDTH = 320  # pixels, at most: a thumbnail is never wider, and never enlarged

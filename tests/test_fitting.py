@@ -11,10 +11,10 @@ import pytest
 import torch
 from conftest import invoke, make_project, tiny_config
 
-from vidanom import train as fitting
+from vidanom import fitting
 from vidanom.config import with_overrides
 from vidanom.data import Split
-from vidanom.train import Fitting, fit_vae, learning_rate, vae_holdout
+from vidanom.fitting import Fitting, fit_vae, learning_rate, vae_holdout
 from vidanom.vae import BetaVAE
 
 CPU = ("--device", "cpu")

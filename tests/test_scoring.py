@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from vidanom import train
+from vidanom import fitting
 from vidanom.mdn import LSTMMDN, MDNConfig, mdn_nll
 from vidanom.config import ScoreConfig
 from vidanom.calibration import Calibration
-from vidanom.score import (STILL_MARGIN, CausalMean, combine, components, iter_scores, Maps, pick_scene, scene_of, Scorer,
+from vidanom.scoring import (STILL_MARGIN, CausalMean, combine, components, iter_scores, Maps, pick_scene, scene_of, Scorer,
                            segments, standardise)
 from vidanom.vae import BetaVAE, VAEConfig, error_map, kl_map
 
@@ -285,10 +285,10 @@ def test_iter_scores_in_chunks_equals_one_pass(models, frames, calibration):
 
 
 def test_training_latents_match_the_scorers_across_batches(models, frames, monkeypatch):
-    # train.encode feeds the LSTM-MDN in batches; its motion context must cross batch borders like the Scorer's
+    # fitting.encode feeds the LSTM-MDN in batches; its motion context must cross batch borders like the Scorer's
     vae = models[0]
-    monkeypatch.setattr(train, "INFER_BATCH", 7)
-    z = train.encode(vae, frames, LAG, torch.device("cpu"))
+    monkeypatch.setattr(fitting, "INFER_BATCH", 7)
+    z = fitting.encode(vae, frames, LAG, torch.device("cpu"))
     with torch.no_grad():
         mu, _ = vae.encode(reference_input(frames, LAG))
     assert z.shape == (16, N, 2)
