@@ -25,7 +25,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from vidanom import pipeline, synth
+from vidanom import results, synth, training
 from vidanom.config import ProjectConfig, with_overrides
 from vidanom.metrics import auroc
 from vidanom.project import Project
@@ -50,11 +50,11 @@ def make_scene_b(root: Path) -> tuple[Path, Path, dict[str, list[list[int]]]]:
 
 def scene_auroc(project: Project, test: Path, labels: dict) -> float:
     """Score every test clip of a scene with the current model; micro AUROC over all its frames."""
-    pipeline.score(project, test)
+    results.score(project, test)
     ys, ss = [], []
     for name, ranges in sorted(labels.items()):
-        s, _ = pipeline.read_scores(project, name)
-        ys.append(pipeline.label_vector([tuple(r) for r in ranges], len(s), name))
+        s, _ = results.read_scores(project, name)
+        ys.append(results.label_vector([tuple(r) for r in ranges], len(s), name))
         ss.append(s)
     return auroc(np.concatenate(ys), np.concatenate(ss))
 
@@ -89,7 +89,7 @@ def main() -> None:
         base = Project.open(work / "base")
     else:
         base = Project.init(work / "base", cfg)
-        pipeline.train(base, [a_train], scene="A")
+        training.train(base, [a_train], scene="A")
     rows = {"before update (A only)": (scene_auroc(base, a_test, a_labels),
                                        scene_auroc(base, b_test, b_labels), time.time() - t0)}
     for strategy in args.strategies.split(","):
@@ -98,13 +98,13 @@ def main() -> None:
         t0 = time.time()
         if strategy == "joint":
             project = Project.init(root, base.config)
-            pipeline.extract(project, [a_train, b_train], scene="AB")
-            pipeline.train(project, [], scene="AB")
+            training.extract(project, [a_train, b_train], scene="AB")
+            training.train(project, [], scene="AB")
         else:
             shutil.copytree(base.root, root)
             project = Project.open(root)
             name = "replay" if strategy == "replay-no-dream" else strategy
-            pipeline.update(project, [b_train], "B", name, dreams=strategy != "replay-no-dream")
+            training.update(project, [b_train], "B", name, dreams=strategy != "replay-no-dream")
         seconds = time.time() - t0
         rows[strategy] = (scene_auroc(project, a_test, a_labels), scene_auroc(project, b_test, b_labels),
                           seconds)

@@ -21,7 +21,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from vidanom import pipeline
+from vidanom import results, training
 from vidanom.config import ProjectConfig, parse_overrides, with_overrides
 from vidanom.metrics import summary
 from vidanom.project import Project
@@ -49,16 +49,16 @@ def main() -> None:
     project = Project.open(root) if args.skip_train else Project.init(root, cfg)
     t0 = time.time()
     if not args.skip_train:
-        pipeline.train(project, [args.data / "train"])
+        training.train(project, [args.data / "train"])
     train_s = time.time() - t0
     t1 = time.time()
-    pipeline.score(project, args.data / "test")
+    results.score(project, args.data / "test")
     score_s = time.time() - t1
-    labels = pipeline.read_labels(args.data / "labels.json")
+    labels = results.read_labels(args.data / "labels.json")
     ys, comps, combined = [], [], []
     for name in sorted(labels):
         c, s = read_components(project.scores_dir / f"{name}.csv")
-        ys.append(pipeline.label_vector(labels[name], len(s), name))
+        ys.append(results.label_vector(labels[name], len(s), name))
         comps.append(c)
         combined.append(s)
     y = np.concatenate(ys)

@@ -36,7 +36,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from vidanom import pipeline
+from vidanom import results, training
 from vidanom.config import ProjectConfig, parse_overrides, with_overrides
 from vidanom.metrics import auroc
 from vidanom.project import Project
@@ -119,7 +119,7 @@ def read_csv(path: Path) -> dict[str, np.ndarray]:
 def train(root: Path, cfg: ProjectConfig, videos: list[Path], result: Result) -> Project:
     project = Project.init(root, cfg)
     t0 = time.time()
-    r = pipeline.train(project, videos)
+    r = training.train(project, videos)
     result.train_seconds = time.time() - t0
     result.threshold = r.threshold
     info = json.loads((project.require_version() / "version.json").read_text())
@@ -131,7 +131,7 @@ def train(root: Path, cfg: ProjectConfig, videos: list[Path], result: Result) ->
 def score(project: Project, videos: list[Path], result: Result) -> dict[str, dict[str, np.ndarray]]:
     t0, frames, out = time.time(), 0, {}
     for v in videos:
-        for r in pipeline.score(project, v):
+        for r in results.score(project, v):
             out[r.name] = read_csv(r.csv)
             frames += r.frames
     result.score_fps = frames / (time.time() - t0)
@@ -180,9 +180,9 @@ def run_ped1(data: Path, work: Path, cfg: ProjectConfig) -> Result:
     result = Result("ped1")
     project = train(work / "ped1", cfg, [data / "ucsd_ped1" / "train"], result)
     scored = score(project, [data / "ucsd_ped1" / "test"], result)
-    labels = pipeline.read_labels(data / "ucsd_ped1" / "labels.json")
+    labels = results.read_labels(data / "ucsd_ped1" / "labels.json")
     names = sorted(labels)
-    y = np.concatenate([pipeline.label_vector(labels[n], len(scored[n]["score"]), n) for n in names])
+    y = np.concatenate([results.label_vector(labels[n], len(scored[n]["score"]), n) for n in names])
     add_rows(result, "Ped1 test", y, [scored[n] for n in names])
     return result
 
@@ -263,8 +263,8 @@ def summary(rows: dict[str, list[Result]]) -> Table:
     t.add_column("")
     for metric in SUMMARY:
         t.add_column(metric.replace("Ped1 test ", "Ped1 ").replace(" flagged", " flag."), justify="right")
-    for name, results in rows.items():
-        found = {m: v.get("score") for r in results for m, v in r.rows.items()}
+    for name, runs in rows.items():
+        found = {m: v.get("score") for r in runs for m, v in r.rows.items()}
         t.add_row(name, *("" if found.get(m) is None else
                           f"{100 * found[m]:.1f}%" if "flagged" in m else f"{found[m]:.3f}" for m in SUMMARY))
     return t

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from throughput import copy_packets, make_clip  # the same clip as the throughput benchmark
 
-from vidanom import pipeline
+from vidanom import results, training
 from vidanom.config import ProjectConfig, parse_overrides, with_overrides
 from vidanom.project import Project
 from vidanom.video import Source, iter_chunks
@@ -36,7 +36,7 @@ def trained(root: Path, overrides: str, train_clip: Path) -> Project:
     sets = parse_overrides([o for o in overrides.split(";") if o])
     sets["train"] = {"vae_steps": 600, "mdn_steps": 600, **sets.get("train", {})}
     project = Project.init(root, with_overrides(ProjectConfig(), **sets))
-    pipeline.train(project, [train_clip], device=torch.device("cpu"))
+    training.train(project, [train_clip], device=torch.device("cpu"))
     return project
 
 
@@ -58,9 +58,9 @@ def main() -> None:
     projects = {name: trained(work / f"project_{i}", o, train_clip) for i, (name, o) in enumerate(variants.items())}
     fc, batch = projects["default"].config.frames, projects["default"].config.score.batch_size
     runs = {"decode alone (floor)": lambda: sum(len(c) for c in iter_chunks(Source(clip), fc, batch))}
-    runs.update({f"score: {name}": (lambda p=p: pipeline.score(p, clip)) for name, p in projects.items()})
+    runs.update({f"score: {name}": (lambda p=p: results.score(p, clip)) for name, p in projects.items()})
     for p in projects.values():
-        pipeline.score(p, train_clip)  # warm-up: imports, first torch calls
+        results.score(p, train_clip)  # warm-up: imports, first torch calls
     seconds: dict[str, list[float]] = {k: [] for k in runs}
     for _ in range(args.rounds):
         for name, fn in runs.items():

@@ -13,8 +13,8 @@ that the load of a shared machine falls on all of them alike:
                 of decoding threads and with one thread (scoring uses one on 2 cores)
   floor         per round, the faster of the two
   naive PyAV    the same with `frame.reformat` on every frame, for reference
-  loop          the scoring loop alone (pipeline._score_arrays): decode + models, no files written
-  score         vidanom.pipeline.score in this process (no start-up): decode, models, CSV, JSON, PNG
+  loop          the scoring loop alone (Detector.score_source): decode + models, no files written
+  score         vidanom.score in this process (no start-up): decode, models, CSV, JSON, PNG
   score (CLI)   `vidanom score` as a subprocess: with interpreter, torch and model start-up
 Each row gives the median over rounds of frames/s and of CPU time per frame (CPU time is less
 disturbed by other processes than wall time), and the ratio score / floor per round.
@@ -41,8 +41,9 @@ import av
 import numpy as np
 import torch
 
-from vidanom import cache, pipeline
+from vidanom import cache, results, training
 from vidanom.config import ProjectConfig, parse_overrides, with_overrides
+from vidanom.detector import Detector
 from vidanom.project import Project
 from vidanom.fitting import MDN_WINDOWS
 from vidanom.video import Source, iter_chunks
@@ -275,11 +276,11 @@ def main() -> None:
     project = Project.init(root, cfg)
     clock = StageClock()
     t0 = time.perf_counter()
-    pipeline.train(project, [train_clip], device=torch.device("cpu"), progress=clock)
+    training.train(project, [train_clip], device=torch.device("cpu"), progress=clock)
     train_s = time.perf_counter() - t0
     frames = sum(m.frames for m in cache.clips(project.cache_dir, cfg.frames))
     tc = cfg.train
-    training = {  # frames per second: of the β-VAE's batches, and of the LSTM-MDN's windows (all cells each)
+    rates = {  # frames per second: of the β-VAE's batches, and of the LSTM-MDN's windows (all cells each)
         "vae": clock.rate("vae", tc.vae_steps * tc.batch_size),
         "mdn": clock.rate("mdn", tc.mdn_steps * MDN_WINDOWS * tc.seq_len),
         "calibrate": clock.rate("calibrate", 2 * frames),
@@ -287,14 +288,13 @@ def main() -> None:
     print(f"trained in {train_s:.0f} s on {frames} frames", flush=True)
 
     # interleaved rounds, so that a busy spell of the machine falls on every kind of run
-    pipeline.score(project, train_clip)  # warm-up: imports matplotlib, first torch calls
-    models = pipeline.load_models(project.require_version())
+    results.score(project, train_clip)  # warm-up: imports matplotlib, first torch calls
+    detector = Detector.load(project)
     kinds = {
         "decode": lambda: decode(clip, project, threads=0),
         "decode1": lambda: decode(clip, project, threads=1),
-        "loop": lambda: len(pipeline._score_arrays(project, Source(clip), models, torch.device("cpu"),
-                                                   pipeline.no_progress)[1]),
-        "score": lambda: pipeline.score(project, clip)[0].frames,
+        "loop": lambda: sum(len(c.scores) for c in detector.score_source(Source(clip), torch.device("cpu"))),
+        "score": lambda: results.score(project, clip)[0].frames,
         "cli": lambda: run_cli(["score", str(clip), "--device", "cpu", "-p", str(root)], work),
         "naive": lambda: naive_pyav(clip, project),
     }
@@ -375,7 +375,7 @@ def main() -> None:
                                                  f"{span(args.seconds * args.long_repeats)} clip", "difference"],
                 mem_rows)
 
-    train_rows = [[k, "n/a" if v is None else f"{v:.0f}"] for k, v in training.items()]
+    train_rows = [[k, "n/a" if v is None else f"{v:.0f}"] for k, v in rates.items()]
     fc = project.config.frames
     print_table(f"Training throughput at {fc.width}x{fc.height}, hidden {cfg.vae.hidden} "
                 f"({frames} frames, {torch.get_num_threads()} torch threads)",

@@ -19,7 +19,7 @@ from sklearn.metrics import roc_auc_score
 from vidanom.cli import app
 from vidanom.config import CONFIG_NAME, ProjectConfig, SCHEMA_VERSION, read_config, to_dict
 from vidanom.project import Project
-from vidanom.calibration import Calibration
+from vidanom.detector import Detector
 from vidanom.scoring import CausalMean, combine
 
 COLUMNS = ["frame", "time", "recon", "kl", "nll", "scene", "score", "anomalous"]
@@ -134,7 +134,7 @@ def test_stored_scores_follow_from_the_stored_components(scored):
     # score = Σ w · standardised causal mean of each component, with the version's calibration
     rows = read_csv(scored / "scores" / "anom.mp4.csv")
     comp = torch.tensor([[float(r[k]) if r[k] else float("nan") for k in ("recon", "kl", "nll")] for r in rows])
-    cal = Calibration.from_dict(torch.load(scored / "models" / "v0001" / "calibration.pt", weights_only=True))
+    cal = Detector.load(scored / "models" / "v0001").calibration
     assert cal.scenes == ["default"] and {r["scene"] for r in rows} == {"default"}
     cfg = tiny_config().score
     expected = combine(CausalMean(cfg.smooth)(comp[:, None]), cal, cfg.weights)[:, 0].numpy()
@@ -267,16 +267,21 @@ def test_bad_stage_is_refused(project):
     assert res.exit_code != 0 and "--stage" in res.output and "Traceback" not in res.output
 
 
-def test_busy_project_is_refused_and_a_dead_holders_lock_is_taken_over(project, clips, monkeypatch):
+def test_busy_project_refuses_a_second_training_and_a_dead_holders_lock_is_taken_over(project, clips,
+                                                                                      monkeypatch):
     lock = project / "lock"
     lock.write_text(json.dumps({"pid": os.getpid(), "command": "train", "started": 0}))
-    monkeypatch.setattr(Project.lock.__wrapped__, "__defaults__", (0.0,))  # do not wait 5 s for it
-    assert_clean_error(invoke("extract", clips.normal_a, "-p", project), exit_code=3, match="project is busy")
+    monkeypatch.setattr(Project.writing.__wrapped__, "__defaults__", (0.0,))  # do not wait 5 s for it
+    for cmd in (("train", clips.normal_a, *TRAIN), ("update", clips.normal_a, *TRAIN)):
+        line = assert_clean_error(invoke(*cmd, "-p", project), exit_code=3, match="project is busy")
+        assert f"'vidanom train' (pid {os.getpid()})" in line
     assert lock.exists()  # someone else's lock is left alone
+    res = invoke("extract", clips.normal_a, "-p", project)  # extracting takes no lock: it goes on meanwhile
+    assert res.exit_code == 0 and lock.exists(), res.output
     dead = subprocess.Popen(["true"])
     dead.wait()
     lock.write_text(json.dumps({"pid": dead.pid, "command": "train", "started": 0}))
-    res = invoke("extract", clips.normal_a, "-p", project)
+    res = invoke("train", clips.normal_a, *TRAIN, "-p", project)
     assert res.exit_code == 0, res.output
     assert not lock.exists()
 
@@ -310,7 +315,7 @@ def test_stage_vae_then_stage_mdn(project, clips):
     res = invoke("train", clips.folder, "--stage", "vae", *TRAIN, "--seed", "0", "-p", project)
     assert res.exit_code == 0, res.output
     v1 = project / "models" / "v0001"
-    assert (v1 / "vae.pt").exists() and not (v1 / "mdn.pt").exists()
+    assert Detector.load(v1).mdn is None
     assert json.loads((v1 / "version.json").read_text())["has_mdn"] is False
     assert invoke("score", clips.anomalous, "--device", "cpu", "-p", project).exit_code == 0
     rows = read_csv(project / "scores" / "anom.mp4.csv")
@@ -320,14 +325,14 @@ def test_stage_vae_then_stage_mdn(project, clips):
     assert res.exit_code == 0, res.output
     v2 = project / "models" / "v0002"
     info = json.loads((v2 / "version.json").read_text())
-    assert (v2 / "mdn.pt").exists() and info["has_mdn"] and info["stage"] == "mdn" and info["parent"] == "v0001"
+    first, second = Detector.load(v1), Detector.load(v2)
+    assert second.mdn is not None and info["has_mdn"] and info["stage"] == "mdn" and info["parent"] == "v0001"
     assert (project / "models" / "current").read_text().strip() == "v0002"
-    vae1 = torch.load(v1 / "vae.pt", weights_only=True)["model"]
-    vae2 = torch.load(v2 / "vae.pt", weights_only=True)["model"]
+    vae1, vae2 = first.vae.state_dict(), second.vae.state_dict()
     assert vae1.keys() == vae2.keys() and all(torch.equal(vae1[k], vae2[k]) for k in vae1)  # VAE kept as it was
-    prior1, prior2 = (torch.load(v / "prior.pt", weights_only=True) for v in (v1, v2))  # and what an update needs
-    assert prior2["scenes"] == prior1["scenes"] and torch.equal(prior2["chol"], prior1["chol"])
-    ewc1, ewc2 = (torch.load(v / "ewc.pt", weights_only=True)["fisher"] for v in (v1, v2))
+    prior1, prior2 = first.prior, second.prior  # and what an update needs
+    assert prior2.scenes == prior1.scenes and torch.equal(prior2.chol, prior1.chol)
+    ewc1, ewc2 = first.ewc["fisher"], second.ewc["fisher"]
     assert ewc1.keys() == ewc2.keys() and all(torch.equal(ewc1[k], ewc2[k]) for k in ewc1)
     assert invoke("score", clips.anomalous, "--device", "cpu", "-p", project).exit_code == 0
     rows = read_csv(project / "scores" / "anom.mp4.csv")

@@ -8,7 +8,6 @@ JSON or lie outside a clip, a busy project, a dead holder's lock) are not repeat
 from __future__ import annotations
 
 import faulthandler
-import functools
 import hashlib
 import json
 import os
@@ -27,7 +26,8 @@ import torch
 from conftest import ANOMALY, Clips, anomalous_frames, invoke, square_frames, tiny_config, write_video
 from PIL import Image
 
-from vidanom import pipeline
+from vidanom import results
+from vidanom.detector import Detector
 from vidanom.config import CONFIG_NAME, to_dict
 from vidanom.errors import VidanomError
 from vidanom.project import Project
@@ -232,10 +232,9 @@ def _flip(path: Path) -> None:
     path.write_bytes(bytes(data))
 
 
-@pytest.mark.parametrize("file,damage", [("vae.pt", "truncate"), ("mdn.pt", "flip"), ("calibration.pt", "json"),
-                                         ("vae.pt", "code"), ("mdn.pt", "wrong content")])
-def test_damaged_checkpoint_is_a_clean_error_and_never_runs_code(trained_project, clips, tmp_path, file, damage):
-    path = trained_project / "models" / "v0001" / file
+@pytest.mark.parametrize("damage", ["truncate", "flip", "json", "code", "wrong content"])
+def test_damaged_model_file_is_a_clean_error_and_never_runs_code(trained_project, clips, tmp_path, damage):
+    path = trained_project / "models" / "v0001" / "model.pt"
     marker = tmp_path / "pwned"
     if damage == "truncate":
         _truncate(path)
@@ -244,9 +243,9 @@ def test_damaged_checkpoint_is_a_clean_error_and_never_runs_code(trained_project
     elif damage == "json":
         path.write_text(json.dumps({"not": "a checkpoint"}))
     elif damage == "code":
-        torch.save({"config": _Exploit(marker), "model": {}}, path)
+        torch.save({"format": 1, "vae": {"config": _Exploit(marker), "model": {}}}, path)
     else:
-        torch.save({"config": {"latent_dim": 2}, "model": {"weight": torch.zeros(3)}}, path)
+        torch.save({"format": 1, "vae": {"config": {"latent_dim": 2}, "model": {"weight": torch.zeros(3)}}}, path)
     for cmd in (("score", clips.anomalous), ("update", clips.normal_a, "--steps", "8")):
         line = assert_clean_error(invoke(*cmd, *CPU, "-p", trained_project), match="v0001")
         assert "damaged" in line and ("train again" in line or "restore" in line)
@@ -255,9 +254,9 @@ def test_damaged_checkpoint_is_a_clean_error_and_never_runs_code(trained_project
     assert not (trained_project / "lock").exists()
 
 
-def test_a_version_whose_files_are_missing_is_a_clean_error(trained_project, clips):
-    (trained_project / "models" / "v0001" / "calibration.pt").unlink()
-    assert_clean_error(invoke("score", clips.anomalous, *CPU, "-p", trained_project), match="calibration.pt")
+def test_a_version_whose_model_file_is_missing_is_a_clean_error(trained_project, clips):
+    (trained_project / "models" / "v0001" / "model.pt").unlink()
+    assert_clean_error(invoke("score", clips.anomalous, *CPU, "-p", trained_project), match="model.pt")
 
 
 def test_corrupted_config_is_a_clean_error(project):
@@ -304,15 +303,13 @@ def test_unexpected_exception_is_one_line_and_debug_shows_the_traceback(scored, 
     def broken(*args, **kwargs):
         raise ValueError("shapes do not match\nsecond line")
 
-    monkeypatch.setattr(pipeline, "score", broken)
+    monkeypatch.setattr(results, "score_clip", broken)
     line = assert_clean_error(invoke("score", clips.anomalous, "-p", scored), exit_code=1,
                               match="unexpected ValueError")
     assert "second line" in line and "--debug" in line
-    try:
-        res = invoke("--debug", "score", clips.anomalous, "-p", scored)
-    finally:
-        os.environ.pop("VIDANOM_DEBUG", None)  # --debug sets it for the process
-    assert isinstance(res.exception, ValueError)  # the traceback is there for whoever asks
+    res = invoke("--debug", "score", clips.anomalous, "-p", scored)
+    assert isinstance(res.exception, ValueError)
+    assert "VIDANOM_DEBUG" not in os.environ  # --debug is an option of this command, not of the process  # the traceback is there for whoever asks
     assert not (scored / "lock").exists()
 
 
@@ -322,7 +319,7 @@ def test_disk_full_is_a_clean_error_and_leaves_old_files(scored, clips, monkeypa
     def full(path, data):
         raise OSError(28, "No space left on device", str(path))
 
-    monkeypatch.setattr(pipeline.fsutil, "write_text", full)
+    monkeypatch.setattr(results.fsutil, "write_text", full)
     line = assert_clean_error(invoke("score", clips.anomalous, *CPU, "-p", scored), match="No space left on device")
     assert "anom.mp4" in line
     assert (scored / "scores" / "anom.mp4.json").read_bytes() == before
@@ -355,25 +352,27 @@ def test_a_write_never_goes_straight_to_its_final_name(scored, clips, tmp_path, 
 @pytest.fixture
 def no_lock_wait(monkeypatch):
     monkeypatch.setattr(Project.lock.__wrapped__, "__defaults__", (0.3,))  # do not wait 5 s for a busy project
+    monkeypatch.setattr(Project.writing.__wrapped__, "__defaults__", (0.3,))
 
 
-def test_read_only_commands_ignore_the_lock_and_writers_are_refused_by_name(scored, clips, tmp_path, no_lock_wait):
+def test_readers_and_scorers_ignore_the_lock_and_trainers_are_refused_by_name(scored, clips, tmp_path, no_lock_wait):
     sleeper = subprocess.Popen(["sleep", "60"])
     try:
         (scored / "lock").write_text(json.dumps({"pid": sleeper.pid, "command": "train", "started": time.time()}))
         labels = tmp_path / "labels.json"
         labels.write_text(json.dumps({"anom.mp4": [list(ANOMALY)]}))
-        for cmd in (("status",), ("plot", "anom.mp4", "--labels", labels), ("eval", labels, "--json")):
+        for cmd in (("status",), ("plot", "anom.mp4", "--labels", labels), ("eval", labels, "--json"),
+                    ("score", clips.anomalous, *CPU), ("extract", clips.normal_b)):  # while a model trains
             res = invoke(*cmd, "-p", scored)
             assert res.exit_code == 0, res.output
-        for cmd in (("score", clips.anomalous, *CPU), ("update", clips.normal_a, *CPU), ("train", *CPU)):
+        for cmd in (("update", clips.normal_a, *CPU), ("train", *CPU)):
             line = assert_clean_error(invoke(*cmd, "-p", scored), exit_code=3, match="project is busy")
             assert f"'vidanom train' (pid {sleeper.pid})" in line
         assert json.loads((scored / "lock").read_text())["pid"] == sleeper.pid  # a live holder's lock stays
     finally:
         sleeper.kill()
         sleeper.wait()
-    res = invoke("score", clips.anomalous, *CPU, "-p", scored)  # its process is gone: the lock is taken over
+    res = invoke("train", "--steps", "4", *CPU, "-p", scored)  # its process is gone: the lock is taken over
     assert res.exit_code == 0, res.output
     assert not (scored / "lock").exists()
 
@@ -381,10 +380,11 @@ def test_read_only_commands_ignore_the_lock_and_writers_are_refused_by_name(scor
 def test_an_unreadable_lock_is_waited_for_then_taken_over_when_old(scored, clips, no_lock_wait):
     lock = scored / "lock"
     lock.write_text("")  # as a process killed between creating and writing it would leave it
-    assert_clean_error(invoke("score", clips.anomalous, *CPU, "-p", scored), exit_code=3, match="project is busy")
+    train = ("train", "--steps", "4", *CPU, "-p", scored)
+    assert_clean_error(invoke(*train), exit_code=3, match="project is busy")
     old = time.time() - 60
     os.utime(lock, (old, old))
-    res = invoke("score", clips.anomalous, *CPU, "-p", scored)
+    res = invoke(*train)
     assert res.exit_code == 0, res.output
     assert not lock.exists()
 
@@ -396,16 +396,24 @@ def test_a_writer_clears_what_killed_writers_left_behind(scored, clips):
     partial.mkdir()
     (models / f".staging-{dead.pid}").mkdir()
     (models / f".staging-{dead.pid}" / "vae.pt").write_bytes(b"half")
-    leftovers = [partial / ".vae.pt.x1y2.tmp", scored / "cache" / ".clip.u8.abc.tmp", models / ".current.q.tmp",
-                 scored / f".lock.{dead.pid}.tmp"]
+    leftovers = [partial / ".vae.pt.x1y2.tmp", scored / "cache" / f".clip.u8.{dead.pid}.ab12cd34.tmp",
+                 models / ".current.q.tmp", scored / f".lock.{dead.pid}.tmp",
+                 scored / "scores" / f".anom.mp4.csv.{dead.pid}.0123abcd.tmp"]
     for p in leftovers:
         p.write_bytes(b"half a file")
-    plotting = scored / "scores" / ".anom.mp4.png.zz.tmp"  # `plot` writes without the lock: not touched
-    plotting.write_bytes(b"")
-    res = invoke("extract", clips.normal_a, "-p", scored)
-    assert res.exit_code == 0, res.output
-    assert not (models / f".staging-{dead.pid}").exists() and not any(p.exists() for p in leftovers)
-    assert plotting.exists()
+    writer = subprocess.Popen(["sleep", "60"])  # scoring and extracting take no lock: their files are theirs
+    try:
+        busy = [scored / "scores" / f".anom.mp4.png.{writer.pid}.0a1b2c3d.tmp",
+                scored / "cache" / f".clip2.u8.{writer.pid}.99aa88bb.tmp"]
+        for p in busy:
+            p.write_bytes(b"")
+        res = invoke("train", "--steps", "4", *CPU, "-p", scored)
+        assert res.exit_code == 0, res.output
+        assert not (models / f".staging-{dead.pid}").exists() and not any(p.exists() for p in leftovers)
+        assert all(p.exists() for p in busy)
+    finally:
+        writer.kill()
+        writer.wait()
 
 
 # -- decoding has a time limit -------------------------------------------------------------------------
@@ -458,11 +466,9 @@ def fitted_steps(path: Path) -> int:
 
 
 def model_tensors(version: Path) -> dict[str, torch.Tensor]:
-    out = {}
-    for name in ("vae.pt", "mdn.pt"):
-        for k, v in torch.load(version / name, weights_only=True)["model"].items():
-            out[f"{name}:{k}"] = v
-    return out
+    detector = Detector.load(version)
+    return {**{f"vae:{k}": v for k, v in detector.vae.state_dict().items()},
+            **{f"mdn:{k}": v for k, v in detector.mdn.state_dict().items()}}
 
 
 def assert_same_model(a: Path, b: Path) -> None:
@@ -560,7 +566,7 @@ def check_consistent(root: Path, clips: Clips, v1: dict[str, str]) -> str:
     project = Project.open(root)
     current = project.current_version()
     assert current in ("v0001", "v0002")
-    pipeline.load_models(root / "models" / current)  # loadable
+    Detector.load(root / "models" / current)  # loadable
     assert digest(root / "models" / "v0001") == v1
     res = invoke("score", clips.anomalous, *CPU, "-p", root)
     assert res.exit_code == 0, res.output
@@ -599,11 +605,12 @@ def test_sigkill_at_any_moment_of_train_loses_nothing(scored, clips, tmp_path, n
                 proc.kill()  # SIGKILL, the real thing
                 break
             snapshots.append(shutil.copytree(scored, tmp_path / name, symlinks=True))
-            if name == "mid-vae":  # training is under way: read-only commands work, writers are refused
-                for cmd in (("status",), ("plot", "anom.mp4", "--labels", labels), ("eval", labels)):
+            if name == "mid-vae":  # training is under way: reading and scoring work, a second training is refused
+                for cmd in (("status",), ("plot", "anom.mp4", "--labels", labels), ("eval", labels),
+                            ("score", clips.anomalous, *CPU)):
                     res = invoke(*cmd, "-p", scored)
                     assert res.exit_code == 0, res.output
-                line = assert_clean_error(invoke("score", clips.anomalous, *CPU, "-p", scored), exit_code=3)
+                line = assert_clean_error(invoke("train", "--steps", "4", *CPU, "-p", scored), exit_code=3)
                 assert f"'vidanom train' (pid {proc.pid})" in line
             proc.send_signal(signal.SIGCONT)
         proc.wait(timeout=60)
@@ -663,14 +670,13 @@ def test_fuzz_score_either_scores_or_fails_cleanly(scored_template, tmp_path, mo
     try:
         with monkeypatch.context() as m:
             # in-process and without the timeline PNG (slow to draw, and not under test here): ~20 ms a case
-            m.setattr(pipeline, "load_models", functools.lru_cache(maxsize=None)(pipeline.load_models))
-            m.setattr(pipeline.plot, "timeline", lambda path, *a, **k: path)
+            m.setattr(results.plot, "timeline", lambda path, *a, **k: path)
             for i, (kind, data, suffix) in enumerate(fuzz_cases(seeds, 200, random.Random(0))):
                 path = tmp_path / f"case{i:03d}{suffix}"
                 path.write_bytes(data)
                 t0 = time.monotonic()
                 try:
-                    (result,) = pipeline.score(project, path, torch.device("cpu"))
+                    (result,) = results.score(project, path, torch.device("cpu"))
                 except VidanomError as exc:
                     assert "\n" not in str(exc) and str(path) in str(exc), (i, kind, str(exc))
                     outcome = "error"

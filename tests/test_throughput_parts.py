@@ -16,7 +16,9 @@ import torch
 import torch.nn as nn
 from conftest import tiny_config
 
-from vidanom import pipeline
+from vidanom import results
+from vidanom.detector import Detector
+from vidanom.fitting import no_progress
 from vidanom.config import FrameConfig, ProjectConfig, with_overrides
 from vidanom.errors import VideoError
 from vidanom.inference import (SubPixelConvTranspose, decoding_threads, for_inference, scoring_threads,
@@ -215,7 +217,7 @@ def test_torch_threads_restores_the_count():
 # -- the CSV writer --------------------------------------------------------------------------------
 
 def csv_writer_reference(comps, scenes, scores, flags, times) -> str:
-    """What pipeline._write_csv wrote with csv.writer, row by row."""
+    """What results._write_csv wrote with csv.writer, row by row."""
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(["frame", "time", "recon", "kl", "nll", "scene", "score", "anomalous"])
@@ -238,7 +240,7 @@ def test_csv_is_byte_for_byte_what_csv_writer_wrote(tmp_path, n, dt):
         comps[3, 0], comps[4, 1], comps[5, 0] = np.inf, -np.inf, -0.0
     flags = scores > 1.0
     scenes = rng.choice(["default", "night-2", "moved_cam.b"], n).tolist()
-    pipeline._write_csv(tmp_path / "s.csv", comps, scenes, scores, flags, times)
+    results._write_csv(tmp_path / "s.csv", comps, scenes, scores, flags, times)
     assert (tmp_path / "s.csv").read_bytes() == csv_writer_reference(comps, scenes, scores, flags, times).encode()
 
 
@@ -246,12 +248,12 @@ def test_csv_is_byte_for_byte_what_csv_writer_wrote(tmp_path, n, dt):
 
 def test_scoring_equals_plain_streaming_with_the_original_models(trained_project, clips):
     project = Project.find(trained_project)
-    models = pipeline.load_models(project.require_version())
-    vae, mdn, cal = models
+    detector = Detector.load(project)
+    vae, mdn, cal = detector.vae, detector.mdn, detector.calibration
     cfg = project.config
     threads = torch.get_num_threads()
-    comps, _, scores, times, report = pipeline._score_arrays(project, Source(clips.anomalous), models,
-                                                             torch.device("cpu"), pipeline.no_progress)
+    (times, comps, _, scores), report = results._score_arrays(detector, Source(clips.anomalous), torch.device("cpu"),
+                                                              no_progress)
     assert torch.get_num_threads() == threads
     plain = make_scorer(vae, mdn, cfg, torch.device("cpu"))
     chunks = iter_chunks(Source(clips.anomalous), cfg.frames, cfg.score.batch_size)
@@ -265,13 +267,13 @@ def test_scoring_equals_plain_streaming_with_the_original_models(trained_project
 
 def test_scoring_error_midway_stops_the_decoding_thread(trained_project, clips):
     project = Project.find(trained_project)
-    models = pipeline.load_models(project.require_version())
-    project.config = with_overrides(project.config, score={"batch_size": 4})
+    detector = Detector.load(project)
+    detector.config = with_overrides(detector.config, score={"batch_size": 4})
 
     def progress(task, done, total, info):
         if done >= 8:
             raise KeyboardInterrupt  # Ctrl-C while scoring
 
     with pytest.raises(KeyboardInterrupt):
-        pipeline._score_arrays(project, Source(clips.anomalous), models, torch.device("cpu"), progress)
+        results._score_arrays(detector, Source(clips.anomalous), torch.device("cpu"), progress)
     assert not [t for t in threading.enumerate() if t.name.startswith("vidanom-decode")]

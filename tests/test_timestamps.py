@@ -14,7 +14,7 @@ import pytest
 import torch
 from conftest import anomalous_frames, write_vfr
 
-from vidanom import annotate, gallery, pipeline, plot
+from vidanom import annotate, gallery, plot, results
 from vidanom.project import Project
 from vidanom.revisit import scored_clip
 from vidanom.watch import WatchOptions, watch
@@ -41,8 +41,8 @@ def vfr(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def scored(project: Project, vfr: Path) -> pipeline.ClipScores:
-    (result,) = pipeline.score(project, vfr, CPU)
+def scored(project: Project, vfr: Path) -> results.ClipScores:
+    (result,) = results.score(project, vfr, CPU)
     return result
 
 
@@ -63,10 +63,10 @@ def test_score_writes_the_timestamps_as_times(scored):
 
 
 def test_stored_times_feed_the_plot_and_the_gallery(project, scored, vfr):
-    scores, times, summary = pipeline.read_scored(project, vfr.name)
+    scores, times, summary = results.read_scored(project, vfr.name)
     np.testing.assert_allclose(times, np.array(PTS_MS) / 1000, atol=5e-4)
     assert len(scores) == N and summary["duration"] == pytest.approx(PTS_MS[-1] / 1000 + 0.04)
-    assert pipeline.plot_clip(project, vfr.name).stat().st_size > 0
+    assert results.plot_clip(project, vfr.name).stat().st_size > 0
     clip = scored_clip(project, vfr)
     frames = gallery.pick_frames(clip.scores, 2, 3)
     panels = gallery.collect(project, clip, frames, CPU)
@@ -102,7 +102,7 @@ def test_an_avi_with_dropped_slots_is_scored_at_its_true_length(project, tmp_pat
     slots = [0, 7, 14, 21, 28, 40, 47, 54, 61, 89, 96, 120]  # 30 slots a second, most of them empty
     frames = anomalous_frames()[:len(slots)]
     video = write_vfr(tmp_path / "cam.avi", slots, Fraction(1, 30), frames=frames, rate=30)
-    (result,) = pipeline.score(project, video, CPU)
+    (result,) = results.score(project, video, CPU)
     summary = json.loads(result.summary.read_text())
     assert summary["duration"] == pytest.approx(121 / 30, abs=1e-3)  # not 12 frames / 30 fps = 0.4 s
     assert summary["warning"] is None  # the empty slots are not an early end

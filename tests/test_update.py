@@ -11,11 +11,12 @@ import pytest
 import torch
 from conftest import Clips, invoke, square_frames, tiny_config, write_video
 
-from vidanom import pipeline
+from vidanom import strategies, training
+from vidanom.detector import Detector
 from vidanom.dream import dream_clip
 from vidanom.mdn import LSTMMDN
 from vidanom.project import Project
-from vidanom.replay import LatentPrior, PriorReplay
+from vidanom.replay import PriorReplay
 from vidanom.calibration import Calibration
 from vidanom.vae import BetaVAE
 
@@ -47,11 +48,11 @@ def test_update_adds_a_version_with_its_lineage(trained_project, scene_b, strate
     assert info["parent"] == "v0001" and info["scene"] == "moved" and info["strategy"] == strategy
     assert info["scenes"] == ["default", "moved"]
     assert (info["dreamed_frames"] > 0) == (strategy == "replay")
-    assert (trained_project / "models" / "v0002" / "ewc.pt").exists()
-    priors = [torch.load(trained_project / "models" / v / "prior.pt", weights_only=True) for v in ("v0001", "v0002")]
-    assert priors[0]["scenes"] == ["default"] and priors[1]["scenes"] == ["default", "moved"]
+    first, second = (Detector.load(trained_project / "models" / v) for v in ("v0001", "v0002"))
+    assert second.ewc is not None and second.ewc["tasks"] == 2
+    assert first.prior.scenes == ["default"] and second.prior.scenes == ["default", "moved"]
     # replay's distillation holds the old scene where it was; otherwise it is carried into the new latent space
-    assert torch.equal(priors[1]["mean"][0], priors[0]["mean"][0]) == (strategy == "replay")
+    assert torch.equal(second.prior.mean[0], first.prior.mean[0]) == (strategy == "replay")
     assert info.get("replay_distill", 0) == (1.0 if strategy == "replay" else 0)
     # the updated model scores, and the scores say which version made them
     res = invoke("score", scene_b / "b1.mp4", "--device", "cpu", "-p", trained_project)
@@ -66,7 +67,7 @@ def test_old_scenes_keep_their_statistics_and_frames_are_scored_by_their_own_sce
                                                                                   scene_b):
     res = invoke("update", scene_b, "--scene", "moved", *TRAIN, "-p", trained_project)
     assert res.exit_code == 0, res.output
-    old, new = (pipeline.load_models(trained_project / "models" / v)[2] for v in ("v0001", "v0002"))
+    old, new = (Detector.load(trained_project / "models" / v).calibration for v in ("v0001", "v0002"))
     assert old.scenes == ["default"] and new.scenes == ["default", "moved"]
     for key in ("kl_mean", "comp_mean", "thresholds", "frame_mean", "frame_std"):
         torch.testing.assert_close(getattr(new, key)[0], getattr(old, key)[0])  # carried over as learned
@@ -83,13 +84,13 @@ def test_old_scenes_keep_their_statistics_and_frames_are_scored_by_their_own_sce
 
 def test_drift_of_old_scene_statistics_is_measured_on_their_replayed_samples(trained_project):
     project = Project.open(trained_project)
-    vae, _, cal = pipeline.load_models(project.require_version())
-    prior = LatentPrior.from_dict(torch.load(trained_project / "models" / "v0001" / "prior.pt", weights_only=True))
+    detector = Detector.load(project)
+    vae, cal, prior = detector.vae, detector.calibration, detector.prior
     two = cal.merged(Calibration.from_dict(cal.to_dict() | {"scenes": ["new"]}), ["default", "new"])
-    plan = pipeline.Plan("all", {}, old_scenes=PriorReplay(vae, 1, prior))
+    hooks = strategies.Hooks("replay", old_scenes=PriorReplay(vae, 1, prior))
 
     def follow(model: BetaVAE) -> Calibration:
-        return pipeline._follow_drift(project.config, plan, model, Calibration.from_dict(
+        return training._follow_drift(project.config, hooks, model, Calibration.from_dict(
             {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in two.to_dict().items()}))
 
     same = follow(vae)  # an update that changed nothing moves nothing
@@ -135,10 +136,10 @@ def test_an_update_that_fails_midway_leaves_the_previous_version_current(trained
     def broken(*args, **kwargs):
         raise RuntimeError("power cut")
 
-    monkeypatch.setattr(pipeline, "calibrate", broken)  # after both models were fitted
+    monkeypatch.setattr(training, "calibrate", broken)  # after both models were fitted
     project = Project.open(trained_project)
     with pytest.raises(RuntimeError):
-        pipeline.update(project, [scene_b], "moved")
+        training.update(project, [scene_b], "moved")
     assert project.current_version() == "v0001"
     assert [v["version"] for v in project.versions()] == ["v0001"]
     monkeypatch.undo()

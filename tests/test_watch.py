@@ -20,7 +20,7 @@ import pytest
 import torch
 from conftest import anomalous_frames, invoke, write_video
 
-from vidanom import pipeline
+from vidanom import results
 from vidanom.project import Project
 from vidanom.scoring import segments
 from vidanom.watch import EventTracker, WatchOptions, watch
@@ -38,7 +38,7 @@ def project(tmp_path_factory, trained_project_template: Path) -> Project:
 
 
 def scored_segments(project: Project, video: Path) -> list[dict]:
-    (result,) = pipeline.score(project, video, CPU)
+    (result,) = results.score(project, video, CPU)
     return result.segments
 
 

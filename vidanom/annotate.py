@@ -198,7 +198,7 @@ def _rate(clip: ScoredClip) -> float:
 def render(project: Project, clip: ScoredClip, out: Path, device: torch.device | None = None,
            progress: Progress = no_progress) -> Annotated:
     """Write the annotated video of a scored clip to out (see the module docstring)."""
-    scale = ErrorScale.from_calibration(clip.models[2], project.config)
+    scale = ErrorScale.from_calibration(clip.detector.calibration, project.config)
     flags, rate = clip.flags, _rate(clip)
     with ExitStack() as stack:
         encode, strip, size = None, None, (0, 0)

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from . import interrupt
 from .config import ProjectConfig
 from .data import Split, Timing
 from .mdn import LSTMMDN
@@ -186,6 +187,7 @@ def _clip_maps(scorer: Scorer, footage: Footage, clip: int, batch: int = 256) ->
     for s in range(0, len(frames), batch):
         maps = scorer.maps(np.asarray(frames[s:s + batch]), None if times is None else times[clip][s:s + batch])
         footage.done += len(maps.err)
+        interrupt.check()
         footage.progress("calibrate", footage.done, footage.total, {})
         yield s, maps
 

@@ -4,6 +4,7 @@ function, and prints with rich. Library errors become a one-line message and an 
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 import json
 import logging
 import os
@@ -18,7 +19,6 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from . import interrupt
 from .errors import VidanomError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None)  # help: main's docstring
@@ -30,14 +30,31 @@ ProjectOpt = Annotated[Optional[Path], typer.Option(
 DeviceOpt = Annotated[str, typer.Option(help="auto, cpu or cuda.")]
 
 
-def _debug() -> bool:
-    return os.environ.get("VIDANOM_DEBUG") == "1"
-
-
 try:  # typer vendors click since 0.2x; its own exceptions (Exit, BadParameter...) pass through
     from typer._click.exceptions import ClickException
+    from typer._click.globals import get_current_context
 except ImportError:  # pragma: no cover
+    from click import get_current_context
     from click.exceptions import ClickException
+
+
+@dataclass
+class _Invocation:
+    """What the top-level options set for one command (kept in the click context, not in globals)."""
+
+    debug: bool
+    warnings: _Warnings
+
+
+def _invocation() -> _Invocation | None:
+    ctx = get_current_context(silent=True)
+    obj = ctx.find_root().obj if ctx is not None else None
+    return obj if isinstance(obj, _Invocation) else None
+
+
+def _debug() -> bool:
+    inv = _invocation()
+    return (inv is not None and inv.debug) or os.environ.get("VIDANOM_DEBUG") == "1"
 
 _PASS_THROUGH = (typer.Exit, typer.Abort, ClickException)
 RESUMABLE = ("interrupted: the previous model is intact and what this run finished is saved; "
@@ -95,7 +112,9 @@ def cli_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 class _Warnings(logging.Handler):
     """The library's log warnings (a clip that broke off midway...) as one 'warning:' line each."""
 
-    muted = False  # while a command reports the same warnings itself
+    def __init__(self) -> None:
+        super().__init__()
+        self.muted = False  # while a command reports the same warnings itself
 
     def emit(self, record: logging.LogRecord) -> None:
         if not self.muted and record.levelno >= logging.WARNING:
@@ -103,19 +122,17 @@ class _Warnings(logging.Handler):
                       soft_wrap=True)
 
 
-_warnings = _Warnings()
-if not any(isinstance(h, _Warnings) for h in logging.getLogger("vidanom").handlers):
-    logging.getLogger("vidanom").addHandler(_warnings)
-
-
 @app.callback()
-def main(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False) -> None:
+def main(ctx: typer.Context,
+         debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False) -> None:
     """vidanom: video anomaly detection with a β-VAE, an LSTM-MDN and continual learning.
 
     Example: vidanom init cam1 && cd cam1 && vidanom train ~/normal_videos
     """
-    if debug:
-        os.environ["VIDANOM_DEBUG"] = "1"
+    handler, logger = _Warnings(), logging.getLogger("vidanom")
+    logger.addHandler(handler)  # for this command only: importing the CLI changes no logging
+    ctx.call_on_close(lambda: logger.removeHandler(handler))
+    ctx.obj = _Invocation(debug, handler)
 
 
 def _open(project: Path | None):
@@ -132,7 +149,6 @@ def _progress() -> Iterator[Callable[[str, int, int, dict[str, float]], None]]:
     tasks: dict[str, Any] = {}
 
     def update(task: str, done: int, total: int, info: dict[str, float]) -> None:
-        interrupt.check()  # a Ctrl-C deferred by interrupt.deferred() stops here, between steps
         if task not in tasks:
             tasks[task] = bar.add_task(task, total=total or None, info="")
         text = "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in info.items())
@@ -143,12 +159,17 @@ def _progress() -> Iterator[Callable[[str, int, int, dict[str, float]], None]]:
 
 
 @contextmanager
-def _muted(handler: _Warnings) -> Iterator[None]:
-    handler.muted = True
+def _muted() -> Iterator[None]:
+    """Within the block, the library's warnings are not printed (the command reports them itself)."""
+    inv = _invocation()
+    if inv is None:
+        yield
+        return
+    inv.warnings.muted = True
     try:
         yield
     finally:
-        handler.muted = False
+        inv.warnings.muted = False
 
 
 def _device(name: str):
@@ -177,10 +198,10 @@ def extract(videos: Annotated[list[Path], typer.Argument(help="Video files, fram
 
     Example: vidanom extract ~/normal/*.mp4
     """
-    from . import pipeline
+    from .training import extract as extract_clips
     proj = _open(project)
-    with proj.lock("extract"), _progress() as progress:
-        results = pipeline.extract(proj, videos, scene, progress)
+    with _progress() as progress:
+        results = extract_clips(proj, videos, scene, progress)
     for meta, new in results:
         note = "extracted" if new else "already cached"
         out.print(f"{meta.name}: {meta.frames} frames at {meta.fps:g} fps, {note}")
@@ -204,9 +225,9 @@ def train(videos: Annotated[Optional[list[Path]], typer.Argument(help="Normal vi
 
     Example: vidanom train ~/normal_videos --steps 2000
     """
-    from . import pipeline
     from .config import with_overrides
-    if stage not in ("vae", "mdn", "all"):
+    from .training import STAGES, train as train_model
+    if stage not in STAGES:
         raise typer.BadParameter("--stage must be vae, mdn or all")
     proj = _open(project)
     overrides: dict[str, Any] = {}
@@ -215,8 +236,8 @@ def train(videos: Annotated[Optional[list[Path]], typer.Argument(help="Normal vi
     if seed is not None:
         overrides["seed"] = seed
     proj.config = with_overrides(proj.config, train=overrides)
-    with proj.lock("train"), interrupt.deferred(), _progress() as progress:
-        result = pipeline.train(proj, videos or [], stage, _device(device), resume, scene, progress)
+    with _progress() as progress:
+        result = train_model(proj, videos or [], stage, _device(device), resume, scene, progress)
     _print_trained(result, f"model {result.version}: {result.clips} clips, {result.frames} frames, "
                            f"{result.seconds:.0f} s")
 
@@ -250,13 +271,13 @@ def update(videos: Annotated[Optional[list[Path]], typer.Argument(help="Normal v
 
     Example: vidanom update ~/after_camera_move/*.mp4 --scene moved
     """
-    from . import pipeline
     from .config import with_overrides
+    from .training import update as update_model
     proj = _open(project)
     if steps is not None:
         proj.config = with_overrides(proj.config, train={"vae_steps": steps, "mdn_steps": steps})
-    with proj.lock("update"), interrupt.deferred(), _progress() as progress:
-        r = pipeline.update(proj, videos or [], scene, strategy, replay_ratio, _device(device), resume, progress)
+    with _progress() as progress:
+        r = update_model(proj, videos or [], scene, strategy, replay_ratio, _device(device), resume, progress)
     _print_trained(r, f"model {r.version}: learned scene '{r.scene}' from {r.clips} clips ({r.frames} frames) "
                       f"in {r.seconds:.0f} s with {strategy}")
 
@@ -273,15 +294,17 @@ def score(videos: Annotated[list[Path], typer.Argument(help="Videos or frame fol
 
     Example: vidanom score clip.mp4 --annotate clip_annotated.mp4
     """
-    from . import pipeline
     from .annotate import check_request
+    from .detector import Detector
+    from .results import score as score_clips
     proj = _open(project)
     if annotate is not None:
         check_request(videos, annotate)  # before scoring, not after
     table = Table("clip", "frames", "anomalous segments", "peak score", "threshold", "model")
-    with proj.lock("score"), _progress() as progress, _muted(_warnings):  # r.warning says it all
+    detector = Detector.load(proj)  # the version current now, for every clip, whatever a training publishes
+    with _progress() as progress, _muted():  # r.warning says it all
         for video in videos:
-            for r in pipeline.score(proj, video, _device(device), progress):
+            for r in score_clips(proj, video, _device(device), progress, detector):
                 spans = ", ".join(f"{s['start_time']:.1f}-{s['end_time']:.1f}s" for s in r.segments[:4])
                 more = f" (+{len(r.segments) - 4})" if len(r.segments) > 4 else ""
                 table.add_row(r.name, str(r.frames), (spans + more) or "none", f"{r.peak:.2f}",
@@ -457,8 +480,8 @@ def plot(clip: Annotated[str, typer.Argument(help="Name of a scored clip (its fi
 
     Example: vidanom plot Test001.mp4 --labels labels.json
     """
-    from . import pipeline
-    path = pipeline.plot_clip(_open(project), clip, labels, output)
+    from .results import plot_clip
+    path = plot_clip(_open(project), clip, labels, output)
     out.print(f"wrote {path}")
 
 
@@ -471,8 +494,8 @@ def eval_(labels: Annotated[Path, typer.Argument(help="Labels JSON: {clip: [[sta
 
     Example: vidanom eval labels.json --json
     """
-    from . import pipeline
-    res = pipeline.evaluate(_open(project), labels)
+    from .results import evaluate
+    res = evaluate(_open(project), labels)
     if as_json:
         print(json.dumps(res))
         return
@@ -498,7 +521,8 @@ def status(project: ProjectOpt = None) -> None:
 
     Example: vidanom status -p cam1
     """
-    from . import cache, pipeline
+    from . import cache
+    from .results import scored_clips
     from .config import to_dict
     proj = _open(project)
     out.print(f"[bold]project[/bold] {proj.root.resolve()}")
@@ -528,7 +552,7 @@ def status(project: ProjectOpt = None) -> None:
         scene = f" of scene '{run['scene']}'" if run.get("scene") else ""
         out.print(f"an interrupted {what} run{scene} can be continued: the same command with --resume",
                   markup=False)
-    scored = pipeline.scored_clips(proj)
+    scored = scored_clips(proj)
     out.print(f"scored clips: {len(scored)}" + (f" ({', '.join(scored[:8])}{' ...' if len(scored) > 8 else ''})"
                                                 if scored else ""))
 

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import fsutil
+from . import fsutil, interrupt
 from .config import ProjectConfig, TrainConfig
 from .data import MotionPlane, Split, Timing, as_plane, gaps_of, inputs, sample_batch, spread, to_input, window_starts
 from .errors import ProjectError, VidanomError
@@ -159,6 +159,7 @@ def _fit(task: str, model: torch.nn.Module, opt: torch.optim.Optimizer, tc: Trai
                 state.stopped_early = state.bad >= tc.patience or time.monotonic() > deadline
                 if ckpt is not None:
                     fsutil.save_torch(ckpt, checkpoint())
+            interrupt.check()  # a Ctrl-C deferred by Project.writing stops here, between two steps
             progress(task, state.step, steps, {**info, **{f"held {k}": v for k, v in state.held.items()}})
     if state.best_state is not None:
         model.load_state_dict(state.best_state)

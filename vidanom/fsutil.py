@@ -1,11 +1,15 @@
 """Atomic writes: every file goes to a temporary name in the same folder and is renamed into place,
-so a crash leaves either the old file or the new one, never half of one."""
+so a crash leaves either the old file or the new one, never half of one.
+
+A temporary file is named `.NAME.PID.RANDOM.tmp`: whoever cleans up after a killed writer can tell
+a dead process's leftovers from the file a live one is still writing (see leftover).
+"""
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
+import secrets
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,27 +18,41 @@ from typing import IO, Any
 import torch
 
 
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
+def _create_temporary(path: Path) -> Path:
+    """A new empty file beside path, with the mode open() would give it (0666 less the umask)."""
+    while True:
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+        try:
+            os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+            return tmp
+        except FileExistsError:
+            continue
 
 
-FILE_MODE = 0o666 & ~_umask()  # what open() would have given the file (mkstemp makes it 0600)
+def leftover(tmp: Path) -> bool:
+    """Whether a temporary file was left by a process that is gone (not by one still writing it)."""
+    parts = tmp.name.split(".")
+    if len(parts) < 4 or not parts[-3].isdigit():
+        return True  # not named as atomic_path names them: nobody is writing it
+    pid = int(parts[-3])
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
 
 
 @contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it onto `path` when the block succeeds."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = _create_temporary(path)
     try:
-        os.fchmod(fd, FILE_MODE)
-    except (AttributeError, OSError):  # not on POSIX, or a file system without modes
-        pass
-    os.close(fd)
-    try:
-        yield Path(tmp)
+        yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())  # the data is on disk before the rename makes it visible
         os.replace(tmp, path)

@@ -62,7 +62,7 @@ def _resized(planes: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
 def collect(project: Project, clip: ScoredClip, frames: list[int], device: torch.device | None = None,
             progress: Progress = no_progress) -> list[Panel]:
     """Decode the clip up to the last of `frames` and keep those frames' panels, in the given order."""
-    scale = ErrorScale.from_calibration(clip.models[2], project.config)
+    scale = ErrorScale.from_calibration(clip.detector.calibration, project.config)
     channels, wanted, found = project.config.frames.channels, set(frames), {}
     for chunk in revisit(project, clip, device, progress, "gallery", recon=True):
         assert chunk.maps.recon is not None

@@ -2,20 +2,24 @@
 
     vidanom.json        config with schema version
     cache/              frame caches (one .u8 + .t + .json per clip: frames, their times, description)
-    models/v0001/       a finished model version: vae.pt, mdn.pt, calibration.pt, version.json
+    models/v0001/       a finished model version: model.pt (everything, see detector.Detector) and
+                        version.json (its lineage, for people and `status`); versions written before
+                        model.pt existed hold vae.pt, mdn.pt, calibration.pt, ewc.pt, prior.pt instead
     models/current      name of the version in use (written atomically)
     models/.partial/    the resumable state of a train/update that has not finished (run.json says which)
     scores/             per clip: CSV, JSON summary, timeline PNG
-    lock                PID and command of the process writing to the project
-"""
+    lock                PID and command of the process training or updating the project
 
+Only training and updating take the lock: extracting and scoring write each file atomically, so
+they run beside each other, and beside a training, in as many processes as wanted.
+"""
 from __future__ import annotations
 
 import json
 import os
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -114,6 +118,14 @@ class Project:
     # -- the write lock ---------------------------------------------------------------------------
 
     @contextmanager
+    def writing(self, command: str, wait: float = 5.0) -> Iterator[None]:
+        """Hold the write lock for `command` and defer Ctrl-C to the end of the current optimiser
+        step (see interrupt): what every train and update runs under, from the CLI or a library."""
+        from . import interrupt
+        with self.lock(command, wait), interrupt.deferred():
+            yield
+
+    @contextmanager
     def lock(self, command: str, wait: float = 5.0) -> Iterator[None]:
         """Hold the project's write lock; wait up to `wait` seconds, take over a dead process's lock.
 
@@ -186,18 +198,19 @@ class Project:
             return float("inf")
 
     def _remove_leftovers(self) -> None:
-        """Delete what writers killed midway left behind: staging folders and temporary files.
+        """Delete what writers killed midway left behind: staging folders and temporary files of
+        processes that are gone (extracting and scoring, which take no lock, may be writing others).
 
-        Only called with the write lock held, and only in the folders that writers alone touch
-        (scores/ is left alone: `plot` writes there without the lock).
+        Only called with the write lock held.
         """
         for staging in self.models_dir.glob(".staging-*"):
             pid = staging.name.rsplit("-", 1)[-1]
             if not pid.isdigit() or (int(pid) != os.getpid() and not _pid_alive(int(pid))):
                 shutil.rmtree(staging, ignore_errors=True)
-        for folder in (self.models_dir, self.partial_dir, self.cache_dir):
+        for folder in (self.models_dir, self.partial_dir, self.cache_dir, self.scores_dir):
             for tmp in folder.glob(".*.tmp"):
-                tmp.unlink(missing_ok=True)
+                if fsutil.leftover(tmp):
+                    tmp.unlink(missing_ok=True)
         for tmp in self.root.glob(".lock.*.tmp"):  # another process's lock data, before it linked it
             pid = tmp.name.split(".")[2]
             if pid.isdigit() and not _pid_alive(int(pid)):
@@ -268,20 +281,19 @@ class Project:
         numbers = [int(d.name[1:]) for d in self.models_dir.glob("v[0-9]*") if d.name[1:].isdigit()]
         return f"v{max(numbers, default=0) + 1:04d}"
 
-    def publish_version(self, staging: Path, info: dict[str, Any]) -> str:
-        """Move a fully written version folder into place, then point `current` at it.
+    def publish_version(self, write: Callable[[Path], None], info: dict[str, Any]) -> str:
+        """Write a new version into a staging folder (write(folder) and info as version.json, both
+        with the version's name in info), move it into place, then point `current` at it.
 
         Until the last rename the previous version stays current, so a crash loses nothing.
         """
         name = self.next_version_name()
-        info = {**info, "version": name}
+        info["version"] = name
+        staging = self.models_dir / f".staging-{os.getpid()}"
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        write(staging)
         fsutil.write_json(staging / "version.json", info)
         os.replace(staging, self.models_dir / name)
         fsutil.write_text(self.models_dir / "current", name + "\n")
         return name
-
-    def new_staging_dir(self) -> Path:
-        path = self.models_dir / f".staging-{os.getpid()}"
-        shutil.rmtree(path, ignore_errors=True)
-        path.mkdir(parents=True)
-        return path

@@ -173,7 +173,8 @@ class ReplayDistillation:
         return loss
 
 
-def carry_prior(replay: PriorReplay, new_vae: BetaVAE, samples: int = 2048, batch: int = 256) -> LatentPrior:
+def carry_prior(replay: PriorReplay, new_vae: BetaVAE, samples: int = 2048, batch: int = 256,
+                generator: torch.Generator | None = None) -> LatentPrior:
     """The old scenes' Gaussians mapped into the latent space of `new_vae` (trained from the old one):
     each scene's samples, decoded by the old decoder in `replay`, are encoded by the new encoder."""
     if replay.prior is None:
@@ -181,7 +182,7 @@ def carry_prior(replay: PriorReplay, new_vae: BetaVAE, samples: int = 2048, batc
     device = next(new_vae.parameters()).device
     was_training = new_vae.training
     new_vae.eval()
-    fits = [fit_gaussian(new_vae, (replay(min(batch, samples - s), scene=i).to(device)
+    fits = [fit_gaussian(new_vae, (replay(min(batch, samples - s), generator, scene=i).to(device)
                                    for s in range(0, samples, batch)))
             for i in range(len(replay.prior.scenes))]
     new_vae.train(was_training)

@@ -11,15 +11,14 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
 from .errors import VidanomError, VideoError
-from .pipeline import current_models, read_scored, read_scores
+from .detector import Detector
+from .results import read_scored, read_scores
 from .project import Project
-from .calibration import Calibration
 from .scoring import Maps, make_scorer
 from .fitting import Progress, no_progress
 from .video import DecodeReport, Source, find_sources, iter_full_chunks
@@ -36,7 +35,7 @@ class ScoredClip:
     threshold: float
     fps: float  # scored frames per second (the source's nominal rate / frames.stride)
     segments: list[tuple[int, int]]  # detected segments [start, end) in frames
-    models: tuple[Any, Any, Calibration]  # the current version's VAE, LSTM-MDN, calibration
+    detector: Detector  # the current version, which made the scores
     times: np.ndarray  # (n,) each scored frame's time in seconds, as stored
     duration: float  # seconds: the clip's end
 
@@ -70,13 +69,13 @@ def scored_clip(project: Project, path: Path) -> ScoredClip:
         except (VidanomError, KeyError):
             pass  # one_source says that nothing is there
     src = one_source(path)
-    version, models = current_models(project)
+    detector = Detector.load(project)
     scores, times, summary = read_scored(project, src.name)
-    if summary.get("model_version") != version.name:
+    if summary.get("model_version") != detector.version:
         raise VidanomError(f"the stored scores of {src.name} come from model {summary.get('model_version')}, "
-                           f"not the current {version.name}; score it again with 'vidanom score {path}'")
+                           f"not the current {detector.version}; score it again with 'vidanom score {path}'")
     segments = [(int(s["start_frame"]), int(s["end_frame"])) for s in summary.get("segments", [])]
-    return ScoredClip(src, scores, float(summary["threshold"]), float(summary["fps"]), segments, models, times,
+    return ScoredClip(src, scores, float(summary["threshold"]), float(summary["fps"]), segments, detector, times,
                       float(summary["duration"]))
 
 
@@ -99,7 +98,8 @@ def revisit(project: Project, clip: ScoredClip, device: torch.device | None = No
     from .inference import decoding_threads, for_inference, scoring_threads, torch_threads
     from .prefetch import prefetch
     device, cfg, n = device or torch.device("cpu"), project.config, len(clip.scores)
-    scorer = make_scorer(for_inference(clip.models[0], device), None, cfg, device, clip.models[2].frame_interval)
+    scorer = make_scorer(for_inference(clip.detector.vae, device), None, cfg, device,
+                         clip.detector.calibration.frame_interval)
     scorer.keep_recon = recon
     changed = f"{clip.src.name} no longer decodes to the {n} frames it was scored with; score it again"
     chunks = prefetch(iter_full_chunks(clip.src, cfg.frames, FULL_CHUNK, DecodeReport(), decoding_threads()),

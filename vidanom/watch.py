@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .pipeline import current_models
+from .detector import Detector
 from .project import Project
 from .scoring import Scorer, iter_scores, make_scorer
 from .video import DecodeReport, iter_live
@@ -238,12 +238,13 @@ class _Session:
 
     def __init__(self, project: Project, source: str, options: WatchOptions, device: torch.device) -> None:
         from .inference import for_inference
-        version, (vae, mdn, cal) = current_models(project)
+        detector = Detector.load(project)
+        cal = detector.calibration
         self.cfg, self.report, self.options = project.config, DecodeReport(), options
-        fast, mdn = for_inference(vae, device), mdn.to(device).eval() if mdn else None
+        fast, mdn = for_inference(detector.vae, device), detector.mdn.to(device).eval() if detector.mdn else None
         self.scorer = _LiveScorer(lambda: make_scorer(fast, mdn, self.cfg, device, cal.frame_interval), project, cal)
         self.live = options.live(source)
-        self.status = WatchStatus(source, version.name, cal.threshold)
+        self.status = WatchStatus(source, str(detector.version), cal.threshold)
         self.tracker: EventTracker | None = None
         self.late, self.last, self.started = 0, -1, time.monotonic()
         frames = iter_live(source, self.cfg.frames, self.report, options.input_options, options.follow)

@@ -41,13 +41,13 @@ class Stored:
 
 def read_stored(project: Project) -> Stored:
     """The project's scored clips (in name order) and model versions; unreadable clips become problems."""
-    from .. import pipeline  # imported here: it pulls in torch and the models
+    from .. import results  # imported here: it pulls in torch and the models
 
     clips, problems = [], []
-    for name in pipeline.scored_clips(project):
+    for name in results.scored_clips(project):
         files = [project.scores_dir / f"{name}{suffix}" for suffix in (".csv", ".json", ".png", ".annotated.mp4")]
         try:
-            scores, times, summary = pipeline.read_scored(project, name)
+            scores, times, summary = results.read_scored(project, name)
             scored_at = max(f.stat().st_mtime for f in files[:2])
         except (VidanomError, OSError) as exc:
             problems.append(str(exc))
