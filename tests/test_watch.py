@@ -126,7 +126,8 @@ def test_watching_an_http_stream(project, clips):
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}/{clips.anomalous.name}"
         events = []
-        status = watch(project, url, WatchOptions(max_latency=30.0), on_event=events.append, device=CPU)
+        status = watch(project, url, WatchOptions(max_latency=30.0, reconnect=False), on_event=events.append,
+                       device=CPU)
     finally:
         server.shutdown()
     assert status.frames == clips.n_frames and status.dropped == 0
