@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .config import FrameConfig
 from .errors import VideoError
 from .pipeline import current_models
 from .project import Project
@@ -244,9 +245,9 @@ class _Feed:
     """The frames of one source, decoded in a thread into a bounded buffer (see the module
     docstring), over as many connections as it takes when reconnecting (backoff not None)."""
 
-    def __init__(self, connect: Connect, live: bool, pace: bool, depth: int, stride: int,
+    def __init__(self, connect: Connect, live: bool, pace: bool, depth: int, fc: FrameConfig,
                  stop: threading.Event, backoff: Backoff | None) -> None:
-        self.stop, self.pace, self.stride = stop, pace, stride
+        self.stop, self.pace, self.stride, self.limit = stop, pace, fc.stride, fc.decode_timeout
         self.report = DecodeReport()  # the first connection's
         self.connections = 0  # that gave frames
         self._buf = _Buffer(LIVE_QUEUE if live else depth, drop=live)
@@ -306,7 +307,7 @@ class _Feed:
         self.connections += report.frames > 0
         if self._backoff is not None:
             self._backoff.connected(time.monotonic() - started)
-        return _ended(report)
+        return _ended(report, self.limit)
 
     def _origin(self, now: float, report: DecodeReport) -> tuple[int, float]:
         """The number and time of a connection's first frame, arrived at `now`: 0 for the first one;
@@ -364,10 +365,10 @@ def _root(exc: BaseException) -> str:
     return getattr(cause, "strerror", None) or str(cause)
 
 
-def _ended(report: DecodeReport) -> str:
-    """Why a connection's frames ended."""
+def _ended(report: DecodeReport, limit: float) -> str:
+    """Why a connection's frames ended; limit: frames.decode_timeout."""
     if report.error == "Immediate exit requested":  # FFmpeg's read was cut off by PyAV's time limit
-        return "no data within frames.decode_timeout"
+        return f"no data in {limit:g} s (frames.decode_timeout)"
     return report.error or "the stream ended"
 
 
@@ -466,8 +467,8 @@ class Watcher:
         def connect(report: DecodeReport) -> Iterator[tuple[np.ndarray, float]]:
             return iter_live(self.source, self.cfg.frames, report, o.input_options, o.follow, warn=not self.reconnect)
 
-        return _Feed(connect, self.live, o.realtime, 2 * self.cfg.score.batch_size, self.cfg.frames.stride,
-                     self._stop, backoff)
+        return _Feed(connect, self.live, o.realtime, 2 * self.cfg.score.batch_size, self.cfg.frames, self._stop,
+                     backoff)
 
     def _handle(self, item: list[_Frame] | _Lost | _Back, feed: _Feed) -> None:
         if isinstance(item, _Lost):
