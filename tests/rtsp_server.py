@@ -5,6 +5,7 @@ Run it with the system Python that has GStreamer's introspection (`/usr/bin/pyth
 python3-gi, gir1.2-gst-rtsp-server-1.0, gstreamer1.0-plugins-{base,good,bad}):
 
     /usr/bin/python3 tests/rtsp_server.py CLIP [--port 0] [--udp-only] [--path /cam]
+    /usr/bin/python3 tests/rtsp_server.py --check     # exit 0 if it can run here, else say what is missing
 
 It binds 127.0.0.1 only, prints `ready PORT` on stdout once it listens, and serves until killed.
 """
@@ -15,15 +16,27 @@ import argparse
 import sys
 
 
+ELEMENTS = ("filesrc", "qtdemux", "matroskademux", "h264parse", "rtph264pay")
+
+
 def main() -> None:
     args = _parse()
-    import gi
-    gi.require_version("Gst", "1.0")
-    gi.require_version("GstRtsp", "1.0")
-    gi.require_version("GstRtspServer", "1.0")
-    from gi.repository import GLib, Gst, GstRtsp, GstRtspServer
-
+    try:
+        import gi
+        gi.require_version("Gst", "1.0")
+        gi.require_version("GstRtsp", "1.0")
+        gi.require_version("GstRtspServer", "1.0")
+        from gi.repository import GLib, Gst, GstRtsp, GstRtspServer
+    except (ImportError, ValueError) as exc:
+        sys.exit(f"GStreamer's RTSP server is not available to {sys.executable}: {exc}")
     Gst.init(None)
+    missing = [name for name in ELEMENTS if Gst.ElementFactory.find(name) is None]
+    if missing:
+        sys.exit(f"GStreamer lacks the elements {', '.join(missing)}")
+    if args.check:
+        return
+    if not args.clip:
+        sys.exit("pass the clip to serve")
     server = GstRtspServer.RTSPServer()
     server.set_address("127.0.0.1")
     server.set_service(str(args.port))
@@ -42,7 +55,8 @@ def main() -> None:
 
 def _parse() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("clip", help="an H.264 clip in MP4 or Matroska")
+    parser.add_argument("clip", nargs="?", help="an H.264 clip in MP4 or Matroska")
+    parser.add_argument("--check", action="store_true", help="only check that the server can run here")
     parser.add_argument("--port", type=int, default=0, help="TCP port for RTSP (0: a free one)")
     parser.add_argument("--path", default="/cam", help="the stream's path on the server")
     parser.add_argument("--udp-only", action="store_true", help="offer RTP over UDP only, not over TCP")
