@@ -304,9 +304,10 @@ class _Feed:
                 self._last, self._last_wall = frame, time.time()
         finally:
             frames.close()  # here, in the thread that decodes: closes the input
-        self.connections += report.frames > 0
-        if self._backoff is not None:
-            self._backoff.connected(time.monotonic() - started)
+        if report.frames:
+            self.connections += 1
+            if self._backoff is not None:
+                self._backoff.connected(time.monotonic() - started)
         return _ended(report, self.limit)
 
     def _origin(self, now: float, report: DecodeReport) -> tuple[int, float]:
