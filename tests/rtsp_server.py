@@ -42,8 +42,10 @@ def main() -> None:
     server.set_service(str(args.port))
     factory = GstRtspServer.RTSPMediaFactory()
     demux = "matroskademux" if args.clip.endswith((".mkv", ".webm")) else "qtdemux"
-    factory.set_launch(f'( filesrc location="{args.clip}" ! {demux} ! h264parse ! '
-                       "rtph264pay name=pay0 pt=96 config-interval=-1 )")
+    # SPS and PPS in-band before every keyframe, as cameras send them (rtph264pay config-interval=-1
+    # instead made FFmpeg decode one extra, grey keyframe per keyframe)
+    factory.set_launch(f'( filesrc location="{args.clip}" ! {demux} ! h264parse config-interval=-1 ! '
+                       "rtph264pay name=pay0 pt=96 )")
     if args.udp_only:
         factory.set_protocols(GstRtsp.RTSPLowerTrans.UDP)
     server.get_mount_points().add_factory(args.path, factory)
