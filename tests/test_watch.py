@@ -23,7 +23,7 @@ from conftest import anomalous_frames, invoke, write_video
 from vidanom import results
 from vidanom.project import Project
 from vidanom.scoring import segments
-from vidanom.watch import EventTracker, WatchOptions, watch
+from vidanom.watch import EventTracker, Watcher, WatchOptions, watch
 
 CPU = torch.device("cpu")
 REPO = Path(__file__).resolve().parents[1]
@@ -126,12 +126,52 @@ def test_watching_an_http_stream(project, clips):
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}/{clips.anomalous.name}"
         events = []
-        status = watch(project, url, WatchOptions(max_latency=30.0), on_event=events.append, device=CPU)
+        status = watch(project, url, WatchOptions(max_latency=30.0, reconnect=False), on_event=events.append,
+                       device=CPU)
     finally:
         server.shutdown()
     assert status.frames == clips.n_frames and status.dropped == 0
     assert all(e["source"] == url for e in events)
     assert_same_events(events, scored_segments(project, clips.anomalous))
+
+
+def test_an_http_stream_that_ends_is_opened_again_until_stopped(project, clips):
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
+                                             functools.partial(_Quiet, directory=str(clips.anomalous.parent)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/{clips.anomalous.name}"
+    events, gaps = [], []
+    watcher = Watcher(project, url, WatchOptions(max_latency=30.0, backoff=(0.2, 5.0)), device=CPU,
+                      on_event=events.append, on_gap=gaps.append)
+    thread = threading.Thread(target=watcher.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while len(events) < 2 and time.monotonic() < deadline:  # the clip, then the clip again
+            time.sleep(0.05)
+        server.shutdown()
+        server.server_close()  # now refused
+        while watcher.status.attempts < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert watcher.status.state == "reconnecting" and watcher.status.reason  # refused, or reset
+        stopped = time.monotonic()
+        watcher.stop()  # while it waits to reconnect
+        thread.join(timeout=5)
+        assert not thread.is_alive() and time.monotonic() - stopped < 1.0
+    finally:
+        watcher.stop()
+        server.server_close()
+    status = watcher.status
+    assert status.interrupted and status.state == "ended" and status.gaps == len(gaps) >= 1
+    gap = gaps[0]
+    assert gap["reason"] == "the stream ended" and gap["attempts"] == 1 and gap["source"] == url
+    # frame numbers and times go on; the second pass is scored afresh, so just as the first
+    assert gap["from_frame"] == clips.n_frames - 1 and gap["to_frame"] > gap["from_frame"]
+    assert gap["to_time"] > gap["from_time"]
+    first, again = events[0], events[1]
+    assert [again[k] - gap["to_frame"] for k in KEYS] == [first[k] for k in KEYS]
+    assert again["peak_score"] == pytest.approx(first["peak_score"], rel=1e-5)
+    assert again["start_time"] - gap["to_time"] == pytest.approx(first["start_time"], abs=1e-3)
 
 
 def test_ctrl_c_ends_watch_cleanly_with_a_summary(project, tmp_path):

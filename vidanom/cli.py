@@ -399,14 +399,15 @@ def _options(items: list[str]) -> dict[str, str]:
 
 
 class _WatchView:
-    """What `watch` shows: events as JSON lines on stdout (flushed at once), and a rich status line
-    (when stdout is a terminal) or, otherwise, a warning on stderr when it falls behind."""
+    """What `watch` shows: events and gaps as JSON lines on stdout (flushed at once); on stderr a line
+    when the stream is lost and when it is back; and a rich status line (when stdout is a terminal)
+    or, otherwise, a warning on stderr when it falls behind."""
 
     NOTE_EVERY = 5.0  # seconds between two warnings about dropped frames
 
     def __init__(self, source: str) -> None:
         from rich.live import Live
-        self.source, self.started, self.noted, self.noted_at = source, False, 0, 0.0
+        self.source, self.started, self.noted, self.noted_at, self.state = source, False, 0, 0.0, "watching"
         self.live = Live(console=out, transient=True, auto_refresh=False) if out.is_terminal else None
 
     def event(self, event: dict[str, Any]) -> None:
@@ -417,21 +418,44 @@ class _WatchView:
             sys.stdout.write(line + "\n")
             sys.stdout.flush()
 
+    def gap(self, gap: dict[str, Any]) -> None:
+        self.event(gap)
+        _say(f"stream back after {gap['gap']:.1f} s ({gap['attempts']} attempt(s)); watching from frame "
+             f"{gap['to_frame']} at {gap['to_time']:.1f} s")
+
     def status(self, s: Any) -> None:
-        import time
         if not self.started:
             self.started = True
-            err.print(f"watching {self.source} at {s.fps:g} fps with model {s.version} (threshold "
-                      f"{s.threshold:.2f}); Ctrl-C to stop", markup=False, highlight=False, soft_wrap=True)
+            _say(f"watching {self.source} at {s.fps:g} fps with model {s.version} (threshold {s.threshold:.2f}); "
+                 "Ctrl-C to stop")
+        if s.state == "reconnecting" and self.state != "reconnecting":
+            _say(f"stream lost ({s.reason}); reconnecting")
+        self.state = s.state
         if self.live is not None:
             from rich.text import Text
-            state = "[ANOMALY]" if s.in_event else "normal"
-            self.live.update(Text(f"{s.seconds:7.1f} s  frames {s.frames}  dropped {s.dropped}  events {s.events}  "
-                                  f"score {s.score:6.2f} {state}  latency {s.latency:.2f} s"), refresh=True)
-        elif s.dropped > self.noted and time.monotonic() - self.noted_at > self.NOTE_EVERY:
-            err.print(f"warning: falling behind: {s.dropped} frames dropped so far to keep the latency "
-                      "under --max-latency", markup=False, highlight=False, soft_wrap=True)
+            self.live.update(Text(self._line(s)), refresh=True)
+        else:
+            self._note_drops(s)
+
+    @staticmethod
+    def _line(s: Any) -> str:
+        if s.state == "reconnecting":
+            tried = f"attempt {s.attempts} failed ({s.reason})" if s.attempts else f"lost ({s.reason})"
+            return f"{s.seconds:7.1f} s  reconnecting: {tried}; next attempt in {s.retry_in:g} s  events {s.events}"
+        state = "[ANOMALY]" if s.in_event else "normal"
+        return (f"{s.seconds:7.1f} s  frames {s.frames}  dropped {s.dropped}  events {s.events}  "
+                f"score {s.score:6.2f} {state}  latency {s.latency:.2f} s")
+
+    def _note_drops(self, s: Any) -> None:
+        import time
+        if s.dropped > self.noted and time.monotonic() - self.noted_at > self.NOTE_EVERY:
+            _say(f"warning: falling behind: {s.dropped} frames dropped so far to keep the latency under --max-latency")
             self.noted, self.noted_at = s.dropped, time.monotonic()
+
+
+def _say(line: str) -> None:
+    """One plain line on stderr."""
+    err.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -445,13 +469,18 @@ def watch(source: Annotated[str, typer.Argument(
                                                    "data.")] = 10.0,
           max_latency: Annotated[float, typer.Option(
               help="Seconds a frame of a live source may wait; later ones are dropped.")] = 2.0,
+          reconnect: Annotated[Optional[bool], typer.Option(
+              "--reconnect/--no-reconnect", help="When the stream ends, breaks or stalls, open it again after 1, "
+              "2, 4 ... 30 s (default: on for URLs and cameras, off for files).", show_default=False)] = None,
           input_option: Annotated[Optional[list[str]], typer.Option(
-              "--input-option", "-i", help="FFmpeg input option KEY=VALUE, e.g. video_size=1280x720.")] = None,
+              "--input-option", "-i", help="FFmpeg input option KEY=VALUE, e.g. video_size=1280x720 or "
+              "rtsp_transport=udp (RTSP: TCP, then UDP if the server refuses TCP).")] = None,
           device: DeviceOpt = "auto", project: ProjectOpt = None) -> None:
     """Score a live stream; print one JSON line per anomalous event as soon as it ends.
 
     Each line has the event's start, peak and end as frames and seconds, and its peak score.
-    Ctrl-C ends it cleanly (exit code 0) with a summary on stderr.
+    A URL or camera that drops out is opened again; a line {"gap": seconds, "from", "to", ...}
+    tells when it comes back. Ctrl-C ends it cleanly (exit code 0) with a summary on stderr.
 
     Example: vidanom watch rtsp://192.168.1.20/stream
     """
@@ -459,15 +488,14 @@ def watch(source: Annotated[str, typer.Argument(
     if not max_latency > 0 or not idle > 0:
         raise typer.BadParameter("--max-latency and --idle must be positive numbers of seconds")
     proj = _open(project)
-    options = WatchOptions(realtime, idle if follow else 0.0, max_latency, _options(input_option or []))
+    options = WatchOptions(realtime, idle if follow else 0.0, max_latency, _options(input_option or []), reconnect)
     view = _WatchView(source)
     with view.live if view.live is not None else nullcontext():
-        s = run_watch(proj, source, options, view.event, view.status, _device(device))
+        s = run_watch(proj, source, options, view.event, view.status, _device(device), on_gap=view.gap)
     fps = s.frames / s.seconds if s.seconds > 0 else 0.0
-    err.print(f"{'stopped' if s.interrupted else 'stream ended'}: {s.frames} frames scored in {s.seconds:.1f} s "
-              f"({fps:.1f} frames/s), {s.dropped} dropped, {s.events} event(s)", markup=False, highlight=False,
-              soft_wrap=True)
-
+    gaps = f", {s.gaps} gap(s) of {s.gap_seconds:.1f} s in all" if s.gaps else ""
+    _say(f"{'stopped' if s.interrupted else 'stream ended'}: {s.frames} frames scored in {s.seconds:.1f} s "
+         f"({fps:.1f} frames/s), {s.dropped} dropped, {s.events} event(s){gaps}")
 
 
 @app.command()

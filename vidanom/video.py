@@ -10,6 +10,7 @@ its true times; a frame of a folder is its position / DEFAULT_FPS. See _Clock.
 
 from __future__ import annotations
 
+import errno
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -368,15 +369,40 @@ def iter_full_chunks(src: Source, fc: FrameConfig, size: int, report: DecodeRepo
     _finish(src.path, report)
 
 
+# FFmpeg's answers when an RTSP server will not send RTP over TCP: 461 Unsupported Transport (as
+# EPROTONOSUPPORT), 400 Bad Request, or another 4xx
+_NO_TCP = (av.error.HTTPBadRequestError, av.error.HTTPOtherClientError)
+
+
+def _refuses_tcp(exc: BaseException) -> bool:
+    """Whether opening an RTSP URL with RTP over TCP failed because the server does not offer it."""
+    return isinstance(exc, _NO_TCP) or getattr(exc, "errno", None) == errno.EPROTONOSUPPORT
+
+
+def _open_rtsp(target: str, opts: dict[str, str], timeout: tuple[float, float]) -> Any:
+    """Open an RTSP URL: the user's rtsp_transport if given, else TCP first (UDP loses packets, so
+    smears frames, on a busy network), then UDP when the server refuses TCP."""
+    if "rtsp_transport" in opts:
+        return av.open(target, options=opts, timeout=timeout)
+    try:
+        return av.open(target, options={**opts, "rtsp_transport": "tcp"}, timeout=timeout)
+    except Exception as exc:  # noqa: BLE001 - only a refusal of TCP is worth a second try
+        if not _refuses_tcp(exc):
+            raise
+    return av.open(target, options={**opts, "rtsp_transport": "udp"}, timeout=timeout)
+
+
 def _open_live(location: str, fc: FrameConfig, options: dict[str, str], follow: float) -> Any:
-    """Open a URL, a V4L2 device or a file as FFmpeg input (see iter_live)."""
+    """Open a URL, a V4L2 device or a file as FFmpeg input (see iter_live).
+
+    FFmpeg gives up on the open, or on a read, that blocks longer than frames.decode_timeout (a
+    stalled stream); following a file, a read may block until it has not grown for `follow` s.
+    """
     limit, opts, fmt, target = fc.decode_timeout, dict(options), None, location
-    if "://" in location:
-        if location.startswith("rtsp://"):
-            opts.setdefault("rtsp_transport", "tcp")  # UDP loses packets (smeared frames) on busy networks
-    elif location.startswith("/dev/video"):
+    timeout = (limit, max(limit, follow + 5) if follow else limit)
+    if location.startswith("/dev/video"):
         fmt = "v4l2"
-    else:
+    elif "://" not in location:
         path = Path(location)
         if not path.exists():
             raise VideoError(f"no such file: {location}; pass a video file, a URL (rtsp://, http://...) "
@@ -389,14 +415,17 @@ def _open_live(location: str, fc: FrameConfig, options: dict[str, str], follow: 
             # the end first to estimate the duration (that would wait for the writer to finish)
             opts.update(follow="1", rw_timeout=str(int(follow * 1e6)), skip_estimate_duration_from_pts="1")
     try:
-        return av.open(target, format=fmt, options=opts, timeout=(limit, max(limit, follow + 5)))
+        if location.startswith("rtsp://"):
+            return _open_rtsp(target, opts, timeout)
+        return av.open(target, format=fmt, options=opts, timeout=timeout)
     except Exception as exc:  # whatever opening a network stream or an untrusted file raises
         raise VideoError(f"cannot open {location} as a video ({_why(exc)}); check the address, the "
                          "device or the file") from exc
 
 
 def iter_live(location: str, fc: FrameConfig, report: DecodeReport | None = None,
-              options: dict[str, str] | None = None, follow: float = 0.0) -> Iterator[tuple[np.ndarray, float]]:
+              options: dict[str, str] | None = None, follow: float = 0.0,
+              warn: bool = True) -> Iterator[tuple[np.ndarray, float]]:
     """Frames (h, w, C) uint8 at the project's size with their times (seconds from the first frame),
     one at a time as they arrive, of a live source: a URL FFmpeg reads (rtsp://, http://, udp://...),
     a V4L2 camera (/dev/video0), or a file.
@@ -404,9 +433,14 @@ def iter_live(location: str, fc: FrameConfig, report: DecodeReport | None = None
     Times come from the PTS; on a URL or a camera, a frame without one (or whose PTS steps back) is
     timed by its arrival instead (see _Clock).
 
-    options: FFmpeg options for the input (e.g. rtsp_transport, video_size). follow > 0: a file
+    options: FFmpeg options for the input (e.g. rtsp_transport, video_size). An rtsp:// URL without
+    rtsp_transport is tried over TCP, then over UDP if the server refuses TCP. follow > 0: a file
     still being written is read as it grows, and ends once it has not grown for `follow` seconds
     (a container that can be read while written: MPEG-TS, Matroska, raw H.264; not MP4).
+
+    Raises VideoError when the source cannot be opened or yields no frame. A stream that breaks off
+    (an error, or no frame for frames.decode_timeout seconds) ends with `report.error` set, and a
+    logged warning unless warn is False (for a caller that reports it itself, e.g. to reconnect).
     """
     report = report if report is not None else DecodeReport()
     container = _open_live(location, fc, options or {}, follow)
@@ -414,4 +448,5 @@ def iter_live(location: str, fc: FrameConfig, report: DecodeReport | None = None
     for frame, t in _decode_container(container, location, fc, report, follow=follow > 0, live=live):
         report.frames += 1
         yield frame, t
-    _finish(location, report)
+    if warn or report.frames == 0:
+        _finish(location, report)

@@ -15,24 +15,38 @@ start of a clip: the first frame's motion is zero, the LSTM-MDN is silent for it
 and the score's moving average restarts. Frame numbers count the dropped frames, and an event
 open across a gap goes on while the score stays above the threshold.
 
+A URL or a camera is opened again when its stream ends, breaks or stalls (no frame for
+frames.decode_timeout seconds): after 1, 2, 4 ... at most 30 seconds (Backoff), until it comes
+back. Only the first opening must succeed: a wrong address is an error, not a wait. The gap is
+reported (on_gap) once frames flow again; an event open when the stream was lost ends at its last
+frame, and the scorer starts afresh as after dropped frames. Frame numbers and times go on from
+the time since watching started (the times of the frames after the gap are their arrival after
+the first frame, plus their own timestamps), so they never go back.
+
 Event times are the frames' own times (from their timestamps, see video.iter_live), so they stay
 true on a variable-frame-rate source, and match those `score` writes for the same file.
+
+Watcher is one source's watch, with run() and a stop() for other threads: what a supervisor of
+many cameras (one actor each) owns. watch() runs one until the stream ends or Ctrl-C.
 """
 
 from __future__ import annotations
 
 import math
-import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import numpy as np
 import torch
 
+from .config import FrameConfig
 from .detector import Detector
+from .errors import VideoError
 from .project import Project
 from .scoring import Scorer, iter_scores, make_scorer
 from .video import DecodeReport, iter_live
@@ -41,16 +55,27 @@ LIVE_QUEUE = 256  # frames waiting to be scored, at most (at the model's size: 4
 POLL = 0.1  # seconds between checks of the stop flag while waiting
 
 
+def is_stream(source: str) -> bool:
+    """Whether a source is a URL or a camera device (rather than a file)."""
+    return "://" in source or source.startswith("/dev/")
+
+
 @dataclass
 class WatchOptions:
     realtime: bool = False  # pace a file at its frame rate, as if it were live
     follow: float = 0.0  # follow a growing file; it ends after this many seconds without growth (0: no)
     max_latency: float = 2.0  # seconds a frame may wait on a live source before it is dropped
     input_options: dict[str, str] = field(default_factory=dict)  # FFmpeg options for the input
+    reconnect: bool | None = None  # open the source again when it ends or breaks (None: for URLs and cameras)
+    backoff: tuple[float, float] = (1.0, 30.0)  # seconds before the first attempt to reconnect; the longest wait
 
     def live(self, source: str) -> bool:
         """Whether frames come at their own pace (and may be dropped) rather than as fast as read."""
-        return self.realtime or "://" in source or source.startswith("/dev/")
+        return self.realtime or is_stream(source)
+
+    def reconnects(self, source: str) -> bool:
+        """Whether watching source goes on after its stream ends or breaks."""
+        return is_stream(source) if self.reconnect is None else self.reconnect
 
 
 @dataclass
@@ -68,7 +93,34 @@ class WatchStatus:
     latency: float = 0.0  # seconds from the arrival of the latest batch's first frame to its scores
     seconds: float = 0.0  # since watching started
     in_event: bool = False  # the latest frame is part of an event still going on
-    interrupted: bool = False  # ended by Ctrl-C
+    interrupted: bool = False  # ended by Ctrl-C or Watcher.stop()
+    state: str = "watching"  # "reconnecting" while the stream is lost, "ended" in the summary
+    reason: str = ""  # while reconnecting: why the stream was lost, or why the latest attempt failed
+    attempts: int = 0  # while reconnecting: attempts that failed so far
+    retry_in: float = 0.0  # while reconnecting: seconds from this status to the next attempt
+    gaps: int = 0  # times the stream was lost and came back
+    gap_seconds: float = 0.0  # their total length
+
+
+class Backoff:
+    """Seconds to wait before each attempt to reconnect: first, 2·first, 4·first ... at most longest.
+
+    A connection that stayed up for `longest` seconds starts the sequence again; one lost sooner
+    continues it, so that a source which accepts and drops at once is not hammered.
+    """
+
+    def __init__(self, first: float = 1.0, longest: float = 30.0) -> None:
+        self.first, self.longest, self.tries = first, longest, 0
+
+    def next(self) -> float:
+        wait = min(self.first * 2.0 ** self.tries, self.longest)
+        self.tries = min(self.tries + 1, 64)
+        return wait
+
+    def connected(self, seconds: float) -> None:
+        """A connection gave frames for this many seconds before it was lost."""
+        if seconds >= self.longest:
+            self.tries = 0
 
 
 class EventTracker:
@@ -128,82 +180,197 @@ class _Frame:
     time: float  # seconds from the stream's first frame, from its timestamp (see video.iter_live)
 
 
+@dataclass
+class _Lost:
+    """The stream was lost (attempts == 0) or an attempt to reconnect failed; the next in `wait` s."""
+
+    reason: str
+    attempts: int
+    wait: float
+
+
+@dataclass
+class _Back:
+    """The stream is back: the gap's record (see Watcher), before the first frame after it."""
+
+    gap: dict[str, Any]
+
+
 _END = object()
+Connect = Callable[[DecodeReport], Iterator[tuple[np.ndarray, float]]]
+
+
+class _Buffer:
+    """A bounded FIFO from the decoding thread to the scoring thread. When full it drops the oldest
+    frame (drop: a live source) or makes the producer wait; notices are never dropped."""
+
+    def __init__(self, size: int, drop: bool) -> None:
+        self.size, self.drop, self.dropped = size, drop, 0
+        self._items: deque[Any] = deque()
+        self._cond = threading.Condition()
+
+    def put(self, item: Any, stop: threading.Event) -> bool:
+        """Queue item; False (not queued) once stop is set."""
+        with self._cond:
+            while len(self._items) >= self.size and not (self.drop and self._drop_oldest()):
+                if stop.is_set():
+                    return False
+                self._cond.wait(POLL)
+            if stop.is_set():
+                return False
+            self._items.append(item)
+            self._cond.notify_all()
+            return True
+
+    def _drop_oldest(self) -> bool:
+        for i, item in enumerate(self._items):
+            if isinstance(item, _Frame):
+                del self._items[i]
+                self.dropped += 1
+                return True
+        return False
+
+    def take(self, most: int) -> list[Any]:
+        """Up to `most` items, waiting at most POLL s for the first ([] if none came)."""
+        with self._cond:
+            if not self._items:
+                self._cond.wait(POLL)
+            out = [self._items.popleft() for _ in range(min(most, len(self._items)))]
+            if out:
+                self._cond.notify_all()
+            return out
 
 
 class _Feed:
-    """The frames of one source, decoded in a thread into a bounded queue (see the module docstring)."""
+    """The frames of one source, decoded in a thread into a bounded buffer (see the module
+    docstring), over as many connections as it takes when reconnecting (backoff not None)."""
 
-    def __init__(self, frames: Iterator[tuple[np.ndarray, float]], report: DecodeReport, live: bool, pace: bool,
-                 depth: int) -> None:
-        self.q: queue.Queue[Any] = queue.Queue(maxsize=LIVE_QUEUE if live else depth)
-        self.stop, self.live, self.pace = threading.Event(), live, pace
-        self.dropped = 0  # by the producer, when the queue was full
-        self._frames, self._report = frames, report
+    def __init__(self, connect: Connect, live: bool, pace: bool, depth: int, fc: FrameConfig,
+                 stop: threading.Event, backoff: Backoff | None) -> None:
+        self.stop, self.pace, self.stride, self.limit = stop, pace, fc.stride, fc.decode_timeout
+        self.report = DecodeReport()  # the first connection's
+        self.connections = 0  # that gave frames
+        self._buf = _Buffer(LIVE_QUEUE if live else depth, drop=live)
+        self._connect, self._backoff = connect, backoff
+        self._last: _Frame | None = None  # the latest frame queued...
+        self._last_wall, self._zero = 0.0, 0.0  # ...its arrival (time.time()); the monotonic time of time 0
         self._thread = threading.Thread(target=self._produce, name="vidanom-watch-decode", daemon=True)
         self._thread.start()
 
+    @property
+    def dropped(self) -> int:
+        """Frames dropped because the buffer was full."""
+        return self._buf.dropped
+
     def _produce(self) -> None:
-        start = None
         try:
-            for i, (pixels, t) in enumerate(self._frames):
-                start = time.monotonic() - t if start is None else start
-                if self.pace:  # a file played at its own rate: a frame is due at its time after the first
-                    wait = start + t - time.monotonic()
-                    if wait > 0 and self.stop.wait(wait):
-                        return
-                if not self._put(_Frame(i, pixels, time.monotonic(), t)):
-                    return
-            self._put(_END)
+            reason = self._stream(self.report)  # the first connection: failing to open is an error
+            while self._backoff is not None and not self.stop.is_set():
+                reason = self._reconnect(reason)
+            self._buf.put(_END, self.stop)
         except BaseException as exc:  # handed to the scoring thread, which raises it
-            self._put(exc)
-        finally:
-            close = getattr(self._frames, "close", None)
-            if close is not None:
-                close()  # here, in the thread that decodes: closes the input
+            self._buf.put(exc, self.stop)
 
-    def _put(self, item: Any) -> bool:
-        """Queue item: on a live source make room by dropping the oldest frame, else wait for room."""
-        while not self.stop.is_set():
+    def _reconnect(self, reason: str) -> str:
+        """After the stream was lost (why: reason), try again after each wait of the backoff until a
+        connection gives frames; read it to its end → why it ended."""
+        assert self._backoff is not None
+        attempts, wait, why = 0, self._backoff.next(), reason
+        self._buf.put(_Lost(reason, 0, wait), self.stop)
+        while not self.stop.wait(wait):
             try:
-                if self.live:
-                    self.q.put_nowait(item)
-                else:
-                    self.q.put(item, timeout=POLL)
-                return True
-            except queue.Full:
-                if self.live:
-                    try:
-                        self.q.get_nowait()  # only this thread adds, so this makes room for the put
-                        self.dropped += 1
-                    except queue.Empty:
-                        pass
-        return False
+                return self._stream(DecodeReport(), (reason, attempts + 1))
+            except VideoError as exc:
+                attempts, why, wait = attempts + 1, _root(exc), self._backoff.next()
+                self._buf.put(_Lost(why, attempts, wait), self.stop)
+        return why
 
-    def batches(self, most: int) -> Iterator[list[_Frame]]:
-        """What has arrived, up to `most` frames at a time (waiting for at least one)."""
-        while True:
-            try:
-                items = [self.q.get(timeout=POLL)]
-            except queue.Empty:
-                continue
-            while len(items) < most and items[-1] is not _END and not isinstance(items[-1], BaseException):
-                try:
-                    items.append(self.q.get_nowait())
-                except queue.Empty:
+    def _stream(self, report: DecodeReport, lost: tuple[str, int] | None = None) -> str:
+        """Queue the frames of one connection until it ends → why it ended. lost: (why the stream
+        was lost, attempts): the gap's record goes before the first frame."""
+        frames, started, base = self._connect(report), 0.0, (0, 0.0)
+        try:
+            for i, (pixels, t) in enumerate(frames):
+                if i == 0:
+                    started = time.monotonic()
+                    base = self._origin(started, report)
+                elif self.pace and self.stop.wait(max(0.0, started + t - time.monotonic())):
+                    break  # a file played at its own rate: a frame is due at its time after the first
+                frame = _Frame(base[0] + i, pixels, time.monotonic(), base[1] + t)
+                if i == 0 and lost is not None and not self._buf.put(_Back(self._gap(frame, *lost)), self.stop):
                     break
-            last = items[-1]
-            frames = [it for it in items if isinstance(it, _Frame)]
+                if not self._buf.put(frame, self.stop):
+                    break
+                self._last, self._last_wall = frame, time.time()
+        finally:
+            frames.close()  # here, in the thread that decodes: closes the input
+        if report.frames:
+            self.connections += 1
+            if self._backoff is not None:
+                self._backoff.connected(time.monotonic() - started)
+        return _ended(report, self.limit)
+
+    def _origin(self, now: float, report: DecodeReport) -> tuple[int, float]:
+        """The number and time of a connection's first frame, arrived at `now`: 0 for the first one;
+        after a gap its time since watching started (never before the last frame's time), and the
+        frame slots of the gap at the stream's rate."""
+        last = self._last
+        if last is None:
+            self._zero = now
+            return 0, 0.0
+        rate = report.fps / self.stride
+        t = max(now - self._zero, last.time + 1 / rate)
+        return last.index + max(1, round((t - last.time) * rate)), t
+
+    def _gap(self, first: _Frame, reason: str, attempts: int) -> dict[str, Any]:
+        """The record of a gap from the last frame before it to `first` after it."""
+        last = self._last
+        assert last is not None
+        return {"gap": round(first.arrived - last.arrived, 3), "from": _iso(self._last_wall), "to": _iso(time.time()),
+                "from_frame": last.index, "to_frame": first.index, "from_time": round(last.time, 3),
+                "to_time": round(first.time, 3), "reason": reason, "attempts": attempts}
+
+    def items(self, most: int) -> Iterator[list[_Frame] | _Lost | _Back]:
+        """What the decoder sent, in order: lists of at most `most` frames, and notices, until the
+        stream ends or stop is set. Raises what the decoder raised."""
+        while not self.stop.is_set():
+            frames: list[_Frame] = []
+            for item in self._buf.take(most):
+                if isinstance(item, _Frame):
+                    frames.append(item)
+                    continue
+                if frames:
+                    yield frames
+                    frames = []
+                if item is _END:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
             if frames:
                 yield frames
-            if isinstance(last, BaseException):
-                raise last
-            if last is _END:
-                return
 
     def close(self) -> None:
         self.stop.set()
         self._thread.join(timeout=2.0)  # a network read may block longer: the thread is a daemon
+
+
+def _iso(wall: float) -> str:
+    """A time.time() as local ISO 8601 with milliseconds and the UTC offset."""
+    return datetime.fromtimestamp(wall).astimezone().isoformat(timespec="milliseconds")
+
+
+def _root(exc: BaseException) -> str:
+    """Briefly, why opening failed: FFmpeg's own message where there is one."""
+    cause = exc.__cause__ or exc
+    return getattr(cause, "strerror", None) or str(cause)
+
+
+def _ended(report: DecodeReport, limit: float) -> str:
+    """Why a connection's frames ended; limit: frames.decode_timeout."""
+    if report.error == "Immediate exit requested":  # FFmpeg's read was cut off by PyAV's time limit
+        return f"no data in {limit:g} s (frames.decode_timeout)"
+    return report.error or "the stream ended"
 
 
 class _LiveScorer:
@@ -220,6 +387,10 @@ class _LiveScorer:
             chunk, self._chunk = self._chunk, None
             yield chunk
 
+    def restart(self) -> None:
+        """Begin again at the next frame, whatever its number (the stream was lost)."""
+        self._scores = None
+
     def __call__(self, index: np.ndarray, frames: np.ndarray, times: np.ndarray) -> np.ndarray:
         """index: (n,) increasing frame numbers; frames: (n, h, w, C) uint8; times: (n,) seconds
         → (n,) smoothed scores."""
@@ -233,24 +404,90 @@ class _LiveScorer:
         return np.concatenate(out)
 
 
-class _Session:
-    """One watch: the models, the feed, the live scorer and the event tracker."""
+def _ignore(_: Any) -> None:
+    pass
 
-    def __init__(self, project: Project, source: str, options: WatchOptions, device: torch.device) -> None:
+
+class Watcher:
+    """The watch of one source: models, decoder, live scorer and event tracker.
+
+    run() scores the stream until it ends (without reconnecting), stop() is called (from any
+    thread), or Ctrl-C. Callbacks, in run()'s thread: on_event(event) as each anomalous event
+    ends (a dict of frames, times and scores), on_gap(gap) when the stream comes back after it was
+    lost ({"gap": seconds, "from", "to": ISO times, "from_frame", "to_frame", "from_time",
+    "to_time", "reason", "attempts", "source", "model_version"}), on_status(status) after every
+    batch and change of state. before_batch(n) is called before n frames are scored (tests make
+    the model slow with it). A Watcher runs once. Raises VideoError when the source cannot be
+    opened at first, NotTrainedError without a model.
+    """
+
+    def __init__(self, project: Project, source: str, options: WatchOptions | None = None, *,
+                 device: torch.device | None = None,
+                 on_event: Callable[[dict[str, Any]], None] = _ignore,
+                 on_gap: Callable[[dict[str, Any]], None] = _ignore,
+                 on_status: Callable[[WatchStatus], None] = _ignore,
+                 before_batch: Callable[[int], None] | None = None) -> None:
         from .inference import for_inference
+        self.source, self.options, self.device = source, options or WatchOptions(), device or torch.device("cpu")
+        self.on_event, self.on_gap, self.on_status, self.before_batch = on_event, on_gap, on_status, before_batch
         detector = Detector.load(project)
-        cal = detector.calibration
-        self.cfg, self.report, self.options = project.config, DecodeReport(), options
-        fast, mdn = for_inference(detector.vae, device), detector.mdn.to(device).eval() if detector.mdn else None
-        self.scorer = _LiveScorer(lambda: make_scorer(fast, mdn, self.cfg, device, cal.frame_interval), project, cal)
-        self.live = options.live(source)
+        cal, self.cfg = detector.calibration, project.config
+        fast = for_inference(detector.vae, self.device)
+        mdn = detector.mdn.to(self.device).eval() if detector.mdn else None
+        self.scorer = _LiveScorer(lambda: make_scorer(fast, mdn, self.cfg, self.device, cal.frame_interval),
+                                  project, cal)
+        self.live, self.reconnect = self.options.live(source), self.options.reconnects(source)
         self.status = WatchStatus(source, str(detector.version), cal.threshold)
         self.tracker: EventTracker | None = None
         self.late, self.last, self.started = 0, -1, time.monotonic()
-        frames = iter_live(source, self.cfg.frames, self.report, options.input_options, options.follow)
-        self.feed = _Feed(frames, self.report, self.live, options.realtime, 2 * self.cfg.score.batch_size)
+        self._stop = threading.Event()
 
-    def fresh(self, batch: list[_Frame]) -> list[_Frame]:
+    def stop(self) -> None:
+        """Make run() return soon (within 0.1 s, or when a blocked network read gives up, at most 2 s
+        later); safe to call from any thread, before or during run()."""
+        self._stop.set()
+
+    def run(self) -> WatchStatus:
+        """Score the stream as it comes (see the class docstring) → the final status: the summary."""
+        from .inference import scoring_threads, torch_threads
+        self.started = time.monotonic()
+        feed = self._open()
+        try:
+            with torch_threads(scoring_threads(self.device)):
+                for item in feed.items(self.cfg.score.batch_size):
+                    self._handle(item, feed)
+        except KeyboardInterrupt:
+            self.status.interrupted = True
+        finally:
+            self._finish(feed)
+        return self.status
+
+    def _open(self) -> _Feed:
+        o = self.options
+        backoff = Backoff(*o.backoff) if self.reconnect else None
+
+        def connect(report: DecodeReport) -> Iterator[tuple[np.ndarray, float]]:
+            return iter_live(self.source, self.cfg.frames, report, o.input_options, o.follow, warn=not self.reconnect)
+
+        return _Feed(connect, self.live, o.realtime, 2 * self.cfg.score.batch_size, self.cfg.frames, self._stop,
+                     backoff)
+
+    def _handle(self, item: list[_Frame] | _Lost | _Back, feed: _Feed) -> None:
+        if isinstance(item, _Lost):
+            self._lost(item)
+        elif isinstance(item, _Back):
+            self._back(item.gap)
+        else:
+            batch = self._fresh(item)
+            if not batch:
+                return
+            if self.before_batch is not None:
+                self.before_batch(len(batch))
+            self._step(batch, feed)
+        self._tally(feed)
+        self.on_status(self.status)
+
+    def _fresh(self, batch: list[_Frame]) -> list[_Frame]:
         """The frames not too late to score (on a live source); counts the others as dropped."""
         if not self.live:
             return batch
@@ -259,66 +496,62 @@ class _Session:
         self.late += len(batch) - len(fresh)
         return fresh
 
-    def step(self, batch: list[_Frame], on_event: Callable[[dict[str, Any]], None]) -> None:
+    def _step(self, batch: list[_Frame], feed: _Feed) -> None:
         """Score one batch of frames (n at the project's size), report the events that ended in it."""
         status = self.status
         if self.tracker is None:  # the rate is known once the stream is open
-            status.fps = self.report.fps / self.cfg.frames.stride
+            status.fps = feed.report.fps / self.cfg.frames.stride
             self.tracker = EventTracker(status.threshold, self.cfg.score.min_segment, 1 / status.fps)
         index, times = np.array([f.index for f in batch]), np.array([f.time for f in batch])
         scores = self.scorer(index, np.stack([f.pixels for f in batch]), times)
         self.last = int(index[-1])
-        self._report(self.tracker.update(index, scores, times), on_event)
+        self._report(self.tracker.update(index, scores, times))
         status.frames += len(batch)
         status.score, status.in_event = float(scores[-1]), self.tracker.start is not None
         status.latency = time.monotonic() - batch[0].arrived
-        self._tally()
 
-    def _tally(self) -> None:
+    def _lost(self, lost: _Lost) -> None:
+        """The stream was lost, or another attempt to reconnect failed."""
+        if lost.attempts == 0:  # an open event ends at the last frame; the scorer starts afresh after the gap
+            if self.tracker is not None:
+                self._report(self.tracker.finish(self.last + 1))
+            self.scorer.restart()
+        s = self.status
+        s.state, s.reason, s.attempts, s.retry_in, s.in_event = "reconnecting", lost.reason, lost.attempts, lost.wait, False
+
+    def _back(self, gap: dict[str, Any]) -> None:
+        s = self.status
+        s.state, s.reason, s.attempts, s.retry_in = "watching", "", 0, 0.0
+        s.gaps, s.gap_seconds = s.gaps + 1, s.gap_seconds + gap["gap"]
+        self.on_gap({**gap, "source": s.source, "model_version": s.version})
+
+    def _tally(self, feed: _Feed) -> None:
         self.status.seconds = time.monotonic() - self.started
-        self.status.dropped = self.late + self.feed.dropped
+        self.status.dropped = self.late + feed.dropped
 
-    def finish(self, on_event: Callable[[dict[str, Any]], None]) -> WatchStatus:
+    def _finish(self, feed: _Feed) -> None:
         """Stop the decoder, close an event still open at the last frame, and sum up."""
-        self.feed.close()
+        self.status.interrupted = self.status.interrupted or self._stop.is_set()
+        feed.close()
         if self.tracker is not None:  # past the stream's last frame: its end (the time `score` gives too)
-            end = self.report.duration if self.last + 1 == self.report.frames else None
-            self._report(self.tracker.finish(self.last + 1, end), on_event)
-        self.status.in_event = False
-        self._tally()
-        return self.status
+            whole = feed.connections == 1 and self.last + 1 == feed.report.frames
+            self._report(self.tracker.finish(self.last + 1, feed.report.duration if whole else None))
+        self.status.in_event, self.status.state = False, "ended"
+        self._tally(feed)
 
-    def _report(self, events: list[dict[str, Any]], on_event: Callable[[dict[str, Any]], None]) -> None:
+    def _report(self, events: list[dict[str, Any]]) -> None:
         for event in events:
             self.status.events += 1
-            on_event({**event, "source": self.status.source, "model_version": self.status.version,
-                      "detected_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+            self.on_event({**event, "source": self.status.source, "model_version": self.status.version,
+                           "detected_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
 
 
 def watch(project: Project, source: str, options: WatchOptions | None = None,
-          on_event: Callable[[dict[str, Any]], None] = lambda e: None,
-          on_status: Callable[[WatchStatus], None] = lambda s: None, device: torch.device | None = None,
-          before_batch: Callable[[int], None] | None = None) -> WatchStatus:
-    """Score a stream as it comes until it ends or Ctrl-C.
-
-    on_event gets each event (a dict of frames, times and scores) as soon as it ends, on_status
-    the status after every batch. Returns the final status: the summary. before_batch(n) is
-    called before n frames are scored (tests make the model slow with it).
-    """
-    from .inference import scoring_threads, torch_threads
-    device = device or torch.device("cpu")
-    session = _Session(project, source, options or WatchOptions(), device)
-    try:
-        with torch_threads(scoring_threads(device)):
-            for batch in session.feed.batches(session.cfg.score.batch_size):
-                batch = session.fresh(batch)
-                if batch:
-                    if before_batch is not None:
-                        before_batch(len(batch))
-                    session.step(batch, on_event)
-                    on_status(session.status)
-    except KeyboardInterrupt:
-        session.status.interrupted = True
-    finally:
-        status = session.finish(on_event)
-    return status
+          on_event: Callable[[dict[str, Any]], None] = _ignore,
+          on_status: Callable[[WatchStatus], None] = _ignore, device: torch.device | None = None,
+          before_batch: Callable[[int], None] | None = None,
+          on_gap: Callable[[dict[str, Any]], None] = _ignore) -> WatchStatus:
+    """Score a stream as it comes until it ends (a URL or camera: is lost for good, which it never
+    is while reconnecting) or Ctrl-C → the final status: the summary. See Watcher."""
+    return Watcher(project, source, options, device=device, on_event=on_event, on_gap=on_gap,
+                   on_status=on_status, before_batch=before_batch).run()

@@ -1,0 +1,271 @@
+"""`watch` against a real RTSP server on loopback: GStreamer's gst-rtsp-server (tests/rtsp_server.py,
+run by the system Python that has GStreamer's introspection) serving tiny H.264 clips made here.
+
+Over TCP and over UDP (a server that offers only UDP) watch finds the segments `score` finds in the
+served file; with the server killed and started again mid-stream it reconnects and reports the next
+event; the CLI prints the gap as a JSON line and Ctrl-C ends it while it waits to reconnect.
+Skipped, with the reason, where GStreamer's RTSP server is not installed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import anomalous_frames, invoke, write_video
+
+from vidanom import results
+from vidanom.config import CONFIG_NAME
+from vidanom.errors import VideoError
+from vidanom.project import Project
+from vidanom.watch import Backoff, Watcher, WatchOptions, watch
+
+CPU = torch.device("cpu")
+REPO = Path(__file__).resolve().parents[1]
+SYSTEM_PYTHON = "/usr/bin/python3"
+SERVER = Path(__file__).with_name("rtsp_server.py")
+KEYS = ("start_frame", "end_frame", "peak_frame")
+INSTALL = ("apt-get install gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good "
+           "gstreamer1.0-plugins-bad python3-gi")
+
+
+def _server_env() -> dict[str, str]:
+    """The environment for the system Python: without this interpreter's paths."""
+    return {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
+
+
+@pytest.fixture(scope="session")
+def gstreamer() -> None:
+    """Skip where GStreamer's RTSP server cannot run."""
+    if not Path(SYSTEM_PYTHON).exists():
+        pytest.skip(f"no {SYSTEM_PYTHON} to run GStreamer's RTSP server ({INSTALL})")
+    probe = subprocess.run([SYSTEM_PYTHON, str(SERVER), "--check"], capture_output=True, text=True, timeout=60,
+                           env=_server_env())
+    if probe.returncode != 0:
+        why = (probe.stderr.strip().splitlines() or ["?"])[-1]
+        pytest.skip(f"{why}; to run the RTSP tests: {INSTALL}")
+
+
+class RtspServer:
+    """gst-rtsp-server serving one clip at rtsp://127.0.0.1:PORT/cam, in a child process. The port is
+    free one at the first start, and the same one at every later start."""
+
+    def __init__(self, clip: Path, udp_only: bool = False) -> None:
+        self.clip, self.udp_only, self.port = clip, udp_only, 0
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"rtsp://127.0.0.1:{self.port}/cam"
+
+    def start(self) -> None:
+        args = [SYSTEM_PYTHON, str(SERVER), str(self.clip), "--port", str(self.port)]
+        self.proc = subprocess.Popen(args + (["--udp-only"] if self.udp_only else []), stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True, env=_server_env())
+        line = _line(self.proc, self.proc.stdout, 30)
+        assert line.startswith("ready "), line
+        self.port = int(line.split()[1])
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+        if self.proc is not None:
+            self.proc.wait(timeout=10)
+            self.proc.stdout.close()
+            self.proc.stderr.close()
+
+
+@pytest.fixture
+def rtsp(gstreamer) -> Iterator[Callable[..., RtspServer]]:
+    """rtsp(clip, udp_only=False) → a started server; every one is killed at the end of the test."""
+    servers: list[RtspServer] = []
+
+    def start(clip: Path, udp_only: bool = False) -> RtspServer:
+        server = RtspServer(clip, udp_only)
+        servers.append(server)
+        server.start()
+        return server
+
+    yield start
+    for server in servers:
+        server.kill()
+
+
+@pytest.fixture(scope="module")
+def h264(tmp_path_factory) -> Path:
+    """The anomalous clip (48 frames, 1.9 s, an event in frames 24..39) as H.264 in MP4."""
+    return write_video(tmp_path_factory.mktemp("rtsp") / "anom.mp4", anomalous_frames(), codec="libx264")
+
+
+@pytest.fixture(scope="module")
+def h264_twice(tmp_path_factory) -> Path:
+    """The anomalous clip twice over (96 frames, 3.8 s), as H.264 in MP4."""
+    frames = np.concatenate([anomalous_frames()] * 2)
+    return write_video(tmp_path_factory.mktemp("rtsp") / "anom2.mp4", frames, codec="libx264")
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, trained_project_template: Path) -> Project:
+    root = tmp_path_factory.mktemp("rtsp_proj") / "proj"
+    shutil.copytree(trained_project_template, root)
+    return Project.open(root)
+
+
+@pytest.fixture(scope="module")
+def segments(project: Project, h264: Path) -> list[dict]:
+    """What `score` finds in the served file."""
+    (result,) = results.score(project, h264, CPU)
+    assert result.segments, "the clip should have an anomalous segment"
+    return result.segments
+
+
+def _line(proc: subprocess.Popen, pipe, timeout: float) -> str:
+    """The next line of a child's pipe, within timeout seconds, while it runs."""
+    deadline = time.monotonic() + timeout
+    while not select.select([pipe], [], [], 0.1)[0]:
+        assert time.monotonic() < deadline, "timed out waiting for a line"
+        assert proc.poll() is None, f"exited {proc.returncode}: {proc.stderr.read() if proc.stderr else ''}"
+    return pipe.readline()
+
+
+def _wait_for(done: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not done():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def assert_found(events: list[dict], segs: list[dict], first_frame: int = 0, first_time: float = 0.0) -> None:
+    """The events are the segments, counted from first_frame and first_time (after a reconnect)."""
+    assert [tuple(e[k] - first_frame for k in KEYS) for e in events] == [tuple(s[k] for k in KEYS) for s in segs]
+    for e, s in zip(events, segs):  # the same frames, scored alike (from the clip's start: afresh)
+        assert e["peak_score"] == pytest.approx(s["peak_score"], rel=1e-4, abs=1e-4)
+        # within a frame: FFmpeg gives the first frame over RTSP no timestamp, so it is timed by its arrival
+        assert e["start_time"] - first_time == pytest.approx(s["start_time"], abs=0.05)
+        assert e["end_time"] - first_time == pytest.approx(s["end_time"], abs=0.05)
+
+
+def test_backoff_doubles_to_its_longest_and_restarts_after_a_good_connection():
+    backoff = Backoff(1.0, 30.0)
+    assert [backoff.next() for _ in range(8)] == [1, 2, 4, 8, 16, 30, 30, 30]
+    backoff.connected(5.0)  # lost again soon: the waits go on growing
+    assert backoff.next() == 30
+    backoff.connected(30.0)
+    assert [backoff.next() for _ in range(3)] == [1, 2, 4]
+
+
+def test_watch_over_rtsp_with_tcp(rtsp, project, h264, segments):
+    server = rtsp(h264)
+    res = invoke("watch", server.url, "--no-reconnect", "--max-latency", "30", "--device", "cpu", "-p", project.root)
+    assert res.exit_code == 0, res.output
+    events = [json.loads(line) for line in res.stdout.splitlines()]
+    assert_found(events, segments)
+    assert all(e["source"] == server.url for e in events)
+    assert "stream ended: 48 frames scored" in res.stderr and "0 dropped" in res.stderr
+
+
+def test_watch_over_rtsp_falls_back_to_udp(rtsp, project, h264, segments):
+    server = rtsp(h264, udp_only=True)
+    with pytest.raises(VideoError, match="cannot open"):  # the user's choice of transport is kept
+        watch(project, server.url, WatchOptions(input_options={"rtsp_transport": "tcp"}), device=CPU)
+    events: list[dict] = []
+    status = watch(project, server.url, WatchOptions(max_latency=30.0, reconnect=False), on_event=events.append,
+                   device=CPU)
+    assert status.frames == 48 and status.gaps == 0
+    assert_found(events, segments)
+
+
+def test_watch_reconnects_when_the_server_restarts(rtsp, project, h264_twice, segments):
+    server = rtsp(h264_twice)
+    events: list[dict] = []
+    gaps: list[dict] = []
+    states: list[str] = []
+    watcher = Watcher(project, server.url, WatchOptions(max_latency=30.0, backoff=(0.5, 4.0)), device=CPU,
+                      on_event=events.append, on_gap=gaps.append, on_status=lambda s: states.append(s.state))
+    outcome: dict = {}
+    thread = threading.Thread(target=lambda: outcome.update(status=watcher.run()), daemon=True)
+    thread.start()
+    try:
+        _wait_for(lambda: events or "status" in outcome, 30, "the first event")
+        server.kill()  # mid-stream: the clip's second pass has not come
+        server.start()  # on the same port
+        _wait_for(lambda: len(events) >= 2 or "status" in outcome, 30, "the event after the reconnect")
+    finally:
+        watcher.stop()
+        thread.join(timeout=10)
+    assert not thread.is_alive(), "stop() should end run()"
+    status = outcome["status"]
+    assert status.interrupted and status.gaps == 1 and status.state == "ended"
+    assert "reconnecting" in states
+    (gap,) = gaps
+    assert gap["from_frame"] < gap["to_frame"] and gap["from_time"] < gap["to_time"]
+    assert 0 < gap["gap"] < 10 and gap["attempts"] >= 1 and gap["from"] < gap["to"]
+    assert gap["source"] == server.url and gap["reason"]
+    # before the gap: the first pass; after it the clip from its start, scored afresh
+    assert_found(events[:1], segments)
+    assert events[0]["end_frame"] <= gap["from_frame"] + 1
+    assert_found(events[1:2], segments, gap["to_frame"], gap["to_time"])
+
+
+def test_cli_prints_the_gap_and_ctrl_c_ends_it_while_reconnecting(rtsp, project, h264):
+    server = rtsp(h264)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VIDANOM_")}
+    env.update(PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-m", "vidanom", "watch", server.url, "--max-latency", "30",
+                             "--device", "cpu", "-p", str(project.root)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        assert _line(proc, proc.stderr, 60).startswith("watching ")
+        lines = [json.loads(_line(proc, proc.stdout, 30)) for _ in range(2)]  # the event, then the gap
+        assert "event" in lines[0] and "gap" in lines[1], lines
+        assert lines[1]["reason"] == "the stream ended" and lines[1]["to_frame"] > lines[0]["end_frame"]
+        assert _line(proc, proc.stderr, 10).startswith("stream lost (the stream ended); reconnecting")
+        assert _line(proc, proc.stderr, 10).startswith("stream back after ")
+        server.kill()
+        assert _line(proc, proc.stderr, 30).startswith("stream lost (")  # the second pass broke off
+        time.sleep(0.3)  # waiting to reconnect
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=10)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, stderr
+    assert "Traceback" not in stderr and stderr.startswith("stopped: ") and "1 gap(s)" in stderr
+
+
+def test_a_stalled_stream_is_reconnected(rtsp, tmp_path, trained_project_template, h264_twice):
+    root = shutil.copytree(trained_project_template, tmp_path / "proj")
+    cfg = json.loads((root / CONFIG_NAME).read_text())
+    cfg["frames"]["decode_timeout"] = 1.0
+    (root / CONFIG_NAME).write_text(json.dumps(cfg))
+    server = rtsp(h264_twice)
+    gaps: list[dict] = []
+    reasons: list[str] = []
+    watcher = Watcher(Project.open(root), server.url, WatchOptions(max_latency=30.0, backoff=(0.2, 1.0)),
+                      device=CPU, on_gap=gaps.append, on_status=lambda s: reasons.append(s.reason))
+    thread = threading.Thread(target=watcher.run, daemon=True)
+    thread.start()
+    try:
+        _wait_for(lambda: watcher.status.frames > 10, 30, "frames")
+        server.proc.send_signal(signal.SIGSTOP)  # the server hangs: no more packets, no end
+        _wait_for(lambda: watcher.status.state == "reconnecting", 15, "the stall to be noticed")
+        server.proc.send_signal(signal.SIGCONT)
+        _wait_for(lambda: gaps, 20, "the stream to come back")
+    finally:
+        watcher.stop()
+        thread.join(timeout=10)
+    assert not thread.is_alive()
+    (gap,) = gaps
+    assert gap["reason"].endswith("(frames.decode_timeout)") and gap["reason"] in reasons, gap
+    assert 1.0 <= gap["gap"] < 15
