@@ -199,6 +199,7 @@ def _migrate(data: dict[str, Any]) -> dict[str, Any]:
         # what its models were trained on, where today's defaults differ
         frames.update(motion="difference", motion_gain=1.0, motion_blur=1)
         frames.setdefault("width", 64)
+        data.setdefault("mdn", {}).update(delta=False, residual=False)
         for key in ("vae_epochs", "mdn_epochs", "val_fraction"):  # epochs became a budget of steps
             train.pop(key, None)
         # no weight for stillness: its models' scores stay as they were
