@@ -17,15 +17,19 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "sample_videos"))  # the scenes of the sample videos
+import scenes as synth  # noqa: E402
 from rich.console import Console
 from rich.table import Table
 
-from vidanom import results, synth, training
+from vidanom import results, training
 from vidanom.config import ProjectConfig, with_overrides
 from vidanom.metrics import auroc
 from vidanom.project import Project

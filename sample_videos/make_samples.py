@@ -3,7 +3,7 @@ each (between normal stretches), and their frame labels.
 
     python sample_videos/make_samples.py [--out DIR]
 
-Deterministic: fixed seeds, one encoder thread. The labels are what `vidanom.synth.write_clip`
+Deterministic: fixed seeds, one encoder thread. The labels are what `scenes.write_clip`
 reports, i.e. the frames in which the anomalous object is visible: {clip: [[start, end], ...]},
 0-based, end exclusive.
 """
@@ -15,13 +15,13 @@ import json
 import sys
 from pathlib import Path
 
-from vidanom.synth import SCENE_A, write_clip
+from scenes import SCENE_A, write_clip  # beside this script
 
 FRAMES = 180  # 18 s at 10 fps
 TRAIN_SEEDS = (101, 102, 103, 104)
 # (clip, seed, anomalies): each anomaly sits well inside the clip, so both ends stay normal. The
 # lengths let each object cross the view once at a speed of its kind, entering at one edge and
-# leaving at the other (synth times it so), rather than vanishing mid-frame.
+# leaving at the other (scenes.py times it so), rather than vanishing mid-frame.
 TESTS = (
     ("test_01.mp4", 201, [("fast", 70, 110)]),  # 160 px at ~4 px/frame
     ("test_02.mp4", 202, [("wrong_way", 50, 130)]),  # 120 px across the path at ~1.5 px/frame

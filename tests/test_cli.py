@@ -357,3 +357,10 @@ def test_every_command_has_an_example_in_its_help():
 def test_top_level_help_has_an_example():
     res = invoke("--help")
     assert res.exit_code == 0 and "Example:" in res.stdout
+
+
+@pytest.mark.parametrize("command", ["train", "update"])
+def test_no_steps_is_a_clean_error(trained_project, clips, command):
+    res = invoke(command, clips.normal_a, "--steps", "0", "--device", "cpu", "-p", trained_project)
+    assert res.exit_code == 2 and "--steps" in res.output and "Traceback" not in res.output
+    assert Project.open(trained_project).current_version() == "v0001"

@@ -21,8 +21,7 @@ from vidanom.detector import Detector
 from vidanom.fitting import no_progress
 from vidanom.config import FrameConfig, ProjectConfig, with_overrides
 from vidanom.errors import VideoError
-from vidanom.inference import (SubPixelConvTranspose, decoding_threads, for_inference, scoring_threads,
-                               torch_threads)
+from vidanom.inference import SubPixelConvTranspose, for_inference, scoring_threads, torch_threads
 from vidanom.prefetch import prefetch
 from vidanom.project import Project
 from vidanom.scoring import iter_scores, make_scorer
@@ -211,7 +210,6 @@ def test_torch_threads_restores_the_count():
             raise KeyError
     assert torch.get_num_threads() == before
     assert 1 <= scoring_threads() <= max(1, before)
-    assert decoding_threads() >= 0
 
 
 # -- the CSV writer --------------------------------------------------------------------------------

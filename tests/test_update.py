@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import Clips, invoke, square_frames, tiny_config, write_video
+from vidanom.config import with_overrides
 
 from vidanom import strategies, training
 from vidanom.detector import Detector
@@ -161,3 +162,12 @@ def test_dream_clip_is_a_uint8_clip_of_the_requested_length():
     assert a.shape == (12, 32, 32, 1) and a.dtype == np.uint8
     np.testing.assert_array_equal(a, b)  # reproducible for a seed
     assert (np.diff(a.astype(int), axis=0) != 0).any()  # the rollout moves
+
+
+def test_ewc_takes_its_strength_from_the_config_also_once_a_fisher_is_stored(trained_project):
+    detector = Detector.load(Project.open(trained_project))
+    assert detector.ewc is not None and detector.ewc["strength"] == tiny_config().train.ewc_strength
+    cfg = with_overrides(tiny_config(), train={"ewc_strength": 7.5})
+    hooks = strategies.plan("ewc", detector.vae, detector.mdn, detector.prior, detector.ewc, cfg, "moved", 10)
+    assert hooks.penalty.strength == 7.5  # not the strength stored with the Fisher information
+    assert all(torch.equal(hooks.penalty.fisher[k], v) for k, v in detector.ewc["fisher"].items())

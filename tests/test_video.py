@@ -145,6 +145,17 @@ def test_truncated_video_keeps_the_frames_that_decoded(tmp_path):
     np.testing.assert_array_less(np.abs(got[0, ..., 0].astype(float) - background()[..., 0]).mean(), 10.0)
 
 
+def test_a_bug_while_converting_frames_is_raised_not_taken_for_a_damaged_file(clips, monkeypatch):
+    from vidanom import video
+
+    def broken(self, frame):
+        raise TypeError("a bug in vidanom")
+
+    monkeypatch.setattr(video._Scaler, "__call__", broken)
+    with pytest.raises(TypeError, match="a bug in vidanom"):  # not "the file ends early" with a warning
+        decode(Source(clips.normal_a), FrameConfig(32, 24, 1))
+
+
 # -- frame times -----------------------------------------------------------------------------------
 
 def timed(src: Source, fc: FrameConfig, size: int = 3, report: DecodeReport | None = None

@@ -211,7 +211,7 @@ def extract(videos: Annotated[list[Path], typer.Argument(help="Video files, fram
 @cli_errors
 def train(videos: Annotated[Optional[list[Path]], typer.Argument(help="Normal videos to add (optional).")] = None,
           steps: Annotated[Optional[int], typer.Option(
-              help="Optimiser steps for each stage at most (overrides train.vae_steps and mdn_steps).")] = None,
+              min=1, help="Optimiser steps for each stage at most (overrides train.vae_steps and mdn_steps).")] = None,
           stage: Annotated[str, typer.Option(help="vae, mdn or all.")] = "all",
           device: DeviceOpt = "auto",
           seed: Annotated[Optional[int], typer.Option(help="Random seed (overrides the config).")] = None,
@@ -260,7 +260,7 @@ def update(videos: Annotated[Optional[list[Path]], typer.Argument(help="Normal v
            replay_ratio: Annotated[Optional[float], typer.Option(
                help="Share of every batch replayed from old scenes (default: grows with their number).")] = None,
            steps: Annotated[Optional[int], typer.Option(
-               help="Optimiser steps for each stage at most (overrides the config).")] = None,
+               min=1, help="Optimiser steps for each stage at most (overrides the config).")] = None,
            device: DeviceOpt = "auto",
            resume: Annotated[bool, typer.Option(help="Continue an interrupted update.")] = False,
            project: ProjectOpt = None) -> None:

@@ -155,9 +155,9 @@ def validate(cfg: ProjectConfig) -> None:
     t = cfg.train
     if not 0 < t.holdout < 1 or not t.block_seconds > 0:
         raise ConfigError("train.holdout must lie between 0 and 1 and train.block_seconds be positive")
-    if min(t.vae_steps, t.mdn_steps) < 0 or min(t.eval_every, t.patience, t.batch_size, t.seq_len) < 1:
-        raise ConfigError("train.vae_steps and mdn_steps must not be negative; eval_every, patience, "
-                          "batch_size and seq_len must be positive")
+    if min(t.vae_steps, t.mdn_steps, t.eval_every, t.patience, t.batch_size, t.seq_len) < 1:
+        raise ConfigError("train.vae_steps, mdn_steps, eval_every, patience, batch_size and seq_len must be "
+                          "positive")
     sc = cfg.score
     if not (1 <= sc.patch <= min(f.width or f.height, f.height) and sc.patch_stride >= 1 and sc.top_k >= 1):
         raise ConfigError("score.patch must fit the frame, and score.patch_stride and top_k must be positive")
@@ -230,5 +230,8 @@ def parse_overrides(items: list[str]) -> dict[str, dict[str, Any]]:
 
 
 def with_overrides(cfg: ProjectConfig, **sections: dict[str, Any]) -> ProjectConfig:
-    """A copy of cfg with some fields of some sections replaced, e.g. train={'vae_epochs': 2}."""
-    return replace(cfg, **{name: replace(getattr(cfg, name), **vals) for name, vals in sections.items() if vals})
+    """A copy of cfg with some fields of some sections replaced, e.g. train={'vae_steps': 2}; checked as
+    a config read from a file is (ConfigError)."""
+    out = replace(cfg, **{name: replace(getattr(cfg, name), **vals) for name, vals in sections.items() if vals})
+    validate(out)
+    return out

@@ -216,11 +216,11 @@ class Detector:
     def score_source(self, src: Source, device: torch.device | None = None,
                      report: DecodeReport | None = None) -> Iterator[ChunkScores]:
         """Decode a clip (in a producer thread, a few chunks ahead) and score it, chunk by chunk."""
-        from .inference import decoding_threads, scoring_threads, torch_threads
+        from .inference import DECODING_THREADS, scoring_threads, torch_threads
         from .prefetch import prefetch
         device = device or torch.device("cpu")
         fc = self.config.frames
-        chunks = prefetch(iter_timed_chunks(src, fc, self.config.score.batch_size, report, decoding_threads()),
+        chunks = prefetch(iter_timed_chunks(src, fc, self.config.score.batch_size, report, DECODING_THREADS),
                           depth=3, name=f"vidanom-decode {src.name}")
         try:
             with torch_threads(scoring_threads(device)):

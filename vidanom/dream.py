@@ -1,10 +1,11 @@
-"""Dreamed clips: the temporal model's memory of old scenes, for replay and recalibration.
+"""Dreamed clips: the temporal model's memory of old scenes, replayed to the LSTM-MDN on update.
 
 The frozen previous LSTM-MDN rolls out latent sequences per cell (mixture sampling with a
 temperature), the frozen previous decoder turns every step into a frame, and the result is an
 ordinary uint8 clip. Because it is a clip, the *new* encoder maps it into the new latent space like
-any real clip: the old dreams follow the latent space as it moves during an update, and the same
-clips stand in for the old scenes when the threshold is recalibrated.
+any real clip: the old dreams follow the latent space as it moves during an update. (They do not
+recalibrate the threshold: too unlike real frames in their KL, they would set it wrong; old scenes
+keep the statistics they were calibrated with, see Calibration.merged.)
 """
 
 from __future__ import annotations

@@ -95,14 +95,14 @@ def revisit(project: Project, clip: ScoredClip, device: torch.device | None = No
 
     Raises VidanomError if the clip no longer has the frames it was scored with.
     """
-    from .inference import decoding_threads, for_inference, scoring_threads, torch_threads
+    from .inference import DECODING_THREADS, for_inference, scoring_threads, torch_threads
     from .prefetch import prefetch
     device, cfg, n = device or torch.device("cpu"), project.config, len(clip.scores)
     scorer = make_scorer(for_inference(clip.detector.vae, device), None, cfg, device,
                          clip.detector.calibration.frame_interval)
     scorer.keep_recon = recon
     changed = f"{clip.src.name} no longer decodes to the {n} frames it was scored with; score it again"
-    chunks = prefetch(iter_full_chunks(clip.src, cfg.frames, FULL_CHUNK, DecodeReport(), decoding_threads()),
+    chunks = prefetch(iter_full_chunks(clip.src, cfg.frames, FULL_CHUNK, DecodeReport(), DECODING_THREADS),
                       depth=2, name=f"vidanom-decode {clip.src.name}")
     done = 0
     try:

@@ -188,16 +188,17 @@ def _decode_container(container: Any, name: str, fc: FrameConfig, report: Decode
                 packet = next(packets, _END)
                 if packet is _END:
                     break
-                frames = []
-                for frame in stream.decode(packet):  # (packet None: flush the decoder)
-                    t = clock(frame.time, index)
-                    report.duration = t + (_length(frame) or clock.period)
-                    if index % fc.stride == 0:
-                        frames.append((scale(frame), t))
-                    index += 1
-            except Exception as exc:  # FFmpegError mostly, but PyAV raises others on damaged data too
-                report.error = _why(exc)  # a damaged or truncated file: keep what decoded
+                decoded = stream.decode(packet)  # (packet None: flush the decoder)
+            except Exception as exc:  # noqa: BLE001 - PyAV's demuxer and decoder alone: on damaged data they
+                report.error = _why(exc)  # raise FFmpegError, but also IndexError, ValueError...: keep what decoded
                 break
+            frames = []
+            for frame in decoded:
+                t = clock(frame.time, index)
+                report.duration = t + (_length(frame) or clock.period)
+                if index % fc.stride == 0:
+                    frames.append((scale(frame), t))
+                index += 1
             if time.monotonic() - started > limit:
                 report.error = f"no frame decoded in {limit:g} s (frames.decode_timeout)"
                 return
@@ -291,7 +292,7 @@ def iter_timed_chunks(src: Source, fc: FrameConfig, size: int, report: DecodeRep
 
     threads: FFmpeg's decoding threads for a video file. 0 lets FFmpeg choose (one per core and
     one more), the fastest even beside inference in another thread (see
-    inference.decoding_threads); 1 decodes in the calling thread alone, at the least CPU per frame.
+    inference.DECODING_THREADS); 1 decodes in the calling thread alone, at the least CPU per frame.
 
     Raises VideoError when the clip cannot be opened or yields no frame at all; a clip that breaks
     off midway ends early with `report.error` set.

@@ -8,7 +8,7 @@ import av
 import numpy as np
 import pytest
 
-from vidanom import synth
+import scenes as synth  # sample_videos/scenes.py, on pytest's pythonpath
 
 # Small frames keep every test fast; the layout scales with the frame.
 TINY_A = replace(synth.SCENE_A, width=64, height=48)
