@@ -8,10 +8,11 @@ from a frozen copy of the previous model), ewc, and finetune (new task only: the
 
     python benchmarks/continual_digits.py --data ../shared/data/mnist --json digits.json --plot digits.png
 
-It trains through the library's own calls: `vidanom.fitting.fit_vae` with `vidanom.replay.PriorReplay`,
-`ReplayDistillation`, `replay_share`, `fisher_diagonal` and `EWCPenalty`, the model from
-`ProjectConfig.vae_config()`. Like `vidanom update`, replay distils the frozen model on replayed samples
-and keeps the old tasks' Gaussians as they were (`--distill 0` carries them instead, as before).
+It trains through exactly the code of `vidanom update`: `vidanom.strategies.plan` (replay with its
+distillation, EWC, fine-tuning), `vidanom.fitting.fit_vae` and `vidanom.strategies.consolidate` (each
+task's latent Gaussian, the EWC state), with the settings of a project's config (`--set
+train.ewc_strength=1000`, `--set train.replay_distill=0` to try others); the model from
+`ProjectConfig.vae_config()`.
 """
 
 from __future__ import annotations
@@ -29,12 +30,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vidanom.config import FrameConfig, ProjectConfig, TrainConfig, VAEOptions, with_overrides
+from vidanom import strategies
+from vidanom.config import FrameConfig, ProjectConfig, TrainConfig, VAEOptions, parse_overrides, with_overrides
 from vidanom.data import Split, to_input
-from vidanom.metrics import auroc
-from vidanom.replay import (EWCPenalty, LatentPrior, PriorReplay, ReplayDistillation, carry_prior, fisher_diagonal,
-                            fit_gaussian, new_batch_size, replay_share, replayed_count)
 from vidanom.fitting import fit_vae
+from vidanom.metrics import auroc
+from vidanom.training import EWC_SAMPLES, _seeded
 from vidanom.vae import BetaVAE, error_map, kl_map, patch_means
 
 STRATEGIES = ("joint", "replay", "ewc", "finetune")
@@ -77,12 +78,16 @@ def score_images(vae: BetaVAE, frames: np.ndarray, patch: int) -> dict[str, np.n
     """Deterministic anomaly scores (mean latent) of every image, by each candidate score."""
     out: dict[str, list[np.ndarray]] = {name: [] for name in SCORES}
     for s in range(0, len(frames), 512):
-        x = to_input(torch.from_numpy(frames[s:s + 512]), 0)
+        x = to_input(torch.from_numpy(frames[s : s + 512]), 0)
         recon, mu, logvar = vae(x, sample=False)
         err, kl = error_map(x, recon), kl_map(mu, logvar).flatten(1).sum(1)
         rec = err.flatten(1).sum(1)
-        for name, v in (("elbo", rec + vae.cfg.beta * kl), ("recon", rec), ("kl", kl),
-                        ("patch", patch_means(err, patch, patch).amax(1))):
+        for name, v in (
+            ("elbo", rec + vae.cfg.beta * kl),
+            ("recon", rec),
+            ("kl", kl),
+            ("patch", patch_means(err, patch, patch).amax(1)),
+        ):
             out[name].append(v.numpy())
     return {k: np.concatenate(v) for k, v in out.items()}
 
@@ -93,64 +98,77 @@ def evaluate(vae: BetaVAE, test: dict[int, np.ndarray], seen: list[int], patch: 
     scores = {d: score_images(vae, test[d], patch) for d in [0, *seen]}
     y = np.concatenate([np.ones(len(test[0]))] + [np.zeros(len(test[d])) for d in seen])
     pooled = {name: auroc(y, np.concatenate([scores[d][name] for d in [0, *seen]])) for name in SCORES}
-    per_digit = {name: {d: auroc(np.r_[np.ones(len(test[0])), np.zeros(len(test[d]))],
-                                 np.r_[scores[0][name], scores[d][name]]) for d in seen} for name in SCORES}
+    per_digit = {
+        name: {
+            d: auroc(np.r_[np.ones(len(test[0])), np.zeros(len(test[d]))], np.r_[scores[0][name], scores[d][name]])
+            for d in seen
+        }
+        for name in SCORES
+    }
     return {"auroc": pooled, "per_digit": per_digit}
 
 
-def task_fisher(vae: BetaVAE, frames: np.ndarray, limit: int) -> dict[str, torch.Tensor]:
-    """The EWC Fisher of one task, from (at most) `limit` of its training images."""
-    x = to_input(torch.from_numpy(frames[:limit]), 0)
-    return fisher_diagonal(vae, x.split(128), vae.cfg.beta)
+def task_inputs(frames: np.ndarray, limit: int | None = None) -> list[torch.Tensor]:
+    """Model inputs of (at most `limit` of) a task's images, in batches."""
+    return list(to_input(torch.from_numpy(frames[:limit]), 0).split(256))
 
 
-def task_prior(vae: BetaVAE, replay: PriorReplay | None, frames: np.ndarray, carry: bool) -> LatentPrior:
-    """After a task: the old tasks' Gaussians (carried into the new latent space, or kept as they
-    were), plus the new task's."""
-    x = to_input(torch.from_numpy(frames), 0)
-    new = fit_gaussian(vae, x.split(512))
-    if replay is None or replay.prior is None:
-        old = LatentPrior.standard([], new[0].numel())
-    else:
-        old = carry_prior(replay, vae) if carry else replay.prior
-    return old.with_scene(f"task{len(old.scenes) + 1}", *new)
+def run_strategy(
+    name: str,
+    tasks: list[int],
+    train: dict[int, np.ndarray],
+    test: dict[int, np.ndarray],
+    cfg: ProjectConfig,
+    args: argparse.Namespace,
+) -> tuple[list[dict], BetaVAE]:
+    """Learn the tasks in order with one strategy: the evaluations after each task, and the final model.
 
-
-def run_strategy(name: str, tasks: list[int], train: dict[int, np.ndarray], test: dict[int, np.ndarray],
-                 cfg: ProjectConfig, args: argparse.Namespace) -> tuple[list[dict], BetaVAE]:
-    """Learn the tasks in order with one strategy: the evaluations after each task, and the final model."""
-    torch.manual_seed(cfg.train.seed)  # every strategy starts from the same weights
-    vae = BetaVAE(cfg.vae_config())
-    ewc = EWCPenalty(vae, args.ewc_lambda, args.ewc_accumulate) if name == "ewc" else None
-    prior: LatentPrior | None = None  # replay's fitted Gaussians of the tasks learned so far
-    results = []
+    replay, ewc and finetune run exactly what `vidanom update` runs: vidanom.strategies.plan before a
+    task, vidanom.fitting.fit_vae, and vidanom.strategies.consolidate after it. joint trains on every
+    task so far (the upper bound).
+    """
+    vae = _seeded(lambda: BetaVAE(cfg.vae_config()), cfg.train.seed)  # every strategy starts from the same weights
+    prior, ewc, results = None, None, []  # the tasks' latent Gaussians and EWC state, as a model version keeps them
     for i, digit in enumerate(tasks):
         t0, c0 = time.time(), time.process_time()
-        clips = [train[d] for d in tasks[:i + 1]] if name == "joint" else [train[digit]]
-        replay = PriorReplay(vae, 1, prior) if name == "replay" and i > 0 else None
-        share = replay_share(i, args.replay_base) if replay else 0.0
-        train_opts = {"seed": cfg.train.seed + i}  # fresh shuffles and noise for every task
-        if share and args.replay_batch == "fixed":  # as many optimiser steps as joint training
-            train_opts["batch_size"] = new_batch_size(cfg.train.batch_size, share)
-        task_cfg = with_overrides(cfg, train=train_opts)
-        penalty = ewc
-        if replay is not None and args.distill > 0:  # as `vidanom update` does
-            n = max(1, replayed_count(task_cfg.train.batch_size, share))  # as many as fit_vae replays
-            penalty = ReplayDistillation(replay, vae, n, args.distill, args.distill)
+        task_cfg = with_overrides(cfg, train={"seed": cfg.train.seed + i})  # fresh batches and noise for every task
+        scene = f"task{i + 1}"
+        hooks = (
+            strategies.plan(name, vae, None, prior, ewc, task_cfg, scene, 0)
+            if name != "joint" and prior is not None
+            else None
+        )
+        clips = [train[d] for d in tasks[: i + 1]] if name == "joint" else [train[digit]]
         steps = -(-args.epochs * sum(len(c) for c in clips) // task_cfg.train.batch_size)  # as many images as epochs
-        stats = fit_vae(vae, clips, Split.none([len(c) for c in clips]), task_cfg, torch.device("cpu"),
-                        extra=replay, penalty=penalty, extra_share=share, steps=steps)
-        if ewc is not None:
-            ewc.consolidate(task_fisher(vae, train[digit], args.fisher_samples))
-        if name == "replay" and args.replay_prior == "fitted":
-            carry = args.carry if args.carry is not None else not args.distill  # as `vidanom update` does
-            prior = task_prior(vae, replay, train[digit], carry)
-        res = evaluate(vae, test, tasks[:i + 1], args.patch)
-        res.update(digit=digit, seconds=time.time() - t0, cpu_seconds=time.process_time() - c0,
-                   replay_share=share, loss=stats.get("loss"))
+        stats = fit_vae(
+            vae,
+            clips,
+            Split.none([len(c) for c in clips]),
+            task_cfg,
+            torch.device("cpu"),
+            extra=hooks.extra if hooks else None,
+            penalty=hooks.penalty if hooks else None,
+            extra_share=hooks.share if hooks else 0.0,
+            steps=steps,
+        )
+        prior, ewc = strategies.consolidate(
+            hooks, vae, task_inputs(train[digit]), task_inputs(train[digit], EWC_SAMPLES), scene, ewc, task_cfg
+        )
+        res = evaluate(vae, test, tasks[: i + 1], args.patch)
+        res.update(
+            digit=digit,
+            seconds=time.time() - t0,
+            cpu_seconds=time.process_time() - c0,
+            replay_share=hooks.share if hooks else 0.0,
+            loss=stats.get("loss"),
+        )
         results.append(res)
-        print(f"  {name:8s} task {digit}: AUROC {res['auroc'][args.score]:.4f} (replay share {share:.2f}, "
-              f"{res['seconds']:.0f} s, {res['cpu_seconds']:.0f} s CPU)", file=sys.stderr, flush=True)
+        print(
+            f"  {name:8s} task {digit}: AUROC {res['auroc'][args.score]:.4f} (replay share "
+            f"{res['replay_share']:.2f}, {res['seconds']:.0f} s, {res['cpu_seconds']:.0f} s CPU)",
+            file=sys.stderr,
+            flush=True,
+        )
     return results, vae
 
 
@@ -185,9 +203,8 @@ def save_samples(path: Path, models: dict[str, BetaVAE], n: int = 16) -> None:
 
     fig = Figure(figsize=(n * 0.5, len(models) * 0.55 + 0.2), dpi=100)
     for r, (name, vae) in enumerate(models.items()):
-        torch.manual_seed(0)
         with torch.no_grad():
-            x = vae.sample_prior(n).clamp(0, 1)[:, 0]
+            x = vae.sample_prior(n, torch.Generator().manual_seed(0)).clamp(0, 1)[:, 0]
         ax = fig.add_subplot(len(models), 1, r + 1)
         ax.imshow(torch.cat(list(x), 1).numpy(), cmap="gray", vmin=0, vmax=1)
         ax.set_axis_off()
@@ -196,10 +213,12 @@ def save_samples(path: Path, models: dict[str, BetaVAE], n: int = 16) -> None:
 
 
 def build_config(args: argparse.Namespace, size: int) -> ProjectConfig:
-    return ProjectConfig(
+    cfg = ProjectConfig(
         frames=FrameConfig(width=size, height=size, channels=1, motion_lag=0),  # the plain image
         vae=VAEOptions(hidden=tuple(args.hidden), latent_channels=args.latent, beta=args.beta, coords=args.coords),
-        train=TrainConfig(batch_size=args.batch_size, lr=args.lr, seed=args.seed))
+        train=TrainConfig(batch_size=args.batch_size, lr=args.lr, seed=args.seed),
+    )
+    return with_overrides(cfg, **parse_overrides(args.set))
 
 
 def parse_args() -> argparse.Namespace:
@@ -220,19 +239,7 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--coords", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--lr", type=float, default=1e-3)
-    ap.add_argument("--replay-prior", default="fitted", choices=("fitted", "standard"),
-                    help="replay latents from a Gaussian fitted to each old task's latents, or from N(0, I)")
-    ap.add_argument("--replay-base", type=float, default=0.5, help="replay share with one old task")
-    ap.add_argument("--replay-batch", default="fixed", choices=("fixed", "grow"),
-                    help="fixed: new + replayed images make one batch of --batch-size; grow: replay is added")
-    ap.add_argument("--distill", type=float, default=TrainConfig().replay_distill,
-                    help="weight of replay's distillation terms (vidanom.replay.ReplayDistillation); 0 = off")
-    ap.add_argument("--carry", action=argparse.BooleanOptionalAction, default=None,
-                    help="carry old tasks' Gaussians into each new latent space (decode old, encode new); "
-                         "default: only without distillation, as `vidanom update` does")
-    ap.add_argument("--ewc-lambda", type=float, default=1000.0)
-    ap.add_argument("--ewc-accumulate", default="sum", choices=EWCPenalty.MODES)
-    ap.add_argument("--fisher-samples", type=int, default=1000, help="images per task for the EWC Fisher")
+    ap.add_argument("--set", action="append", default=[], help="config override, e.g. train.ewc_strength=1000")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads per job")
     ap.add_argument("--jobs", type=int, default=1, help="strategies trained at once, in separate processes")
@@ -251,16 +258,18 @@ def load_data(args: argparse.Namespace) -> tuple[dict[int, np.ndarray], dict[int
     return train, test, raw + 2 * pad
 
 
-def run_all(args: argparse.Namespace, train: dict[int, np.ndarray], test: dict[int, np.ndarray],
-            cfg: ProjectConfig) -> tuple[dict[str, list[dict]], dict[str, BetaVAE]]:
+def run_all(
+    args: argparse.Namespace, train: dict[int, np.ndarray], test: dict[int, np.ndarray], cfg: ProjectConfig
+) -> tuple[dict[str, list[dict]], dict[str, BetaVAE]]:
     """Every strategy, `--jobs` at a time. Each seeds itself, so parallel runs change only the wall time."""
     work = (args.tasks, train, test, cfg, args)
     if args.jobs <= 1:
         out = {name: run_strategy(name, *work) for name in args.strategies}
     else:
         ctx = multiprocessing.get_context("spawn")  # a forked child would inherit torch's thread pools
-        with ProcessPoolExecutor(args.jobs, mp_context=ctx, initializer=torch.set_num_threads,
-                                 initargs=(args.threads,)) as pool:
+        with ProcessPoolExecutor(
+            args.jobs, mp_context=ctx, initializer=torch.set_num_threads, initargs=(args.threads,)
+        ) as pool:
             heavy_first = sorted(args.strategies, key=lambda n: n not in ("joint", "replay"))
             futures = {name: pool.submit(run_strategy, name, *work) for name in heavy_first}
             out = {name: futures[name].result() for name in args.strategies}
@@ -279,20 +288,33 @@ def main() -> None:
     seconds = time.time() - t0
     cpu_seconds = sum(r["cpu_seconds"] for res in runs.values() for r in res)  # the machine may be shared
     table = {name: [r["auroc"][args.score] for r in res] for name, res in runs.items()}
-    print(f"AUROC of digit 0 vs digits seen, score '{args.score}', {args.per_digit or 'all'} training images "
-          f"per digit, {args.epochs} epochs per task, latent grid {cfg.vae_config().grid}: {seconds:.0f} s "
-          f"({cpu_seconds:.0f} s CPU; {args.jobs} job(s) × {args.threads} thread(s))")
+    print(
+        f"AUROC of digit 0 vs digits seen, score '{args.score}', {args.per_digit or 'all'} training images "
+        f"per digit, {args.epochs} epochs per task, latent grid {cfg.vae_config().grid}: {seconds:.0f} s "
+        f"({cpu_seconds:.0f} s CPU; {args.jobs} job(s) × {args.threads} thread(s))"
+    )
     print_table(args.tasks, table)
     if args.plot:
         save_plot(args.plot, args.tasks, table, f"MNIST, anomaly = digit 0, score '{args.score}'")
     if args.samples:
         save_samples(args.samples, models)
     if args.json:
-        args.json.write_text(json.dumps({
-            "tasks": args.tasks, "score": args.score, "auroc": table,
-            "mean_over_tasks": {n: float(np.mean(v)) for n, v in table.items()},
-            "runs": runs, "seconds": seconds, "cpu_seconds": cpu_seconds, "config": asdict(cfg),
-            "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}}, indent=2))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "tasks": args.tasks,
+                    "score": args.score,
+                    "auroc": table,
+                    "mean_over_tasks": {n: float(np.mean(v)) for n, v in table.items()},
+                    "runs": runs,
+                    "seconds": seconds,
+                    "cpu_seconds": cpu_seconds,
+                    "config": asdict(cfg),
+                    "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+                },
+                indent=2,
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -71,8 +71,11 @@ def main() -> None:
     ap.add_argument("--steps", type=int, help="optimiser steps per stage (default: the config's)")
     ap.add_argument("--strategies", default="replay,replay-no-dream,ewc,finetune,joint")
     ap.add_argument("--json", type=Path)
-    ap.add_argument("--keep", type=Path, help="build the projects in this folder and keep them; a scene-A model "
-                                                "already in it is used again")
+    ap.add_argument(
+        "--keep",
+        type=Path,
+        help="build the projects in this folder and keep them; a scene-A model already in it is used again",
+    )
     args = ap.parse_args()
     work = args.keep if args.keep else Path(tempfile.mkdtemp(prefix="vidanom-scenes-"))
     reuse = (work / "base" / "models" / "current").exists()  # a kept run: keep its scene-A model too
@@ -84,8 +87,7 @@ def main() -> None:
         folder.mkdir()
         for p in sorted((args.data / split).glob("*.mp4"))[:count]:
             (folder / p.name).symlink_to(p.resolve())
-    a_labels = {k: v for k, v in json.loads((args.data / "labels.json").read_text()).items()
-                if (a_test / k).exists()}
+    a_labels = {k: v for k, v in json.loads((args.data / "labels.json").read_text()).items() if (a_test / k).exists()}
     steps = {"vae_steps": args.steps, "mdn_steps": args.steps} if args.steps else {}
     cfg = with_overrides(ProjectConfig(), train=steps)
     t0 = time.time()
@@ -94,8 +96,13 @@ def main() -> None:
     else:
         base = Project.init(work / "base", cfg)
         training.train(base, [a_train], scene="A")
-    rows = {"before update (A only)": (scene_auroc(base, a_test, a_labels),
-                                       scene_auroc(base, b_test, b_labels), time.time() - t0)}
+    rows = {
+        "before update (A only)": (
+            scene_auroc(base, a_test, a_labels),
+            scene_auroc(base, b_test, b_labels),
+            time.time() - t0,
+        )
+    }
     for strategy in args.strategies.split(","):
         root = work / strategy
         shutil.rmtree(root, ignore_errors=True)
@@ -110,8 +117,7 @@ def main() -> None:
             name = "replay" if strategy == "replay-no-dream" else strategy
             training.update(project, [b_train], "B", name, dreams=strategy != "replay-no-dream")
         seconds = time.time() - t0
-        rows[strategy] = (scene_auroc(project, a_test, a_labels), scene_auroc(project, b_test, b_labels),
-                          seconds)
+        rows[strategy] = (scene_auroc(project, a_test, a_labels), scene_auroc(project, b_test, b_labels), seconds)
     table = Table(title="Scene A (UCSD Ped1) then scene B (synthetic night plaza): micro AUROC per scene")
     for col in ("model", "A: Ped1", "B: synthetic", "mean", "fit time"):
         table.add_column(col, justify="left" if col == "model" else "right")

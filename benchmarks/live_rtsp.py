@@ -54,8 +54,11 @@ class Server:
         return f"rtsp://127.0.0.1:{self.port}/cam"
 
     def start(self) -> None:
-        self.proc = subprocess.Popen(["/usr/bin/python3", str(SERVER), str(self.clip), "--port", str(self.port)],
-                                     stdout=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen(
+            ["/usr/bin/python3", str(SERVER), str(self.clip), "--port", str(self.port)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         line = self.proc.stdout.readline()
         if not line.startswith("ready "):
             raise SystemExit(f"the RTSP server did not start ({line!r}); run {SERVER} --check")
@@ -103,17 +106,22 @@ def train(work: Path, clip: Path, seconds: float, steps: int) -> Project:
 
 def latency(project: Project, server: Server, options: dict[str, str]) -> None:
     trace = Trace()
-    status = Watcher(project, server.url, WatchOptions(reconnect=False, input_options=options), device=CPU,
-                     on_status=trace).run()
+    status = Watcher(
+        project, server.url, WatchOptions(reconnect=False, input_options=options), device=CPU, on_status=trace
+    ).run()
     lat = np.array([b[0] for b in trace.batches]) * 1000
     sizes = [b[1] for b in trace.batches]
-    print(f"latency over {status.frames} frames ({status.dropped} dropped) in {len(sizes)} batches "
-          f"(mean {statistics.mean(sizes):.2f} frames, largest {max(sizes)}): median {np.median(lat):.1f} ms, "
-          f"99th percentile {np.percentile(lat, 99):.1f} ms, max {lat.max():.1f} ms", flush=True)
+    print(
+        f"latency over {status.frames} frames ({status.dropped} dropped) in {len(sizes)} batches "
+        f"(mean {statistics.mean(sizes):.2f} frames, largest {max(sizes)}): median {np.median(lat):.1f} ms, "
+        f"99th percentile {np.percentile(lat, 99):.1f} ms, max {lat.max():.1f} ms",
+        flush=True,
+    )
 
 
-def reconnect(project: Project, server: Server, down: float, after: float,
-              options: dict[str, str]) -> tuple[float, float]:
+def reconnect(
+    project: Project, server: Server, down: float, after: float, options: dict[str, str]
+) -> tuple[float, float]:
     """Kill the server `after` s into the stream, start it again `down` s later → (return → first
     scored frame, loss noticed → first scored frame), in seconds."""
     trace = Trace()
@@ -148,8 +156,13 @@ def main() -> None:
     ap.add_argument("--train-seconds", type=float, default=10.0)
     ap.add_argument("--steps", type=int, default=100, help="optimiser steps of each model")
     ap.add_argument("--downs", type=float, nargs="+", default=[0.0, 2.0, 5.0], help="server down times, s")
-    ap.add_argument("-i", "--input-option", action="append", default=[],
-                    help="FFmpeg input option KEY=VALUE, as `watch -i` (e.g. probesize=32768)")
+    ap.add_argument(
+        "-i",
+        "--input-option",
+        action="append",
+        default=[],
+        help="FFmpeg input option KEY=VALUE, as `watch -i` (e.g. probesize=32768)",
+    )
     ap.add_argument("--workdir", type=Path, help="keep the clip and project here (default: a temporary folder)")
     args = ap.parse_args()
     options = dict(item.split("=", 1) for item in args.input_option)
@@ -159,16 +172,22 @@ def main() -> None:
     if not clip.exists():
         make_clip(clip, args.seconds)
     project = train(work, clip, args.train_seconds, args.steps)
-    print(f"work folder {work}; torch {torch.get_num_threads()} threads; clip 1280x720 at 25 fps, "
-          f"{args.seconds:g} s; input options {options or 'none'}", flush=True)
+    print(
+        f"work folder {work}; torch {torch.get_num_threads()} threads; clip 1280x720 at 25 fps, "
+        f"{args.seconds:g} s; input options {options or 'none'}",
+        flush=True,
+    )
     server = Server(clip)
     server.start()
     try:
         latency(project, server, options)
         for down in args.downs:
             from_return, from_loss = reconnect(project, server, down, 3.0, options)
-            print(f"server down {down:g} s: its return → first scored frame {from_return:.2f} s "
-                  f"(loss noticed → first scored frame {from_loss:.2f} s)", flush=True)
+            print(
+                f"server down {down:g} s: its return → first scored frame {from_return:.2f} s "
+                f"(loss noticed → first scored frame {from_loss:.2f} s)",
+                flush=True,
+            )
     finally:
         server.kill()
 

@@ -68,8 +68,14 @@ def main() -> None:
         if np.isnan(col).all():
             continue
         rows[name] = summary(y, np.nan_to_num(col, nan=np.nanmin(col)))["auroc"]
-        smooth = np.concatenate([CausalMean(project.config.score.smooth)(
-            torch.from_numpy(np.nan_to_num(c[:, i], nan=np.nanmin(col))).float()).numpy() for c in comps])
+        smooth = np.concatenate(
+            [
+                CausalMean(project.config.score.smooth)(
+                    torch.from_numpy(np.nan_to_num(c[:, i], nan=np.nanmin(col))).float()
+                ).numpy()
+                for c in comps
+            ]
+        )
         rows[f"{name} (smoothed)"] = summary(y, smooth)["auroc"]
     result = summary(y, np.concatenate(combined))
     rows["combined"] = result["auroc"]
@@ -85,9 +91,19 @@ def main() -> None:
     Console().print(table)
     print("config overrides:", args.set, " project:", root)
     if args.json:
-        args.json.write_text(json.dumps({"auroc": rows, "auprc": result["auprc"], "eer": result["eer"],
-                                         "train_seconds": train_s, "score_seconds": score_s,
-                                         "overrides": args.set}, indent=2))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "auroc": rows,
+                    "auprc": result["auprc"],
+                    "eer": result["eer"],
+                    "train_seconds": train_s,
+                    "score_seconds": score_s,
+                    "overrides": args.set,
+                },
+                indent=2,
+            )
+        )
 
 
 if __name__ == "__main__":

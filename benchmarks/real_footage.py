@@ -49,6 +49,7 @@ EXPERIMENTS = ("ped1", "ped1-4", "ped1-24", "avenue")
 
 # -- made anomalies ------------------------------------------------------------------------------
 
+
 def read_frames(path: Path) -> tuple[list[np.ndarray], float]:
     """Every frame of a clip as RGB arrays, and its frame rate (the clips here are short)."""
     with av.open(str(path)) as c:
@@ -78,16 +79,19 @@ def made_anomalies(first: Path, second: Path | None, out: Path) -> dict[str, tup
     n = int(round(STRETCH_SECONDS * fps))
     footage = a + (read_frames(second)[0] if second is not None else [])
     lead = min(len(a) // 3, int(3 * fps))
-    tail = footage[lead + n * FAST:]
-    fast = footage[:lead] + footage[lead:lead + n * FAST:FAST] + tail
+    tail = footage[lead + n * FAST :]
+    fast = footage[:lead] + footage[lead : lead + n * FAST : FAST] + tail
     start = (len(a) - n) // 2
-    freeze = a[:start] + [a[start]] * n + a[start + n:]
+    freeze = a[:start] + [a[start]] * n + a[start + n :]
     stem = first.stem
-    return {"fast": (write_frames(out / f"{stem}-fast.mp4", fast, fps), (lead, lead + n)),
-            "freeze": (write_frames(out / f"{stem}-freeze.mp4", freeze, fps), (start, start + n))}
+    return {
+        "fast": (write_frames(out / f"{stem}-fast.mp4", fast, fps), (lead, lead + n)),
+        "freeze": (write_frames(out / f"{stem}-freeze.mp4", freeze, fps), (start, start + n)),
+    }
 
 
 # -- running -------------------------------------------------------------------------------------
+
 
 @dataclass
 class Result:
@@ -148,8 +152,7 @@ def component_auroc(y: np.ndarray, values: np.ndarray) -> float | None:
 
 def add_rows(result: Result, name: str, y: np.ndarray, scored: list[dict[str, np.ndarray]]) -> None:
     """AUROC per component, and the share flagged among positive (and negative) frames."""
-    result.rows[f"{name} AUROC"] = {c: component_auroc(y, np.concatenate([s[c] for s in scored]))
-                                    for c in COMPONENTS}
+    result.rows[f"{name} AUROC"] = {c: component_auroc(y, np.concatenate([s[c] for s in scored])) for c in COMPONENTS}
     flags = np.concatenate([s["anomalous"] for s in scored])
     if y.any():
         result.rows[f"{name} flagged"] = {"score": float(flags[y == 1].mean())}
@@ -162,8 +165,7 @@ def add_false_alarms(result: Result, name: str, scored: dict[str, dict[str, np.n
     result.rows[f"{name} flagged"] = {"score": float(flags.mean())}
 
 
-def add_made(result: Result, project: Project, made: list[dict[str, tuple[Path, tuple[int, int]]]],
-             label: str) -> None:
+def add_made(result: Result, project: Project, made: list[dict[str, tuple[Path, tuple[int, int]]]], label: str) -> None:
     for kind in ("fast", "freeze"):
         ys, scored = [], []
         for m in (m for m in made if kind in m):
@@ -223,19 +225,30 @@ def table(results: list[Result], title: str) -> Table:
     for r in results:
         for metric, values in r.rows.items():
             pct = "flagged" in metric
-            t.add_row(metric, *("" if values.get(c) is None else
-                                f"{100 * values[c]:.1f}%" if pct else f"{values[c]:.3f}" for c in COMPONENTS))
+            t.add_row(
+                metric,
+                *(
+                    "" if values.get(c) is None else f"{100 * values[c]:.1f}%" if pct else f"{values[c]:.3f}"
+                    for c in COMPONENTS
+                ),
+            )
     for r in results:
         fa = "" if r.expected_fa is None else f", expected false alarms {100 * r.expected_fa:.1f}%"
         psnr = "" if r.psnr is None else f", PSNR {r.psnr:.1f} dB"
-        t.add_row(f"{r.name}: train {r.train_seconds:.0f} s, score {r.score_fps:.0f} frames/s{psnr}, "
-                  f"threshold {r.threshold:.2f}{fa}")
+        t.add_row(
+            f"{r.name}: train {r.train_seconds:.0f} s, score {r.score_fps:.0f} frames/s{psnr}, "
+            f"threshold {r.threshold:.2f}{fa}"
+        )
     return t
 
 
 # the modelling choices the README's ablation table measures, each against the defaults
 ABLATIONS = {
-    "signed difference as motion plane": ["frames.motion='difference'", "frames.motion_gain=1.0", "frames.motion_blur=1"],
+    "signed difference as motion plane": [
+        "frames.motion='difference'",
+        "frames.motion_gain=1.0",
+        "frames.motion_blur=1",
+    ],
     "64x64 frames (squashed)": ["frames.width=64"],
     "no place statistics shrinkage": ["score.shrink_seconds=0.0"],
     "LSTM-MDN reads latents only": ["mdn.delta=False", "mdn.residual=False"],
@@ -243,17 +256,27 @@ ABLATIONS = {
     "no LSTM-MDN in the score": ["score.weights=(1.0,1.0,0.0,0.0)"],
     "no pixel coordinates": ["vae.coords=False"],
 }
-SUMMARY = ("Ped1 test AUROC", "Ped1 test flagged", "Ped1 test normal flagged", "Avenue 010 -> 011 flagged",
-           "Avenue fast AUROC", "Avenue fast flagged", "Avenue freeze AUROC", "Avenue freeze flagged")
+SUMMARY = (
+    "Ped1 test AUROC",
+    "Ped1 test flagged",
+    "Ped1 test normal flagged",
+    "Avenue 010 -> 011 flagged",
+    "Avenue fast AUROC",
+    "Avenue fast flagged",
+    "Avenue freeze AUROC",
+    "Avenue freeze flagged",
+)
 
 
 def run_all(args: argparse.Namespace, work: Path, overrides: list[str]) -> list[Result]:
     cfg = with_overrides(ProjectConfig(), **parse_overrides(overrides))
     work.mkdir(parents=True, exist_ok=True)
-    runs = {"ped1": lambda: run_ped1(args.data, work, cfg),
-            "ped1-4": lambda: run_ped1_subset(args.data, work, cfg, 4),
-            "ped1-24": lambda: run_ped1_subset(args.data, work, cfg, 24),
-            "avenue": lambda: run_avenue(args.data, work, cfg)}
+    runs = {
+        "ped1": lambda: run_ped1(args.data, work, cfg),
+        "ped1-4": lambda: run_ped1_subset(args.data, work, cfg, 4),
+        "ped1-24": lambda: run_ped1_subset(args.data, work, cfg, 24),
+        "avenue": lambda: run_avenue(args.data, work, cfg),
+    }
     return [runs[name]() for name in EXPERIMENTS if name in args.only.split(",")]
 
 
@@ -265,8 +288,13 @@ def summary(rows: dict[str, list[Result]]) -> Table:
         t.add_column(metric.replace("Ped1 test ", "Ped1 ").replace(" flagged", " flag."), justify="right")
     for name, runs in rows.items():
         found = {m: v.get("score") for r in runs for m, v in r.rows.items()}
-        t.add_row(name, *("" if found.get(m) is None else
-                          f"{100 * found[m]:.1f}%" if "flagged" in m else f"{found[m]:.3f}" for m in SUMMARY))
+        t.add_row(
+            name,
+            *(
+                "" if found.get(m) is None else f"{100 * found[m]:.1f}%" if "flagged" in m else f"{found[m]:.3f}"
+                for m in SUMMARY
+            ),
+        )
     return t
 
 
@@ -275,8 +303,11 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared/data")
     ap.add_argument("--only", default=",".join(EXPERIMENTS), help=f"comma-separated, of {', '.join(EXPERIMENTS)}")
     ap.add_argument("--set", action="append", default=[], help="config override, e.g. vae.beta=0.3")
-    ap.add_argument("--ablate", action="store_true", help="also run every ablation (the experiments in --only, "
-                                                          "about 8 minutes each for ped1,avenue)")
+    ap.add_argument(
+        "--ablate",
+        action="store_true",
+        help="also run every ablation (the experiments in --only, about 8 minutes each for ped1,avenue)",
+    )
     ap.add_argument("--work", type=Path, help="folder for the projects (default: a temporary one)")
     ap.add_argument("--json", type=Path, help="write the results here")
     args = ap.parse_args()
@@ -285,8 +316,12 @@ def main() -> None:
     work = args.work or Path(tempfile.mkdtemp(prefix="vidanom-real-"))
     t0 = time.time()
     rows = {"defaults": run_all(args, work / "defaults", args.set)}
-    Console().print(table(rows["defaults"], f"vidanom on real footage {' '.join(args.set)} "
-                                            f"({time.time() - t0:.0f} s, {os.cpu_count()} cores)"))
+    Console().print(
+        table(
+            rows["defaults"],
+            f"vidanom on real footage {' '.join(args.set)} ({time.time() - t0:.0f} s, {os.cpu_count()} cores)",
+        )
+    )
     for i, (name, overrides) in enumerate(ABLATIONS.items() if args.ablate else []):
         rows[name] = run_all(args, work / f"ablation{i}", args.set + overrides)
         Console().print(summary(rows))

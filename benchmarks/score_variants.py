@@ -73,8 +73,10 @@ def main() -> None:
     print(f"{frames} frames of 720p H.264, {args.rounds} interleaved rounds")
     for name, ts in seconds.items():
         ratios = [f / t for f, t in zip(floor, ts)]
-        print(f"{name:<{width}}  {frames / statistics.median(ts):6.0f} frames/s  ratio {statistics.median(ratios):.3f}"
-              f" ({min(ratios):.2f}-{max(ratios):.2f})")
+        print(
+            f"{name:<{width}}  {frames / statistics.median(ts):6.0f} frames/s  ratio {statistics.median(ratios):.3f}"
+            f" ({min(ratios):.2f}-{max(ratios):.2f})"
+        )
 
 
 if __name__ == "__main__":

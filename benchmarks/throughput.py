@@ -53,6 +53,7 @@ WIDTH, HEIGHT, FPS = 1280, 720, 25
 
 # -- the clips -------------------------------------------------------------------------------------
 
+
 def make_clip(path: Path, seconds: float, bitrate: int = 2_500_000, seed: int = 0) -> Path:
     """720p H.264 (libx264 ultrafast at `bitrate`): shapes drifting over a textured, noisy background.
 
@@ -63,8 +64,17 @@ def make_clip(path: Path, seconds: float, bitrate: int = 2_500_000, seed: int = 
     ys, xs = np.mgrid[0:HEIGHT, 0:WIDTH]
     base = 60 + 90 * xs / WIDTH + 40 * ys / HEIGHT + 25 * np.sin(xs / 23.0) * np.cos(ys / 31.0)
     backgrounds = [np.clip(base + rng.normal(0, 2.5, base.shape), 0, 255).astype(np.uint8) for _ in range(7)]
-    walkers = [(rng.uniform(0, WIDTH), rng.uniform(0, HEIGHT), rng.uniform(-3, 3), rng.uniform(-2, 2),
-                int(rng.integers(30, 90)), int(rng.integers(150, 250))) for _ in range(6)]
+    walkers = [
+        (
+            rng.uniform(0, WIDTH),
+            rng.uniform(0, HEIGHT),
+            rng.uniform(-3, 3),
+            rng.uniform(-2, 2),
+            int(rng.integers(30, 90)),
+            int(rng.integers(150, 250)),
+        )
+        for _ in range(6)
+    ]
     chroma = np.full((HEIGHT // 2, WIDTH), 128, np.uint8)  # U and V planes, stacked as from_ndarray wants
     n = int(round(seconds * FPS))
     intruder = (int(n * 0.7), int(n * 0.7) + 3 * FPS)  # a big, fast shape for three seconds
@@ -77,10 +87,10 @@ def make_clip(path: Path, seconds: float, bitrate: int = 2_500_000, seed: int = 
             y = backgrounds[t % len(backgrounds)].copy()
             for x0, y0, vx, vy, size, shade in walkers:
                 x, yy = int(x0 + vx * t) % (WIDTH - size), int(y0 + vy * t) % (HEIGHT - size)
-                y[yy:yy + size, x:x + size] = shade
+                y[yy : yy + size, x : x + size] = shade
             if intruder[0] <= t < intruder[1]:
                 x = int(40 * (t - intruder[0])) % (WIDTH - 160)
-                y[300:460, x:x + 160] = 250
+                y[300:460, x : x + 160] = 250
             frame = av.VideoFrame.from_ndarray(np.concatenate([y, chroma]), format="yuv420p")
             for packet in stream.encode(frame):
                 out.mux(packet)
@@ -114,6 +124,7 @@ def copy_packets(src: Path, dst: Path, repeats: int = 1, seconds: float | None =
 
 
 # -- measuring -------------------------------------------------------------------------------------
+
 
 def cpu_seconds() -> float:
     r = resource.getrusage(resource.RUSAGE_SELF)
@@ -182,8 +193,9 @@ def run_cli(args: list[str], work: Path) -> tuple[float, float, float]:
     rss_file.unlink(missing_ok=True)
     env = {**os.environ, "VIDANOM_BENCH_RSS": str(rss_file)}
     t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-c", CHILD, *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CHILD, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env
+    )
     out = proc.stdout.read() if proc.stdout else b""
     _, status, usage = os.wait4(proc.pid, 0)  # the CPU time of this child alone
     wall = time.perf_counter() - t0
@@ -214,6 +226,7 @@ class StageClock:
 
 # -- the benchmark ---------------------------------------------------------------------------------
 
+
 def span(seconds: float) -> str:
     return f"{seconds / 60:.3g} min" if seconds >= 60 else f"{seconds:.3g} s"
 
@@ -240,9 +253,12 @@ def main() -> None:
     ap.add_argument("--vae-steps", type=int, default=600)
     ap.add_argument("--mdn-steps", type=int, default=600)
     ap.add_argument("--set", action="append", default=[], help="config override, e.g. score.batch_size=64")
-    ap.add_argument("--extract-train-memory", action="store_true",
-                    help="also peak RSS of extract and of train (100 + 100 steps) on the short and the long clip "
-                         "(slow: training on the long clip takes about 10 minutes on 2 busy cores)")
+    ap.add_argument(
+        "--extract-train-memory",
+        action="store_true",
+        help="also peak RSS of extract and of train (100 + 100 steps) on the short and the long clip "
+        "(slow: training on the long clip takes about 10 minutes on 2 busy cores)",
+    )
     ap.add_argument("--workdir", type=Path, help="keep clips and projects here (default: a temporary folder)")
     ap.add_argument("--json", type=Path, help="write the results here")
     args = ap.parse_args()
@@ -251,8 +267,11 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     load0 = os.getloadavg()
     t_start = time.perf_counter()
-    print(f"work folder {work}; {os.cpu_count()} cores, load average {load0[0]:.1f}; "
-          f"torch {torch.__version__} ({torch.get_num_threads()} threads), PyAV {av.__version__}", flush=True)
+    print(
+        f"work folder {work}; {os.cpu_count()} cores, load average {load0[0]:.1f}; "
+        f"torch {torch.__version__} ({torch.get_num_threads()} threads), PyAV {av.__version__}",
+        flush=True,
+    )
 
     clip = work / f"clip_{args.seconds:g}s.mp4"
     t0 = time.perf_counter()
@@ -263,9 +282,12 @@ def main() -> None:
         copy_packets(clip, long_clip, repeats=args.long_repeats)
     train_clip = copy_packets(clip, work / "train.mp4", seconds=args.train_seconds)
     mb = clip.stat().st_size / 1e6
-    print(f"clips made in {time.perf_counter() - t0:.0f} s: {clip.name} {span(args.seconds)} ({mb:.1f} MB, "
-          f"{8 * mb / args.seconds:.1f} Mbit/s), {long_clip.name} {span(args.seconds * args.long_repeats)}, "
-          f"{train_clip.name} {span(args.train_seconds)}", flush=True)
+    print(
+        f"clips made in {time.perf_counter() - t0:.0f} s: {clip.name} {span(args.seconds)} ({mb:.1f} MB, "
+        f"{8 * mb / args.seconds:.1f} Mbit/s), {long_clip.name} {span(args.seconds * args.long_repeats)}, "
+        f"{train_clip.name} {span(args.train_seconds)}",
+        flush=True,
+    )
 
     # a small project of the default architecture, trained through the library
     root = work / "project"
@@ -316,8 +338,12 @@ def main() -> None:
         f.frames = runs[fastest].frames
         f.wall.append(runs[fastest].wall[-1])
         f.cpu.append(runs[fastest].cpu[-1])
-        print(f"round {r + 1}: floor {f.frames / f.wall[-1]:.0f} fps, score {runs['score'].frames / runs['score'].wall[-1]:.0f}"
-              f" fps, ratio {f.wall[-1] / runs['score'].wall[-1]:.2f}", flush=True)
+        score = runs["score"]
+        print(
+            f"round {r + 1}: floor {f.frames / f.wall[-1]:.0f} fps, score {score.frames / score.wall[-1]:.0f}"
+            f" fps, ratio {f.wall[-1] / score.wall[-1]:.2f}",
+            flush=True,
+        )
     if not runs["floor"].frames == runs["loop"].frames == runs["score"].frames:
         raise SystemExit(f"decoded {runs['floor'].frames} frames but scored {runs['score'].frames}")
 
@@ -354,47 +380,84 @@ def main() -> None:
     for kind, label in labels.items():
         rs = ratios(kind)
         spread = f"  ({min(rs):.2f}-{max(rs):.2f})" if kind != "floor" else ""
-        rows.append([label, f"{runs[kind].fps():.0f}", f"{runs[kind].cpu_ms():.2f}", f"{runs[kind].cores():.2f}",
-                     f"{statistics.median(rs):.2f}{spread}"])
-    rows.append([f"vidanom score, command, {span(long_frames / FPS)} clip", f"{long_frames / long_wall:.0f}",
-                 f"{1000 * long_cpu / long_frames:.2f}", f"{long_cpu / long_wall:.2f}", ""])
-    print_table(f"Scoring {n} frames of 720p H.264 at {cfg.frames.width}x{cfg.frames.height} "
-                f"{'gray' if cfg.frames.channels == 1 else 'RGB'} (median of {args.repeats} interleaved rounds)",
-                ["", "frames/s", "CPU ms/frame", "cores", "ratio to floor"], rows)
+        rows.append(
+            [
+                label,
+                f"{runs[kind].fps():.0f}",
+                f"{runs[kind].cpu_ms():.2f}",
+                f"{runs[kind].cores():.2f}",
+                f"{statistics.median(rs):.2f}{spread}",
+            ]
+        )
+    rows.append(
+        [
+            f"vidanom score, command, {span(long_frames / FPS)} clip",
+            f"{long_frames / long_wall:.0f}",
+            f"{1000 * long_cpu / long_frames:.2f}",
+            f"{long_cpu / long_wall:.2f}",
+            "",
+        ]
+    )
+    print_table(
+        f"Scoring {n} frames of 720p H.264 at {cfg.frames.width}x{cfg.frames.height} "
+        f"{'gray' if cfg.frames.channels == 1 else 'RGB'} (median of {args.repeats} interleaved rounds)",
+        ["", "frames/s", "CPU ms/frame", "cores", "ratio to floor"],
+        rows,
+    )
     startup = statistics.median(runs["cli"].wall) - statistics.median(runs["score"].wall)
     fl, lo, sc = runs["floor"].cpu_ms(), runs["loop"].cpu_ms(), runs["score"].cpu_ms()
-    print(f"CPU per frame: decoding {fl:.2f} ms + models {lo - fl:.2f} ms + CSV, JSON and PNG {sc - lo:.2f} ms; "
-          f"where scoring gets no more CPU than decoding alone, the ratio tends to {fl / sc:.2f}")
-    print(f"start-up and model loading of the command: {startup:.1f} s; "
-          f"target: vidanom score in-process / floor >= 0.70")
+    print(
+        f"CPU per frame: decoding {fl:.2f} ms + models {lo - fl:.2f} ms + CSV, JSON and PNG {sc - lo:.2f} ms; "
+        f"where scoring gets no more CPU than decoding alone, the ratio tends to {fl / sc:.2f}"
+    )
+    print(
+        f"start-up and model loading of the command: {startup:.1f} s; target: vidanom score in-process / floor >= 0.70"
+    )
     if args.set:
         print("config overrides:", " ".join(args.set))
 
     mem_rows = [[k, f"{v[0]:.0f}", f"{v[1]:.0f}", f"{v[1] - v[0]:+.0f}"] for k, v in memory.items()]
-    print_table("Peak RSS (MB) of the command", ["", f"{span(args.seconds)} clip",
-                                                 f"{span(args.seconds * args.long_repeats)} clip", "difference"],
-                mem_rows)
+    print_table(
+        "Peak RSS (MB) of the command",
+        ["", f"{span(args.seconds)} clip", f"{span(args.seconds * args.long_repeats)} clip", "difference"],
+        mem_rows,
+    )
 
     train_rows = [[k, "n/a" if v is None else f"{v:.0f}"] for k, v in rates.items()]
     fc = project.config.frames
-    print_table(f"Training throughput at {fc.width}x{fc.height}, hidden {cfg.vae.hidden} "
-                f"({frames} frames, {torch.get_num_threads()} torch threads)",
-                ["stage", "frames/s"], train_rows)
-    print("  vae: frames of the β-VAE's batches per second; mdn: frames of the LSTM-MDN's windows per second "
-          "(each with every cell of the grid); calibrate: frames per second of its two passes")
+    print_table(
+        f"Training throughput at {fc.width}x{fc.height}, hidden {cfg.vae.hidden} "
+        f"({frames} frames, {torch.get_num_threads()} torch threads)",
+        ["stage", "frames/s"],
+        train_rows,
+    )
+    print(
+        "  vae: frames of the β-VAE's batches per second; mdn: frames of the LSTM-MDN's windows per second "
+        "(each with every cell of the grid); calibrate: frames per second of its two passes"
+    )
     load1 = os.getloadavg()
-    print(f"\nload average {load0[0]:.1f} at the start, {load1[0]:.1f} at the end; "
-          f"benchmark took {time.perf_counter() - t_start:.0f} s")
+    print(
+        f"\nload average {load0[0]:.1f} at the start, {load1[0]:.1f} at the end; "
+        f"benchmark took {time.perf_counter() - t_start:.0f} s"
+    )
 
     if args.json:
-        args.json.write_text(json.dumps({
-            "frames": n, "fps": {k: v.fps() for k, v in runs.items()},
-            "cpu_ms_per_frame": {k: v.cpu_ms() for k, v in runs.items()},
-            "ratio": statistics.median(ratios("score")), "ratios": {k: ratios(k) for k in runs},
-            "long": {"frames": long_frames, "fps": long_frames / long_wall},
-            "peak_rss_mb": {k: list(v) for k, v in memory.items()},
-            "training_fps": training, "load": [load0[0], load1[0]],
-        }, indent=2))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "frames": n,
+                    "fps": {k: v.fps() for k, v in runs.items()},
+                    "cpu_ms_per_frame": {k: v.cpu_ms() for k, v in runs.items()},
+                    "ratio": statistics.median(ratios("score")),
+                    "ratios": {k: ratios(k) for k in runs},
+                    "long": {"frames": long_frames, "fps": long_frames / long_wall},
+                    "peak_rss_mb": {k: list(v) for k, v in memory.items()},
+                    "training_fps": training,
+                    "load": [load0[0], load1[0]],
+                },
+                indent=2,
+            )
+        )
     if not args.workdir:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -31,8 +31,12 @@ TESTS = (
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent,
-                        help="folder to write train/, test/ and labels.json into (default: this script's folder)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path(__file__).resolve().parent,
+        help="folder to write train/, test/ and labels.json into (default: this script's folder)",
+    )
     args = parser.parse_args(argv)
 
     train_dir, test_dir = args.out / "train", args.out / "test"

@@ -40,12 +40,24 @@ class Palette:
 
 
 PALETTES = {
-    "day": Palette(grass=(78, 122, 64), path=(196, 190, 176),
-                   blocks=((120, 86, 58), (150, 150, 156), (170, 70, 80)),
-                   walker_lo=15, walker_hi=110, intruder=(236, 196, 40), lamp=0.0),
-    "night": Palette(grass=(26, 38, 34), path=(72, 72, 84),
-                     blocks=((48, 40, 36), (90, 90, 100), (30, 50, 70)),
-                     walker_lo=130, walker_hi=230, intruder=(210, 60, 40), lamp=0.6),
+    "day": Palette(
+        grass=(78, 122, 64),
+        path=(196, 190, 176),
+        blocks=((120, 86, 58), (150, 150, 156), (170, 70, 80)),
+        walker_lo=15,
+        walker_hi=110,
+        intruder=(236, 196, 40),
+        lamp=0.0,
+    ),
+    "night": Palette(
+        grass=(26, 38, 34),
+        path=(72, 72, 84),
+        blocks=((48, 40, 36), (90, 90, 100), (30, 50, 70)),
+        walker_lo=130,
+        walker_hi=230,
+        intruder=(210, 60, 40),
+        lamp=0.6,
+    ),
 }
 
 
@@ -80,9 +92,18 @@ class SceneConfig:
 SCENE_A = SceneConfig()
 
 # After the camera moved: a dark plaza, one-way flow down and slightly to the right, lit walkers.
-SCENE_B = SceneConfig(palette="night", layout_seed=1, walkers=5, speed=(0.7, 1.4), direction=(0.35, 1.0),
-                      two_way=False, path_center=(0.4, 0.5), path_width=0.4, walker_size=(7, 7),
-                      noise=2.5)
+SCENE_B = SceneConfig(
+    palette="night",
+    layout_seed=1,
+    walkers=5,
+    speed=(0.7, 1.4),
+    direction=(0.35, 1.0),
+    two_way=False,
+    path_center=(0.4, 0.5),
+    path_width=0.4,
+    walker_size=(7, 7),
+    noise=2.5,
+)
 
 
 @dataclass(frozen=True)
@@ -101,14 +122,21 @@ class _Geometry:
         d = np.asarray(scene.direction, dtype=np.float64)
         d /= np.hypot(*d)
         center = np.array([scene.path_center[0] * scene.width, scene.path_center[1] * scene.height])
-        return _Geometry(scene.width, scene.height, center, d, np.array([-d[1], d[0]]),
-                         scene.path_width * min(scene.width, scene.height) / 2)
+        return _Geometry(
+            scene.width,
+            scene.height,
+            center,
+            d,
+            np.array([-d[1], d[0]]),
+            scene.path_width * min(scene.width, scene.height) / 2,
+        )
 
     def point(self, s: float, lateral: float) -> np.ndarray:
         return self.center + s * self.d + lateral * self.n
 
-    def span(self, lateral: float, margin: float, axis: np.ndarray | None = None,
-             origin: np.ndarray | None = None) -> tuple[float, float]:
+    def span(
+        self, lateral: float, margin: float, axis: np.ndarray | None = None, origin: np.ndarray | None = None
+    ) -> tuple[float, float]:
         """Interval of s for which origin + s·axis lies in the frame grown by `margin` px on every side.
 
         Defaults: the line along the flow at `lateral` px off the centre line. Empty intervals
@@ -134,14 +162,15 @@ class _Geometry:
 
     def lateral_extent(self) -> tuple[float, float]:
         """Smallest and largest l over the frame's corners."""
-        corners = np.array([[0, 0], [self.width - 1, 0], [0, self.height - 1],
-                            [self.width - 1, self.height - 1]], dtype=np.float64)
+        corners = np.array(
+            [[0, 0], [self.width - 1, 0], [0, self.height - 1], [self.width - 1, self.height - 1]], dtype=np.float64
+        )
         ls = (corners - self.center) @ self.n
         return float(ls.min()), float(ls.max())
 
     def coords(self) -> tuple[np.ndarray, np.ndarray]:
         """(s, l) of every pixel, each (H, W)."""
-        yy, xx = np.mgrid[0:self.height, 0:self.width].astype(np.float64)
+        yy, xx = np.mgrid[0 : self.height, 0 : self.width].astype(np.float64)
         dx, dy = xx - self.center[0], yy - self.center[1]
         return dx * self.d[0] + dy * self.d[1], dx * self.n[0] + dy * self.n[1]
 
@@ -179,11 +208,11 @@ def _background(scene: SceneConfig) -> np.ndarray:
         tries += 1
         bw, bh = int(rng.integers(w // 12, w // 5)), int(rng.integers(h // 14, h // 7))
         x0, y0 = int(rng.integers(0, w - bw)), int(rng.integers(0, h - bh))
-        if on_path[max(y0 - 2, 0):y0 + bh + 2, max(x0 - 2, 0):x0 + bw + 2].any():
+        if on_path[max(y0 - 2, 0) : y0 + bh + 2, max(x0 - 2, 0) : x0 + bw + 2].any():
             continue
         color = np.array(pal.blocks[placed % len(pal.blocks)], dtype=np.float64)
-        img[y0 + 2:y0 + bh + 2, x0 + 2:x0 + bw + 2] *= 0.7  # a drop shadow grounds the block
-        img[y0:y0 + bh, x0:x0 + bw] = color * (1 + 0.05 * rng.normal(size=(bh, bw, 1)))
+        img[y0 + 2 : y0 + bh + 2, x0 + 2 : x0 + bw + 2] *= 0.7  # a drop shadow grounds the block
+        img[y0 : y0 + bh, x0 : x0 + bw] = color * (1 + 0.05 * rng.normal(size=(bh, bw, 1)))
         placed += 1
 
     # The path: paving slabs across the flow, darker kerbs at both edges.
@@ -205,8 +234,16 @@ def _background(scene: SceneConfig) -> np.ndarray:
     return np.clip(img, 0, 255).astype(np.float32)
 
 
-def _stamp(img: np.ndarray, cx: float, cy: float, w: float, h: float, color: np.ndarray,
-           ellipse: bool = True, legs: bool = False) -> bool:
+def _stamp(
+    img: np.ndarray,
+    cx: float,
+    cy: float,
+    w: float,
+    h: float,
+    color: np.ndarray,
+    ellipse: bool = True,
+    legs: bool = False,
+) -> bool:
     """Paint an ellipse (or rectangle) of w × h px centred at (cx, cy); True if any pixel landed in the frame."""
     x0, x1 = max(int(np.floor(cx - w / 2)), 0), min(int(np.ceil(cx + w / 2)) + 1, img.shape[1])
     y0, y1 = max(int(np.floor(cy - h / 2)), 0), min(int(np.ceil(cy + h / 2)) + 1, img.shape[0])
@@ -319,8 +356,9 @@ def _speed(rng: np.random.Generator, low: float, high: float, span: float, frame
     return v
 
 
-def _make_anomaly(kind: str, start: int, end: int, scene: SceneConfig, geo: _Geometry,
-                  rng: np.random.Generator) -> _Anomaly:
+def _make_anomaly(
+    kind: str, start: int, end: int, scene: SceneConfig, geo: _Geometry, rng: np.random.Generator
+) -> _Anomaly:
     """Place one anomaly so that its centre stays in the frame for all of [start, end).
 
     A centre on the frame's edge still shows half the object, so it is visible in every one of
@@ -343,15 +381,15 @@ def _make_anomaly(kind: str, start: int, end: int, scene: SceneConfig, geo: _Geo
             speed, s0 = 0.0, rng.uniform(lo + 0.25 * (hi - lo), hi - 0.25 * (hi - lo))
         else:  # against a one-way flow
             speed, s0 = -_speed(rng, *scene.speed, hi - lo, end - start), hi
-        return _Anomaly(kind, start, end, origin, axis, s0, lo, hi, speed, person, clothes,
-                        wobble=2.0 if kind == "loiter" else 0.0)
+        return _Anomaly(
+            kind, start, end, origin, axis, s0, lo, hi, speed, person, clothes, wobble=2.0 if kind == "loiter" else 0.0
+        )
     if kind == "wrong_way":  # across a two-way path: from the grass on one side to the other
         lo_s, hi_s = geo.span(0.0, margin=-max(person))
         origin = geo.point(rng.uniform(lo_s + 0.2 * (hi_s - lo_s), hi_s - 0.2 * (hi_s - lo_s)), 0.0)
         lo, hi = geo.span(0.0, margin=0, axis=geo.n, origin=origin)
         speed = sign * _speed(rng, *scene.speed, hi - lo, end - start)
-        return _Anomaly(kind, start, end, origin, geo.n, lo if speed > 0 else hi, lo, hi, speed,
-                        person, clothes)
+        return _Anomaly(kind, start, end, origin, geo.n, lo if speed > 0 else hi, lo, hi, speed, person, clothes)
     # intruder: a cart on the wider strip of grass, driving along it just clear of the path
     # (further out, a diagonal line would only clip a corner of the frame)
     size = (person[0] * 5.0, person[1] * 1.1) if person[1] > person[0] else (person[0] * 3.5, person[1] * 2.0)
@@ -363,8 +401,20 @@ def _make_anomaly(kind: str, start: int, end: int, scene: SceneConfig, geo: _Geo
     lo, hi = geo.span(lateral, margin=0)
     speed = sign * _speed(rng, 1.0 * normal, 1.5 * normal, hi - lo, end - start)
     color = np.array(pal.intruder, dtype=np.float32) * rng.uniform(0.9, 1.05)
-    return _Anomaly(kind, start, end, geo.center + lateral * geo.n, geo.d, lo if speed > 0 else hi,
-                    lo, hi, speed, size, color, ellipse=False)
+    return _Anomaly(
+        kind,
+        start,
+        end,
+        geo.center + lateral * geo.n,
+        geo.d,
+        lo if speed > 0 else hi,
+        lo,
+        hi,
+        speed,
+        size,
+        color,
+        ellipse=False,
+    )
 
 
 def _check(frames: int, anomalies: list[tuple[str, int, int]]) -> None:
@@ -377,8 +427,9 @@ def _check(frames: int, anomalies: list[tuple[str, int, int]]) -> None:
             raise ValueError(f"anomaly range [{start}, {end}) must lie within the clip's {frames} frames")
 
 
-def _render(scene: SceneConfig, frames: int, anomalies: list[tuple[str, int, int]], seed: int
-            ) -> Iterator[tuple[np.ndarray, bool]]:
+def _render(
+    scene: SceneConfig, frames: int, anomalies: list[tuple[str, int, int]], seed: int
+) -> Iterator[tuple[np.ndarray, bool]]:
     """Frames with a flag: does any anomalous object show in this frame. Arguments checked by the caller."""
     geo = _Geometry.of(scene)
     bg = _background(scene)
@@ -387,8 +438,10 @@ def _render(scene: SceneConfig, frames: int, anomalies: list[tuple[str, int, int
     walkers = [_Walker(scene, geo, walk_rng) for _ in range(scene.walkers)]
     for w in walkers:
         w.spawn(first=True)
-    objects = [_make_anomaly(kind, start, end, scene, geo, np.random.default_rng([seed, 3, i]))
-               for i, (kind, start, end) in enumerate(anomalies)]
+    objects = [
+        _make_anomaly(kind, start, end, scene, geo, np.random.default_rng([seed, 3, i]))
+        for i, (kind, start, end) in enumerate(anomalies)
+    ]
     for t in range(frames):
         img = bg.copy()
         for w in walkers:
@@ -403,8 +456,9 @@ def _render(scene: SceneConfig, frames: int, anomalies: list[tuple[str, int, int
         yield np.clip(np.rint(img), 0, 255).astype(np.uint8), visible
 
 
-def render_clip(scene: SceneConfig, frames: int, anomalies: list[tuple[str, int, int]] | None = None,
-                seed: int = 0) -> Iterator[np.ndarray]:
+def render_clip(
+    scene: SceneConfig, frames: int, anomalies: list[tuple[str, int, int]] | None = None, seed: int = 0
+) -> Iterator[np.ndarray]:
     """Yield `frames` frames (H, W, 3) uint8 RGB of `scene`, with anomalies (kind, start, end) in
     frames start ≤ t < end. Deterministic for (scene, frames, anomalies, seed).
 
@@ -425,8 +479,7 @@ def _ranges(flags: list[bool]) -> list[tuple[int, int]]:
     return out
 
 
-def _encoder(container: av.container.OutputContainer, scene: SceneConfig, crf: int
-             ) -> av.video.stream.VideoStream:
+def _encoder(container: av.container.OutputContainer, scene: SceneConfig, crf: int) -> av.video.stream.VideoStream:
     for name in ENCODERS:
         try:
             codec = av.codec.Codec(name, "w")
@@ -443,9 +496,14 @@ def _encoder(container: av.container.OutputContainer, scene: SceneConfig, crf: i
     raise RuntimeError(f"FFmpeg has none of the encoders {', '.join(ENCODERS)}")
 
 
-def write_clip(path: str | Path, scene: SceneConfig, frames: int,
-               anomalies: list[tuple[str, int, int]] | None = None, seed: int = 0, crf: int = 26
-               ) -> list[tuple[int, int]]:
+def write_clip(
+    path: str | Path,
+    scene: SceneConfig,
+    frames: int,
+    anomalies: list[tuple[str, int, int]] | None = None,
+    seed: int = 0,
+    crf: int = 26,
+) -> list[tuple[int, int]]:
     """Render a clip into an H.264 mp4 (mpeg4 if FFmpeg lacks an H.264 encoder) at `path`.
 
     Returns the anomalous frame ranges [start, end), 0-based: exactly the frames in which an

@@ -40,15 +40,16 @@ def background(h: int = HEIGHT, w: int = WIDTH) -> np.ndarray:
     return img
 
 
-def square_frames(n: int, x0: float, y0: int, speed: float, size: int,
-                  color: tuple[int, int, int] = (255, 255, 255)) -> tuple[np.ndarray, list[tuple[float, float]]]:
+def square_frames(
+    n: int, x0: float, y0: int, speed: float, size: int, color: tuple[int, int, int] = (255, 255, 255)
+) -> tuple[np.ndarray, list[tuple[float, float]]]:
     """n RGB frames of a square moving right (wrapping), and its centre (x, y) in each frame."""
     bg = background()
     frames, centres = [], []
     for t in range(n):
         x = int(round(x0 + speed * t)) % (WIDTH - size)
         f = bg.copy()
-        f[y0:y0 + size, x:x + size] = color
+        f[y0 : y0 + size, x : x + size] = color
         frames.append(f)
         centres.append((x + (size - 1) / 2, y0 + (size - 1) / 2))
     return np.stack(frames), centres
@@ -74,8 +75,13 @@ def write_video(path: Path, frames: np.ndarray, fps: int = FPS, codec: str = "mp
 VFR_PTS_MS = [0, 100, 800, 900, 2000, 2040, 2080, 3000, 3040, 5000]  # irregular frame times, in ms
 
 
-def write_vfr(path: Path, pts: list[int], time_base: Fraction = Fraction(1, 1000),
-              frames: np.ndarray | None = None, rate: int = FPS) -> Path:
+def write_vfr(
+    path: Path,
+    pts: list[int],
+    time_base: Fraction = Fraction(1, 1000),
+    frames: np.ndarray | None = None,
+    rate: int = FPS,
+) -> Path:
     """A variable-frame-rate video: frame i shown at pts[i] · time_base seconds (explicit PTS; for
     an AVI in 1/rate, the skipped slots are dropped frames). Frames default to a square moving right."""
     if frames is None:

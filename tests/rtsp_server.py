@@ -23,6 +23,7 @@ def main() -> None:
     args = _parse()
     try:
         import gi
+
         gi.require_version("Gst", "1.0")
         gi.require_version("GstRtsp", "1.0")
         gi.require_version("GstRtspServer", "1.0")
@@ -44,8 +45,9 @@ def main() -> None:
     demux = "matroskademux" if args.clip.endswith((".mkv", ".webm")) else "qtdemux"
     # SPS and PPS in-band before every keyframe, as cameras send them (rtph264pay config-interval=-1
     # instead made FFmpeg decode one extra, grey keyframe per keyframe)
-    factory.set_launch(f'( filesrc location="{args.clip}" ! {demux} ! h264parse config-interval=-1 ! '
-                       "rtph264pay name=pay0 pt=96 )")
+    factory.set_launch(
+        f'( filesrc location="{args.clip}" ! {demux} ! h264parse config-interval=-1 ! rtph264pay name=pay0 pt=96 )'
+    )
     if args.udp_only:
         factory.set_protocols(GstRtsp.RTSPLowerTrans.UDP)
     server.get_mount_points().add_factory(args.path, factory)

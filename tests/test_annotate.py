@@ -51,6 +51,7 @@ def annotated(tmp_path_factory, trained_project_template: Path, clips: Clips) ->
 
 # -- annotated video ---------------------------------------------------------------------------------
 
+
 def test_annotated_video_has_the_frames_rate_and_size_of_the_input(annotated, clips):
     _, out = annotated
     src, _, src_rate = decode_rgb(clips.anomalous)
@@ -67,7 +68,7 @@ def test_heatmap_is_drawn_on_flagged_frames_only(annotated, clips):
     assert 0 < flags.sum() < len(flags)
     strip, border = max(8, round(48 * annotate.STRIP_SHARE)), 2
     # the picture above the score strip, inside the red border that marks flagged frames
-    diff = np.abs(got - src)[:, border:-strip - border, border:-border].sum(-1)  # (n, h, w)
+    diff = np.abs(got - src)[:, border : -strip - border, border:-border].sum(-1)  # (n, h, w)
     normal, flagged = diff[~flags], diff[flags]
     assert normal.mean() < 6 and np.percentile(normal, 99) < 40  # only the encoder's loss
     hot = (flagged > 90).reshape(len(flagged), -1).sum(1)  # pixels recoloured by the heatmap, per frame
@@ -83,7 +84,7 @@ def test_the_strip_cursor_follows_the_frame(annotated, clips):
     _, out = annotated
     got = decode_rgb(out)[0].astype(int)
     strip = max(8, round(48 * annotate.STRIP_SHARE))
-    bright = got[:, -strip + 1:-1].min(-1).mean(1)  # (n, W): white pixels over the whole strip height
+    bright = got[:, -strip + 1 : -1].min(-1).mean(1)  # (n, W): white pixels over the whole strip height
     cursor = bright.argmax(1)
     expected = ((np.arange(clips.n_frames) + 0.5) * 64 / clips.n_frames).astype(int)
     assert np.abs(cursor - expected).max() <= 2
@@ -165,6 +166,7 @@ def test_annotate_command_writes_into_the_scores_folder_by_default(annotated, cl
 
 # -- gallery -----------------------------------------------------------------------------------------
 
+
 def test_pick_frames_takes_the_highest_scores_a_gap_apart():
     rng = np.random.default_rng(1)
     scores = rng.normal(size=500)
@@ -193,8 +195,7 @@ def test_gallery_shows_the_top_frames(annotated, clips, tmp_path):
         sizes[k] = Image.open(out).size
     assert sizes[1][0] == sizes[3][0] and sizes[3][1] > 2 * sizes[1][1]  # one row per frame
     # a scored clip can be named rather than found again: its summary knows the file
-    res = invoke("gallery", "anom.mp4", "-k", 1, "--min-gap", "0.2", "-o", tmp_path / "byname.png", *CPU,
-                 "-p", root)
+    res = invoke("gallery", "anom.mp4", "-k", 1, "--min-gap", "0.2", "-o", tmp_path / "byname.png", *CPU, "-p", root)
     assert res.exit_code == 0, res.output
     assert (tmp_path / "byname.png").read_bytes() == (tmp_path / "g1.png").read_bytes()
     res = invoke("gallery", "never_scored.mp4", "-p", root)
@@ -218,8 +219,11 @@ def test_gallery_panels_are_the_chosen_frames(annotated, clips):
 
 def test_gallery_errors_are_clean(annotated, clips, tmp_path):
     root, _ = annotated
-    for args, message in ((("-k", "0"), "-k must be between"), (("--min-gap", "-1"), "--min-gap"),
-                          (("-o", tmp_path / "g.jpg"), "PNG")):
+    for args, message in (
+        (("-k", "0"), "-k must be between"),
+        (("--min-gap", "-1"), "--min-gap"),
+        (("-o", tmp_path / "g.jpg"), "PNG"),
+    ):
         res = invoke("gallery", clips.anomalous, *args, "-p", root)
         assert res.exit_code == 2 and message in res.stderr and "Traceback" not in res.output, res.output
     res = invoke("gallery", clips.normal_a, "-p", root)
@@ -236,6 +240,7 @@ def test_gallery_refuses_scores_of_another_model(annotated, clips, tmp_path):
 
 
 # -- timeline plot -----------------------------------------------------------------------------------
+
 
 def test_timeline_bins_cover_every_frame(tmp_path):
     scores = np.random.default_rng(2).normal(size=15000)
@@ -255,13 +260,15 @@ def test_heatmap_measures_each_place_against_its_own_normal():
     cfg = tiny_config(frames={"width": 16, "height": 16}, score={"patch": 8, "patch_stride": 4})
     mean, std = torch.full((1, 9), 0.01), torch.full((1, 9), 0.001)
     mean[0, 0] = 1.0
-    cal = Calibration(mean, std, *[torch.zeros(1, 1)] * 4, torch.zeros(1, 3), torch.ones(1, 3),
-                      torch.zeros(1), False, ["default"])
+    cal = Calibration(
+        mean, std, *[torch.zeros(1, 1)] * 4, torch.zeros(1, 3), torch.ones(1, 3), torch.zeros(1), False, ["default"]
+    )
     scale = heatmap.ErrorScale.from_calibration(cal, cfg)
     per_patch = (mean + 3 * std)[0].view(3, 3)
     for y, x in ((0, 0), (5, 5), (15, 9)):  # every pixel: the mean over the patches covering it
-        covering = [per_patch[r, c] for r in range(3) for c in range(3)
-                    if 4 * r <= y < 4 * r + 8 and 4 * c <= x < 4 * c + 8]
+        covering = [
+            per_patch[r, c] for r in range(3) for c in range(3) if 4 * r <= y < 4 * r + 8 and 4 * c <= x < 4 * c + 8
+        ]
         assert scale.lo[y, x] == pytest.approx(float(sum(covering) / len(covering)))
     err = torch.full((1, 16, 16), 0.2)  # the same error everywhere
     level = scale.levels(err)[0]

@@ -21,8 +21,15 @@ def test_extract_writes_a_memory_mapped_clip_equal_to_the_decoded_frames(clips, 
     seen = []
     meta, new = cache.extract(tmp_path, Source(clips.normal_a), FC, "street", seen.append)
     assert new
-    assert (meta.name, meta.scene, meta.frames, meta.height, meta.width, meta.channels, meta.stride) == \
-        ("normal_a.mp4", "street", clips.normal_frames, 24, 32, 1, 1)
+    assert (meta.name, meta.scene, meta.frames, meta.height, meta.width, meta.channels, meta.stride) == (
+        "normal_a.mp4",
+        "street",
+        clips.normal_frames,
+        24,
+        32,
+        1,
+        1,
+    )
     assert meta.fps == pytest.approx(25.0) and not meta.truncated
     assert sum(seen) == clips.normal_frames
     frames = cache.load(tmp_path, meta)

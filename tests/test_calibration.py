@@ -7,8 +7,15 @@ import numpy as np
 import pytest
 import torch
 
-from vidanom.calibration import (MIN_SCALE, RunningStats, choose_threshold, held_blocks, shrink, shrink_weight,
-                                 split_scales)
+from vidanom.calibration import (
+    MIN_SCALE,
+    RunningStats,
+    choose_threshold,
+    held_blocks,
+    shrink,
+    shrink_weight,
+    split_scales,
+)
 from vidanom.data import Split
 
 
@@ -53,14 +60,17 @@ def test_shrink_against_a_hand_computation():
     w = 0.25
     m, s = shrink(mean, std, w)
     np.testing.assert_allclose(m.numpy(), [0.25 * 1 + 0.75 * 4, 0.25 * 3 + 0.75 * 4, 0.25 * 8 + 0.75 * 4], rtol=1e-6)
-    np.testing.assert_allclose(s.numpy() ** 2, [0.25 * 0.01 + 0.75 * pooled_var, 0.25 * 1 + 0.75 * pooled_var,
-                                                0.25 * 4 + 0.75 * pooled_var], rtol=1e-5)
+    np.testing.assert_allclose(
+        s.numpy() ** 2,
+        [0.25 * 0.01 + 0.75 * pooled_var, 0.25 * 1 + 0.75 * pooled_var, 0.25 * 4 + 0.75 * pooled_var],
+        rtol=1e-5,
+    )
     kept = shrink(mean, std, 1.0)
     torch.testing.assert_close(kept[0], mean)
     torch.testing.assert_close(kept[1], std)
     pooled = shrink(mean[None].expand(2, 3), std[None].expand(2, 3), 0.0)  # per row: (scenes, places)
     torch.testing.assert_close(pooled[0], torch.full((2, 3), 4.0))
-    torch.testing.assert_close(pooled[1], torch.full((2, 3), pooled_var ** 0.5))
+    torch.testing.assert_close(pooled[1], torch.full((2, 3), pooled_var**0.5))
 
 
 def test_shrink_weight_grows_with_the_footage():
@@ -71,8 +81,9 @@ def test_shrink_weight_grows_with_the_footage():
 
 def test_split_scales_against_numpy():
     rng = np.random.default_rng(3)
-    x = np.stack([rng.exponential(size=501), rng.normal(size=501), np.full(501, np.nan),
-                  rng.normal(size=501) * 0.01], 1)
+    x = np.stack(
+        [rng.exponential(size=501), rng.normal(size=501), np.full(501, np.nan), rng.normal(size=501) * 0.01], 1
+    )
     x[::7, 1] = np.nan
     median, low, high = split_scales(torch.from_numpy(x))
     assert low[3] == high[3] == MIN_SCALE  # no component of z-scores spreads less
@@ -120,6 +131,7 @@ def test_calibrate_takes_place_statistics_from_training_frames_and_scales_from_h
     from vidanom.mdn import LSTMMDN
     from vidanom.scoring import CausalMean, components, make_scorer
     from vidanom.vae import BetaVAE, patch_means
+
     cfg = tiny_config()
     torch.manual_seed(0)
     vae, mdn = BetaVAE(cfg.vae_config()).eval(), LSTMMDN(cfg.mdn_config()).eval()

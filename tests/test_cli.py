@@ -57,6 +57,7 @@ def labels(tmp_path: Path) -> Path:
 
 # -- init, extract -------------------------------------------------------------------------------------
 
+
 def test_init_creates_a_project_with_the_default_config(tmp_path):
     res = invoke("init", tmp_path / "cam1")
     assert res.exit_code == 0, res.output
@@ -82,6 +83,7 @@ def test_extract_caches_each_clip_once(project, clips):
 
 
 # -- train, status, score --------------------------------------------------------------------------
+
 
 def test_status_lists_the_trained_version(trained_project):
     res = invoke("status", "-p", trained_project)
@@ -122,7 +124,7 @@ def test_the_anomaly_is_detected(scored_template):
     # end to end on the synthetic clip: a large, fast square is far outside what the normal clips show
     summary = json.loads((scored_template / "scores" / "anom.mp4.json").read_text())
     y = np.zeros(summary["frames"], dtype=int)
-    y[ANOMALY[0]:ANOMALY[1]] = 1
+    y[ANOMALY[0] : ANOMALY[1]] = 1
     assert roc_auc_score(y, scores_of(scored_template)) > 0.9
     assert summary["segments"], "no anomalous segment reported"
     for seg in summary["segments"]:  # scoring is causal: no segment starts before the anomaly does
@@ -166,12 +168,16 @@ def test_eval_json_matches_sklearn_on_the_stored_scores(scored, labels, tmp_path
     assert res.exit_code == 0, res.output
     out = json.loads(res.stdout)
     y = np.zeros(clips.n_frames, dtype=int)
-    y[ANOMALY[0]:ANOMALY[1]] = 1
+    y[ANOMALY[0] : ANOMALY[1]] = 1
     expected = roc_auc_score(y, scores_of(scored))
     assert out["auroc"] == pytest.approx(expected, abs=1e-12)
     assert out["per_clip_auroc"]["anom.mp4"] == pytest.approx(expected, abs=1e-12)
-    assert (out["frames"], out["anomalous_frames"], out["clips"], out["missing"]) == \
-        (clips.n_frames, ANOMALY[1] - ANOMALY[0], 1, [])
+    assert (out["frames"], out["anomalous_frames"], out["clips"], out["missing"]) == (
+        clips.n_frames,
+        ANOMALY[1] - ANOMALY[0],
+        1,
+        [],
+    )
     # labels of a clip that was never scored are reported as missing, not counted
     more = tmp_path / "more.json"
     more.write_text(json.dumps({"anom.mp4": [list(ANOMALY)], "other.mp4": [[0, 5]]}))
@@ -195,6 +201,7 @@ def test_eval_with_bad_labels_is_a_clean_error(scored, tmp_path):
 
 # -- finding the project ---------------------------------------------------------------------------
 
+
 def test_project_found_by_option_env_var_and_cwd(trained_project, tmp_path, monkeypatch):
     where = str(trained_project.resolve())
     by_option = invoke("status", "--project", trained_project)
@@ -215,6 +222,7 @@ def test_project_found_by_option_env_var_and_cwd(trained_project, tmp_path, monk
 
 
 # -- user errors -----------------------------------------------------------------------------------
+
 
 def test_missing_video_is_a_clean_error(trained_project, tmp_path):
     assert_clean_error(invoke("score", tmp_path / "missing.mp4", "-p", trained_project), match="no such file")
@@ -267,8 +275,7 @@ def test_bad_stage_is_refused(project):
     assert res.exit_code != 0 and "--stage" in res.output and "Traceback" not in res.output
 
 
-def test_busy_project_refuses_a_second_training_and_a_dead_holders_lock_is_taken_over(project, clips,
-                                                                                      monkeypatch):
+def test_busy_project_refuses_a_second_training_and_a_dead_holders_lock_is_taken_over(project, clips, monkeypatch):
     lock = project / "lock"
     lock.write_text(json.dumps({"pid": os.getpid(), "command": "train", "started": 0}))
     monkeypatch.setattr(Project.writing.__wrapped__, "__defaults__", (0.0,))  # do not wait 5 s for it
@@ -288,14 +295,20 @@ def test_busy_project_refuses_a_second_training_and_a_dead_holders_lock_is_taken
 
 def test_errors_from_the_real_console_script_have_no_traceback(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("VIDANOM_")}
-    proc = subprocess.run([sys.executable, "-m", "vidanom", "status", "-p", str(tmp_path)], capture_output=True,
-                          text=True, env=env, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "vidanom", "status", "-p", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr and proc.stderr.strip().count("\n") == 0
     assert proc.stderr.startswith("error: ") and "not a vidanom project" in proc.stderr
 
 
 # -- training: reproducibility and stages ----------------------------------------------------------
+
 
 def test_training_twice_with_the_same_seed_gives_identical_scores(tmp_path, clips, scored_template):
     def train_and_score(name: str, seed: str) -> np.ndarray:
@@ -343,6 +356,7 @@ def test_stage_vae_then_stage_mdn(project, clips):
 
 
 # -- help ------------------------------------------------------------------------------------------
+
 
 def test_every_command_has_an_example_in_its_help():
     group = typer.main.get_command(app)

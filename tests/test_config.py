@@ -8,17 +8,19 @@ import pytest
 import torch
 from conftest import tiny_config
 
-from vidanom.config import (CONFIG_NAME, SCHEMA_VERSION, ProjectConfig, from_dict, read_config, to_dict,
-                            with_overrides)
+from vidanom.config import CONFIG_NAME, SCHEMA_VERSION, ProjectConfig, from_dict, read_config, to_dict, with_overrides
 from vidanom.errors import ConfigError, ProjectError
 from vidanom.project import Project
 from vidanom.vae import BetaVAE
 
 
 def test_round_trip_through_json_restores_every_field():
-    cfg = with_overrides(tiny_config(), frames={"channels": 3, "stride": 2, "motion_lag": 0},
-                         score={"weights": (0.5, 0.25, 2.0, 1.0), "false_alarms": 0.05, "shrink_seconds": 60.0},
-                         train={"lr": 3e-4, "holdout": 0.3, "vae_steps": 50})
+    cfg = with_overrides(
+        tiny_config(),
+        frames={"channels": 3, "stride": 2, "motion_lag": 0},
+        score={"weights": (0.5, 0.25, 2.0, 1.0), "false_alarms": 0.05, "shrink_seconds": 60.0},
+        train={"lr": 3e-4, "holdout": 0.3, "vae_steps": 50},
+    )
     back = from_dict(json.loads(json.dumps(to_dict(cfg))))
     assert back == cfg
     assert isinstance(back.vae.hidden, tuple) and isinstance(back.score.weights, tuple)
@@ -62,8 +64,9 @@ def test_malformed_configs_are_config_errors(data):
         from_dict(data)
 
 
-@pytest.mark.parametrize("section,key,value", [("frames", "width", "wide"), ("vae", "hidden", 5),
-                                               ("score", "weights", 1.0)])
+@pytest.mark.parametrize(
+    "section,key,value", [("frames", "width", "wide"), ("vae", "hidden", 5), ("score", "weights", 1.0)]
+)
 def test_values_of_the_wrong_type_are_config_errors(section, key, value):
     data = to_dict(ProjectConfig())
     data[section][key] = value
@@ -71,12 +74,21 @@ def test_values_of_the_wrong_type_are_config_errors(section, key, value):
         from_dict(data)
 
 
-@pytest.mark.parametrize("section,values", [
-    ("frames", {"channels": 2}), ("frames", {"width": 30}), ("frames", {"stride": 0}),
-    ("frames", {"motion_lag": -1}), ("train", {"holdout": 1.0}), ("train", {"eval_every": 0}),
-    ("score", {"false_alarms": 0.0}), ("score", {"weights": (1.0, 2.0)}), ("frames", {"motion": "flow"}),
-    ("frames", {"motion_blur": 4}),
-])
+@pytest.mark.parametrize(
+    "section,values",
+    [
+        ("frames", {"channels": 2}),
+        ("frames", {"width": 30}),
+        ("frames", {"stride": 0}),
+        ("frames", {"motion_lag": -1}),
+        ("train", {"holdout": 1.0}),
+        ("train", {"eval_every": 0}),
+        ("score", {"false_alarms": 0.0}),
+        ("score", {"weights": (1.0, 2.0)}),
+        ("frames", {"motion": "flow"}),
+        ("frames", {"motion_blur": 4}),
+    ],
+)
 def test_validation_refuses_configs_that_cannot_work(section, values, tmp_path):
     data = to_dict(tiny_config())
     data[section].update(values)
@@ -106,9 +118,12 @@ def test_derived_model_configs_fit_together(channels, lag):
 
 
 def test_a_config_of_the_first_schema_is_read_in_todays_terms():
-    old = {"schema_version": 1, "frames": {"width": 64, "height": 64},
-           "train": {"vae_epochs": 8, "mdn_epochs": 8, "val_fraction": 0.15, "seed": 3},
-           "score": {"threshold_quantile": 0.99, "weights": [1.0, 0.25, 0.1]}}
+    old = {
+        "schema_version": 1,
+        "frames": {"width": 64, "height": 64},
+        "train": {"vae_epochs": 8, "mdn_epochs": 8, "val_fraction": 0.15, "seed": 3},
+        "score": {"threshold_quantile": 0.99, "weights": [1.0, 0.25, 0.1]},
+    }
     cfg = from_dict(old)
     assert cfg.schema_version == SCHEMA_VERSION == 2
     assert cfg.frames.width == 64 and cfg.train.seed == 3 and cfg.train.vae_steps == ProjectConfig().train.vae_steps

@@ -28,11 +28,12 @@ def test_to_input_against_a_direct_computation(frames, lag):
 @pytest.mark.parametrize("lag", [0, 2])
 def test_to_input_with_context_continues_a_clip(frames, lag):
     whole = to_input(torch.from_numpy(frames), lag)
-    ctx = torch.from_numpy(frames[5 - lag:5]) if lag else None
+    ctx = torch.from_numpy(frames[5 - lag : 5]) if lag else None
     torch.testing.assert_close(to_input(torch.from_numpy(frames[5:]), lag, ctx), whole[5:])
 
 
 # -- motion scaled by the time a difference spans ----------------------------------------------------
+
 
 def test_motion_scale_by_hand():
     # ref 0.04 s: the usual gap → 1; 2.5× longer → 0.4; 25× longer → at most 8-fold down; shorter or zero → 1
@@ -47,8 +48,9 @@ def test_to_input_scales_each_difference_by_its_gap(frames):
     scaled = to_input(torch.from_numpy(frames), 1, gaps=gaps, ref_dt=0.04)
     by_hand = np.minimum(1.0, np.maximum(1 / 8, 0.04 / np.maximum(gaps, 1e-12)))  # (1, 1, .5, .2, 1, .125...)
     torch.testing.assert_close(scaled[:, :3], plain[:, :3])  # the frame itself is untouched
-    np.testing.assert_allclose(scaled[:, 3:].numpy(), plain[:, 3:].numpy() * by_hand[:, None, None, None],
-                               rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(
+        scaled[:, 3:].numpy(), plain[:, 3:].numpy() * by_hand[:, None, None, None], rtol=1e-6, atol=1e-7
+    )
     assert not np.allclose(scaled[3, 3:].numpy(), plain[3, 3:].numpy())
     # without a reference interval (or without gaps) nothing changes
     torch.testing.assert_close(to_input(torch.from_numpy(frames), 1, gaps=gaps), plain)
@@ -119,7 +121,7 @@ def test_the_magnitude_plane_is_the_local_mean_absolute_difference_times_the_gai
     ref = np.zeros_like(diff)
     for r in range(h):  # the mean over the 3x3 pixels around each that lie inside the frame
         for c in range(w):
-            ref[:, :, r, c] = diff[:, :, max(0, r - 1):r + 2, max(0, c - 1):c + 2].mean((2, 3))
+            ref[:, :, r, c] = diff[:, :, max(0, r - 1) : r + 2, max(0, c - 1) : c + 2].mean((2, 3))
     np.testing.assert_allclose(x[:, 3:].numpy(), 8.0 * ref, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(x[:, :3].numpy(), f, rtol=1e-6)
     assert plane.range == (0.0, 8.0) and MotionPlane(gain=2.0).range == (-2.0, 2.0)

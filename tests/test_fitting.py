@@ -36,7 +36,9 @@ def test_a_short_clip_gets_the_whole_step_budget(monkeypatch):
     split = Split.blocks([20], [25.0], 0.2, 5.0)
     stats = fit_vae(vae, [clip], split, cfg, torch.device("cpu"))
     assert stats["steps"] == 30 and len(drawn) == 30
-    assert split.index(held=True).size and not set(map(tuple, split.index(held=True))) & set(map(tuple, split.train_index()))
+    assert split.index(held=True).size and not set(map(tuple, split.index(held=True))) & set(
+        map(tuple, split.train_index())
+    )
 
 
 def test_training_stops_early_and_keeps_the_best_weights(monkeypatch):
@@ -102,6 +104,7 @@ def test_train_reports_psnr_and_false_alarms_and_warns_about_short_footage(proje
 
 def test_a_long_enough_recording_trains_without_the_short_footage_warning(tmp_path, clips, monkeypatch):
     from vidanom import calibration
+
     monkeypatch.setattr(calibration, "MIN_SECONDS", 5.0)  # 8 s of footage is then enough
     root = make_project(tmp_path / "p")
     res = invoke("train", clips.folder, "--steps", "8", *CPU, "-p", root)

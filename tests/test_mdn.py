@@ -116,8 +116,9 @@ def test_state_carried_over_two_chunks_equals_one_pass():
 @pytest.mark.parametrize("delta,residual", [(True, True), (True, False), (False, True), (False, False)])
 def test_inputs_and_means_as_configured(delta, residual):
     torch.manual_seed(1)
-    mdn = LSTMMDN(MDNConfig(latent_dim=3, cells=6, hidden=12, mixtures=4, cell_embedding=5, delta=delta,
-                            residual=residual)).eval()
+    mdn = LSTMMDN(
+        MDNConfig(latent_dim=3, cells=6, hidden=12, mixtures=4, cell_embedding=5, delta=delta, residual=residual)
+    ).eval()
     assert mdn.lstm.input_size == 3 * (2 if delta else 1) + 5
     with torch.no_grad():
         mdn.head.weight.zero_()

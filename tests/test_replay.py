@@ -10,8 +10,18 @@ import torch
 
 from vidanom.config import FrameConfig, ProjectConfig, TrainConfig, VAEOptions
 from vidanom.data import Split
-from vidanom.replay import (EWCPenalty, LatentPrior, PriorReplay, ReplayDistillation, carry_prior, fisher_diagonal,
-                            fit_gaussian, gaussian_kl, new_batch_size, replay_share)
+from vidanom.replay import (
+    EWCPenalty,
+    LatentPrior,
+    PriorReplay,
+    ReplayDistillation,
+    carry_prior,
+    fisher_diagonal,
+    fit_gaussian,
+    gaussian_kl,
+    new_batch_size,
+    replay_share,
+)
 from vidanom.fitting import fit_vae
 from vidanom.vae import BetaVAE, vae_loss
 
@@ -19,9 +29,11 @@ BATCH = 8
 
 
 def tiny_config() -> ProjectConfig:
-    return ProjectConfig(frames=FrameConfig(width=8, height=8, channels=1, motion_lag=0),
-                         vae=VAEOptions(hidden=(4, 4), latent_channels=2, beta=0.5),
-                         train=TrainConfig(batch_size=BATCH, seed=3))
+    return ProjectConfig(
+        frames=FrameConfig(width=8, height=8, channels=1, motion_lag=0),
+        vae=VAEOptions(hidden=(4, 4), latent_channels=2, beta=0.5),
+        train=TrainConfig(batch_size=BATCH, seed=3),
+    )
 
 
 def tiny_vae(seed: int = 0) -> BetaVAE:
@@ -50,8 +62,16 @@ def test_replay_takes_its_share_of_every_fit_vae_batch(old_scenes: int) -> None:
     new.register_forward_pre_hook(lambda m, args: seen.append(args[0].detach().clone()) if m.training else None)
     frames = np.random.default_rng(0).integers(0, 256, (5 * BATCH, 8, 8, 1), dtype=np.uint8)
     share = replay_share(old_scenes)
-    fit_vae(new, [frames], Split.none([len(frames)]), tiny_config(),
-            torch.device("cpu"), extra=replay, extra_share=share, steps=5)
+    fit_vae(
+        new,
+        [frames],
+        Split.none([len(frames)]),
+        tiny_config(),
+        torch.device("cpu"),
+        extra=replay,
+        extra_share=share,
+        steps=5,
+    )
     assert len(seen) == len(replay.given) == 5
     for x, r in zip(seen, replay.given):
         assert x.shape[0] == BATCH + r.shape[0]
@@ -170,8 +190,8 @@ def test_fisher_diagonal_matches_per_sample_backward() -> None:
     by_hand = {k: torch.zeros_like(p) for k, p in vae.named_parameters()}
     for i in range(len(x)):  # one image at a time: the square of its own gradient
         vae.zero_grad()
-        recon, mu, logvar = vae(x[i:i + 1], sample=False)
-        vae_loss(x[i:i + 1], recon, mu, logvar, 0.5)[0].backward()
+        recon, mu, logvar = vae(x[i : i + 1], sample=False)
+        vae_loss(x[i : i + 1], recon, mu, logvar, 0.5)[0].backward()
         for k, p in vae.named_parameters():
             by_hand[k] += p.grad.pow(2) / len(x)
     assert set(fisher) == set(by_hand)
@@ -234,8 +254,9 @@ def test_gaussian_kl_matches_torch_distributions() -> None:
     g = torch.Generator().manual_seed(0)
     mu, mu_ref = torch.randn(3, 2, 2, 2, generator=g), torch.randn(3, 2, 2, 2, generator=g)
     lv, lv_ref = torch.randn(3, 2, 2, 2, generator=g), torch.randn(3, 2, 2, 2, generator=g)
-    ref = torch.distributions.kl_divergence(torch.distributions.Normal(mu, (0.5 * lv).exp()),
-                                            torch.distributions.Normal(mu_ref, (0.5 * lv_ref).exp()))
+    ref = torch.distributions.kl_divergence(
+        torch.distributions.Normal(mu, (0.5 * lv).exp()), torch.distributions.Normal(mu_ref, (0.5 * lv_ref).exp())
+    )
     torch.testing.assert_close(gaussian_kl(mu, lv, mu_ref, lv_ref), ref.flatten(1).sum(1))
 
 

@@ -72,19 +72,28 @@ def test_report_shows_totals_model_events_and_clips(scored, tmp_path):
     assert len(rows) == len(segs)
     text = " ".join(page.text)
     version = json.loads((scored / "models" / "v0001" / "version.json").read_text())
-    for shown in ("clips scored", "events", "v0001", f"{version['threshold']:.2f}",
-                  f"{100 * version['expected_false_alarms']:.1f}%", "default", clock(segs[0]["start_time"])):
+    for shown in (
+        "clips scored",
+        "events",
+        "v0001",
+        f"{version['threshold']:.2f}",
+        f"{100 * version['expected_false_alarms']:.1f}%",
+        "default",
+        clock(segs[0]["start_time"]),
+    ):
         assert shown in text, shown
     thumbs = [a["src"] for a in page.all("img") if "/thumbs/" in a["src"]]
     assert len(thumbs) == len(segs) and all((out / t).is_file() for t in thumbs)
-    assert [a["src"] for a in page.all("img", **{"class": "timeline"})] == \
-        [f"assets/timelines/{p.name}" for p in (out / "assets" / "timelines").iterdir()]
+    assert [a["src"] for a in page.all("img", **{"class": "timeline"})] == [
+        f"assets/timelines/{p.name}" for p in (out / "assets" / "timelines").iterdir()
+    ]
     assert (out / "assets" / "report.js").is_file() and (out / "assets" / "report.css").is_file()
     assert not page.all("video")  # no annotated video made yet, and none asked for
 
 
 def test_thumbnail_is_the_peak_frame_at_full_resolution_with_its_heatmap(scored, tmp_path):
     from PIL import Image
+
     out = tmp_path / "report"
     r = report(scored, out)
     assert r.events == len(segments_of(scored)["anom.mp4"]) and r.made["thumbs"] == r.events

@@ -23,16 +23,27 @@ from vidanom.project import Project
 from vidanom.report import build_report
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome")
-FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync", "--hide-scrollbars")
+FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--hide-scrollbars",
+)
 
 
 def _browser() -> str | None:
     return next((path for path in map(shutil.which, BROWSERS) if path), None)
 
 
-pytestmark = pytest.mark.skipif(_browser() is None, reason="Chromium is not installed: 'apt-get install chromium' "
-                                                          "(.ci/run does it where apt is available)")
+pytestmark = pytest.mark.skipif(
+    _browser() is None,
+    reason="Chromium is not installed: 'apt-get install chromium' (.ci/run does it where apt is available)",
+)
 
 
 def browse(page: Path, profile: Path, *args: str, fragment: str = "") -> str:
@@ -51,6 +62,7 @@ def dom(page: Path, profile: Path, fragment: str = "") -> str:
 
 def screenshot(page: Path, profile: Path, png: Path) -> np.ndarray:
     from PIL import Image
+
     browse(page, profile, "--virtual-time-budget=5000", f"--screenshot={png}", "--window-size=1400,2000")
     return np.asarray(Image.open(png).convert("RGB"))
 
@@ -128,8 +140,17 @@ def test_a_thousand_events_load_in_seconds_and_sort(trained_project_template, tm
     summary_path = root / "scores" / "long.mp4.json"
     summary = json.loads(summary_path.read_text())
     scores = np.random.default_rng(0).uniform(3, 30, 1000)
-    summary["segments"] = [{"start_frame": i, "end_frame": i + 1, "start_time": i / 25, "end_time": (i + 1) / 25,
-                            "peak_frame": i, "peak_score": float(s)} for i, s in enumerate(scores)]
+    summary["segments"] = [
+        {
+            "start_frame": i,
+            "end_frame": i + 1,
+            "start_time": i / 25,
+            "end_time": (i + 1) / 25,
+            "peak_frame": i,
+            "peak_score": float(s),
+        }
+        for i, s in enumerate(scores)
+    ]
     summary_path.write_text(json.dumps(summary))
     out = tmp_path / "report"
     t0 = time.monotonic()

@@ -67,8 +67,9 @@ def write_audio(path: Path, codec: str) -> Path:
     with av.open(str(path), "w") as out:
         stream = out.add_stream(codec, rate=44100)
         t = np.arange(22050) / 44100
-        frame = av.AudioFrame.from_ndarray((0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)[None],
-                                           format="fltp", layout="mono")
+        frame = av.AudioFrame.from_ndarray(
+            (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)[None], format="fltp", layout="mono"
+        )
         frame.sample_rate = 44100
         out.mux(stream.encode(frame))
         out.mux(stream.encode())
@@ -86,8 +87,11 @@ def write_empty_video(path: Path) -> Path:
 
 
 def digest(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha1(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha1(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 # -- bad input: one line, exit 2 -------------------------------------------------------------------
@@ -130,10 +134,13 @@ def test_bad_input_is_a_one_line_error(trained_project_template, bad_inputs, cas
 
 def test_bad_input_to_train_and_update_leaves_the_model_alone(trained_project, bad_inputs):
     before = digest(trained_project / "models")
-    assert_clean_error(invoke("train", bad_inputs / "text.mp4", "--steps", "8", *CPU, "-p", trained_project),
-                       match="cannot read")
-    assert_clean_error(invoke("update", write_audio(bad_inputs / "u.m4a", "aac"), "--steps", "8", *CPU,
-                              "-p", trained_project), match="only audio")
+    assert_clean_error(
+        invoke("train", bad_inputs / "text.mp4", "--steps", "8", *CPU, "-p", trained_project), match="cannot read"
+    )
+    assert_clean_error(
+        invoke("update", write_audio(bad_inputs / "u.m4a", "aac"), "--steps", "8", *CPU, "-p", trained_project),
+        match="only audio",
+    )
     assert digest(trained_project / "models") == before
 
 
@@ -182,8 +189,16 @@ def test_frames_of_other_sizes_and_channels_are_converted(trained_project, tmp_p
     mixed = tmp_path / "mixed"
     mixed.mkdir()
     rng = np.random.default_rng(0)
-    for i, (size, mode) in enumerate([((64, 48), "RGB"), ((100, 37), "L"), ((17, 90), "RGBA"),
-                                      ((64, 48), "LA"), ((33, 33), "P"), ((200, 150), "I;16")]):
+    for i, (size, mode) in enumerate(
+        [
+            ((64, 48), "RGB"),
+            ((100, 37), "L"),
+            ((17, 90), "RGBA"),
+            ((64, 48), "LA"),
+            ((33, 33), "P"),
+            ((200, 150), "I;16"),
+        ]
+    ):
         arr = rng.integers(0, 255, (size[1], size[0], len(mode) if mode in ("RGB", "RGBA", "LA") else 1))
         img = Image.fromarray(arr.astype(np.uint8).squeeze(-1) if arr.shape[-1] == 1 else arr.astype(np.uint8))
         img.convert(mode).save(mixed / f"f{i:02d}.png")
@@ -210,6 +225,7 @@ def test_unreadable_images_in_a_folder_are_skipped_with_a_warning(trained_projec
 
 
 # -- damaged projects --------------------------------------------------------------------------------
+
 
 class _Exploit:
     """Unpickling this runs a shell command: what a malicious 'checkpoint' would do."""
@@ -276,16 +292,20 @@ def test_stored_scores_that_do_not_match_are_a_clean_error(scored, tmp_path):
 
 # -- labels ----------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("content,match", [
-    ("{not json", "cannot read labels"),
-    (json.dumps([[0, 1]]), "must map clip names"),
-    (json.dumps({"anom.mp4": [[1, 2, 3]]}), "[start, end] pairs"),
-    (json.dumps({"anom.mp4": [["a", "b"]]}), "[start, end] pairs"),
-    (json.dumps({"anom.mp4": 5}), "[start, end] pairs"),
-    (json.dumps({"anom.mp4": [[-3, 2]]}), "outside"),
-    (json.dumps({"anom.mp4": [[10, 5]]}), "outside"),
-    (json.dumps({"anom.mp4": [[48, 50]]}), "outside"),
-])
+
+@pytest.mark.parametrize(
+    "content,match",
+    [
+        ("{not json", "cannot read labels"),
+        (json.dumps([[0, 1]]), "must map clip names"),
+        (json.dumps({"anom.mp4": [[1, 2, 3]]}), "[start, end] pairs"),
+        (json.dumps({"anom.mp4": [["a", "b"]]}), "[start, end] pairs"),
+        (json.dumps({"anom.mp4": 5}), "[start, end] pairs"),
+        (json.dumps({"anom.mp4": [[-3, 2]]}), "outside"),
+        (json.dumps({"anom.mp4": [[10, 5]]}), "outside"),
+        (json.dumps({"anom.mp4": [[48, 50]]}), "outside"),
+    ],
+)
 def test_bad_labels_for_plot_are_clean_errors(scored, tmp_path, content, match):
     labels = tmp_path / "labels.json"
     labels.write_text(content)
@@ -299,17 +319,21 @@ def test_labels_path_that_is_missing_or_a_folder(scored, tmp_path):
 
 # -- errors the library did not foresee --------------------------------------------------------------
 
+
 def test_unexpected_exception_is_one_line_and_debug_shows_the_traceback(scored, clips, monkeypatch):
     def broken(*args, **kwargs):
         raise ValueError("shapes do not match\nsecond line")
 
     monkeypatch.setattr(results, "score_clip", broken)
-    line = assert_clean_error(invoke("score", clips.anomalous, "-p", scored), exit_code=1,
-                              match="unexpected ValueError")
+    line = assert_clean_error(
+        invoke("score", clips.anomalous, "-p", scored), exit_code=1, match="unexpected ValueError"
+    )
     assert "second line" in line and "--debug" in line
     res = invoke("--debug", "score", clips.anomalous, "-p", scored)
     assert isinstance(res.exception, ValueError)
-    assert "VIDANOM_DEBUG" not in os.environ  # --debug is an option of this command, not of the process  # the traceback is there for whoever asks
+    assert (
+        "VIDANOM_DEBUG" not in os.environ
+    )  # --debug is an option of this command, not of the process  # the traceback is there for whoever asks
     assert not (scored / "lock").exists()
 
 
@@ -328,6 +352,7 @@ def test_disk_full_is_a_clean_error_and_leaves_old_files(scored, clips, monkeypa
 def test_a_write_never_goes_straight_to_its_final_name(scored, clips, tmp_path, monkeypatch):
     """Every file the commands write is a temporary one beside its target, renamed into place."""
     import builtins
+
     real_open, written = builtins.open, []
 
     def spy(file, mode="r", *args, **kwargs):
@@ -337,8 +362,12 @@ def test_a_write_never_goes_straight_to_its_final_name(scored, clips, tmp_path, 
 
     with monkeypatch.context() as m:
         m.setattr(builtins, "open", spy)
-        for cmd in (("extract", clips.frames_dir), ("train", "--stage", "mdn", "--steps", "8", *CPU),
-                    ("score", clips.anomalous, *CPU), ("plot", "anom.mp4")):
+        for cmd in (
+            ("extract", clips.frames_dir),
+            ("train", "--stage", "mdn", "--steps", "8", *CPU),
+            ("score", clips.anomalous, *CPU),
+            ("plot", "anom.mp4"),
+        ):
             res = invoke(*cmd, "-p", scored)
             assert res.exit_code == 0, res.output
     assert len(written) > 10
@@ -348,6 +377,7 @@ def test_a_write_never_goes_straight_to_its_final_name(scored, clips, tmp_path, 
 
 
 # -- the write lock ------------------------------------------------------------------------------------
+
 
 @pytest.fixture
 def no_lock_wait(monkeypatch):
@@ -361,8 +391,13 @@ def test_readers_and_scorers_ignore_the_lock_and_trainers_are_refused_by_name(sc
         (scored / "lock").write_text(json.dumps({"pid": sleeper.pid, "command": "train", "started": time.time()}))
         labels = tmp_path / "labels.json"
         labels.write_text(json.dumps({"anom.mp4": [list(ANOMALY)]}))
-        for cmd in (("status",), ("plot", "anom.mp4", "--labels", labels), ("eval", labels, "--json"),
-                    ("score", clips.anomalous, *CPU), ("extract", clips.normal_b)):  # while a model trains
+        for cmd in (
+            ("status",),
+            ("plot", "anom.mp4", "--labels", labels),
+            ("eval", labels, "--json"),
+            ("score", clips.anomalous, *CPU),
+            ("extract", clips.normal_b),
+        ):  # while a model trains
             res = invoke(*cmd, "-p", scored)
             assert res.exit_code == 0, res.output
         for cmd in (("update", clips.normal_a, *CPU), ("train", *CPU)):
@@ -396,15 +431,21 @@ def test_a_writer_clears_what_killed_writers_left_behind(scored, clips):
     partial.mkdir()
     (models / f".staging-{dead.pid}").mkdir()
     (models / f".staging-{dead.pid}" / "vae.pt").write_bytes(b"half")
-    leftovers = [partial / ".vae.pt.x1y2.tmp", scored / "cache" / f".clip.u8.{dead.pid}.ab12cd34.tmp",
-                 models / ".current.q.tmp", scored / f".lock.{dead.pid}.tmp",
-                 scored / "scores" / f".anom.mp4.csv.{dead.pid}.0123abcd.tmp"]
+    leftovers = [
+        partial / ".vae.pt.x1y2.tmp",
+        scored / "cache" / f".clip.u8.{dead.pid}.ab12cd34.tmp",
+        models / ".current.q.tmp",
+        scored / f".lock.{dead.pid}.tmp",
+        scored / "scores" / f".anom.mp4.csv.{dead.pid}.0123abcd.tmp",
+    ]
     for p in leftovers:
         p.write_bytes(b"half a file")
     writer = subprocess.Popen(["sleep", "60"])  # scoring and extracting take no lock: their files are theirs
     try:
-        busy = [scored / "scores" / f".anom.mp4.png.{writer.pid}.0a1b2c3d.tmp",
-                scored / "cache" / f".clip2.u8.{writer.pid}.99aa88bb.tmp"]
+        busy = [
+            scored / "scores" / f".anom.mp4.png.{writer.pid}.0a1b2c3d.tmp",
+            scored / "cache" / f".clip2.u8.{writer.pid}.99aa88bb.tmp",
+        ]
         for p in busy:
             p.write_bytes(b"")
         res = invoke("train", "--steps", "4", *CPU, "-p", scored)
@@ -418,8 +459,10 @@ def test_a_writer_clears_what_killed_writers_left_behind(scored, clips):
 
 # -- decoding has a time limit -------------------------------------------------------------------------
 
+
 def test_decoding_that_stalls_is_stopped_by_the_time_limit(trained_project, clips, monkeypatch):
     from vidanom import video
+
     cfg = to_dict(tiny_config(frames={"decode_timeout": 0.2}))
     (trained_project / CONFIG_NAME).write_text(json.dumps(cfg))
     real, calls, slow_after = video._Scaler.__call__, [0], [10]
@@ -438,17 +481,18 @@ def test_decoding_that_stalls_is_stopped_by_the_time_limit(trained_project, clip
     assert "decoding stopped after 10 frames" in warning and "no frame decoded in 0.2 s" in warning
     assert json.loads((trained_project / "scores" / "anom.mp4.json").read_text())["frames"] == 10
     calls[0], slow_after[0] = 0, 0
-    assert_clean_error(invoke("score", clips.normal_a, *CPU, "-p", trained_project),
-                       match="no frame decoded in 0.2 s")
+    assert_clean_error(invoke("score", clips.normal_a, *CPU, "-p", trained_project), match="no frame decoded in 0.2 s")
     assert time.monotonic() - t0 < 10
 
 
 # -- Ctrl-C: a checkpoint, then --resume ---------------------------------------------------------------
 
+
 def interrupt_at(monkeypatch, stage: str, step: int) -> None:
     """Send this process a real SIGINT while a stage ('vae': the β-VAE, 'mdn': the LSTM-MDN) draws the
     batch of optimiser step `step`, as a user pressing Ctrl-C would."""
     from vidanom import fitting
+
     name = {"vae": "sample_batch", "mdn": "window_batch"}[stage]
     real, calls = getattr(fitting, name), [-1 if stage == "mdn" else 0]  # the LSTM-MDN first draws its held-out windows
 
@@ -467,8 +511,10 @@ def fitted_steps(path: Path) -> int:
 
 def model_tensors(version: Path) -> dict[str, torch.Tensor]:
     detector = Detector.load(version)
-    return {**{f"vae:{k}": v for k, v in detector.vae.state_dict().items()},
-            **{f"mdn:{k}": v for k, v in detector.mdn.state_dict().items()}}
+    return {
+        **{f"vae:{k}": v for k, v in detector.vae.state_dict().items()},
+        **{f"mdn:{k}": v for k, v in detector.mdn.state_dict().items()},
+    }
 
 
 def assert_same_model(a: Path, b: Path) -> None:
@@ -481,7 +527,8 @@ def assert_same_model(a: Path, b: Path) -> None:
 
 
 def test_ctrl_c_during_train_saves_a_checkpoint_and_resume_finishes_the_same_model(
-        trained_project, tmp_path, monkeypatch):
+    trained_project, tmp_path, monkeypatch
+):
     reference = tmp_path / "reference"
     shutil.copytree(trained_project, reference)
     args = ("--steps", "16", "--seed", "0", *CPU)
@@ -537,10 +584,12 @@ def test_ctrl_c_during_update_resumes_with_update_only(trained_project, scene_b,
     part = trained_project / "models" / ".partial"
     assert fitted_steps(part / "vae.pt") == 8 and fitted_steps(part / "mdn.pt") == 1
     # resuming it as another run would mix two runs' checkpoints: refused, and nothing is lost
-    assert_clean_error(invoke("train", "--resume", "--steps", "8", *CPU, "-p", trained_project),
-                       match="interrupted run")
-    assert_clean_error(invoke("update", *args, "--strategy", "finetune", "--resume", "-p", trained_project),
-                       match="same command")
+    assert_clean_error(
+        invoke("train", "--resume", "--steps", "8", *CPU, "-p", trained_project), match="interrupted run"
+    )
+    assert_clean_error(
+        invoke("update", *args, "--strategy", "finetune", "--resume", "-p", trained_project), match="same command"
+    )
     assert (part / "mdn.pt").exists()
     assert_resume_matches_uninterrupted(trained_project, reference, scene_b, args)
     info = json.loads((trained_project / "models" / "v0002" / "version.json").read_text())
@@ -558,6 +607,7 @@ def test_ctrl_c_amid_a_replayed_update_resumes_to_the_same_model(trained_project
 
 
 # -- SIGKILL at any moment: the previous model stays, the project stays consistent ---------------------
+
 
 def check_consistent(root: Path, clips: Clips, v1: dict[str, str]) -> str:
     """status and score work, on the current version, which is complete; v0001 is untouched."""
@@ -590,8 +640,12 @@ def test_sigkill_at_any_moment_of_train_loses_nothing(scored, clips, tmp_path, n
     }
     env = {k: v for k, v in os.environ.items() if not k.startswith("VIDANOM_")}
     env["OMP_NUM_THREADS"] = "1"
-    proc = subprocess.Popen([sys.executable, "-m", "vidanom", "train", "--steps", "24", *CPU, "-p", str(scored)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vidanom", "train", "--steps", "24", *CPU, "-p", str(scored)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
     snapshots = []
     try:
         deadline = time.monotonic() + 300
@@ -606,8 +660,12 @@ def test_sigkill_at_any_moment_of_train_loses_nothing(scored, clips, tmp_path, n
                 break
             snapshots.append(shutil.copytree(scored, tmp_path / name, symlinks=True))
             if name == "mid-vae":  # training is under way: reading and scoring work, a second training is refused
-                for cmd in (("status",), ("plot", "anom.mp4", "--labels", labels), ("eval", labels),
-                            ("score", clips.anomalous, *CPU)):
+                for cmd in (
+                    ("status",),
+                    ("plot", "anom.mp4", "--labels", labels),
+                    ("eval", labels),
+                    ("score", clips.anomalous, *CPU),
+                ):
                     res = invoke(*cmd, "-p", scored)
                     assert res.exit_code == 0, res.output
                 line = assert_clean_error(invoke("train", "--steps", "4", *CPU, "-p", scored), exit_code=3)
@@ -633,6 +691,7 @@ def test_sigkill_at_any_moment_of_train_loses_nothing(scored, clips, tmp_path, n
 
 # -- fuzz: random bytes, truncated and bit-flipped videos -------------------------------------------------
 
+
 def fuzz_cases(seeds: list[bytes], n: int, rng: random.Random):
     """n (kind, bytes, suffix) cases: random bytes, and real clips truncated, bit-flipped or both."""
     suffixes = [".mp4", ".mkv", ".avi", ".ts", ".mov"]
@@ -656,12 +715,14 @@ def fuzz_cases(seeds: list[bytes], n: int, rng: random.Random):
 
 def test_fuzz_score_either_scores_or_fails_cleanly(scored_template, tmp_path, monkeypatch):
     frames, _ = square_frames(16, 4, 20, 2.0, 8)
-    seeds = [write_video(tmp_path / "s.mp4", frames).read_bytes(),
-             write_with(tmp_path / "s_fast.mp4", frames, {"movflags": "faststart"}).read_bytes(),
-             write_video(tmp_path / "s.mkv", frames).read_bytes(),
-             write_video(tmp_path / "s.avi", frames).read_bytes(),
-             write_video(tmp_path / "s.ts", frames, codec="libx264").read_bytes(),
-             write_video(tmp_path / "s2.ts", frames).read_bytes()]  # flipped, it once crashed PyAV's demuxer
+    seeds = [
+        write_video(tmp_path / "s.mp4", frames).read_bytes(),
+        write_with(tmp_path / "s_fast.mp4", frames, {"movflags": "faststart"}).read_bytes(),
+        write_video(tmp_path / "s.mkv", frames).read_bytes(),
+        write_video(tmp_path / "s.avi", frames).read_bytes(),
+        write_video(tmp_path / "s.ts", frames, codec="libx264").read_bytes(),
+        write_video(tmp_path / "s2.ts", frames).read_bytes(),
+    ]  # flipped, it once crashed PyAV's demuxer
     root = tmp_path / "proj"
     shutil.copytree(scored_template, root)
     project = Project.open(root)

@@ -37,8 +37,10 @@ REPO = Path(__file__).resolve().parents[1]
 SYSTEM_PYTHON = "/usr/bin/python3"
 SERVER = Path(__file__).with_name("rtsp_server.py")
 KEYS = ("start_frame", "end_frame", "peak_frame")
-INSTALL = ("apt-get install gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good "
-           "gstreamer1.0-plugins-bad python3-gi")
+INSTALL = (
+    "apt-get install gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good "
+    "gstreamer1.0-plugins-bad python3-gi"
+)
 
 
 def _server_env() -> dict[str, str]:
@@ -51,8 +53,9 @@ def gstreamer() -> None:
     """Skip where GStreamer's RTSP server cannot run."""
     if not Path(SYSTEM_PYTHON).exists():
         pytest.skip(f"no {SYSTEM_PYTHON} to run GStreamer's RTSP server ({INSTALL})")
-    probe = subprocess.run([SYSTEM_PYTHON, str(SERVER), "--check"], capture_output=True, text=True, timeout=60,
-                           env=_server_env())
+    probe = subprocess.run(
+        [SYSTEM_PYTHON, str(SERVER), "--check"], capture_output=True, text=True, timeout=60, env=_server_env()
+    )
     if probe.returncode != 0:
         why = (probe.stderr.strip().splitlines() or ["?"])[-1]
         pytest.skip(f"{why}; to run the RTSP tests: {INSTALL}")
@@ -72,8 +75,13 @@ class RtspServer:
 
     def start(self) -> None:
         args = [SYSTEM_PYTHON, str(SERVER), str(self.clip), "--port", str(self.port)]
-        self.proc = subprocess.Popen(args + (["--udp-only"] if self.udp_only else []), stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True, env=_server_env())
+        self.proc = subprocess.Popen(
+            args + (["--udp-only"] if self.udp_only else []),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=_server_env(),
+        )
         line = _line(self.proc, self.proc.stdout, 30)
         assert line.startswith("ready "), line
         self.port = int(line.split()[1])
@@ -181,8 +189,9 @@ def test_watch_over_rtsp_falls_back_to_udp(rtsp, project, h264, segments):
     with pytest.raises(VideoError, match="cannot open"):  # the user's choice of transport is kept
         watch(project, server.url, WatchOptions(input_options={"rtsp_transport": "tcp"}), device=CPU)
     events: list[dict] = []
-    status = watch(project, server.url, WatchOptions(max_latency=30.0, reconnect=False), on_event=events.append,
-                   device=CPU)
+    status = watch(
+        project, server.url, WatchOptions(max_latency=30.0, reconnect=False), on_event=events.append, device=CPU
+    )
     assert status.frames == 48 and status.gaps == 0
     assert_found(events, segments)
 
@@ -192,8 +201,15 @@ def test_watch_reconnects_when_the_server_restarts(rtsp, project, h264_twice, se
     events: list[dict] = []
     gaps: list[dict] = []
     states: list[str] = []
-    watcher = Watcher(project, server.url, WatchOptions(max_latency=30.0, backoff=(0.5, 4.0)), device=CPU,
-                      on_event=events.append, on_gap=gaps.append, on_status=lambda s: states.append(s.state))
+    watcher = Watcher(
+        project,
+        server.url,
+        WatchOptions(max_latency=30.0, backoff=(0.5, 4.0)),
+        device=CPU,
+        on_event=events.append,
+        on_gap=gaps.append,
+        on_status=lambda s: states.append(s.state),
+    )
     outcome: dict = {}
     thread = threading.Thread(target=lambda: outcome.update(status=watcher.run()), daemon=True)
     thread.start()
@@ -223,9 +239,25 @@ def test_cli_prints_the_gap_and_ctrl_c_ends_it_while_reconnecting(rtsp, project,
     server = rtsp(h264)
     env = {k: v for k, v in os.environ.items() if not k.startswith("VIDANOM_")}
     env.update(PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
-    proc = subprocess.Popen([sys.executable, "-m", "vidanom", "watch", server.url, "--max-latency", "30",
-                             "--device", "cpu", "-p", str(project.root)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "vidanom",
+            "watch",
+            server.url,
+            "--max-latency",
+            "30",
+            "--device",
+            "cpu",
+            "-p",
+            str(project.root),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     try:
         assert _line(proc, proc.stderr, 60).startswith("watching ")
         lines = [json.loads(_line(proc, proc.stdout, 30)) for _ in range(2)]  # the event, then the gap
@@ -252,8 +284,14 @@ def test_a_stalled_stream_is_reconnected(rtsp, tmp_path, trained_project_templat
     server = rtsp(h264_twice)
     gaps: list[dict] = []
     reasons: list[str] = []
-    watcher = Watcher(Project.open(root), server.url, WatchOptions(max_latency=30.0, backoff=(0.2, 1.0)),
-                      device=CPU, on_gap=gaps.append, on_status=lambda s: reasons.append(s.reason))
+    watcher = Watcher(
+        Project.open(root),
+        server.url,
+        WatchOptions(max_latency=30.0, backoff=(0.2, 1.0)),
+        device=CPU,
+        on_gap=gaps.append,
+        on_status=lambda s: reasons.append(s.reason),
+    )
     thread = threading.Thread(target=watcher.run, daemon=True)
     thread.start()
     try:

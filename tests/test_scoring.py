@@ -10,8 +10,19 @@ from vidanom import fitting
 from vidanom.mdn import LSTMMDN, MDNConfig, mdn_nll
 from vidanom.config import ScoreConfig
 from vidanom.calibration import Calibration
-from vidanom.scoring import (STILL_MARGIN, CausalMean, combine, components, iter_scores, Maps, pick_scene, scene_of, Scorer,
-                           segments, standardise)
+from vidanom.scoring import (
+    STILL_MARGIN,
+    CausalMean,
+    combine,
+    components,
+    iter_scores,
+    Maps,
+    pick_scene,
+    scene_of,
+    Scorer,
+    segments,
+    standardise,
+)
 from vidanom.vae import BetaVAE, VAEConfig, error_map, kl_map
 
 LAG = 2
@@ -19,7 +30,7 @@ N = 30
 
 
 def causal_mean_reference(x: np.ndarray, window: int) -> np.ndarray:
-    return np.array([x[max(0, t - window + 1):t + 1].mean() for t in range(len(x))])
+    return np.array([x[max(0, t - window + 1) : t + 1].mean() for t in range(len(x))])
 
 
 def feed(fn, x: torch.Tensor, sizes: list[int]) -> torch.Tensor:
@@ -29,6 +40,7 @@ def feed(fn, x: torch.Tensor, sizes: list[int]) -> torch.Tensor:
 
 
 # -- CausalMean ------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("window", [1, 2, 4, 40])
 def test_causal_mean_in_chunks_equals_one_pass_and_reference(window):
@@ -56,8 +68,12 @@ def test_causal_mean_of_columns_leaves_nan_out():
     got = feed(CausalMean(3), x, [5, 7])
     for idx in np.ndindex(2, 3):
         col = x[(slice(None), *idx)].numpy().astype(np.float64)
-        ref = np.array([np.nanmean(col[max(0, t - 2):t + 1]) if not np.isnan(col[max(0, t - 2):t + 1]).all()
-                        else np.nan for t in range(12)])
+        ref = np.array(
+            [
+                np.nanmean(col[max(0, t - 2) : t + 1]) if not np.isnan(col[max(0, t - 2) : t + 1]).all() else np.nan
+                for t in range(12)
+            ]
+        )
         np.testing.assert_allclose(got[(slice(None), *idx)].numpy(), ref, rtol=1e-6, atol=1e-6)
     assert torch.isnan(got[:4, :, 2]).all() and not torch.isnan(got[4:]).any()
 
@@ -69,12 +85,16 @@ def test_causal_mean_treats_nonpositive_window_as_no_smoothing():
 
 # -- segments --------------------------------------------------------------------------------------
 
+
 def test_segments_on_known_flags():
     flags = np.array([1, 1, 0, 1, 0, 0, 1, 1, 1, 0, 1, 1], dtype=bool)
     scores = np.array([5, 6, 0, 9, 0, 0, 2, 8, 3, 0, 7, 7], dtype=float)
     segs = segments(flags, scores, min_len=2)
-    assert [(s.start, s.end, s.peak_frame, s.peak_score) for s in segs] == \
-        [(0, 2, 1, 6.0), (6, 9, 7, 8.0), (10, 12, 10, 7.0)]
+    assert [(s.start, s.end, s.peak_frame, s.peak_score) for s in segs] == [
+        (0, 2, 1, 6.0),
+        (6, 9, 7, 8.0),
+        (10, 12, 10, 7.0),
+    ]
     assert [(s.start, s.end) for s in segments(flags, scores, min_len=3)] == [(6, 9)]
     assert [(s.start, s.end) for s in segments(flags, scores, min_len=1)] == [(0, 2), (3, 4), (6, 9), (10, 12)]
 
@@ -86,6 +106,7 @@ def test_segments_of_no_and_all_flags():
 
 
 # -- the streaming Scorer --------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def models():
@@ -113,7 +134,7 @@ def reference_input(frames: np.ndarray, lag: int) -> torch.Tensor:
 def run_scorer(models, frames: np.ndarray, size: int, warmup: int = 8):
     vae, mdn = models
     scorer = Scorer(vae, mdn, LAG, torch.device("cpu"), warmup=warmup)
-    parts = [scorer.maps(frames[s:s + size]) for s in range(0, len(frames), size)]
+    parts = [scorer.maps(frames[s : s + size]) for s in range(0, len(frames), size)]
     return tuple(torch.cat([getattr(m, k) for m in parts]) for k in ("err", "kl", "nll"))
 
 
@@ -148,7 +169,7 @@ def test_scorer_scales_motion_by_the_frames_times(models, frames, size):
     times = np.cumsum(np.where(np.arange(N) % 5 == 0, 0.4, 0.04)) - 0.4  # a long gap every 5 frames
     scorer = Scorer(vae, None, LAG, torch.device("cpu"))
     scorer.ref_dt = 0.04  # the hook: the training footage's usual frame interval
-    err = torch.cat([scorer.maps(frames[s:s + size], times[s:s + size]).err for s in range(0, N, size)])
+    err = torch.cat([scorer.maps(frames[s : s + size], times[s : s + size]).err for s in range(0, N, size)])
     span = times - times[np.maximum(np.arange(N) - LAG, 0)]  # the time each difference spans
     x = reference_input(frames, LAG)
     x[:, 1:] *= torch.from_numpy(np.clip(LAG * 0.04 / np.maximum(span, 1e-12), 1 / 8, 1)).float()[:, None, None, None]
@@ -170,11 +191,20 @@ def test_scorer_without_mdn_has_no_surprise(models, frames):
 def calibration():
     """Statistics of two scenes."""
     g = torch.Generator().manual_seed(4)
-    return Calibration(torch.rand(2, 9, generator=g), torch.rand(2, 9, generator=g) + 0.5,
-                       torch.rand(2, 16, generator=g), torch.rand(2, 16, generator=g) + 0.5,
-                       torch.rand(2, 16, generator=g), torch.rand(2, 16, generator=g) + 0.5,
-                       torch.randn(2, 3, generator=g) - 4, torch.rand(2, 3, generator=g) + 0.5,
-                       torch.tensor([0.5, 1.5]), True, ["day", "night"], comp_low=torch.rand(2, 3, generator=g) + 0.2)
+    return Calibration(
+        torch.rand(2, 9, generator=g),
+        torch.rand(2, 9, generator=g) + 0.5,
+        torch.rand(2, 16, generator=g),
+        torch.rand(2, 16, generator=g) + 0.5,
+        torch.rand(2, 16, generator=g),
+        torch.rand(2, 16, generator=g) + 0.5,
+        torch.randn(2, 3, generator=g) - 4,
+        torch.rand(2, 3, generator=g) + 0.5,
+        torch.tensor([0.5, 1.5]),
+        True,
+        ["day", "night"],
+        comp_low=torch.rand(2, 3, generator=g) + 0.2,
+    )
 
 
 def test_components_and_combine_against_hand_computation(models, frames, calibration):
@@ -184,12 +214,13 @@ def test_components_and_combine_against_hand_computation(models, frames, calibra
     comp = components(Maps(err, kl, nll), cal, sc)
     assert comp.shape == (N, 2, 3)
     # 8x8 windows 4 apart on 16x16 frames: 3 x 3 of them, each z-scored at its own position
-    windows = np.stack([err[:, r:r + 8, c:c + 8].mean((1, 2)).numpy() for r in (0, 4, 8) for c in (0, 4, 8)], 1)
+    windows = np.stack([err[:, r : r + 8, c : c + 8].mean((1, 2)).numpy() for r in (0, 4, 8) for c in (0, 4, 8)], 1)
     for s in range(2):  # every scene against its own statistics
         z = (windows - cal.err_mean[s].numpy()) / cal.err_std[s].numpy()
         np.testing.assert_allclose(comp[:, s, 0].numpy(), np.sort(z, 1)[:, -3:].mean(1), rtol=1e-5, atol=1e-5)
-        np.testing.assert_allclose(comp[:, s, 1].numpy(), ((kl - cal.kl_mean[s]) / cal.kl_std[s]).numpy().max(1),
-                                   rtol=1e-6)
+        np.testing.assert_allclose(
+            comp[:, s, 1].numpy(), ((kl - cal.kl_mean[s]) / cal.kl_std[s]).numpy().max(1), rtol=1e-6
+        )
         assert torch.isnan(comp[:8, s, 2]).all()
         nz = ((nll[8:] - cal.nll_mean[s]) / cal.nll_std[s]).numpy()
         np.testing.assert_allclose(comp[8:, s, 2].numpy(), np.sort(nz, 1)[:, -3:].mean(1), rtol=1e-5, atol=1e-6)
@@ -244,8 +275,10 @@ def test_scene_of_picks_the_scene_whose_frames_it_lies_closest_to(calibration):
 
 def test_calibration_threshold_and_merge(calibration):
     assert calibration.threshold == 1.5  # no scene's normal frames may flag more than its quantile
-    mine = Calibration.from_dict({k: v[1:] if isinstance(v, torch.Tensor) else v
-                                  for k, v in calibration.to_dict().items()} | {"scenes": ["dawn"]})
+    mine = Calibration.from_dict(
+        {k: v[1:] if isinstance(v, torch.Tensor) else v for k, v in calibration.to_dict().items()}
+        | {"scenes": ["dawn"]}
+    )
     merged = mine.merged(calibration, ["day", "dawn"])  # "night" was dropped from the lineage
     assert merged.scenes == ["day", "dawn"]
     torch.testing.assert_close(merged.err_mean, torch.stack([calibration.err_mean[0], calibration.err_mean[1]]))
@@ -264,7 +297,7 @@ def test_calibration_threshold_and_merge(calibration):
 def test_iter_scores_in_chunks_equals_one_pass(models, frames, calibration):
     def run(size: int):
         scorer = Scorer(models[0], models[1], LAG, torch.device("cpu"))
-        chunks = (frames[s:s + size] for s in range(0, N, size))
+        chunks = (frames[s : s + size] for s in range(0, N, size))
         sc = ScoreConfig(patch=8, patch_stride=4, top_k=2, weights=(1.0, 0.5, 1.0, 2.0), smooth=4)
         out = list(iter_scores(scorer, chunks, calibration, sc))
         return tuple(torch.cat([o[i] for o in out]) for i in range(3))
@@ -277,8 +310,15 @@ def test_iter_scores_in_chunks_equals_one_pass(models, frames, calibration):
     # the score: every scene's components smoothed, standardised, weighted; the frame's scene's counts
     err, kl, nll = run_scorer(models, frames, size=N)
     comp = components(Maps(err, kl, nll), calibration, ScoreConfig(patch=8, patch_stride=4, top_k=2)).numpy()
-    smoothed = np.stack([[[np.nanmean(c) if not np.isnan(c).all() else np.nan for c in comp[max(0, t - 3):t + 1, s].T]
-                          for s in range(2)] for t in range(N)])
+    smoothed = np.stack(
+        [
+            [
+                [np.nanmean(c) if not np.isnan(c).all() else np.nan for c in comp[max(0, t - 3) : t + 1, s].T]
+                for s in range(2)
+            ]
+            for t in range(N)
+        ]
+    )
     z = reference_standardise(torch.from_numpy(smoothed), calibration)
     ref = (z * np.array([1.0, 0.5, 1.0, 2.0])).sum(2)[np.arange(N), scene_whole.numpy()]
     np.testing.assert_allclose(score_whole.numpy(), ref, rtol=1e-5, atol=1e-5)
@@ -293,4 +333,3 @@ def test_training_latents_match_the_scorers_across_batches(models, frames, monke
         mu, _ = vae.encode(reference_input(frames, LAG))
     assert z.shape == (16, N, 2)
     torch.testing.assert_close(z, mu.flatten(2).permute(2, 0, 1), rtol=1e-4, atol=1e-5)
-

@@ -44,6 +44,7 @@ def wait_until(cond, seconds: float = 10.0) -> bool:
 
 # -- prefetch --------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("depth", [1, 2, 5])
 def test_prefetch_yields_the_decoders_chunks_in_order(clips, depth):
     fc = FrameConfig(width=32, height=24, channels=3)
@@ -137,13 +138,18 @@ def test_prefetch_refuses_a_depth_below_one():
 
 # -- decoding with one scaler per clip ---------------------------------------------------------------
 
+
 @pytest.mark.parametrize("channels", [1, 3])
 def test_shared_scaler_gives_the_same_pixels_as_reformatting_each_frame(clips, channels):
     fc = FrameConfig(width=40, height=30, channels=channels)
     fmt = "gray" if channels == 1 else "rgb24"
     with av.open(str(clips.moving)) as container:
-        ref = np.stack([f.reformat(width=40, height=30, format=fmt).to_ndarray().reshape(30, 40, channels)
-                        for f in container.decode(video=0)])
+        ref = np.stack(
+            [
+                f.reformat(width=40, height=30, format=fmt).to_ndarray().reshape(30, 40, channels)
+                for f in container.decode(video=0)
+            ]
+        )
     got = np.concatenate(list(iter_chunks(Source(clips.moving), fc, 16)))
     np.testing.assert_array_equal(got, ref)
 
@@ -166,6 +172,7 @@ def test_chunks_are_independent_arrays(clips):
 
 # -- the inference copy of the VAE -----------------------------------------------------------------
 
+
 @pytest.mark.parametrize("c_in, c_out", [(32, 2), (8, 6), (5, 3)])
 def test_subpixel_transposed_convolution_equals_the_original(c_in, c_out):
     torch.manual_seed(c_in)
@@ -180,12 +187,16 @@ def test_subpixel_refuses_other_transposed_convolutions():
         SubPixelConvTranspose(nn.ConvTranspose2d(4, 2, 3, 2, 1))
 
 
-@pytest.mark.parametrize("cfg", [
-    with_overrides(ProjectConfig(), frames={"width": 96}),  # the default model at a 3:2 frame
-    tiny_config(),
-    with_overrides(ProjectConfig(), frames={"width": 48, "height": 32, "channels": 3}, vae={"coords": False}),
-    with_overrides(ProjectConfig(), frames={"width": 64, "motion_lag": 0}, vae={"hidden": (16, 32)}),
-], ids=["default", "tiny", "rgb-no-coords", "no-motion"])
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        with_overrides(ProjectConfig(), frames={"width": 96}),  # the default model at a 3:2 frame
+        tiny_config(),
+        with_overrides(ProjectConfig(), frames={"width": 48, "height": 32, "channels": 3}, vae={"coords": False}),
+        with_overrides(ProjectConfig(), frames={"width": 64, "motion_lag": 0}, vae={"hidden": (16, 32)}),
+    ],
+    ids=["default", "tiny", "rgb-no-coords", "no-motion"],
+)
 def test_inference_copy_computes_the_same_and_leaves_the_model_alone(cfg):
     torch.manual_seed(0)
     vae = BetaVAE(cfg.vae_config()).eval()
@@ -214,14 +225,25 @@ def test_torch_threads_restores_the_count():
 
 # -- the CSV writer --------------------------------------------------------------------------------
 
+
 def csv_writer_reference(comps, scenes, scores, flags, times) -> str:
     """What results._write_csv wrote with csv.writer, row by row."""
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(["frame", "time", "recon", "kl", "nll", "scene", "score", "anomalous"])
     for i, (c, scene, s, f, t) in enumerate(zip(comps, scenes, scores, flags, times)):
-        w.writerow([i, f"{t:.3f}", f"{c[0]:.5g}", f"{c[1]:.5g}", "" if np.isnan(c[2]) else f"{c[2]:.5g}",
-                    scene, f"{s:.5g}", int(f)])
+        w.writerow(
+            [
+                i,
+                f"{t:.3f}",
+                f"{c[0]:.5g}",
+                f"{c[1]:.5g}",
+                "" if np.isnan(c[2]) else f"{c[2]:.5g}",
+                scene,
+                f"{s:.5g}",
+                int(f),
+            ]
+        )
     return buf.getvalue()
 
 
@@ -244,14 +266,16 @@ def test_csv_is_byte_for_byte_what_csv_writer_wrote(tmp_path, n, dt):
 
 # -- scoring through all of it ---------------------------------------------------------------------
 
+
 def test_scoring_equals_plain_streaming_with_the_original_models(trained_project, clips):
     project = Project.find(trained_project)
     detector = Detector.load(project)
     vae, mdn, cal = detector.vae, detector.mdn, detector.calibration
     cfg = project.config
     threads = torch.get_num_threads()
-    (times, comps, _, scores), report = results._score_arrays(detector, Source(clips.anomalous), torch.device("cpu"),
-                                                              no_progress)
+    (times, comps, _, scores), report = results._score_arrays(
+        detector, Source(clips.anomalous), torch.device("cpu"), no_progress
+    )
     assert torch.get_num_threads() == threads
     plain = make_scorer(vae, mdn, cfg, torch.device("cpu"))
     chunks = iter_chunks(Source(clips.anomalous), cfg.frames, cfg.score.batch_size)

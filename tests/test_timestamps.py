@@ -100,7 +100,7 @@ def test_watch_events_have_the_frames_times(project, scored, vfr):
 
 def test_an_avi_with_dropped_slots_is_scored_at_its_true_length(project, tmp_path):
     slots = [0, 7, 14, 21, 28, 40, 47, 54, 61, 89, 96, 120]  # 30 slots a second, most of them empty
-    frames = anomalous_frames()[:len(slots)]
+    frames = anomalous_frames()[: len(slots)]
     video = write_vfr(tmp_path / "cam.avi", slots, Fraction(1, 30), frames=frames, rate=30)
     (result,) = results.score(project, video, CPU)
     summary = json.loads(result.summary.read_text())

@@ -64,8 +64,7 @@ def test_update_adds_a_version_with_its_lineage(trained_project, scene_b, strate
     assert any("v0002" in line and "replay" in line for line in status.output.splitlines()) or strategy != "replay"
 
 
-def test_old_scenes_keep_their_statistics_and_frames_are_scored_by_their_own_scene(trained_project, clips,
-                                                                                  scene_b):
+def test_old_scenes_keep_their_statistics_and_frames_are_scored_by_their_own_scene(trained_project, clips, scene_b):
     res = invoke("update", scene_b, "--scene", "moved", *TRAIN, "-p", trained_project)
     assert res.exit_code == 0, res.output
     old, new = (Detector.load(trained_project / "models" / v).calibration for v in ("v0001", "v0002"))
@@ -91,8 +90,14 @@ def test_drift_of_old_scene_statistics_is_measured_on_their_replayed_samples(tra
     hooks = strategies.Hooks("replay", old_scenes=PriorReplay(vae, 1, prior))
 
     def follow(model: BetaVAE) -> Calibration:
-        return training._follow_drift(project.config, hooks, model, Calibration.from_dict(
-            {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in two.to_dict().items()}))
+        return training._follow_drift(
+            project.config,
+            hooks,
+            model,
+            Calibration.from_dict(
+                {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in two.to_dict().items()}
+            ),
+        )
 
     same = follow(vae)  # an update that changed nothing moves nothing
     torch.testing.assert_close(same.err_mean, two.err_mean)
@@ -102,7 +107,7 @@ def test_drift_of_old_scene_statistics_is_measured_on_their_replayed_samples(tra
         worse.decoder[-1].bias[1:] += 0.05  # now every replayed motion pixel is off by 0.05
     moved = follow(worse)
     row = two.scenes.index("default")
-    torch.testing.assert_close(moved.err_mean[row], two.err_mean[row] + 0.05 ** 2, rtol=0.02, atol=2e-4)
+    torch.testing.assert_close(moved.err_mean[row], two.err_mean[row] + 0.05**2, rtol=0.02, atol=2e-4)
     torch.testing.assert_close(moved.err_mean[1 - row], two.err_mean[1 - row])  # only replayed scenes move
 
 

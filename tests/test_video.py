@@ -20,10 +20,15 @@ def decode(src: Source, fc: FrameConfig, size: int = 10, report: DecodeReport | 
 
 # -- find_sources ----------------------------------------------------------------------------------
 
+
 def test_find_sources_expands_files_frame_folders_and_video_folders(clips):
     got = find_sources([clips.anomalous, clips.frames_dir, clips.folder])
-    assert got == [Source(clips.anomalous), Source(clips.frames_dir, frames_dir=True),
-                   Source(clips.normal_a), Source(clips.normal_b)]
+    assert got == [
+        Source(clips.anomalous),
+        Source(clips.frames_dir, frames_dir=True),
+        Source(clips.normal_a),
+        Source(clips.normal_b),
+    ]
     assert got[1].name == "pngs"
 
 
@@ -51,6 +56,7 @@ def test_find_sources_folder_without_clips(tmp_path, content):
 
 
 # -- decoding --------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("channels", [1, 3])
 def test_decoding_gives_frames_of_the_configured_size_and_channels(clips, channels):
@@ -158,8 +164,10 @@ def test_a_bug_while_converting_frames_is_raised_not_taken_for_a_damaged_file(cl
 
 # -- frame times -----------------------------------------------------------------------------------
 
-def timed(src: Source, fc: FrameConfig, size: int = 3, report: DecodeReport | None = None
-          ) -> tuple[np.ndarray, np.ndarray]:
+
+def timed(
+    src: Source, fc: FrameConfig, size: int = 3, report: DecodeReport | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     chunks = list(iter_timed_chunks(src, fc, size, report))
     assert all(len(f) == len(t) and t.dtype == np.float64 for f, t in chunks)
     return np.concatenate([f for f, _ in chunks]), np.concatenate([t for _, t in chunks])

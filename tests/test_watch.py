@@ -57,13 +57,14 @@ def test_event_tracker_finds_what_segments_finds():
     tracker, events, start = EventTracker(0.3, 3, 0.04), [], 0
     while start < len(scores):  # fed in batches of random sizes
         n = int(rng.integers(1, 40))
-        events += tracker.update(np.arange(start, min(start + n, len(scores))), scores[start:start + n])
+        events += tracker.update(np.arange(start, min(start + n, len(scores))), scores[start : start + n])
         start += n
     events += tracker.finish(len(scores))
     expected = segments(scores > 0.3, scores, 3)
     assert len(expected) > 20
-    assert [(e["start_frame"], e["end_frame"], e["peak_frame"]) for e in events] == \
-        [(s.start, s.end, s.peak_frame) for s in expected]
+    assert [(e["start_frame"], e["end_frame"], e["peak_frame"]) for e in events] == [
+        (s.start, s.end, s.peak_frame) for s in expected
+    ]
     assert [e["peak_score"] for e in events] == pytest.approx([s.peak_score for s in expected])
 
 
@@ -79,9 +80,14 @@ def test_watching_a_file_reports_the_events_score_finds(project, clips):
 def test_a_slow_scorer_drops_frames_to_stay_in_time(project, clips):
     # played in real time (25 fps), scored 0.2 s late per batch: frames that waited over 0.1 s are dropped
     waits = []
-    status = watch(project, str(clips.anomalous), WatchOptions(realtime=True, max_latency=0.1),
-                   on_status=lambda s: waits.append(s.latency), device=CPU,
-                   before_batch=lambda n: time.sleep(0.2))
+    status = watch(
+        project,
+        str(clips.anomalous),
+        WatchOptions(realtime=True, max_latency=0.1),
+        on_status=lambda s: waits.append(s.latency),
+        device=CPU,
+        before_batch=lambda n: time.sleep(0.2),
+    )
     assert status.dropped > clips.n_frames // 3 and status.frames + status.dropped == clips.n_frames
     assert max(waits) < 0.1 + 0.2 + 0.15  # the batch's oldest frame: its wait, plus the slow scoring
     assert status.seconds < clips.n_frames / 25 + 1.0  # it kept up instead of drifting behind
@@ -97,7 +103,7 @@ def test_follow_reads_a_file_while_it_is_written(project, tmp_path):
     def writer() -> None:
         with open(growing, "ab") as f:
             for i in range(0, len(data), 4096):
-                f.write(data[i:i + 4096])
+                f.write(data[i : i + 4096])
                 f.flush()
                 time.sleep(0.05)
         written.set()
@@ -105,8 +111,14 @@ def test_follow_reads_a_file_while_it_is_written(project, tmp_path):
     thread = threading.Thread(target=writer)
     thread.start()
     seen_early, events = [], []
-    status = watch(project, str(growing), WatchOptions(follow=1.0), on_event=events.append,
-                   on_status=lambda s: seen_early.append(not written.is_set()), device=CPU)
+    status = watch(
+        project,
+        str(growing),
+        WatchOptions(follow=1.0),
+        on_event=events.append,
+        on_status=lambda s: seen_early.append(not written.is_set()),
+        device=CPU,
+    )
     thread.join()
     assert status.frames == len(anomalous_frames()) and status.dropped == 0
     assert seen_early[0], "the first frames should be scored before the file is complete"
@@ -119,15 +131,17 @@ class _Quiet(http.server.SimpleHTTPRequestHandler):
 
 
 def test_watching_an_http_stream(project, clips):
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
-                                             functools.partial(_Quiet, directory=str(clips.anomalous.parent)))
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(_Quiet, directory=str(clips.anomalous.parent))
+    )
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}/{clips.anomalous.name}"
         events = []
-        status = watch(project, url, WatchOptions(max_latency=30.0, reconnect=False), on_event=events.append,
-                       device=CPU)
+        status = watch(
+            project, url, WatchOptions(max_latency=30.0, reconnect=False), on_event=events.append, device=CPU
+        )
     finally:
         server.shutdown()
     assert status.frames == clips.n_frames and status.dropped == 0
@@ -136,13 +150,20 @@ def test_watching_an_http_stream(project, clips):
 
 
 def test_an_http_stream_that_ends_is_opened_again_until_stopped(project, clips):
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
-                                             functools.partial(_Quiet, directory=str(clips.anomalous.parent)))
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(_Quiet, directory=str(clips.anomalous.parent))
+    )
     threading.Thread(target=server.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{server.server_address[1]}/{clips.anomalous.name}"
     events, gaps = [], []
-    watcher = Watcher(project, url, WatchOptions(max_latency=30.0, backoff=(0.2, 5.0)), device=CPU,
-                      on_event=events.append, on_gap=gaps.append)
+    watcher = Watcher(
+        project,
+        url,
+        WatchOptions(max_latency=30.0, backoff=(0.2, 5.0)),
+        device=CPU,
+        on_event=events.append,
+        on_gap=gaps.append,
+    )
     thread = threading.Thread(target=watcher.run, daemon=True)
     thread.start()
     try:
@@ -178,9 +199,25 @@ def test_ctrl_c_ends_watch_cleanly_with_a_summary(project, tmp_path):
     long_clip = write_video(tmp_path / "long.mp4", np.concatenate([anomalous_frames()] * 6))  # 11.5 s
     env = {k: v for k, v in os.environ.items() if not k.startswith("VIDANOM_")}
     env.update(PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
-    proc = subprocess.Popen([sys.executable, "-m", "vidanom", "watch", str(long_clip), "--realtime",
-                             "--device", "cpu", "-p", str(project.root)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "vidanom",
+            "watch",
+            str(long_clip),
+            "--realtime",
+            "--device",
+            "cpu",
+            "-p",
+            str(project.root),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+    )
     try:
         first = _line(proc, proc.stderr)
         assert first.startswith("watching ") and "Ctrl-C to stop" in first
@@ -206,8 +243,11 @@ def _line(proc: subprocess.Popen, pipe) -> str:
 
 
 def test_watch_errors_are_clean(project, tmp_path, clips):
-    for args, message in (((tmp_path / "missing.ts",), "no such file"), ((tmp_path,), "is a folder"),
-                          (("http://127.0.0.1:9/none.ts",), "cannot open")):
+    for args, message in (
+        ((tmp_path / "missing.ts",), "no such file"),
+        ((tmp_path,), "is a folder"),
+        (("http://127.0.0.1:9/none.ts",), "cannot open"),
+    ):
         res = invoke("watch", *args, "-p", project.root)
         assert res.exit_code == 2 and message in res.stderr and "Traceback" not in res.output, res.output
     res = invoke("watch", clips.anomalous, "-i", "nonsense", "-p", project.root)

@@ -45,15 +45,31 @@ _EXPORTS = {
     "LabelsError": "errors",
     "LockError": "errors",
 }
-__all__ = ["ClipScores", "ConfigError", "Detector", "FrameScore", "LabelsError", "LockError", "NotTrainedError",
-           "Project", "ProjectConfig", "ProjectError", "TrainResult", "VidanomError", "VideoError", "evaluate",
-           "extract", "score", "train", "update"]
+__all__ = [
+    "ClipScores",
+    "ConfigError",
+    "Detector",
+    "FrameScore",
+    "LabelsError",
+    "LockError",
+    "NotTrainedError",
+    "Project",
+    "ProjectConfig",
+    "ProjectError",
+    "TrainResult",
+    "VidanomError",
+    "VideoError",
+    "evaluate",
+    "extract",
+    "score",
+    "train",
+    "update",
+]
 
 if TYPE_CHECKING:
     from .config import ProjectConfig
     from .detector import Detector, FrameScore
-    from .errors import (ConfigError, LabelsError, LockError, NotTrainedError, ProjectError, VidanomError,
-                         VideoError)
+    from .errors import ConfigError, LabelsError, LockError, NotTrainedError, ProjectError, VidanomError, VideoError
     from .project import Project
     from .results import ClipScores, evaluate, score
     from .training import TrainResult, extract, train, update

@@ -22,6 +22,8 @@ from fractions import Fraction
 from pathlib import Path
 
 import av
+from typing import cast
+
 import numpy as np
 import torch
 
@@ -33,8 +35,14 @@ from .revisit import ScoredClip, revisit, scored_clip
 from .fitting import Progress, no_progress
 
 CODECS = ("libx264", "h264", "mpeg4")  # the first this FFmpeg can encode with
-CONTAINERS = {".mp4": "mp4", ".mkv": "matroska", ".mov": "mov", ".m4v": "mp4", ".avi": "avi",
-              ".ts": "mpegts"}  # output suffix → FFmpeg's muxer (all hold H.264)
+CONTAINERS = {
+    ".mp4": "mp4",
+    ".mkv": "matroska",
+    ".mov": "mov",
+    ".m4v": "mp4",
+    ".avi": "avi",
+    ".ts": "mpegts",
+}  # output suffix → FFmpeg's muxer (all hold H.264)
 STRIP_SHARE = 0.16  # of the frame's height, at the bottom
 BACKGROUND = ((0, 0, 0), 0.55)  # colour, alpha of the strip's background...
 SEGMENT = ((120, 10, 10), 0.8)  # ...and of the columns of detected segments
@@ -51,8 +59,16 @@ class ScoreStrip:
     without them, frames are spread evenly.
     """
 
-    def __init__(self, scores: np.ndarray, threshold: float, segments: list[tuple[int, int]], width: int,
-                 height: int, times: np.ndarray | None = None, duration: float | None = None) -> None:
+    def __init__(
+        self,
+        scores: np.ndarray,
+        threshold: float,
+        segments: list[tuple[int, int]],
+        width: int,
+        height: int,
+        times: np.ndarray | None = None,
+        duration: float | None = None,
+    ) -> None:
         n, self.width = len(scores), width
         if times is None:
             times, duration = np.arange(n, dtype=np.float64), float(n)  # in frames
@@ -91,13 +107,14 @@ class ScoreStrip:
         out = frame.copy()
         bottom = out[-height:].astype(np.float32) * self.keep + self.premultiplied
         col, half = self.columns[index], max(1, self.width // 800)
-        bottom[:, max(0, col - half):col + half] = CURSOR
+        bottom[:, max(0, col - half) : col + half] = CURSOR
         out[-height:] = bottom.round().astype(np.uint8)
         return out
 
 
-def _envelope(scores: np.ndarray, width: int, columns: np.ndarray, centres: np.ndarray | None = None
-              ) -> tuple[np.ndarray, np.ndarray]:
+def _envelope(
+    scores: np.ndarray, width: int, columns: np.ndarray, centres: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Min and max per pixel column of the polyline through (centre, score): (width,) each.
 
     centres: (n,) where each frame lies, in columns (default: spread evenly, (frame + 0.5) · width / n).
@@ -118,6 +135,7 @@ def check_request(videos: list[Path], out: Path) -> None:
     """Refuse, before any work (such as scoring first), what cannot be annotated: more than one
     clip, or an output the video cannot be written to."""
     from .revisit import one_source
+
     if len(videos) != 1:
         raise VidanomError(f"--annotate takes one clip, not {len(videos)}; annotate them one at a time")
     one_source(videos[0])
@@ -155,7 +173,7 @@ def open_encoder(path: Path, width: int, height: int, fps: float) -> Iterator[Ca
     """
     codec, pad = _codec(), ((0, height % 2), (0, width % 2), (0, 0))
     with fsutil.atomic_path(path) as tmp, av.open(str(tmp), "w", format=CONTAINERS[path.suffix.lower()]) as out:
-        stream = out.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
+        stream = cast(av.VideoStream, out.add_stream(codec, rate=Fraction(fps).limit_denominator(1001)))
         stream.width, stream.height, stream.pix_fmt = width + width % 2, height + height % 2, "yuv420p"
         if codec == "mpeg4":
             stream.bit_rate = 8_000_000
@@ -195,8 +213,9 @@ def _rate(clip: ScoredClip) -> float:
     return clip.fps if abs(mean / clip.fps - 1) < 0.02 else mean
 
 
-def render(project: Project, clip: ScoredClip, out: Path, device: torch.device | None = None,
-           progress: Progress = no_progress) -> Annotated:
+def render(
+    project: Project, clip: ScoredClip, out: Path, device: torch.device | None = None, progress: Progress = no_progress
+) -> Annotated:
     """Write the annotated video of a scored clip to out (see the module docstring)."""
     scale = ErrorScale.from_calibration(clip.detector.calibration, project.config)
     flags, rate = clip.flags, _rate(clip)
@@ -205,8 +224,15 @@ def render(project: Project, clip: ScoredClip, out: Path, device: torch.device |
         for chunk in revisit(project, clip, device, progress, "annotate"):
             if encode is None:
                 size = chunk.full.shape[1:3]
-                strip = ScoreStrip(clip.scores, clip.threshold, clip.segments, size[1],
-                                   max(8, round(size[0] * STRIP_SHARE)), clip.times, clip.duration)
+                strip = ScoreStrip(
+                    clip.scores,
+                    clip.threshold,
+                    clip.segments,
+                    size[1],
+                    max(8, round(size[0] * STRIP_SHARE)),
+                    clip.times,
+                    clip.duration,
+                )
                 encode = stack.enter_context(open_encoder(out, size[1], size[0], rate))
             levels = scale.levels(chunk.maps.err)
             for i, full in enumerate(chunk.full):
@@ -214,15 +240,24 @@ def render(project: Project, clip: ScoredClip, out: Path, device: torch.device |
                 frame = torch.from_numpy(full)
                 if flags[t]:
                     frame = _mark(overlay(frame, levels[i], scale.lut))
+                assert strip is not None  # made with the encoder, at the first chunk
                 encode(strip.draw(frame.numpy(), t))
     odd = size[0] % 2 or size[1] % 2
-    note = f"{size[1]}x{size[0]} is odd: padded by one pixel to {size[1] + size[1] % 2}x{size[0] + size[0] % 2}" \
-        if odd else None
+    note = (
+        f"{size[1]}x{size[0]} is odd: padded by one pixel to {size[1] + size[1] % 2}x{size[0] + size[0] % 2}"
+        if odd
+        else None
+    )
     return Annotated(out, len(clip.scores), rate, size[1], size[0], note)
 
 
-def annotate(project: Project, path: Path, out: Path | None = None, device: torch.device | None = None,
-             progress: Progress = no_progress) -> Annotated:
+def annotate(
+    project: Project,
+    path: Path,
+    out: Path | None = None,
+    device: torch.device | None = None,
+    progress: Progress = no_progress,
+) -> Annotated:
     """The annotated video of a scored clip: to out, or scores/<clip>.annotated.mp4."""
     if out is not None:
         check_output(out)

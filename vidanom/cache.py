@@ -56,8 +56,9 @@ def find(cache_dir: Path, key: str) -> ClipMeta | None:
         return None  # damaged: extract again
 
 
-def extract(cache_dir: Path, src: Source, fc: FrameConfig, scene: str,
-            on_frames: Callable[[int], None] | None = None) -> tuple[ClipMeta, bool]:
+def extract(
+    cache_dir: Path, src: Source, fc: FrameConfig, scene: str, on_frames: Callable[[int], None] | None = None
+) -> tuple[ClipMeta, bool]:
     """Decode src into the cache unless it is there already. Returns (meta, newly_extracted)."""
     key = cache_key(src, fc)
     meta = find(cache_dir, key)
@@ -67,8 +68,12 @@ def extract(cache_dir: Path, src: Source, fc: FrameConfig, scene: str,
             fsutil.write_json(cache_dir / f"{key}.json", asdict(meta))
         return meta, False
     report = DecodeReport()
-    with fsutil.atomic_path(cache_dir / f"{key}.u8") as tmp, open(tmp, "wb") as out, \
-            fsutil.atomic_path(cache_dir / f"{key}.t") as ttmp, open(ttmp, "wb") as tout:
+    with (
+        fsutil.atomic_path(cache_dir / f"{key}.u8") as tmp,
+        open(tmp, "wb") as out,
+        fsutil.atomic_path(cache_dir / f"{key}.t") as ttmp,
+        open(ttmp, "wb") as tout,
+    ):
         for chunk, times in iter_timed_chunks(src, fc, CHUNK, report):
             out.write(np.ascontiguousarray(chunk).tobytes())
             tout.write(np.ascontiguousarray(times, "<f8").tobytes())
@@ -76,9 +81,20 @@ def extract(cache_dir: Path, src: Source, fc: FrameConfig, scene: str,
                 on_frames(len(chunk))
         out.flush()
         tout.flush()
-    meta = ClipMeta(key, src.name, str(src.path.resolve()), scene, report.frames, report.fps,
-                    fc.height, fc.width, fc.channels, fc.stride, truncated=report.error is not None,
-                    duration=report.duration)
+    meta = ClipMeta(
+        key,
+        src.name,
+        str(src.path.resolve()),
+        scene,
+        report.frames,
+        report.fps,
+        fc.height,
+        fc.width,
+        fc.channels,
+        fc.stride,
+        truncated=report.error is not None,
+        duration=report.duration,
+    )
     fsutil.write_json(cache_dir / f"{key}.json", asdict(meta))
     return meta, True
 
@@ -106,8 +122,12 @@ def clips(cache_dir: Path, fc: FrameConfig, scene: str | None = None) -> list[Cl
     out = []
     for path in sorted(cache_dir.glob("*.json")):
         meta = find(cache_dir, path.stem)
-        if meta is None or (meta.height, meta.width, meta.channels, meta.stride) != \
-                (fc.height, fc.width, fc.channels, fc.stride):
+        if meta is None or (meta.height, meta.width, meta.channels, meta.stride) != (
+            fc.height,
+            fc.width,
+            fc.channels,
+            fc.stride,
+        ):
             continue
         if scene is None or meta.scene == scene:
             out.append(meta)

@@ -14,7 +14,7 @@ Two sets of normal frames are used, never the same ones:
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -22,7 +22,7 @@ import torch
 
 from . import interrupt
 from .config import ProjectConfig
-from .data import Split, Timing
+from .data import UNTIMED, Split, Timing
 from .mdn import LSTMMDN
 from .scoring import CausalMean, Maps, Scorer, combine, components, make_scorer
 from .fitting import Progress, no_progress
@@ -141,14 +141,21 @@ class Calibration:
         carried = {k: old.__dict__[k][rows].clone() for k in ("comp_std", "comp_low")}
         for v in carried.values():
             v[:, 1:] = float("inf")  # kl and nll: standardised to zero, they add nothing
-        cat = {k: torch.cat([carried[k] if k in carried else old.__dict__[k][rows], v])
-               for k, v in self.__dict__.items()
-               if isinstance(v, torch.Tensor) and isinstance(old.__dict__.get(k), torch.Tensor)}
-        return Calibration(**cat, has_mdn=self.has_mdn, scenes=[old.scenes[i] for i in rows] + self.scenes,
-                           frame_interval=self.frame_interval)
+        cat = {
+            k: torch.cat([carried[k] if k in carried else old.__dict__[k][rows], v])
+            for k, v in self.__dict__.items()
+            if isinstance(v, torch.Tensor) and isinstance(old.__dict__.get(k), torch.Tensor)
+        }
+        return Calibration(
+            **cat,
+            has_mdn=self.has_mdn,
+            scenes=[old.scenes[i] for i in rows] + self.scenes,
+            frame_interval=self.frame_interval,
+        )
 
 
 # -- the threshold -------------------------------------------------------------------------------
+
 
 def choose_threshold(blocks: list[torch.Tensor], target: float) -> tuple[float, float]:
     """(threshold, expected false-alarm rate) from the combined scores of held-out blocks.
@@ -181,11 +188,12 @@ def held_blocks(split: Split) -> list[tuple[int, int, int]]:
 
 # -- calibrating ---------------------------------------------------------------------------------
 
+
 def _clip_maps(scorer: Scorer, footage: Footage, clip: int, batch: int = 256) -> Iterator[tuple[int, Maps]]:
     scorer.reset()
     frames, times = footage.clips[clip], footage.timing.times
     for s in range(0, len(frames), batch):
-        maps = scorer.maps(np.asarray(frames[s:s + batch]), None if times is None else times[clip][s:s + batch])
+        maps = scorer.maps(np.asarray(frames[s : s + batch]), None if times is None else times[clip][s : s + batch])
         footage.done += len(maps.err)
         interrupt.check()
         footage.progress("calibrate", footage.done, footage.total, {})
@@ -199,7 +207,7 @@ class Footage:
     clips: list[np.ndarray]  # (n, H, W, C) uint8 each, memory-mapped
     fps: list[float]
     split: Split
-    timing: Timing = Timing()  # the frames' times and the usual interval between them
+    timing: Timing = UNTIMED  # the frames' times and the usual interval between them
     warnings: list[str] = field(default_factory=list)
     progress: Progress = no_progress  # told of the frames calibrate has gone through
     done: int = 0
@@ -207,8 +215,10 @@ class Footage:
     @property
     def total(self) -> int:
         """Frames calibrate goes through: clips with training frames once, clips with held-out ones again."""
-        return sum(len(c) * (self.split.mask(i).any() + (~self.split.mask(i)).any())
-                   for i, c in enumerate(self.clips))
+        return sum(
+            len(c) * (int(self.split.mask(i).any()) + int((~self.split.mask(i)).any()))
+            for i, c in enumerate(self.clips)
+        )
 
     @property
     def training_seconds(self) -> float:
@@ -219,18 +229,17 @@ class Footage:
         return sum(len(c) / f for c, f in zip(self.clips, self.fps))
 
 
-def place_statistics(scorer: Scorer, footage: Footage, cfg: ProjectConfig, scene: str, has_mdn: bool
-                     ) -> Calibration:
+def place_statistics(scorer: Scorer, footage: Footage, cfg: ProjectConfig, scene: str, has_mdn: bool) -> Calibration:
     """Per place statistics of the training frames, shrunk by the footage's length; components' scales
     and threshold still unset."""
     err, kl, nll, pixels = RunningStats(), RunningStats(), RunningStats(), RunningStats()
     sc = cfg.score
-    for clip, frames in enumerate(footage.clips):
+    for clip in range(len(footage.clips)):
         train = ~footage.split.mask(clip)
         if not train.any():
             continue
         for s, m in _clip_maps(scorer, footage, clip):
-            keep = torch.from_numpy(train[s:s + len(m.err)])
+            keep = torch.from_numpy(train[s : s + len(m.err)])
             err.add(patch_means(m.err[keep], sc.patch, sc.patch_stride))
             kl.add(m.kl[keep])
             nll.add(m.nll[keep])
@@ -240,8 +249,21 @@ def place_statistics(scorer: Scorer, footage: Footage, cfg: ProjectConfig, scene
     (em, es), (km, ks) = shrink(*err.result(), w), shrink(*kl.result(), w)
     nm, ns = shrink(*nll.result(), w) if nll.n else (torch.zeros_like(km), torch.ones_like(ks))
     fm, fs = pixels.result()
-    return Calibration(em[None], es[None], km[None], ks[None], nm[None], ns[None], torch.zeros(1, 3),
-                       torch.ones(1, 3), torch.zeros(1), has_mdn, [scene], fm[None], fs[None])
+    return Calibration(
+        em[None],
+        es[None],
+        km[None],
+        ks[None],
+        nm[None],
+        ns[None],
+        torch.zeros(1, 3),
+        torch.ones(1, 3),
+        torch.zeros(1),
+        has_mdn,
+        [scene],
+        fm[None],
+        fs[None],
+    )
 
 
 def held_scores(scorer: Scorer, footage: Footage, cal: Calibration, cfg: ProjectConfig) -> list[torch.Tensor]:
@@ -250,8 +272,9 @@ def held_scores(scorer: Scorer, footage: Footage, cal: Calibration, cfg: Project
     smoothed: dict[int, torch.Tensor] = {}
     for clip in sorted({c for c, _, _ in footage.split.runs(held=True)}):
         smoother = CausalMean(cfg.score.smooth)
-        smoothed[clip] = torch.cat([smoother(components(m, cal, cfg.score))
-                                    for _, m in _clip_maps(scorer, footage, clip)])[:, 0]
+        smoothed[clip] = torch.cat(
+            [smoother(components(m, cal, cfg.score)) for _, m in _clip_maps(scorer, footage, clip)]
+        )[:, 0]
     held = torch.cat([smoothed[c][a:b] for c, a, b in footage.split.runs(held=True)])
     median, low, high = split_scales(held)
     cal.comp_mean, cal.comp_low, cal.comp_std = median[None], low[None], high[None]
@@ -277,12 +300,14 @@ def split_scales(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Ten
     return median, low, high
 
 
-def calibrate(vae: BetaVAE, mdn: LSTMMDN | None, footage: Footage, cfg: ProjectConfig, device: torch.device,
-              scene: str) -> Calibration:
+def calibrate(
+    vae: BetaVAE, mdn: LSTMMDN | None, footage: Footage, cfg: ProjectConfig, device: torch.device, scene: str
+) -> Calibration:
     """One scene's calibration: place statistics on the training frames, component scales and the
     threshold on the held-out ones. Appends to footage.warnings what the user should know about
     how far the promised false-alarm rate can be trusted."""
     from .inference import for_inference
+
     scorer = make_scorer(for_inference(vae, device), mdn, cfg, device, footage.timing.ref_dt)
     cal = place_statistics(scorer, footage, cfg, scene, mdn is not None)
     cal.frame_interval = footage.timing.ref_dt
@@ -290,24 +315,30 @@ def calibrate(vae: BetaVAE, mdn: LSTMMDN | None, footage: Footage, cfg: ProjectC
     threshold, rate = choose_threshold(held_scores(scorer, footage, cal, cfg), target)
     cal.thresholds, cal.false_alarms = torch.tensor([threshold]), torch.tensor([rate])
     if footage.seconds < MIN_SECONDS:
-        footage.warnings.append(f"only {footage.seconds:.0f} s of normal footage: too little to promise "
-                                f"a false-alarm rate; train on a few minutes or more")
+        footage.warnings.append(
+            f"only {footage.seconds:.0f} s of normal footage: too little to promise "
+            f"a false-alarm rate; train on a few minutes or more"
+        )
     if rate > 2 * target:
-        footage.warnings.append(f"the held-out normal footage varies more than the threshold allows for: "
-                                f"{100 * rate:.1f}% of new normal frames may be flagged, not {100 * target:g}%; "
-                                "train on longer or more varied normal footage (busy and quiet times)")
+        footage.warnings.append(
+            f"the held-out normal footage varies more than the threshold allows for: "
+            f"{100 * rate:.1f}% of new normal frames may be flagged, not {100 * target:g}%; "
+            "train on longer or more varied normal footage (busy and quiet times)"
+        )
     return cal
 
 
 @torch.no_grad()
-def patch_error_stats(vae: BetaVAE, inputs: Iterator[torch.Tensor], cfg: ProjectConfig
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
+def patch_error_stats(
+    vae: BetaVAE, inputs: Iterable[torch.Tensor], cfg: ProjectConfig
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and std (P,) per patch position of the error the score measures, on model inputs (B, C, H, W)."""
     from .vae import error_map
+
     scorer = make_scorer(vae, None, cfg, torch.device("cpu"))
     stats = RunningStats()
     for x in inputs:
         x = x.to(next(vae.parameters()).device)
-        err = error_map(x[:, scorer.recon_from:], vae(x, sample=False)[0][:, scorer.recon_from:])
+        err = error_map(x[:, scorer.recon_from :], vae(x, sample=False)[0][:, scorer.recon_from :])
         stats.add(patch_means(err.cpu(), cfg.score.patch, cfg.score.patch_stride))
     return stats.result()

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -25,8 +25,10 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=N
 out = Console()
 err = Console(stderr=True)
 
-ProjectOpt = Annotated[Optional[Path], typer.Option(
-    "--project", "-p", help="Project folder (default: $VIDANOM_PROJECT, else the current folder).")]
+ProjectOpt = Annotated[
+    Path | None,
+    typer.Option("--project", "-p", help="Project folder (default: $VIDANOM_PROJECT, else the current folder)."),
+]
 DeviceOpt = Annotated[str, typer.Option(help="auto, cpu or cuda.")]
 
 
@@ -34,8 +36,8 @@ try:  # typer vendors click since 0.2x; its own exceptions (Exit, BadParameter..
     from typer._click.exceptions import ClickException
     from typer._click.globals import get_current_context
 except ImportError:  # pragma: no cover
-    from click import get_current_context
-    from click.exceptions import ClickException
+    from click import get_current_context  # type: ignore[no-redef]
+    from click.exceptions import ClickException  # type: ignore[no-redef]
 
 
 @dataclass
@@ -56,9 +58,12 @@ def _debug() -> bool:
     inv = _invocation()
     return (inv is not None and inv.debug) or os.environ.get("VIDANOM_DEBUG") == "1"
 
+
 _PASS_THROUGH = (typer.Exit, typer.Abort, ClickException)
-RESUMABLE = ("interrupted: the previous model is intact and what this run finished is saved; "
-             "continue it with the same command and --resume")
+RESUMABLE = (
+    "interrupted: the previous model is intact and what this run finished is saved; "
+    "continue it with the same command and --resume"
+)
 
 
 def _one_line(text: object) -> str:
@@ -71,12 +76,16 @@ def _describe(exc: Exception) -> tuple[str, int]:
         return str(exc), exc.exit_code
     if isinstance(exc, OSError):  # disk full, permissions, a file that vanished
         where = " -> ".join(str(f) for f in (exc.filename, exc.filename2) if f is not None)
-        return (f"{exc.strerror or exc}{': ' + where if where else ''}; "
-                "check the path, its permissions and the free disk space"), 2
+        return (
+            f"{exc.strerror or exc}{': ' + where if where else ''}; "
+            "check the path, its permissions and the free disk space"
+        ), 2
     if isinstance(exc, MemoryError):
         return "out of memory; lower frames.width/height, train.batch_size or score.batch_size in vidanom.json", 1
-    return (f"unexpected {type(exc).__name__}: {exc} (a bug in vidanom: please report it; "
-            "'vidanom --debug ...' shows the traceback)"), 1
+    return (
+        f"unexpected {type(exc).__name__}: {exc} (a bug in vidanom: please report it; "
+        "'vidanom --debug ...' shows the traceback)"
+    ), 1
 
 
 def cli_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -118,13 +127,13 @@ class _Warnings(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         if not self.muted and record.levelno >= logging.WARNING:
-            err.print(f"warning: {_one_line(record.getMessage())}", markup=False, highlight=False,
-                      soft_wrap=True)
+            err.print(f"warning: {_one_line(record.getMessage())}", markup=False, highlight=False, soft_wrap=True)
 
 
 @app.callback()
-def main(ctx: typer.Context,
-         debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False) -> None:
+def main(
+    ctx: typer.Context, debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False
+) -> None:
     """vidanom: video anomaly detection with a β-VAE, an LSTM-MDN and continual learning.
 
     Example: vidanom init cam1 && cd cam1 && vidanom train ~/normal_videos
@@ -137,15 +146,22 @@ def main(ctx: typer.Context,
 
 def _open(project: Path | None):
     from .project import Project
+
     return Project.find(project)
 
 
 @contextmanager
 def _progress() -> Iterator[Callable[[str, int, int, dict[str, float]], None]]:
     """A rich progress bar driven by the library's progress(task, done, total, info) callback."""
-    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                   TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=err,
-                   disable=not err.is_terminal and not os.environ.get("VIDANOM_PROGRESS"))
+    bar = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+        console=err,
+        disable=not err.is_terminal and not os.environ.get("VIDANOM_PROGRESS"),
+    )
     tasks: dict[str, Any] = {}
 
     def update(task: str, done: int, total: int, info: dict[str, float]) -> None:
@@ -174,6 +190,7 @@ def _muted() -> Iterator[None]:
 
 def _device(name: str):
     from .fitting import resolve_device
+
     return resolve_device(name)
 
 
@@ -185,20 +202,24 @@ def init(directory: Annotated[Path, typer.Argument(help="Folder to create the pr
     Example: vidanom init cam1
     """
     from .project import Project
+
     project = Project.init(directory)
     out.print(f"created project in {project.root}  (config: {project.root / 'vidanom.json'})")
 
 
 @app.command()
 @cli_errors
-def extract(videos: Annotated[list[Path], typer.Argument(help="Video files, frame folders or folders of videos.")],
-            scene: Annotated[str, typer.Option(help="Name of the normal scene these clips show.")] = "default",
-            project: ProjectOpt = None) -> None:
+def extract(
+    videos: Annotated[list[Path], typer.Argument(help="Video files, frame folders or folders of videos.")],
+    scene: Annotated[str, typer.Option(help="Name of the normal scene these clips show.")] = "default",
+    project: ProjectOpt = None,
+) -> None:
     """Decode videos into the project's frame cache (done once per file).
 
     Example: vidanom extract ~/normal/*.mp4
     """
     from .training import extract as extract_clips
+
     proj = _open(project)
     with _progress() as progress:
         results = extract_clips(proj, videos, scene, progress)
@@ -209,15 +230,19 @@ def extract(videos: Annotated[list[Path], typer.Argument(help="Video files, fram
 
 @app.command()
 @cli_errors
-def train(videos: Annotated[Optional[list[Path]], typer.Argument(help="Normal videos to add (optional).")] = None,
-          steps: Annotated[Optional[int], typer.Option(
-              min=1, help="Optimiser steps for each stage at most (overrides train.vae_steps and mdn_steps).")] = None,
-          stage: Annotated[str, typer.Option(help="vae, mdn or all.")] = "all",
-          device: DeviceOpt = "auto",
-          seed: Annotated[Optional[int], typer.Option(help="Random seed (overrides the config).")] = None,
-          resume: Annotated[bool, typer.Option(help="Continue an interrupted training run.")] = False,
-          scene: Annotated[str, typer.Option(help="Scene the videos show.")] = "default",
-          project: ProjectOpt = None) -> None:
+def train(
+    videos: Annotated[list[Path] | None, typer.Argument(help="Normal videos to add (optional).")] = None,
+    steps: Annotated[
+        int | None,
+        typer.Option(min=1, help="Optimiser steps for each stage at most (overrides train.vae_steps and mdn_steps)."),
+    ] = None,
+    stage: Annotated[str, typer.Option(help="vae, mdn or all.")] = "all",
+    device: DeviceOpt = "auto",
+    seed: Annotated[int | None, typer.Option(help="Random seed (overrides the config).")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue an interrupted training run.")] = False,
+    scene: Annotated[str, typer.Option(help="Scene the videos show.")] = "default",
+    project: ProjectOpt = None,
+) -> None:
     """Train the β-VAE, then the LSTM-MDN, on normal video, and calibrate the threshold.
 
     Each stage runs a budget of optimiser steps and stops early once held-out normal footage stops
@@ -227,6 +252,7 @@ def train(videos: Annotated[Optional[list[Path]], typer.Argument(help="Normal vi
     """
     from .config import with_overrides
     from .training import STAGES, train as train_model
+
     if stage not in STAGES:
         raise typer.BadParameter("--stage must be vae, mdn or all")
     proj = _open(project)
@@ -238,15 +264,19 @@ def train(videos: Annotated[Optional[list[Path]], typer.Argument(help="Normal vi
     proj.config = with_overrides(proj.config, train=overrides)
     with _progress() as progress:
         result = train_model(proj, videos or [], stage, _device(device), resume, scene, progress)
-    _print_trained(result, f"model {result.version}: {result.clips} clips, {result.frames} frames, "
-                           f"{result.seconds:.0f} s")
+    _print_trained(
+        result, f"model {result.version}: {result.clips} clips, {result.frames} frames, {result.seconds:.0f} s"
+    )
 
 
 def _print_trained(result: Any, head: str) -> None:
     """What train and update say of the new version: quality, threshold, the false alarms to expect."""
     psnr = f", reconstruction {result.psnr:.1f} dB PSNR" if result.psnr is not None else ""
-    fa = (f" (expected to flag {100 * result.false_alarms:.1f}% of new normal footage)"
-          if result.false_alarms is not None else "")
+    fa = (
+        f" (expected to flag {100 * result.false_alarms:.1f}% of new normal footage)"
+        if result.false_alarms is not None
+        else ""
+    )
     out.print(f"{head}{psnr}; threshold {result.threshold:.2f}{fa}", markup=False, highlight=False)
     for warning in result.warnings:
         err.print(f"warning: {_one_line(warning)}", markup=False, highlight=False, soft_wrap=True)
@@ -254,16 +284,21 @@ def _print_trained(result: Any, head: str) -> None:
 
 @app.command()
 @cli_errors
-def update(videos: Annotated[Optional[list[Path]], typer.Argument(help="Normal videos of the new scene.")] = None,
-           scene: Annotated[Optional[str], typer.Option(help="Name of the new scene (default: scene<N>).")] = None,
-           strategy: Annotated[str, typer.Option(help="replay, ewc or finetune.")] = "replay",
-           replay_ratio: Annotated[Optional[float], typer.Option(
-               help="Share of every batch replayed from old scenes (default: grows with their number).")] = None,
-           steps: Annotated[Optional[int], typer.Option(
-               min=1, help="Optimiser steps for each stage at most (overrides the config).")] = None,
-           device: DeviceOpt = "auto",
-           resume: Annotated[bool, typer.Option(help="Continue an interrupted update.")] = False,
-           project: ProjectOpt = None) -> None:
+def update(
+    videos: Annotated[list[Path] | None, typer.Argument(help="Normal videos of the new scene.")] = None,
+    scene: Annotated[str | None, typer.Option(help="Name of the new scene (default: scene<N>).")] = None,
+    strategy: Annotated[str, typer.Option(help="replay, ewc or finetune.")] = "replay",
+    replay_ratio: Annotated[
+        float | None,
+        typer.Option(help="Share of every batch replayed from old scenes (default: grows with their number)."),
+    ] = None,
+    steps: Annotated[
+        int | None, typer.Option(min=1, help="Optimiser steps for each stage at most (overrides the config).")
+    ] = None,
+    device: DeviceOpt = "auto",
+    resume: Annotated[bool, typer.Option(help="Continue an interrupted update.")] = False,
+    project: ProjectOpt = None,
+) -> None:
     """Learn a new normal scene without forgetting the ones the model knows (generative replay).
 
     Replay mixes samples of the old scenes, decoded by the previous model, into every batch and holds
@@ -273,23 +308,33 @@ def update(videos: Annotated[Optional[list[Path]], typer.Argument(help="Normal v
     """
     from .config import with_overrides
     from .training import update as update_model
+
     proj = _open(project)
     if steps is not None:
         proj.config = with_overrides(proj.config, train={"vae_steps": steps, "mdn_steps": steps})
     with _progress() as progress:
         r = update_model(proj, videos or [], scene, strategy, replay_ratio, _device(device), resume, progress)
-    _print_trained(r, f"model {r.version}: learned scene '{r.scene}' from {r.clips} clips ({r.frames} frames) "
-                      f"in {r.seconds:.0f} s with {strategy}")
+    _print_trained(
+        r,
+        f"model {r.version}: learned scene '{r.scene}' from {r.clips} clips ({r.frames} frames) "
+        f"in {r.seconds:.0f} s with {strategy}",
+    )
 
 
 @app.command()
 @cli_errors
-def score(videos: Annotated[list[Path], typer.Argument(help="Videos or frame folders to score.")],
-          device: DeviceOpt = "auto",
-          annotate: Annotated[Optional[Path], typer.Option(
-              help="Also write this video (.mp4) of the clip: error heatmap on its anomalous frames, "
-                   "score strip with a cursor.")] = None,
-          project: ProjectOpt = None) -> None:
+def score(
+    videos: Annotated[list[Path], typer.Argument(help="Videos or frame folders to score.")],
+    device: DeviceOpt = "auto",
+    annotate: Annotated[
+        Path | None,
+        typer.Option(
+            help="Also write this video (.mp4) of the clip: error heatmap on its anomalous frames, "
+            "score strip with a cursor."
+        ),
+    ] = None,
+    project: ProjectOpt = None,
+) -> None:
     """Score every frame of new clips; write CSV, JSON summary and a timeline PNG per clip.
 
     Example: vidanom score clip.mp4 --annotate clip_annotated.mp4
@@ -297,6 +342,7 @@ def score(videos: Annotated[list[Path], typer.Argument(help="Videos or frame fol
     from .annotate import check_request
     from .detector import Detector
     from .results import score as score_clips
+
     proj = _open(project)
     if annotate is not None:
         check_request(videos, annotate)  # before scoring, not after
@@ -307,19 +353,22 @@ def score(videos: Annotated[list[Path], typer.Argument(help="Videos or frame fol
             for r in score_clips(proj, video, _device(device), progress, detector):
                 spans = ", ".join(f"{s['start_time']:.1f}-{s['end_time']:.1f}s" for s in r.segments[:4])
                 more = f" (+{len(r.segments) - 4})" if len(r.segments) > 4 else ""
-                table.add_row(r.name, str(r.frames), (spans + more) or "none", f"{r.peak:.2f}",
-                              f"{r.threshold:.2f}", r.version)
+                table.add_row(
+                    r.name, str(r.frames), (spans + more) or "none", f"{r.peak:.2f}", f"{r.threshold:.2f}", r.version
+                )
                 if r.warning:
-                    err.print(f"warning: {r.name}: {_one_line(r.warning)}", markup=False, highlight=False,
-                              soft_wrap=True)
+                    err.print(
+                        f"warning: {r.name}: {_one_line(r.warning)}", markup=False, highlight=False, soft_wrap=True
+                    )
     out.print(table)
     out.print(f"scores in {proj.scores_dir}")
     if annotate is not None:
         _annotate(proj, videos[0], annotate, device)
 
 
-def _annotate(proj: Any, video: Path, output: Optional[Path], device: str) -> None:
+def _annotate(proj: Any, video: Path, output: Path | None, device: str) -> None:
     from .annotate import annotate
+
     with _progress() as progress:
         r = annotate(proj, video, output, _device(device), progress)
     out.print(f"wrote {r.path}: {r.frames} frames, {r.width}x{r.height} at {r.fps:g} fps")
@@ -329,11 +378,17 @@ def _annotate(proj: Any, video: Path, output: Optional[Path], device: str) -> No
 
 @app.command(name="annotate")
 @cli_errors
-def annotate_(video: Annotated[Path, typer.Argument(help="A scored video file or frame folder, or the name of a scored clip.")],
-              output: Annotated[Optional[Path], typer.Option(
-                  "--output", "-o", help="Video to write (.mp4, .mkv, .mov...; default: "
-                                         "scores/CLIP.annotated.mp4).")] = None,
-              device: DeviceOpt = "auto", project: ProjectOpt = None) -> None:
+def annotate_(
+    video: Annotated[Path, typer.Argument(help="A scored video file or frame folder, or the name of a scored clip.")],
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output", "-o", help="Video to write (.mp4, .mkv, .mov...; default: scores/CLIP.annotated.mp4)."
+        ),
+    ] = None,
+    device: DeviceOpt = "auto",
+    project: ProjectOpt = None,
+) -> None:
     """Write a scored clip as a video: error heatmap on its anomalous frames, score strip with a cursor.
 
     Same frame count, frame rate and resolution as the clip (H.264). Uses the stored scores: run
@@ -346,17 +401,22 @@ def annotate_(video: Annotated[Path, typer.Argument(help="A scored video file or
 
 @app.command()
 @cli_errors
-def gallery(video: Annotated[Path, typer.Argument(help="A scored video file or frame folder, or the name of a scored clip.")],
-            k: Annotated[int, typer.Option("-k", help="How many frames to show.")] = 8,
-            min_gap: Annotated[float, typer.Option(help="Seconds between any two frames shown.")] = 1.0,
-            output: Annotated[Optional[Path], typer.Option(
-                "--output", "-o", help="PNG to write (default: scores/CLIP.gallery.png).")] = None,
-            device: DeviceOpt = "auto", project: ProjectOpt = None) -> None:
+def gallery(
+    video: Annotated[Path, typer.Argument(help="A scored video file or frame folder, or the name of a scored clip.")],
+    k: Annotated[int, typer.Option("-k", help="How many frames to show.")] = 8,
+    min_gap: Annotated[float, typer.Option(help="Seconds between any two frames shown.")] = 1.0,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="PNG to write (default: scores/CLIP.gallery.png).")
+    ] = None,
+    device: DeviceOpt = "auto",
+    project: ProjectOpt = None,
+) -> None:
     """One PNG of a scored clip's k most anomalous frames: original, reconstruction, error heatmap.
 
     Example: vidanom gallery clip.mp4 -k 8
     """
     from .gallery import gallery as make_gallery
+
     proj = _open(project)
     with _progress() as progress:
         g = make_gallery(proj, video, k, output, min_gap, _device(device), progress)
@@ -367,12 +427,23 @@ def gallery(video: Annotated[Path, typer.Argument(help="A scored video file or f
 
 @app.command()
 @cli_errors
-def report(output: Annotated[Optional[Path], typer.Option(
-               "--output", "-o", help="Folder to write index.html and its assets into (default: PROJECT/report).")] = None,
-           videos: Annotated[bool, typer.Option(
-               help="Also make the annotated video of every clip with events that has none (slow: decodes "
-                    "each clip again).")] = False,
-           device: DeviceOpt = "auto", project: ProjectOpt = None) -> None:
+def report(
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output", "-o", help="Folder to write index.html and its assets into (default: PROJECT/report)."
+        ),
+    ] = None,
+    videos: Annotated[
+        bool,
+        typer.Option(
+            help="Also make the annotated video of every clip with events that has none (slow: decodes "
+            "each clip again)."
+        ),
+    ] = False,
+    device: DeviceOpt = "auto",
+    project: ProjectOpt = None,
+) -> None:
     """One HTML page of the scored clips: totals, model, events with images, timelines, videos.
 
     Open DIR/index.html in a browser: it needs no server and no internet. Images already made are
@@ -381,10 +452,12 @@ def report(output: Annotated[Optional[Path], typer.Option(
     Example: vidanom report -o night_report --videos
     """
     from .report import build_report
+
     proj = _open(project)
     with _progress() as progress:
-        r = build_report([(proj.root.resolve().name, proj)], output or proj.root / "report", videos,
-                         _device(device), progress)
+        r = build_report(
+            [(proj.root.resolve().name, proj)], output or proj.root / "report", videos, _device(device), progress
+        )
     made = ", ".join(f"{n} {kind}" for kind, n in r.made.items() if n) or "nothing new"
     out.print(f"wrote {r.index}: {r.clips} clips, {r.events} events ({made} made)", markup=False, highlight=False)
     for note in r.notes:
@@ -407,6 +480,7 @@ class _WatchView:
 
     def __init__(self, source: str) -> None:
         from rich.live import Live
+
         self.source, self.started, self.noted, self.noted_at, self.state = source, False, 0, 0.0, "watching"
         self.live = Live(console=out, transient=True, auto_refresh=False) if out.is_terminal else None
 
@@ -420,19 +494,24 @@ class _WatchView:
 
     def gap(self, gap: dict[str, Any]) -> None:
         self.event(gap)
-        _say(f"stream back after {gap['gap']:.1f} s ({gap['attempts']} attempt(s)); watching from frame "
-             f"{gap['to_frame']} at {gap['to_time']:.1f} s")
+        _say(
+            f"stream back after {gap['gap']:.1f} s ({gap['attempts']} attempt(s)); watching from frame "
+            f"{gap['to_frame']} at {gap['to_time']:.1f} s"
+        )
 
     def status(self, s: Any) -> None:
         if not self.started:
             self.started = True
-            _say(f"watching {self.source} at {s.fps:g} fps with model {s.version} (threshold {s.threshold:.2f}); "
-                 "Ctrl-C to stop")
+            _say(
+                f"watching {self.source} at {s.fps:g} fps with model {s.version} (threshold {s.threshold:.2f}); "
+                "Ctrl-C to stop"
+            )
         if s.state == "reconnecting" and self.state != "reconnecting":
             _say(f"stream lost ({s.reason}); reconnecting")
         self.state = s.state
         if self.live is not None:
             from rich.text import Text
+
             self.live.update(Text(self._line(s)), refresh=True)
         else:
             self._note_drops(s)
@@ -443,11 +522,14 @@ class _WatchView:
             tried = f"attempt {s.attempts} failed ({s.reason})" if s.attempts else f"lost ({s.reason})"
             return f"{s.seconds:7.1f} s  reconnecting: {tried}; next attempt in {s.retry_in:g} s  events {s.events}"
         state = "[ANOMALY]" if s.in_event else "normal"
-        return (f"{s.seconds:7.1f} s  frames {s.frames}  dropped {s.dropped}  events {s.events}  "
-                f"score {s.score:6.2f} {state}  latency {s.latency:.2f} s")
+        return (
+            f"{s.seconds:7.1f} s  frames {s.frames}  dropped {s.dropped}  events {s.events}  "
+            f"score {s.score:6.2f} {state}  latency {s.latency:.2f} s"
+        )
 
     def _note_drops(self, s: Any) -> None:
         import time
+
         if s.dropped > self.noted and time.monotonic() - self.noted_at > self.NOTE_EVERY:
             _say(f"warning: falling behind: {s.dropped} frames dropped so far to keep the latency under --max-latency")
             self.noted, self.noted_at = s.dropped, time.monotonic()
@@ -460,22 +542,39 @@ def _say(line: str) -> None:
 
 @app.command()
 @cli_errors
-def watch(source: Annotated[str, typer.Argument(
-              help="rtsp://, http(s)://, udp://... URL, a camera (/dev/video0) or a video file.")],
-          realtime: Annotated[bool, typer.Option(help="Play a file at its own frame rate, as if live.")] = False,
-          follow: Annotated[bool, typer.Option(
-              help="Keep reading a file that is still being written (MPEG-TS, MKV, raw H.264; not MP4).")] = False,
-          idle: Annotated[float, typer.Option(help="With --follow: stop after this many seconds without new "
-                                                   "data.")] = 10.0,
-          max_latency: Annotated[float, typer.Option(
-              help="Seconds a frame of a live source may wait; later ones are dropped.")] = 2.0,
-          reconnect: Annotated[Optional[bool], typer.Option(
-              "--reconnect/--no-reconnect", help="When the stream ends, breaks or stalls, open it again after 1, "
-              "2, 4 ... 30 s (default: on for URLs and cameras, off for files).", show_default=False)] = None,
-          input_option: Annotated[Optional[list[str]], typer.Option(
-              "--input-option", "-i", help="FFmpeg input option KEY=VALUE, e.g. video_size=1280x720 or "
-              "rtsp_transport=udp (RTSP: TCP, then UDP if the server refuses TCP).")] = None,
-          device: DeviceOpt = "auto", project: ProjectOpt = None) -> None:
+def watch(
+    source: Annotated[
+        str, typer.Argument(help="rtsp://, http(s)://, udp://... URL, a camera (/dev/video0) or a video file.")
+    ],
+    realtime: Annotated[bool, typer.Option(help="Play a file at its own frame rate, as if live.")] = False,
+    follow: Annotated[
+        bool, typer.Option(help="Keep reading a file that is still being written (MPEG-TS, MKV, raw H.264; not MP4).")
+    ] = False,
+    idle: Annotated[float, typer.Option(help="With --follow: stop after this many seconds without new data.")] = 10.0,
+    max_latency: Annotated[
+        float, typer.Option(help="Seconds a frame of a live source may wait; later ones are dropped.")
+    ] = 2.0,
+    reconnect: Annotated[
+        bool | None,
+        typer.Option(
+            "--reconnect/--no-reconnect",
+            help="When the stream ends, breaks or stalls, open it again after 1, "
+            "2, 4 ... 30 s (default: on for URLs and cameras, off for files).",
+            show_default=False,
+        ),
+    ] = None,
+    input_option: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--input-option",
+            "-i",
+            help="FFmpeg input option KEY=VALUE, e.g. video_size=1280x720 or "
+            "rtsp_transport=udp (RTSP: TCP, then UDP if the server refuses TCP).",
+        ),
+    ] = None,
+    device: DeviceOpt = "auto",
+    project: ProjectOpt = None,
+) -> None:
     """Score a live stream; print one JSON line per anomalous event as soon as it ends.
 
     Each line has the event's start, peak and end as frames and seconds, and its peak score.
@@ -485,6 +584,7 @@ def watch(source: Annotated[str, typer.Argument(
     Example: vidanom watch rtsp://192.168.1.20/stream
     """
     from .watch import WatchOptions, watch as run_watch
+
     if not max_latency > 0 or not idle > 0:
         raise typer.BadParameter("--max-latency and --idle must be positive numbers of seconds")
     proj = _open(project)
@@ -494,35 +594,43 @@ def watch(source: Annotated[str, typer.Argument(
         s = run_watch(proj, source, options, view.event, view.status, _device(device), on_gap=view.gap)
     fps = s.frames / s.seconds if s.seconds > 0 else 0.0
     gaps = f", {s.gaps} gap(s) of {s.gap_seconds:.1f} s in all" if s.gaps else ""
-    _say(f"{'stopped' if s.interrupted else 'stream ended'}: {s.frames} frames scored in {s.seconds:.1f} s "
-         f"({fps:.1f} frames/s), {s.dropped} dropped, {s.events} event(s){gaps}")
+    _say(
+        f"{'stopped' if s.interrupted else 'stream ended'}: {s.frames} frames scored in {s.seconds:.1f} s "
+        f"({fps:.1f} frames/s), {s.dropped} dropped, {s.events} event(s){gaps}"
+    )
 
 
 @app.command()
 @cli_errors
-def plot(clip: Annotated[str, typer.Argument(help="Name of a scored clip (its file name).")],
-         labels: Annotated[Optional[Path], typer.Option(help="Labels JSON to shade ground truth.")] = None,
-         output: Annotated[Optional[Path], typer.Option("--output", "-o", help="PNG to write.")] = None,
-         project: ProjectOpt = None) -> None:
+def plot(
+    clip: Annotated[str, typer.Argument(help="Name of a scored clip (its file name).")],
+    labels: Annotated[Path | None, typer.Option(help="Labels JSON to shade ground truth.")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="PNG to write.")] = None,
+    project: ProjectOpt = None,
+) -> None:
     """Redraw a clip's timeline from its stored scores.
 
     Example: vidanom plot Test001.mp4 --labels labels.json
     """
     from .results import plot_clip
+
     path = plot_clip(_open(project), clip, labels, output)
     out.print(f"wrote {path}")
 
 
 @app.command(name="eval")
 @cli_errors
-def eval_(labels: Annotated[Path, typer.Argument(help="Labels JSON: {clip: [[start, end], ...]}.")],
-          as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
-          project: ProjectOpt = None) -> None:
+def eval_(
+    labels: Annotated[Path, typer.Argument(help="Labels JSON: {clip: [[start, end], ...]}.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    project: ProjectOpt = None,
+) -> None:
     """Frame-level micro AUROC, AUPRC and EER of the scored clips against labels.
 
     Example: vidanom eval labels.json --json
     """
     from .results import evaluate
+
     res = evaluate(_open(project), labels)
     if as_json:
         print(json.dumps(res))
@@ -552,6 +660,7 @@ def status(project: ProjectOpt = None) -> None:
     from . import cache
     from .results import scored_clips
     from .config import to_dict
+
     proj = _open(project)
     out.print(f"[bold]project[/bold] {proj.root.resolve()}")
     cfg = to_dict(proj.config)
@@ -560,17 +669,25 @@ def status(project: ProjectOpt = None) -> None:
         if isinstance(values, dict):
             out.print(f"  {section}: " + ", ".join(f"{k}={v}" for k, v in values.items()), markup=False)
     clips = cache.clips(proj.cache_dir, proj.config.frames)
-    out.print(f"cached clips: {len(clips)} ({sum(c.frames for c in clips)} frames, "
-              f"{cache.size_bytes(proj.cache_dir) / 1e6:.1f} MB)")
+    out.print(
+        f"cached clips: {len(clips)} ({sum(c.frames for c in clips)} frames, "
+        f"{cache.size_bytes(proj.cache_dir) / 1e6:.1f} MB)"
+    )
     current = proj.current_version()
     t = Table("version", "scene", "parent", "how", "frames", "PSNR dB", "threshold (false alarms)")
     for v in proj.versions():
         name = v.get("version", "?")
         fa, psnr = v.get("expected_false_alarms"), v.get("psnr")
         how = v.get("strategy", "") + ("" if v.get("stage") == "all" else f"/{v.get('stage', '')}")
-        t.add_row(f"[bold]{name}*[/bold]" if name == current else name, v.get("scene", ""),
-                  str(v.get("parent") or "-"), how, str(v.get("frames", "")), "-" if psnr is None else f"{psnr:.1f}",
-                  f"{v.get('threshold', 0):.2f}" + ("" if fa is None else f" ({100 * fa:.1f}%)"))
+        t.add_row(
+            f"[bold]{name}*[/bold]" if name == current else name,
+            v.get("scene", ""),
+            str(v.get("parent") or "-"),
+            how,
+            str(v.get("frames", "")),
+            "-" if psnr is None else f"{psnr:.1f}",
+            f"{v.get('threshold', 0):.2f}" + ("" if fa is None else f" ({100 * fa:.1f}%)"),
+        )
     if current:
         t.caption = f"* current version: {current}"
     out.print(t if proj.versions() else "models: none yet (run 'vidanom train VIDEO...')")
@@ -578,11 +695,12 @@ def status(project: ProjectOpt = None) -> None:
     if run is not None:
         what = ("train" if run.get("strategy") == "train" else "update") if run else "training"
         scene = f" of scene '{run['scene']}'" if run.get("scene") else ""
-        out.print(f"an interrupted {what} run{scene} can be continued: the same command with --resume",
-                  markup=False)
+        out.print(f"an interrupted {what} run{scene} can be continued: the same command with --resume", markup=False)
     scored = scored_clips(proj)
-    out.print(f"scored clips: {len(scored)}" + (f" ({', '.join(scored[:8])}{' ...' if len(scored) > 8 else ''})"
-                                                if scored else ""))
+    out.print(
+        f"scored clips: {len(scored)}"
+        + (f" ({', '.join(scored[:8])}{' ...' if len(scored) > 8 else ''})" if scored else "")
+    )
 
 
 def run() -> None:  # pragma: no cover - the console script entry point

@@ -86,7 +86,9 @@ class ScoreConfig:
     patch_stride: int = 8  # ...at windows this far apart...
     top_k: int = 5  # ...and the mean of the k worst patches counts
     weights: tuple[float, ...] = (1.0, 1.0, 0.25, 2.0)  # combined = Σ weight · term (recon, kl, nll, still)
-    shrink_seconds: float = 300.0  # place-by-place statistics count as much as the frame-wide ones after this much footage
+    shrink_seconds: float = (
+        300.0  # place-by-place statistics count as much as the frame-wide ones after this much footage
+    )
     mdn_warmup: int = 8  # no MDN surprise for a clip's first frames: the LSTM has seen too little
     smooth: int = 5  # causal moving average over this many frames (1 = none)
     false_alarms: float = 0.01  # the share of normal frames the threshold may flag, estimated on held-out footage
@@ -108,8 +110,9 @@ class ProjectConfig:
         return self.frames.channels * (2 if self.frames.motion_lag > 0 else 1)
 
     def vae_config(self) -> VAEConfig:
-        return VAEConfig(in_channels=self.in_channels, height=self.frames.height, width=self.frames.width,
-                         **asdict(self.vae))
+        return VAEConfig(
+            in_channels=self.in_channels, height=self.frames.height, width=self.frames.width, **asdict(self.vae)
+        )
 
     def mdn_config(self) -> MDNConfig:
         rows, cols = self.vae_config().grid
@@ -140,15 +143,20 @@ def validate(cfg: ProjectConfig) -> None:
     if f.channels not in (1, 3):
         raise ConfigError(f"frames.channels must be 1 (gray) or 3 (RGB), not {f.channels}")
     if min(f.height, f.stride) < 1 or f.width < 0 or f.motion_lag < 0:
-        raise ConfigError("frames.height and stride must be positive, width positive or 0 (from the video) "
-                          "and motion_lag not negative")
+        raise ConfigError(
+            "frames.height and stride must be positive, width positive or 0 (from the video) "
+            "and motion_lag not negative"
+        )
     if not f.decode_timeout > 0:
         raise ConfigError("frames.decode_timeout must be a positive number of seconds")
     if f.motion not in MOTION_KINDS or not f.motion_gain > 0 or f.motion_blur < 1 or f.motion_blur % 2 == 0:
-        raise ConfigError(f"frames.motion must be one of {', '.join(MOTION_KINDS)}, motion_gain positive and "
-                          "motion_blur an odd number of pixels")
+        raise ConfigError(
+            f"frames.motion must be one of {', '.join(MOTION_KINDS)}, motion_gain positive and "
+            "motion_blur an odd number of pixels"
+        )
     try:
         from .vae import BetaVAE  # a cheap check of the architecture's divisibility rules
+
         BetaVAE(replace(cfg, frames=f.resolved(f.height, f.height)).vae_config())
     except ValueError as exc:
         raise ConfigError(f"config does not describe a valid model: {exc}") from exc
@@ -156,8 +164,7 @@ def validate(cfg: ProjectConfig) -> None:
     if not 0 < t.holdout < 1 or not t.block_seconds > 0:
         raise ConfigError("train.holdout must lie between 0 and 1 and train.block_seconds be positive")
     if min(t.vae_steps, t.mdn_steps, t.eval_every, t.patience, t.batch_size, t.seq_len) < 1:
-        raise ConfigError("train.vae_steps, mdn_steps, eval_every, patience, batch_size and seq_len must be "
-                          "positive")
+        raise ConfigError("train.vae_steps, mdn_steps, eval_every, patience, batch_size and seq_len must be positive")
     sc = cfg.score
     if not (1 <= sc.patch <= min(f.width or f.height, f.height) and sc.patch_stride >= 1 and sc.top_k >= 1):
         raise ConfigError("score.patch must fit the frame, and score.patch_stride and top_k must be positive")
@@ -180,8 +187,9 @@ def from_dict(data: Any) -> ProjectConfig:
     if not isinstance(version, int):
         raise ConfigError("config has no schema_version")
     if version > SCHEMA_VERSION:
-        raise ConfigError(f"project was written by a newer vidanom (schema {version} > {SCHEMA_VERSION}); "
-                          "upgrade vidanom to open it")
+        raise ConfigError(
+            f"project was written by a newer vidanom (schema {version} > {SCHEMA_VERSION}); upgrade vidanom to open it"
+        )
     try:
         cfg = _build(ProjectConfig, _migrate(data), "")
         validate(cfg)
@@ -221,6 +229,7 @@ def read_config(path: Path) -> ProjectConfig:
 def parse_overrides(items: list[str]) -> dict[str, dict[str, Any]]:
     """['vae.beta=0.3', ...] → {'vae': {'beta': 0.3}}, for with_overrides (values are Python literals)."""
     import ast
+
     out: dict[str, dict[str, Any]] = {}
     for item in items:
         key, value = item.split("=", 1)

@@ -73,8 +73,9 @@ def motion_scale(gaps: torch.Tensor | np.ndarray, ref_dt: float) -> torch.Tensor
     return ratio.clamp(MIN_MOTION_SCALE, 1.0).float()
 
 
-def _scaled(diff: torch.Tensor, gaps: torch.Tensor | np.ndarray | None, ref_dt: float | None,
-            plane: MotionPlane) -> torch.Tensor:
+def _scaled(
+    diff: torch.Tensor, gaps: torch.Tensor | np.ndarray | None, ref_dt: float | None, plane: MotionPlane
+) -> torch.Tensor:
     """(n, C, H, W) differences → the motion plane, scaled per frame by motion_scale where gaps and
     ref_dt are given."""
     if gaps is not None and ref_dt is not None:
@@ -82,8 +83,13 @@ def _scaled(diff: torch.Tensor, gaps: torch.Tensor | np.ndarray | None, ref_dt: 
     return plane(diff)
 
 
-def to_input(frames: torch.Tensor, motion: MotionPlane | int, context: torch.Tensor | None = None,
-             gaps: torch.Tensor | np.ndarray | None = None, ref_dt: float | None = None) -> torch.Tensor:
+def to_input(
+    frames: torch.Tensor,
+    motion: MotionPlane | int,
+    context: torch.Tensor | None = None,
+    gaps: torch.Tensor | np.ndarray | None = None,
+    ref_dt: float | None = None,
+) -> torch.Tensor:
     """frames: (n, H, W, C) uint8 → (n, C·(2 if lag else 1), H, W): the frames in [0, 1] and their
     motion planes (a plain lag: differences in [-1, 1]).
 
@@ -105,8 +111,13 @@ def to_input(frames: torch.Tensor, motion: MotionPlane | int, context: torch.Ten
     return torch.cat([x, _scaled(x - prev, gaps, ref_dt, plane)], 1)
 
 
-def gather(frames: np.ndarray, idx: np.ndarray, motion: MotionPlane | int,
-           gaps: torch.Tensor | np.ndarray | None = None, ref_dt: float | None = None) -> torch.Tensor:
+def gather(
+    frames: np.ndarray,
+    idx: np.ndarray,
+    motion: MotionPlane | int,
+    gaps: torch.Tensor | np.ndarray | None = None,
+    ref_dt: float | None = None,
+) -> torch.Tensor:
     """Model inputs for frames idx of one clip (memory-mapped): (len(idx), C_in, H, W).
 
     gaps, ref_dt: as for to_input, gaps (len(idx),) for the frames idx (e.g. times[idx] −
@@ -135,8 +146,9 @@ class Split:
     held: list[list[tuple[int, int]]]  # per clip, held-out frame ranges [start, end), in order
 
     @classmethod
-    def blocks(cls, lengths: list[int], fps: list[float], holdout: float, block_seconds: float,
-               min_units: int = 5) -> Split:
+    def blocks(
+        cls, lengths: list[int], fps: list[float], holdout: float, block_seconds: float, min_units: int = 5
+    ) -> Split:
         """Hold out about `holdout` of the footage, as evenly spread units: whole clips when there
         are at least `min_units` clips, else blocks of `block_seconds` (shorter when the footage is
         short, so that there are at least `min_units` blocks). A clip of one frame is never split."""
@@ -145,8 +157,11 @@ class Split:
         else:
             seconds = sum(n / f for n, f in zip(lengths, fps))
             size = min(block_seconds, seconds / min_units)
-            units = [(i, a, min(a + max(1, round(size * f)), n))
-                     for i, (n, f) in enumerate(zip(lengths, fps)) for a in range(0, n, max(1, round(size * f)))]
+            units = [
+                (i, a, min(a + max(1, round(size * f)), n))
+                for i, (n, f) in enumerate(zip(lengths, fps))
+                for a in range(0, n, max(1, round(size * f)))
+            ]
         count = max(1, round(holdout * len(units))) if len(units) > 1 else 0
         picked = sorted({int((k + 0.5) * len(units) / count) for k in range(count)})
         held: list[list[tuple[int, int]]] = [[] for _ in lengths]
@@ -205,8 +220,12 @@ class Timing:
         return None if self.times is None or self.ref_dt is None else gaps_of(self.times[clip], idx, lag)
 
 
-def inputs(clips: list[np.ndarray], rows: np.ndarray, motion: MotionPlane | int, timing: Timing = Timing()
-           ) -> torch.Tensor:
+UNTIMED = Timing()  # frames whose times are not known: motion planes as they are
+
+
+def inputs(
+    clips: list[np.ndarray], rows: np.ndarray, motion: MotionPlane | int, timing: Timing = UNTIMED
+) -> torch.Tensor:
     """Model inputs (N, C_in, H, W) of the (clip, frame) rows, in an order of clips and frames."""
     parts, lag = [], as_plane(motion).lag
     for clip in np.unique(rows[:, 0]):
@@ -215,8 +234,14 @@ def inputs(clips: list[np.ndarray], rows: np.ndarray, motion: MotionPlane | int,
     return torch.cat(parts)
 
 
-def sample_batch(clips: list[np.ndarray], index: np.ndarray, batch_size: int, motion: MotionPlane | int,
-                 rng: np.random.Generator, timing: Timing = Timing()) -> torch.Tensor:
+def sample_batch(
+    clips: list[np.ndarray],
+    index: np.ndarray,
+    batch_size: int,
+    motion: MotionPlane | int,
+    rng: np.random.Generator,
+    timing: Timing = UNTIMED,
+) -> torch.Tensor:
     """A random batch of model inputs (B, C_in, H, W) from the (clip, frame) rows of index.
 
     Drawn with replacement from a generator seeded per optimiser step, so a resumed run draws exactly
@@ -234,8 +259,9 @@ def spread(index: np.ndarray, most: int) -> np.ndarray:
 
 def window_starts(lengths: list[int], seq_len: int) -> np.ndarray:
     """(N, 2) rows of (clip, start) for every window of seq_len + 1 latents inside the given lengths."""
-    rows = [np.stack([np.full(n - seq_len, i), np.arange(n - seq_len)], 1)
-            for i, n in enumerate(lengths) if n > seq_len]
+    rows = [
+        np.stack([np.full(n - seq_len, i), np.arange(n - seq_len)], 1) for i, n in enumerate(lengths) if n > seq_len
+    ]
     if not rows:  # clips shorter than a window: use each whole clip once
         return np.array([[i, 0] for i, n in enumerate(lengths) if n > 1], dtype=np.int64).reshape(-1, 2)
     return np.concatenate(rows).astype(np.int64)

@@ -65,8 +65,13 @@ class ChunkScores:
     anomalous: np.ndarray
 
     def frames(self) -> Iterator[FrameScore]:
-        rows = zip(self.times.tolist(), self.components.tolist(), self.scenes.tolist(), self.scores.tolist(),
-                   self.anomalous.tolist())
+        rows = zip(
+            self.times.tolist(),
+            self.components.tolist(),
+            self.scenes.tolist(),
+            self.scores.tolist(),
+            self.anomalous.tolist(),
+        )
         for i, (t, (r, k, n), s, sc, a) in enumerate(rows):
             yield FrameScore(self.start + i, t, r, k, n, s, sc, a)
 
@@ -95,13 +100,16 @@ class Detector:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values and CPU tensors only: torch.load(weights_only=True) reads it back."""
-        return {"format": FORMAT, "config": to_dict(self.config),
-                "vae": {"config": asdict(self.vae.cfg), "model": _cpu(self.vae.state_dict())},
-                "mdn": None if self.mdn is None else {"config": asdict(self.mdn.cfg),
-                                                      "model": _cpu(self.mdn.state_dict())},
-                "calibration": self.calibration.to_dict(),
-                "prior": None if self.prior is None else self.prior.to_dict(), "ewc": self.ewc,
-                "info": json.loads(json.dumps(self.info))}
+        return {
+            "format": FORMAT,
+            "config": to_dict(self.config),
+            "vae": {"config": asdict(self.vae.cfg), "model": _cpu(self.vae.state_dict())},
+            "mdn": None if self.mdn is None else {"config": asdict(self.mdn.cfg), "model": _cpu(self.mdn.state_dict())},
+            "calibration": self.calibration.to_dict(),
+            "prior": None if self.prior is None else self.prior.to_dict(),
+            "ewc": self.ewc,
+            "info": json.loads(json.dumps(self.info)),
+        }
 
     def save(self, path: Path) -> None:
         """Write the model file atomically (a version folder: its model.pt)."""
@@ -114,11 +122,15 @@ class Detector:
         if int(data.get("format", 0)) > FORMAT:
             raise ProjectError("the model was written by a newer vidanom; upgrade vidanom to read it")
         try:
-            return cls(config or from_dict(data["config"]), build_vae(data["vae"]),
-                       build_mdn(data["mdn"]) if data.get("mdn") else None,
-                       Calibration.from_dict(data["calibration"]),
-                       LatentPrior.from_dict(data["prior"]) if data.get("prior") else None,
-                       data.get("ewc"), dict(data.get("info") or {}))
+            return cls(
+                config or from_dict(data["config"]),
+                build_vae(data["vae"]),
+                build_mdn(data["mdn"]) if data.get("mdn") else None,
+                Calibration.from_dict(data["calibration"]),
+                LatentPrior.from_dict(data["prior"]) if data.get("prior") else None,
+                data.get("ewc"),
+                dict(data.get("info") or {}),
+            )
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:  # readable, but not what a model holds
             raise ProjectError(f"the model is damaged ({type(exc).__name__}: {exc}); train again") from exc
 
@@ -154,21 +166,35 @@ class Detector:
             info = json.loads((version / "version.json").read_text())
         except (OSError, json.JSONDecodeError):
             info = {"version": version.name}
-        return cls.from_dict({"config": None, "vae": part["vae.pt"], "mdn": part.get("mdn.pt"),
-                              "calibration": part.get("calibration.pt"), "prior": part.get("prior.pt"),
-                              "ewc": part.get("ewc.pt"), "info": info}, config)
+        return cls.from_dict(
+            {
+                "config": None,
+                "vae": part["vae.pt"],
+                "mdn": part.get("mdn.pt"),
+                "calibration": part.get("calibration.pt"),
+                "prior": part.get("prior.pt"),
+                "ewc": part.get("ewc.pt"),
+                "info": info,
+            },
+            config,
+        )
 
     def check(self, config: ProjectConfig) -> None:
         """Refuse a config that no longer describes this model (frame size, channels, architecture, patches)."""
         from dataclasses import replace
+
         if self.vae.cfg != config.vae_config():
-            raise ConfigError("the project's config no longer matches its trained model (frame size, channels or "
-                              "architecture changed); train from scratch with 'vidanom train --stage all'")
+            raise ConfigError(
+                "the project's config no longer matches its trained model (frame size, channels or "
+                "architecture changed); train from scratch with 'vidanom train --stage all'"
+            )
         sc, fc = config.score, config.frames
         positions = patch_means(torch.zeros(1, fc.height, fc.width), sc.patch, sc.patch_stride).shape[1]
         if self.calibration.err_mean.shape[-1] != positions:
-            raise ConfigError(f"model {self.version} was calibrated on other patches than score.patch = "
-                              f"{sc.patch}, score.patch_stride = {sc.patch_stride} give; set them back or train again")
+            raise ConfigError(
+                f"model {self.version} was calibrated on other patches than score.patch = "
+                f"{sc.patch}, score.patch_stride = {sc.patch_stride} give; set them back or train again"
+            )
         self.config = replace(self.config, score=config.score)
 
     # -- scoring -------------------------------------------------------------------------------------
@@ -176,12 +202,14 @@ class Detector:
     def scorer(self, device: torch.device | None = None) -> Scorer:
         """A fresh Scorer of this model (fast inference copy of the β-VAE), for one clip."""
         from .inference import for_inference
+
         device = device or torch.device("cpu")
         mdn = self.mdn.to(device).eval() if self.mdn is not None else None
         return make_scorer(for_inference(self.vae, device), mdn, self.config, device, self.calibration.frame_interval)
 
-    def score_chunks(self, chunks: Iterable[tuple[np.ndarray, np.ndarray | None]],
-                     device: torch.device | None = None) -> Iterator[ChunkScores]:
+    def score_chunks(
+        self, chunks: Iterable[tuple[np.ndarray, np.ndarray | None]], device: torch.device | None = None
+    ) -> Iterator[ChunkScores]:
         """Score the chunks of one clip, in order: (frames (n, H, W, C) uint8 at the config's size,
         times (n,) in seconds or None) → ChunkScores, streaming."""
         cal, start, times_seen = self.calibration, 0, []
@@ -200,28 +228,48 @@ class Detector:
             yield ChunkScores(start, times_seen.pop(0), comp.numpy(), scenes[scene.numpy()], s, s > cal.threshold)
             start += len(s)
 
-    def score_frames(self, frames: np.ndarray, times: np.ndarray | None = None,
-                     device: torch.device | None = None) -> ChunkScores:
+    def score_frames(
+        self, frames: np.ndarray, times: np.ndarray | None = None, device: torch.device | None = None
+    ) -> ChunkScores:
         """Score the frames of one clip in memory: (n, H, W, C) uint8 at the config's frame size."""
         fc = self.config.frames
         if frames.ndim != 4 or frames.shape[1:] != (fc.height, fc.width, fc.channels) or frames.dtype != np.uint8:
-            raise ConfigError(f"frames must be uint8 (n, {fc.height}, {fc.width}, {fc.channels}), "
-                              f"not {frames.dtype} {tuple(frames.shape)}")
+            raise ConfigError(
+                f"frames must be uint8 (n, {fc.height}, {fc.width}, {fc.channels}), "
+                f"not {frames.dtype} {tuple(frames.shape)}"
+            )
         size = self.config.score.batch_size
-        parts = list(self.score_chunks(((frames[s:s + size], None if times is None else times[s:s + size])
-                                        for s in range(0, len(frames), size)), device))
-        return ChunkScores(0, *(np.concatenate([getattr(p, k) for p in parts])
-                                for k in ("times", "components", "scenes", "scores", "anomalous")))
+        parts = list(
+            self.score_chunks(
+                (
+                    (frames[s : s + size], None if times is None else times[s : s + size])
+                    for s in range(0, len(frames), size)
+                ),
+                device,
+            )
+        )
+        return ChunkScores(
+            0,
+            *(
+                np.concatenate([getattr(p, k) for p in parts])
+                for k in ("times", "components", "scenes", "scores", "anomalous")
+            ),
+        )
 
-    def score_source(self, src: Source, device: torch.device | None = None,
-                     report: DecodeReport | None = None) -> Iterator[ChunkScores]:
+    def score_source(
+        self, src: Source, device: torch.device | None = None, report: DecodeReport | None = None
+    ) -> Iterator[ChunkScores]:
         """Decode a clip (in a producer thread, a few chunks ahead) and score it, chunk by chunk."""
         from .inference import DECODING_THREADS, scoring_threads, torch_threads
         from .prefetch import prefetch
+
         device = device or torch.device("cpu")
         fc = self.config.frames
-        chunks = prefetch(iter_timed_chunks(src, fc, self.config.score.batch_size, report, DECODING_THREADS),
-                          depth=3, name=f"vidanom-decode {src.name}")
+        chunks = prefetch(
+            iter_timed_chunks(src, fc, self.config.score.batch_size, report, DECODING_THREADS),
+            depth=3,
+            name=f"vidanom-decode {src.name}",
+        )
         try:
             with torch_threads(scoring_threads(device)):
                 yield from self.score_chunks(chunks, device)
@@ -239,6 +287,7 @@ def _one(path: Path) -> list[Source]:
     sources = find_sources([path])
     if len(sources) != 1:
         from .errors import VideoError
+
         raise VideoError(f"{path} holds {len(sources)} clips; pass one video file or frame folder")
     return sources
 

@@ -26,13 +26,25 @@ import torch
 
 from . import fsutil, interrupt
 from .config import ProjectConfig, TrainConfig
-from .data import MotionPlane, Split, Timing, as_plane, gaps_of, inputs, sample_batch, spread, to_input, window_starts
+from .data import (
+    UNTIMED,
+    MotionPlane,
+    Split,
+    Timing,
+    as_plane,
+    gaps_of,
+    inputs,
+    sample_batch,
+    spread,
+    to_input,
+    window_starts,
+)
 from .errors import ProjectError, VidanomError
 from .mdn import LSTMMDN, MDNConfig, mdn_nll
 from .replay import replayed_count
 from .vae import BetaVAE, VAEConfig, vae_loss
 
-Progress = Callable[[str, int, int, dict[str, float]], None]
+Progress = Callable[[str, int, int, dict[str, Any]], None]  # (task, done, total or 0, what to show)
 ExtraBatch = Callable[[int, torch.Generator], torch.Tensor]  # (batch size, generator) → replayed inputs
 Penalty = Callable[[torch.Generator], torch.Tensor]  # an extra loss term (EWC, replay's distillation)
 INFER_BATCH = 256
@@ -42,7 +54,7 @@ MDN_WINDOWS = 8  # windows per LSTM-MDN batch; each brings every cell of the gri
 MIN_GAIN = 1e-3  # a held-out loss better by less than this share does not count as progress
 
 
-def no_progress(task: str, done: int, total: int, info: dict[str, float]) -> None:
+def no_progress(task: str, done: int, total: int, info: dict[str, Any]) -> None:
     """The progress callback of a caller that shows none (tests, benchmarks, library use)."""
 
 
@@ -59,8 +71,9 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for damaged files; all mean the same here
-        raise ProjectError(f"checkpoint {path} is damaged or unreadable ({type(exc).__name__}); "
-                           "train again or restore it") from exc
+        raise ProjectError(
+            f"checkpoint {path} is damaged or unreadable ({type(exc).__name__}); train again or restore it"
+        ) from exc
 
 
 def build_vae(ckpt: dict[str, Any]) -> BetaVAE:
@@ -126,9 +139,18 @@ def _checkpoint_on_interrupt(path: Path | None, state: Callable[[], dict[str, An
         raise
 
 
-def _fit(task: str, model: torch.nn.Module, opt: torch.optim.Optimizer, tc: TrainConfig, steps: int,
-         step: Callable[[int], dict[str, float]], evaluate: Callable[[], dict[str, float]], progress: Progress,
-         ckpt: Path | None, start: dict[str, Any] | None) -> Fitting:
+def _fit(
+    task: str,
+    model: BetaVAE | LSTMMDN,
+    opt: torch.optim.Optimizer,
+    tc: TrainConfig,
+    steps: int,
+    step: Callable[[int], dict[str, float]],
+    evaluate: Callable[[], dict[str, float]],
+    progress: Progress,
+    ckpt: Path | None,
+    start: dict[str, Any] | None,
+) -> Fitting:
     """The loop both stages share: `step(i)` computes the loss of optimiser step i and calls
     backward, `evaluate()` measures the model on held-out data ({"loss": ..., ...}). Restores the
     best weights at the end."""
@@ -140,8 +162,12 @@ def _fit(task: str, model: torch.nn.Module, opt: torch.optim.Optimizer, tc: Trai
     deadline = time.monotonic() + tc.max_minutes * 60 if tc.max_minutes > 0 else math.inf
 
     def checkpoint() -> dict[str, Any]:
-        return {"config": asdict(model.cfg), "model": model.state_dict(), "optimizer": opt.state_dict(),
-                "fitting": state.to_dict()}
+        return {
+            "config": asdict(model.cfg),
+            "model": model.state_dict(),
+            "optimizer": opt.state_dict(),
+            "fitting": state.to_dict(),
+        }
 
     model.train()
     with _checkpoint_on_interrupt(ckpt, checkpoint):
@@ -169,6 +195,7 @@ def _fit(task: str, model: torch.nn.Module, opt: torch.optim.Optimizer, tc: Trai
 
 # -- the β-VAE -----------------------------------------------------------------------------------
 
+
 @torch.no_grad()
 def vae_holdout(vae: BetaVAE, x: torch.Tensor, frame_channels: int) -> dict[str, float]:
     """Held-out loss (per image, at the mean latent) and the PSNR in dB of the reconstructed frames
@@ -176,7 +203,7 @@ def vae_holdout(vae: BetaVAE, x: torch.Tensor, frame_channels: int) -> dict[str,
     device = next(vae.parameters()).device
     loss, sq, n = 0.0, 0.0, 0
     for s in range(0, len(x), INFER_BATCH):
-        xb = x[s:s + INFER_BATCH].to(device)
+        xb = x[s : s + INFER_BATCH].to(device)
         recon, mu, logvar = vae(xb, sample=False)
         loss += float(vae_loss(xb, recon, mu, logvar, vae.cfg.beta)[0]) * len(xb)
         sq += float((recon[:, :frame_channels].clamp(0, 1) - xb[:, :frame_channels]).pow(2).mean()) * len(xb)
@@ -184,17 +211,29 @@ def vae_holdout(vae: BetaVAE, x: torch.Tensor, frame_channels: int) -> dict[str,
     return {"loss": loss / n, "psnr": 10 * math.log10(1.0 / max(sq / n, 1e-10))}
 
 
-def held_inputs(clips: list[np.ndarray], split: Split, motion: MotionPlane, most: int, timing: Timing = Timing()
-                ) -> torch.Tensor:
+def held_inputs(
+    clips: list[np.ndarray], split: Split, motion: MotionPlane, most: int, timing: Timing = UNTIMED
+) -> torch.Tensor:
     """Model inputs of up to `most` held-out frames, evenly spread (training frames if none is held out)."""
     index = split.index(held=True)
     return inputs(clips, spread(index if len(index) else split.train_index(), most), motion, timing)
 
 
-def fit_vae(vae: BetaVAE, clips: list[np.ndarray], split: Split, cfg: ProjectConfig, device: torch.device,
-            progress: Progress = no_progress, ckpt: Path | None = None, start: dict[str, Any] | None = None,
-            extra: ExtraBatch | None = None, penalty: Penalty | None = None, extra_share: float = 0.0,
-            steps: int | None = None, timing: Timing = Timing()) -> dict[str, float]:
+def fit_vae(
+    vae: BetaVAE,
+    clips: list[np.ndarray],
+    split: Split,
+    cfg: ProjectConfig,
+    device: torch.device,
+    progress: Progress = no_progress,
+    ckpt: Path | None = None,
+    start: dict[str, Any] | None = None,
+    extra: ExtraBatch | None = None,
+    penalty: Penalty | None = None,
+    extra_share: float = 0.0,
+    steps: int | None = None,
+    timing: Timing = UNTIMED,
+) -> dict[str, float]:
     """Train the VAE on the training frames of `clips` (continuing from checkpoint dict `start`).
 
     extra(n, generator) returns n replayed inputs; each batch of the new data gets round(B·s/(1−s))
@@ -222,28 +261,36 @@ def fit_vae(vae: BetaVAE, clips: list[np.ndarray], split: Split, cfg: ProjectCon
         return {"loss": loss.item(), "recon": rec.item(), "kl": kl.item()}
 
     opt = torch.optim.Adam(vae.parameters(), lr=tc.lr)
-    state = _fit("vae", vae, opt, tc, steps, step, lambda: vae_holdout(vae, held, cfg.frames.channels),
-                 progress, ckpt, start)
+    state = _fit(
+        "vae", vae, opt, tc, steps, step, lambda: vae_holdout(vae, held, cfg.frames.channels), progress, ckpt, start
+    )
     return {**vae_holdout(vae, held, cfg.frames.channels), "steps": state.step}
 
 
 # -- the LSTM-MDN --------------------------------------------------------------------------------
 
+
 @torch.inference_mode()
-def encode(vae: BetaVAE, frames: np.ndarray, motion: MotionPlane | int, device: torch.device,
-           times: np.ndarray | None = None, ref_dt: float | None = None) -> torch.Tensor:
+def encode(
+    vae: BetaVAE,
+    frames: np.ndarray,
+    motion: MotionPlane | int,
+    device: torch.device,
+    times: np.ndarray | None = None,
+    ref_dt: float | None = None,
+) -> torch.Tensor:
     """Mean latents of a whole clip, chunk by chunk: (n, H, W, C) uint8 → (cells, n, D) float32
     (motion planes scaled by the frames' times (n,) as the Scorer does, when both are given)."""
     context: torch.Tensor | None = None
     out, lag = [], as_plane(motion).lag
     gaps = gaps_of(times, np.arange(len(frames)), lag) if times is not None and ref_dt is not None else None
     for s in range(0, len(frames), INFER_BATCH):
-        cur = torch.from_numpy(np.array(frames[s:s + INFER_BATCH]))
-        chunk_gaps = None if gaps is None else gaps[s:s + len(cur)]
+        cur = torch.from_numpy(np.array(frames[s : s + INFER_BATCH]))
+        chunk_gaps = None if gaps is None else gaps[s : s + len(cur)]
         mu, _ = vae.encode(to_input(cur, motion, context, chunk_gaps, ref_dt).to(device))
         out.append(mu.flatten(2).permute(2, 0, 1).cpu())
         if lag:  # the frames the next chunk's first differences need
-            context = torch.from_numpy(np.array(frames[max(0, s + len(cur) - lag):s + len(cur)]))
+            context = torch.from_numpy(np.array(frames[max(0, s + len(cur) - lag) : s + len(cur)]))
             if len(context) < lag:
                 context = torch.cat([context[:1].expand(lag - len(context), *context.shape[1:]), context])
     return torch.cat(out, 1)
@@ -252,10 +299,9 @@ def encode(vae: BetaVAE, frames: np.ndarray, motion: MotionPlane | int, device: 
 def window_batch(latents: list[torch.Tensor], starts: np.ndarray, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Windows of seq_len + 1 latents at rows (sequence, start) of `starts`, each with every cell:
     (B, T + 1, D) sequences and (B,) cell ids, cut to the shortest window."""
-    seqs = [latents[i][:, t:t + seq_len + 1] for i, t in starts]
+    seqs = [latents[i][:, t : t + seq_len + 1] for i, t in starts]
     t_min = min(z.shape[1] for z in seqs)
-    return (torch.cat([z[:, :t_min] for z in seqs]),
-            torch.cat([torch.arange(z.shape[0]) for z in seqs]))
+    return (torch.cat([z[:, :t_min] for z in seqs]), torch.cat([torch.arange(z.shape[0]) for z in seqs]))
 
 
 @torch.no_grad()
@@ -266,9 +312,17 @@ def mdn_holdout(mdn: LSTMMDN, z: torch.Tensor, cells: torch.Tensor) -> dict[str,
     return {"loss": float(mdn_nll(z[:, 1:].to(device), log_pi, mu, log_s).mean()) / z.shape[-1]}
 
 
-def fit_mdn(mdn: LSTMMDN, train: list[torch.Tensor], held: list[torch.Tensor], cfg: ProjectConfig,
-            device: torch.device, progress: Progress = no_progress, ckpt: Path | None = None,
-            start: dict[str, Any] | None = None, steps: int | None = None) -> dict[str, float]:
+def fit_mdn(
+    mdn: LSTMMDN,
+    train: list[torch.Tensor],
+    held: list[torch.Tensor],
+    cfg: ProjectConfig,
+    device: torch.device,
+    progress: Progress = no_progress,
+    ckpt: Path | None = None,
+    start: dict[str, Any] | None = None,
+    steps: int | None = None,
+) -> dict[str, float]:
     """Teach the LSTM-MDN to predict each cell's next latent. train, held: latent sequences
     (cells, n, D) of contiguous training and held-out frames (training ones stand in when none is held out)."""
     tc = cfg.train

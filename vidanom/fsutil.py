@@ -67,7 +67,7 @@ def atomic_write(path: Path, write: Callable[[IO[Any]], None], mode: str = "w") 
 
 
 def write_text(path: Path, text: str) -> None:
-    atomic_write(path, lambda f: f.write(text))
+    atomic_write(path, lambda f: None if f.write(text) is None else None)
 
 
 def write_json(path: Path, data: Any) -> None:

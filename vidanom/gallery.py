@@ -37,7 +37,7 @@ def pick_frames(scores: np.ndarray, k: int, gap: int) -> list[int]:
         if free[best] == -np.inf:
             break
         picks.append(best)
-        free[max(0, best - gap + 1):best + gap] = -np.inf  # everything closer than gap
+        free[max(0, best - gap + 1) : best + gap] = -np.inf  # everything closer than gap
     return picks
 
 
@@ -59,15 +59,22 @@ def _resized(planes: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
     return up.clamp(0, 1).mul(255).round().to(torch.uint8).expand(3, -1, -1).permute(1, 2, 0).numpy().copy()
 
 
-def collect(project: Project, clip: ScoredClip, frames: list[int], device: torch.device | None = None,
-            progress: Progress = no_progress) -> list[Panel]:
+def collect(
+    project: Project,
+    clip: ScoredClip,
+    frames: list[int],
+    device: torch.device | None = None,
+    progress: Progress = no_progress,
+) -> list[Panel]:
     """Decode the clip up to the last of `frames` and keep those frames' panels, in the given order."""
     scale = ErrorScale.from_calibration(clip.detector.calibration, project.config)
     channels, wanted, found = project.config.frames.channels, set(frames), {}
     for chunk in revisit(project, clip, device, progress, "gallery", recon=True):
         assert chunk.maps.recon is not None
         hits = [i for i in range(len(chunk.full)) if chunk.start + i in wanted]
-        levels = scale.levels(chunk.maps.err[hits]) if hits else None
+        if not hits:
+            continue
+        levels = scale.levels(chunk.maps.err[hits])
         for j, i in enumerate(hits):
             t = chunk.start + i
             recon = _resized(chunk.maps.recon[i, :channels], chunk.full.shape[1:3])  # the appearance planes
@@ -86,25 +93,39 @@ def render(path: Path, panels: list[Panel], clip: ScoredClip, model_size: str) -
     from matplotlib.figure import Figure
 
     from .heatmap import COLORMAP
+
     height, width = panels[0].original.shape[:2]
     row_h = 9.0 / 3 * height / width + 0.45  # inches: three panels across 9 inches, plus a title line
     fig = Figure(figsize=(9.6, row_h * len(panels) + 0.9), dpi=100, layout="constrained")
     axes = fig.subplots(len(panels), 3, squeeze=False)
     for r, (p, row) in enumerate(zip(panels, axes)):
-        row[0].set_title(f"#{r + 1}  frame {p.frame}  ·  {p.time:.2f} s  ·  score {p.score:.2f}", loc="left",
-                         fontsize=10, fontweight="bold", color="tab:red" if p.score > clip.threshold else "black")
+        row[0].set_title(
+            f"#{r + 1}  frame {p.frame}  ·  {p.time:.2f} s  ·  score {p.score:.2f}",
+            loc="left",
+            fontsize=10,
+            fontweight="bold",
+            color="tab:red" if p.score > clip.threshold else "black",
+        )
         row[1].set_title(f"reconstruction (the model sees {model_size})", fontsize=9)
         row[2].set_title("error heatmap", fontsize=9)
         for ax, image in zip(row, (p.original, p.reconstruction, p.heatmap)):
             ax.imshow(image, interpolation="antialiased")
             ax.set_xticks([])
             ax.set_yticks([])
-    bar = fig.colorbar(ScalarMappable(LogNorm(1, SPAN), COLORMAP), ax=axes[-1, :], shrink=0.6, aspect=40,
-                       orientation="horizontal", ticks=[1, 2, 4, 8, 16], format="{x:g}×")
+    bar = fig.colorbar(
+        ScalarMappable(LogNorm(1, SPAN), COLORMAP),
+        ax=axes[-1, :],
+        shrink=0.6,
+        aspect=40,
+        orientation="horizontal",
+        ticks=[1, 2, 4, 8, 16],
+        format="{x:g}×",
+    )
     bar.minorticks_off()
     bar.set_label("reconstruction error, in multiples of what normal footage reaches there", fontsize=8)
-    fig.suptitle(f"{clip.src.name}: the {len(panels)} most anomalous frames (threshold {clip.threshold:.2f})",
-                 fontsize=11)
+    fig.suptitle(
+        f"{clip.src.name}: the {len(panels)} most anomalous frames (threshold {clip.threshold:.2f})", fontsize=11
+    )
     with fsutil.atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
     return path
@@ -118,8 +139,15 @@ class Gallery:
     scores: list[float]
 
 
-def gallery(project: Project, path: Path, k: int = 8, out: Path | None = None, min_gap: float = 1.0,
-            device: torch.device | None = None, progress: Progress = no_progress) -> Gallery:
+def gallery(
+    project: Project,
+    path: Path,
+    k: int = 8,
+    out: Path | None = None,
+    min_gap: float = 1.0,
+    device: torch.device | None = None,
+    progress: Progress = no_progress,
+) -> Gallery:
     """The gallery of a scored clip's k most anomalous frames, at least min_gap seconds apart: to out,
     or scores/<clip>.gallery.png."""
     if not 1 <= k <= MAX_K:

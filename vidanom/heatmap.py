@@ -41,8 +41,8 @@ class ErrorScale:
         smoothed over half a score patch, so single noisy pixels do not light up."""
         sc, size = cfg.score, (cfg.frames.height, cfg.frames.width)
         per_patch = (cal.err_mean + 3 * cal.err_std).amax(0).float()  # (P,)
-        cover = F.fold(torch.ones(1, sc.patch ** 2, len(per_patch)), size, sc.patch, stride=sc.patch_stride)
-        total = F.fold(per_patch.expand(1, sc.patch ** 2, -1), size, sc.patch, stride=sc.patch_stride)
+        cover = F.fold(torch.ones(1, sc.patch**2, len(per_patch)), size, sc.patch, stride=sc.patch_stride)
+        total = F.fold(per_patch.expand(1, sc.patch**2, -1), size, sc.patch, stride=sc.patch_stride)
         lo = torch.where(cover > 0, total / cover.clamp_min(1), per_patch.max())[0, 0]
         return cls(lo.clamp_min(1e-8), max(1, sc.patch // 2) | 1, colormap_lut())
 

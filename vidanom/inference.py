@@ -57,9 +57,16 @@ class SubPixelConvTranspose(nn.Module):
 
 
 def can_subpixel(m: nn.Module) -> bool:
-    return (isinstance(m, nn.ConvTranspose2d) and m.kernel_size == (4, 4) and m.stride == (2, 2)
-            and m.padding == (1, 1) and m.output_padding == (0, 0) and m.dilation == (1, 1) and m.groups == 1
-            and m.padding_mode == "zeros")
+    return (
+        isinstance(m, nn.ConvTranspose2d)
+        and m.kernel_size == (4, 4)
+        and m.stride == (2, 2)
+        and m.padding == (1, 1)
+        and m.output_padding == (0, 0)
+        and m.dilation == (1, 1)
+        and m.groups == 1
+        and m.padding_mode == "zeros"
+    )
 
 
 def for_inference(vae: BetaVAE, device: torch.device) -> BetaVAE:
@@ -68,7 +75,7 @@ def for_inference(vae: BetaVAE, device: torch.device) -> BetaVAE:
     fast = copy.deepcopy(vae).eval().requires_grad_(False)
     if device.type == "cpu":
         for i, m in enumerate(fast.decoder):
-            if can_subpixel(m) and m.out_channels <= 8:
+            if isinstance(m, nn.ConvTranspose2d) and can_subpixel(m) and m.out_channels <= 8:
                 fast.decoder[i] = SubPixelConvTranspose(m)
     fast = fast.to(device).to(memory_format=torch.channels_last)
     for m in fast.modules():

@@ -41,8 +41,9 @@ class LSTMMDN(nn.Module):
         k, d = cfg.mixtures, cfg.latent_dim
         self.head = nn.Linear(cfg.hidden, k + 2 * k * d)
 
-    def forward(self, z: torch.Tensor, cell: torch.Tensor, state: State | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, State]:
+    def forward(
+        self, z: torch.Tensor, cell: torch.Tensor, state: State | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, State]:
         """Predict the mixture over z[:, t + 1] from z[:, :t + 1].
 
         z: (B, T, D) latent sequences; cell: (B,) cell index of each sequence; state: carried from an
@@ -59,15 +60,21 @@ class LSTMMDN(nn.Module):
         k, d = self.cfg.mixtures, self.cfg.latent_dim
         out = self.head(h)
         log_pi = torch.log_softmax(out[..., :k], -1)
-        mu = out[..., k:k + k * d].reshape(b, t, k, d)
+        mu = out[..., k : k + k * d].reshape(b, t, k, d)
         if self.cfg.residual:
             mu = mu + z.unsqueeze(2)
-        log_sigma = out[..., k + k * d:].reshape(b, t, k, d).clamp(-7.0, 5.0)
+        log_sigma = out[..., k + k * d :].reshape(b, t, k, d).clamp(-7.0, 5.0)
         return log_pi, mu, log_sigma, (hn, cn, z[:, -1])
 
     @torch.no_grad()
-    def dream(self, first: torch.Tensor, cell: torch.Tensor, steps: int, temperature: float = 1.0,
-              generator: torch.Generator | None = None) -> torch.Tensor:
+    def dream(
+        self,
+        first: torch.Tensor,
+        cell: torch.Tensor,
+        steps: int,
+        temperature: float = 1.0,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
         """Roll out sequences by sampling the mixture: first (B, D), cell (B,) → (B, steps + 1, D)."""
         seq, z, state = [first], first.unsqueeze(1), None
         for _ in range(steps):
@@ -88,8 +95,13 @@ def mdn_nll(target: torch.Tensor, log_pi: torch.Tensor, mu: torch.Tensor, log_si
     return -torch.logsumexp(log_pi + log_n, dim=-1)
 
 
-def sample_mixture(log_pi: torch.Tensor, mu: torch.Tensor, log_sigma: torch.Tensor, temperature: float = 1.0,
-                   generator: torch.Generator | None = None) -> torch.Tensor:
+def sample_mixture(
+    log_pi: torch.Tensor,
+    mu: torch.Tensor,
+    log_sigma: torch.Tensor,
+    temperature: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """One sample per row: log_pi (B, K), mu and log_sigma (B, K, D) → (B, D).
 
     Temperature flattens the choice of component and widens each Gaussian, as in World Models.

@@ -11,12 +11,14 @@ import numpy as np
 
 def auroc(y: np.ndarray, s: np.ndarray) -> float:
     from sklearn.metrics import roc_auc_score
+
     return float(roc_auc_score(y, s))
 
 
 def eer(y: np.ndarray, s: np.ndarray) -> float:
     """Equal error rate: where the false positive rate meets the miss rate on the ROC curve."""
     from sklearn.metrics import roc_curve
+
     fpr, tpr, _ = roc_curve(y, s, drop_intermediate=False)  # a dropped point may be where fpr = fnr
     fnr = 1 - tpr
     i = int(np.nanargmin(np.abs(fnr - fpr)))
@@ -28,6 +30,7 @@ def summary(y: np.ndarray, s: np.ndarray) -> dict[str, Any]:
     out: dict[str, Any] = {"frames": int(len(y)), "anomalous_frames": int(y.sum())}
     if 0 < y.sum() < len(y):
         from sklearn.metrics import average_precision_score
+
         out.update(auroc=auroc(y, s), auprc=float(average_precision_score(y, s)), eer=eer(y, s))
     else:
         out.update(auroc=None, auprc=None, eer=None)

@@ -29,8 +29,12 @@ def _bins(scores: np.ndarray, columns: int) -> tuple[np.ndarray, np.ndarray, np.
     """Frames split into `columns` consecutive bins → first frame, min, max and mean of each (columns,)."""
     starts = np.linspace(0, len(scores), columns + 1).astype(np.int64)[:-1]
     starts = np.unique(starts)
-    return (starts, np.minimum.reduceat(scores, starts), np.maximum.reduceat(scores, starts),
-            np.add.reduceat(scores, starts) / np.diff(np.append(starts, len(scores))))
+    return (
+        starts,
+        np.minimum.reduceat(scores, starts),
+        np.maximum.reduceat(scores, starts),
+        np.add.reduceat(scores, starts) / np.diff(np.append(starts, len(scores))),
+    )
 
 
 def _curve(ax, scores: np.ndarray, times: np.ndarray) -> None:
@@ -41,8 +45,16 @@ def _curve(ax, scores: np.ndarray, times: np.ndarray) -> None:
         return
     starts, lo, hi, mean = _bins(scores.astype(np.float64), columns)
     t = times[starts]
-    ax.fill_between(t, lo, hi, step="post", color="tab:blue", alpha=0.35, lw=0,
-                    label=f"score range ({len(scores) / columns:.0f} frames per pixel)")
+    ax.fill_between(
+        t,
+        lo,
+        hi,
+        step="post",
+        color="tab:blue",
+        alpha=0.35,
+        lw=0,
+        label=f"score range ({len(scores) / columns:.0f} frames per pixel)",
+    )
     ax.step(t, mean, where="post", color="tab:blue", lw=0.8, label="mean score")
 
 
@@ -90,8 +102,16 @@ def _interp(x: np.ndarray, xp: np.ndarray, fp: np.ndarray) -> np.ndarray:
     return y[0] if scalar else y
 
 
-def timeline(path: Path, scores: np.ndarray, threshold: float, times: np.ndarray, detected: list[tuple[int, int]],
-             truth: np.ndarray | None = None, title: str = "", duration: float | None = None) -> Path:
+def timeline(
+    path: Path,
+    scores: np.ndarray,
+    threshold: float,
+    times: np.ndarray,
+    detected: list[tuple[int, int]],
+    truth: np.ndarray | None = None,
+    title: str = "",
+    duration: float | None = None,
+) -> Path:
     """Score over time with the threshold, detected segments and (optionally) ground truth.
 
     times: (n,) each frame's time in seconds, non-decreasing; duration: the clip's end in seconds
@@ -99,6 +119,7 @@ def timeline(path: Path, scores: np.ndarray, threshold: float, times: np.ndarray
     from matplotlib.figure import Figure  # imported here: matplotlib is slow to import
 
     from . import fsutil
+
     n = len(scores)
     times = np.asarray(times, dtype=np.float64)
     if len(times) != n:
@@ -109,8 +130,9 @@ def timeline(path: Path, scores: np.ndarray, threshold: float, times: np.ndarray
     height = 3.4 + 0.25 * lanes
     fig = Figure(figsize=(WIDTH, height), dpi=DPI)
     # fixed margins (in inches) rather than a layout engine: constrained layout was 40% of a PNG's cost
-    fig.subplots_adjust(left=0.8 / WIDTH, right=1 - 0.2 / WIDTH, top=1 - 0.75 / height, bottom=0.85 / height,
-                        hspace=0.12)
+    fig.subplots_adjust(
+        left=0.8 / WIDTH, right=1 - 0.2 / WIDTH, top=1 - 0.75 / height, bottom=0.85 / height, hspace=0.12
+    )
     ax, bars = fig.subplots(2, 1, sharex=True, height_ratios=[6, 0.9 * lanes])
     if truth is not None:  # also faintly behind the curve, to compare with its shape
         for a, b in _runs(truth):
@@ -130,8 +152,13 @@ def timeline(path: Path, scores: np.ndarray, threshold: float, times: np.ndarray
     what = f"{len(detected)} detected segment{'s' if len(detected) != 1 else ''}"
     # a figure text at the fixed top margin, not an axes title: placing a title above the secondary axis
     # measures every tick label's extent at each draw
-    fig.text(0.8 / WIDTH, 1 - 0.12 / height, f"{title}   {what}, peak {scores[peak]:.2f} at {edges[peak]:.1f} s "
-             f"(frame {peak})" if n else title, fontsize=10, va="top")
+    fig.text(
+        0.8 / WIDTH,
+        1 - 0.12 / height,
+        f"{title}   {what}, peak {scores[peak]:.2f} at {edges[peak]:.1f} s (frame {peak})" if n else title,
+        fontsize=10,
+        va="top",
+    )
     handles, labels = ax.get_legend_handles_labels()
     more = bars.get_legend_handles_labels()
     fig.legend(handles + more[0], labels + more[1], loc="lower center", ncols=5, fontsize=8, frameon=False)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -21,7 +21,7 @@ _ITEM, _DONE, _ERROR = 0, 1, 2
 _POLL = 0.05  # seconds between checks of the stop flag while the queue is full
 
 
-def prefetch(items: Iterable[T], depth: int = 2, name: str = "vidanom-prefetch") -> Iterator[T]:
+def prefetch(items: Iterable[T], depth: int = 2, name: str = "vidanom-prefetch") -> Generator[T, None, None]:
     """Yield what `items` yields, in the same order, produced up to `depth` items ahead in a thread.
 
     Nothing is read from `items` until the first item is asked for.

@@ -13,6 +13,7 @@
 Only training and updating take the lock: extracting and scoring write each file atomically, so
 they run beside each other, and beside a training, in as many processes as wanted.
 """
+
 from __future__ import annotations
 
 import json
@@ -95,8 +96,9 @@ class Project:
     @classmethod
     def open(cls, root: Path) -> Project:
         if not (root / CONFIG_NAME).is_file():
-            raise ProjectError(f"{root} is not a vidanom project (no {CONFIG_NAME}); "
-                               f"run 'vidanom init' or pass --project DIR")
+            raise ProjectError(
+                f"{root} is not a vidanom project (no {CONFIG_NAME}); run 'vidanom init' or pass --project DIR"
+            )
         return cls(root, read_config(root / CONFIG_NAME))
 
     @classmethod
@@ -122,6 +124,7 @@ class Project:
         """Hold the write lock for `command` and defer Ctrl-C to the end of the current optimiser
         step (see interrupt): what every train and update runs under, from the CLI or a library."""
         from . import interrupt
+
         with self.lock(command, wait), interrupt.deferred():
             yield
 
@@ -142,8 +145,10 @@ class Project:
             if holder is None:
                 break
             if time.monotonic() > deadline:
-                raise LockError(f"project is busy: 'vidanom {holder.get('command', '?')}' "
-                                f"(pid {holder.get('pid', '?')}) is writing to it; try again when it ends")
+                raise LockError(
+                    f"project is busy: 'vidanom {holder.get('command', '?')}' "
+                    f"(pid {holder.get('pid', '?')}) is writing to it; try again when it ends"
+                )
             time.sleep(0.2)
         try:
             self._remove_leftovers()
@@ -242,12 +247,17 @@ class Project:
             except (OSError, UnicodeDecodeError, json.JSONDecodeError):
                 before = None
             if before != identity:
-                what = ("a different run" if not isinstance(before, dict) else
-                        f"'{before.get('strategy', '?')}' of scene '{before.get('scene', '?')}' "
-                        f"from {before.get('parent') or 'scratch'}")
-                raise ProjectError(f"the interrupted run in {part} was {what}, with other clips or settings; "
-                                   "resume it with the same command and options, or run without --resume "
-                                   "to start afresh")
+                what = (
+                    "a different run"
+                    if not isinstance(before, dict)
+                    else f"'{before.get('strategy', '?')}' of scene '{before.get('scene', '?')}' "
+                    f"from {before.get('parent') or 'scratch'}"
+                )
+                raise ProjectError(
+                    f"the interrupted run in {part} was {what}, with other clips or settings; "
+                    "resume it with the same command and options, or run without --resume "
+                    "to start afresh"
+                )
         elif not resume or not part.exists():
             shutil.rmtree(part, ignore_errors=True)
         part.mkdir(parents=True, exist_ok=True)

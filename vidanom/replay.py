@@ -59,8 +59,11 @@ class LatentPrior:
     def with_scene(self, name: str, mean: torch.Tensor, chol: torch.Tensor) -> LatentPrior:
         """A copy in which scene `name` is (re)placed last with this Gaussian."""
         keep = [i for i, s in enumerate(self.scenes) if s != name]
-        return LatentPrior([self.scenes[i] for i in keep] + [name], torch.cat([self.mean[keep], mean[None]]),
-                           torch.cat([self.chol[keep], chol[None]]))
+        return LatentPrior(
+            [self.scenes[i] for i in keep] + [name],
+            torch.cat([self.mean[keep], mean[None]]),
+            torch.cat([self.chol[keep], chol[None]]),
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {"scenes": list(self.scenes), "mean": self.mean.cpu(), "chol": self.chol.cpu()}
@@ -71,8 +74,9 @@ class LatentPrior:
 
 
 @torch.no_grad()
-def fit_gaussian(vae: BetaVAE, batches: Iterable[torch.Tensor], ridge: float = 1e-3
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
+def fit_gaussian(
+    vae: BetaVAE, batches: Iterable[torch.Tensor], ridge: float = 1e-3
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean (D,) and Cholesky factor (D, D) of the mean latents of batches of inputs (B, C, H, W),
     accumulated in float64 batch by batch. The ridge (relative to the average variance) keeps the
     factor defined when there are fewer samples than dimensions or a latent never moves."""
@@ -99,9 +103,15 @@ class PriorReplay:
     can overshoot what real inputs ever hold. None leaves samples as decoded.
     """
 
-    def __init__(self, vae: BetaVAE, frame_channels: int | None = None, prior: LatentPrior | None = None,
-                 generator: torch.Generator | None = None, out_device: torch.device | str = "cpu",
-                 motion_range: tuple[float, float] = (-1.0, 1.0)) -> None:
+    def __init__(
+        self,
+        vae: BetaVAE,
+        frame_channels: int | None = None,
+        prior: LatentPrior | None = None,
+        generator: torch.Generator | None = None,
+        out_device: torch.device | str = "cpu",
+        motion_range: tuple[float, float] = (-1.0, 1.0),
+    ) -> None:
         self.vae = copy.deepcopy(vae).eval().requires_grad_(False)
         self.frame_channels = frame_channels
         self.motion_range = motion_range
@@ -111,8 +121,9 @@ class PriorReplay:
         self.out_device = torch.device(out_device)  # fit_vae joins replay to CPU batches before moving them
 
     @torch.no_grad()
-    def sample(self, n: int, scene: int | None = None, generator: torch.Generator | None = None
-               ) -> tuple[torch.Tensor, torch.Tensor]:
+    def sample(
+        self, n: int, scene: int | None = None, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """n latents (n, latent_channels, rows, cols) and the frozen decoder's raw output for them
         (n, C, H, W), both on the frozen model's device (all of prior scene index `scene`, if given)."""
         p = next(self.vae.parameters())
@@ -173,8 +184,13 @@ class ReplayDistillation:
         return loss
 
 
-def carry_prior(replay: PriorReplay, new_vae: BetaVAE, samples: int = 2048, batch: int = 256,
-                generator: torch.Generator | None = None) -> LatentPrior:
+def carry_prior(
+    replay: PriorReplay,
+    new_vae: BetaVAE,
+    samples: int = 2048,
+    batch: int = 256,
+    generator: torch.Generator | None = None,
+) -> LatentPrior:
     """The old scenes' Gaussians mapped into the latent space of `new_vae` (trained from the old one):
     each scene's samples, decoded by the old decoder in `replay`, are encoded by the new encoder."""
     if replay.prior is None:
@@ -182,12 +198,14 @@ def carry_prior(replay: PriorReplay, new_vae: BetaVAE, samples: int = 2048, batc
     device = next(new_vae.parameters()).device
     was_training = new_vae.training
     new_vae.eval()
-    fits = [fit_gaussian(new_vae, (replay(min(batch, samples - s), generator, scene=i).to(device)
-                                   for s in range(0, samples, batch)))
-            for i in range(len(replay.prior.scenes))]
+    fits = [
+        fit_gaussian(
+            new_vae, (replay(min(batch, samples - s), generator, scene=i).to(device) for s in range(0, samples, batch))
+        )
+        for i in range(len(replay.prior.scenes))
+    ]
     new_vae.train(was_training)
-    return LatentPrior(list(replay.prior.scenes), torch.stack([m for m, _ in fits]),
-                       torch.stack([c for _, c in fits]))
+    return LatentPrior(list(replay.prior.scenes), torch.stack([m for m, _ in fits]), torch.stack([c for _, c in fits]))
 
 
 def replay_share(scenes_learned: int, base: float = 0.5, cap: float = 0.9) -> float:
@@ -303,9 +321,13 @@ class EWCPenalty:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain tensors and numbers on the CPU, loadable with torch.load(weights_only=True)."""
-        return {"strength": self.strength, "accumulate": self.accumulate, "tasks": self.tasks,
-                "anchor": {k: v.cpu() for k, v in self.anchor.items()},
-                "fisher": {k: v.cpu() for k, v in self.fisher.items()}}
+        return {
+            "strength": self.strength,
+            "accumulate": self.accumulate,
+            "tasks": self.tasks,
+            "anchor": {k: v.cpu() for k, v in self.anchor.items()},
+            "fisher": {k: v.cpu() for k, v in self.fisher.items()},
+        }
 
     @classmethod
     def from_dict(cls, vae: BetaVAE, data: dict[str, Any]) -> EWCPenalty:

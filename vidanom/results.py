@@ -40,16 +40,22 @@ class ClipScores:
     warning: str | None = None
 
 
-def score(project: Project, path: Path, device: torch.device | None = None,
-          progress: Progress = no_progress, detector: Detector | None = None) -> list[ClipScores]:
+def score(
+    project: Project,
+    path: Path,
+    device: torch.device | None = None,
+    progress: Progress = no_progress,
+    detector: Detector | None = None,
+) -> list[ClipScores]:
     """Score every clip named by path with the project's current model (or `detector`); write CSV,
     JSON summary and timeline PNG for each."""
     detector = detector or Detector.load(project)
     return [score_clip(project, src, detector, device, progress) for src in find_sources([path])]
 
 
-def _score_arrays(detector: Detector, src: Source, device: torch.device | None, progress: Progress
-                  ) -> tuple[list[np.ndarray], DecodeReport]:
+def _score_arrays(
+    detector: Detector, src: Source, device: torch.device | None, progress: Progress
+) -> tuple[list[np.ndarray], DecodeReport]:
     """Times (n,), components (n, 3), scene names (n,), scores (n,) of one clip's frames, scored while
     it decodes; only a few numbers per frame are kept."""
     report = DecodeReport()
@@ -61,41 +67,90 @@ def _score_arrays(detector: Detector, src: Source, device: torch.device | None, 
     return [np.concatenate(p) for p in parts], report
 
 
-def score_clip(project: Project, src: Source, detector: Detector, device: torch.device | None = None,
-               progress: Progress = no_progress) -> ClipScores:
+def score_clip(
+    project: Project,
+    src: Source,
+    detector: Detector,
+    device: torch.device | None = None,
+    progress: Progress = no_progress,
+) -> ClipScores:
     """Score one clip and write its CSV, JSON summary and timeline PNG into the project's scores/."""
     (times, comps, scenes, scores), report = _score_arrays(detector, src, device, progress)
     sc, threshold = detector.config.score, detector.threshold
     flags = scores > threshold
     edges = np.append(times, report.duration)  # the time of frame i, and of the clip's end at n
-    segs = [{"start_frame": s.start, "end_frame": s.end, "start_time": round(float(edges[s.start]), 3),
-             "end_time": round(float(edges[s.end]), 3), "peak_frame": s.peak_frame, "peak_score": s.peak_score}
-            for s in segments(flags, scores, sc.min_segment)]
+    segs = [
+        {
+            "start_frame": s.start,
+            "end_frame": s.end,
+            "start_time": round(float(edges[s.start]), 3),
+            "end_time": round(float(edges[s.end]), 3),
+            "peak_frame": s.peak_frame,
+            "peak_score": s.peak_score,
+        }
+        for s in segments(flags, scores, sc.min_segment)
+    ]
     warning = _score_warning(report, len(scores), detector.mdn is not None, sc.mdn_warmup)
-    summary = {"clip": src.name, "source": str(src.path.resolve()), "frames": int(len(scores)),
-               "fps": report.fps / detector.config.frames.stride, "duration": round(report.duration, 3),
-               "model_version": detector.version, "threshold": threshold, "peak_score": float(scores.max()),
-               "anomalous_frames": int(flags.sum()), "segments": segs, "warning": warning,
-               "scene_frames": dict(zip(*map(np.ndarray.tolist, np.unique(scenes, return_counts=True))))}
+    summary = {
+        "clip": src.name,
+        "source": str(src.path.resolve()),
+        "frames": int(len(scores)),
+        "fps": report.fps / detector.config.frames.stride,
+        "duration": round(report.duration, 3),
+        "model_version": detector.version,
+        "threshold": threshold,
+        "peak_score": float(scores.max()),
+        "anomalous_frames": int(flags.sum()),
+        "segments": segs,
+        "warning": warning,
+        "scene_frames": dict(zip(*map(np.ndarray.tolist, np.unique(scenes, return_counts=True)))),
+    }
     base = project.scores_dir / src.name
     csv_path, json_path, png = (base.with_name(base.name + ext) for ext in (".csv", ".json", ".png"))
     _write_csv(csv_path, comps, scenes.tolist(), scores, flags, times)
     fsutil.write_json(json_path, summary)
-    plot.timeline(png, scores, threshold, times, [(s["start_frame"], s["end_frame"]) for s in segs],
-                  title=src.name, duration=report.duration)
-    return ClipScores(src.name, report.fps, len(scores), threshold, str(detector.version), segs,
-                      float(scores.max()), csv_path, json_path, png, warning)
+    plot.timeline(
+        png,
+        scores,
+        threshold,
+        times,
+        [(int(s["start_frame"]), int(s["end_frame"])) for s in segs],
+        title=src.name,
+        duration=report.duration,
+    )
+    return ClipScores(
+        src.name,
+        report.fps,
+        len(scores),
+        threshold,
+        str(detector.version),
+        segs,
+        float(scores.max()),
+        csv_path,
+        json_path,
+        png,
+        warning,
+    )
 
 
-def _write_csv(path: Path, comps: np.ndarray, scenes: list[str], scores: np.ndarray, flags: np.ndarray,
-               times: np.ndarray) -> None:
+def _write_csv(
+    path: Path, comps: np.ndarray, scenes: list[str], scores: np.ndarray, flags: np.ndarray, times: np.ndarray
+) -> None:
     """One row per frame, as csv.writer would write it (\\r\\n line ends; scene names are checked
     to need no quoting). times: (n,) seconds."""
     header = "frame,time,recon,kl,nll,scene,score,anomalous\r\n"
     n = len(scores)
     nll = ["" if v != v else f"{v:.5g}" for v in comps[:, 2].tolist()]  # NaN (v != v): an empty field
-    rows = zip(range(n), times.tolist(), comps[:, 0].tolist(), comps[:, 1].tolist(), nll,
-               scenes, scores.tolist(), flags.astype(np.int64).tolist())
+    rows = zip(
+        range(n),
+        times.tolist(),
+        comps[:, 0].tolist(),
+        comps[:, 1].tolist(),
+        nll,
+        scenes,
+        scores.tolist(),
+        flags.astype(np.int64).tolist(),
+    )
     fsutil.write_text(path, header + "".join(map("%d,%.3f,%.5g,%.5g,%s,%s,%.5g,%d\r\n".__mod__, rows)))
 
 
@@ -107,8 +162,9 @@ def _score_warning(report: DecodeReport, frames: int, has_mdn: bool, warmup: int
     if report.skipped:
         notes.append(f"{len(report.skipped)} unreadable image(s) skipped, e.g. {report.skipped[0]}")
     if has_mdn and frames <= warmup:
-        notes.append(f"only {frames} frame(s), within the LSTM-MDN's warm-up of {warmup}: "
-                     "scored without its temporal (nll) part")
+        notes.append(
+            f"only {frames} frame(s), within the LSTM-MDN's warm-up of {warmup}: scored without its temporal (nll) part"
+        )
     return "; ".join(notes) or None
 
 
@@ -125,14 +181,16 @@ def read_scored(project: Project, clip: str) -> tuple[np.ndarray, np.ndarray, di
         raise VidanomError(f"no stored scores for clip '{clip}'; run 'vidanom score {clip}' first") from exc
     scores, times = table[:, 0].copy(), table[:, 1].copy()
     if not isinstance(summary, dict) or summary.get("frames") != len(scores) or not scores.size:
-        raise VidanomError(f"the stored scores of clip '{clip}' are incomplete or damaged; "
-                           f"score it again with 'vidanom score {clip}'")
+        raise VidanomError(
+            f"the stored scores of clip '{clip}' are incomplete or damaged; score it again with 'vidanom score {clip}'"
+        )
     if "duration" not in summary:
         try:
             summary["duration"] = len(scores) / float(summary["fps"])
         except (KeyError, TypeError, ValueError, ZeroDivisionError) as exc:
-            raise VidanomError(f"the stored summary of clip '{clip}' is damaged; "
-                               f"score it again with 'vidanom score {clip}'") from exc
+            raise VidanomError(
+                f"the stored summary of clip '{clip}' is damaged; score it again with 'vidanom score {clip}'"
+            ) from exc
     return scores, times, summary
 
 
@@ -167,7 +225,7 @@ def label_vector(ranges: list[tuple[int, int]], n: int, clip: str) -> np.ndarray
     for a, b in ranges:
         if a < 0 or b < a or a >= n:
             raise LabelsError(f"label range [{a}, {b}) of '{clip}' lies outside its {n} frames")
-        y[a:min(b, n)] = 1
+        y[a : min(b, n)] = 1
     return y
 
 
@@ -181,8 +239,9 @@ def plot_clip(project: Project, clip: str, labels: Path | None = None, out: Path
         truth = label_vector(table[clip], len(scores), clip)
     path = out or project.scores_dir / f"{clip}.png"
     segs = [(s["start_frame"], s["end_frame"]) for s in summary["segments"]]
-    plot.timeline(path, scores, summary["threshold"], times, segs, truth=truth, title=clip,
-                  duration=float(summary["duration"]))
+    plot.timeline(
+        path, scores, summary["threshold"], times, segs, truth=truth, title=clip, duration=float(summary["duration"])
+    )
     return path
 
 
@@ -192,8 +251,9 @@ def evaluate(project: Project, labels: Path) -> dict[str, Any]:
     scored = set(scored_clips(project))
     names = [n for n in sorted(table) if n in scored]
     if not names:
-        raise LabelsError(f"none of the {len(table)} clips in {labels} has been scored; "
-                          "run 'vidanom score VIDEO...' on them first")
+        raise LabelsError(
+            f"none of the {len(table)} clips in {labels} has been scored; run 'vidanom score VIDEO...' on them first"
+        )
     ys, ss, per_clip = [], [], {}
     for name in names:
         s, _ = read_scores(project, name)

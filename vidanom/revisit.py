@@ -8,7 +8,7 @@ anomalous; they must come from the model in use, so that the maps match them.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,11 +72,21 @@ def scored_clip(project: Project, path: Path) -> ScoredClip:
     detector = Detector.load(project)
     scores, times, summary = read_scored(project, src.name)
     if summary.get("model_version") != detector.version:
-        raise VidanomError(f"the stored scores of {src.name} come from model {summary.get('model_version')}, "
-                           f"not the current {detector.version}; score it again with 'vidanom score {path}'")
+        raise VidanomError(
+            f"the stored scores of {src.name} come from model {summary.get('model_version')}, "
+            f"not the current {detector.version}; score it again with 'vidanom score {path}'"
+        )
     segments = [(int(s["start_frame"]), int(s["end_frame"])) for s in summary.get("segments", [])]
-    return ScoredClip(src, scores, float(summary["threshold"]), float(summary["fps"]), segments, detector, times,
-                      float(summary["duration"]))
+    return ScoredClip(
+        src,
+        scores,
+        float(summary["threshold"]),
+        float(summary["fps"]),
+        segments,
+        detector,
+        times,
+        float(summary["duration"]),
+    )
 
 
 @dataclass
@@ -89,28 +99,39 @@ class Chunk:
     maps: Maps  # err (n, h, w), and recon (n, C_in, h, w) when asked for
 
 
-def revisit(project: Project, clip: ScoredClip, device: torch.device | None = None,
-            progress: Progress = no_progress, task: str = "draw", recon: bool = False) -> Iterator[Chunk]:
+def revisit(
+    project: Project,
+    clip: ScoredClip,
+    device: torch.device | None = None,
+    progress: Progress = no_progress,
+    task: str = "draw",
+    recon: bool = False,
+) -> Generator[Chunk, None, None]:
     """Decode the clip again, at full resolution, with the VAE's error maps: chunks in order.
 
     Raises VidanomError if the clip no longer has the frames it was scored with.
     """
     from .inference import DECODING_THREADS, for_inference, scoring_threads, torch_threads
     from .prefetch import prefetch
+
     device, cfg, n = device or torch.device("cpu"), project.config, len(clip.scores)
-    scorer = make_scorer(for_inference(clip.detector.vae, device), None, cfg, device,
-                         clip.detector.calibration.frame_interval)
+    scorer = make_scorer(
+        for_inference(clip.detector.vae, device), None, cfg, device, clip.detector.calibration.frame_interval
+    )
     scorer.keep_recon = recon
     changed = f"{clip.src.name} no longer decodes to the {n} frames it was scored with; score it again"
-    chunks = prefetch(iter_full_chunks(clip.src, cfg.frames, FULL_CHUNK, DecodeReport(), DECODING_THREADS),
-                      depth=2, name=f"vidanom-decode {clip.src.name}")
+    chunks = prefetch(
+        iter_full_chunks(clip.src, cfg.frames, FULL_CHUNK, DecodeReport(), DECODING_THREADS),
+        depth=2,
+        name=f"vidanom-decode {clip.src.name}",
+    )
     done = 0
     try:
         with torch_threads(scoring_threads(device)):
             for small, full in chunks:
                 if done + len(small) > n:
                     raise VidanomError(changed)
-                yield Chunk(done, small, full, scorer.maps(small, clip.times[done:done + len(small)]))
+                yield Chunk(done, small, full, scorer.maps(small, clip.times[done : done + len(small)]))
                 done += len(small)
                 progress(f"{task} {clip.src.name}", done, n, {})
     finally:

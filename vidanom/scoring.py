@@ -26,7 +26,7 @@ import torch
 
 from .config import ProjectConfig, ScoreConfig
 from .data import MotionPlane, as_plane, to_input
-from .mdn import LSTMMDN, mdn_nll
+from .mdn import LSTMMDN, State, mdn_nll
 from .vae import BetaVAE, error_map, kl_map, patch_means
 
 if TYPE_CHECKING:
@@ -51,13 +51,15 @@ class Maps:
     recon: torch.Tensor | None = None  # (n, C_in, H, W) the VAE's reconstruction, if Scorer.keep_recon
 
 
-def make_scorer(vae: BetaVAE, mdn: LSTMMDN | None, cfg: ProjectConfig, device: torch.device,
-                ref_dt: float | None = None) -> Scorer:
+def make_scorer(
+    vae: BetaVAE, mdn: LSTMMDN | None, cfg: ProjectConfig, device: torch.device, ref_dt: float | None = None
+) -> Scorer:
     """A Scorer set up as the project's config says; ref_dt: the model's usual seconds between frames
     (Calibration.frame_interval), by which motion planes are scaled."""
     motion_only = cfg.score.recon_planes == "motion" and cfg.frames.motion_lag > 0
-    scorer = Scorer(vae, mdn, cfg.frames.motion_plane(), device, cfg.score.mdn_warmup,
-                    cfg.frames.channels if motion_only else 0)
+    scorer = Scorer(
+        vae, mdn, cfg.frames.motion_plane(), device, cfg.score.mdn_warmup, cfg.frames.channels if motion_only else 0
+    )
     scorer.ref_dt = ref_dt
     return scorer
 
@@ -65,8 +67,15 @@ def make_scorer(vae: BetaVAE, mdn: LSTMMDN | None, cfg: ProjectConfig, device: t
 class Scorer:
     """Runs the VAE (and LSTM-MDN) over a stream of frame chunks of one clip, carrying state."""
 
-    def __init__(self, vae: BetaVAE, mdn: LSTMMDN | None, motion: MotionPlane | int, device: torch.device, warmup: int = 8,
-                 recon_from: int = 0) -> None:
+    def __init__(
+        self,
+        vae: BetaVAE,
+        mdn: LSTMMDN | None,
+        motion: MotionPlane | int,
+        device: torch.device,
+        warmup: int = 8,
+        recon_from: int = 0,
+    ) -> None:
         self.vae, self.mdn, self.device = vae.eval(), mdn.eval() if mdn else None, device
         self.motion = as_plane(motion)
         self.lag = self.motion.lag
@@ -74,8 +83,8 @@ class Scorer:
         self.warmup = warmup  # the LSTM's first predictions, from an empty state, are not yet informed
         self._seen = 0  # frames of the clip already scored
         self._context: torch.Tensor | None = None  # the last `lag` frames of the previous chunk
-        self._state = None  # LSTM state per cell
-        self._pred = None  # mixture predicted for the next frame, per cell
+        self._state: State | None = None  # LSTM state per cell
+        self._pred: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # the next frame's mixture, per cell
         self.keep_recon = False  # hand out the reconstructions too (for pictures of them)
         # the usual seconds between frames (the training footage's median): with it and the frames' times,
         # motion planes are scaled by the time they span (data.motion_scale); None: never scaled
@@ -89,7 +98,7 @@ class Scorer:
             return None
         t = torch.as_tensor(np.asarray(times, np.float64))
         span = torch.cat([self._times if self._times is not None else t[:1].expand(self.lag), t])
-        self._times = span[-self.lag:].clone()
+        self._times = span[-self.lag :].clone()
         return t - span[:n]
 
     def reset(self) -> None:
@@ -105,22 +114,31 @@ class Scorer:
         ref = None if self.ref_dt is None else self.lag * self.ref_dt  # the usual span of a difference
         x = to_input(cur, self.motion, self._context, gaps, ref).to(self.device)
         if self.lag:
-            self._context = torch.cat([self._context, cur])[-self.lag:] if self._context is not None \
-                else torch.cat([cur[:1].expand(self.lag, *cur.shape[1:]), cur])[-self.lag:]
+            self._context = (
+                torch.cat([self._context, cur])[-self.lag :]
+                if self._context is not None
+                else torch.cat([cur[:1].expand(self.lag, *cur.shape[1:]), cur])[-self.lag :]
+            )
         recon, mu, logvar = self.vae(x, sample=False)
-        err = error_map(x[:, self.recon_from:], recon[:, self.recon_from:])
+        err = error_map(x[:, self.recon_from :], recon[:, self.recon_from :])
         kl = kl_map(mu, logvar).flatten(1)
         nll = torch.full_like(kl, float("nan"))
         if self.mdn is not None:
             nll = self._surprise(mu)
             nll[: max(0, self.warmup - self._seen)] = float("nan")
         self._seen += len(frames)
-        return Maps(err.cpu(), kl.cpu(), nll.cpu(), x[:, :cur.shape[-1]].flatten(1).cpu(),
-                    recon.cpu() if self.keep_recon else None)
+        return Maps(
+            err.cpu(),
+            kl.cpu(),
+            nll.cpu(),
+            x[:, : cur.shape[-1]].flatten(1).cpu(),
+            recon.cpu() if self.keep_recon else None,
+        )
 
     def _surprise(self, mu: torch.Tensor) -> torch.Tensor:
         """mu: (n, D, rows, cols) → (n, cells) NLL of each frame's latent given the frames before."""
-        n, d = mu.shape[:2]
+        assert self.mdn is not None
+        n = mu.shape[0]
         z = mu.flatten(2).permute(2, 0, 1)  # (cells, n, D): one sequence per cell
         cells = torch.arange(z.shape[0], device=z.device)
         log_pi, m, log_s, self._state = self.mdn(z, cells, self._state)
@@ -160,7 +178,8 @@ def standardise(comp: torch.Tensor, cal: Calibration) -> torch.Tensor:
     one symmetric standard deviation put it at 3.
     """
     up = (comp - cal.comp_mean) / cal.comp_std
-    still = (cal.comp_mean[..., 2] - comp[..., 2]) / cal.comp_low[..., 2] - STILL_MARGIN
+    low = cal.comp_low if cal.comp_low is not None else cal.comp_std
+    still = (cal.comp_mean[..., 2] - comp[..., 2]) / low[..., 2] - STILL_MARGIN
     return torch.cat([up, still.unsqueeze(-1)], -1).clamp_min(0.0).nan_to_num(0.0)
 
 
@@ -184,8 +203,9 @@ def scene_of(maps: Maps, cal: Calibration) -> torch.Tensor | None:
     return dist.argmin(0)
 
 
-def pick_scene(comp: torch.Tensor, combined: torch.Tensor, scene: torch.Tensor | None
-               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def pick_scene(
+    comp: torch.Tensor, combined: torch.Tensor, scene: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per frame, the components (n, 3), combined score (n,) and index (n,) of its scene: the one
     given, or without one the scene that explains the frame best (the lowest score).
 
@@ -217,7 +237,7 @@ class CausalMean:
         ends = torch.arange(skip + 1, len(full) + 1)
         starts = (ends - self.window).clamp_min(0)
         out = (csum[ends] - csum[starts]) / (count[ends] - count[starts])  # 0/0: NaN
-        self.tail = full[len(full) - min(len(full), self.window - 1):]
+        self.tail = full[len(full) - min(len(full), self.window - 1) :]
         return out.to(x.dtype)
 
 
@@ -241,8 +261,9 @@ def segments(flags: np.ndarray, scores: np.ndarray, min_len: int) -> list[Segmen
     return out
 
 
-def iter_scores(scorer: Scorer, chunks: Iterable[np.ndarray | tuple[np.ndarray, np.ndarray]], cal: Calibration,
-                sc: ScoreConfig) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+def iter_scores(
+    scorer: Scorer, chunks: Iterable[np.ndarray | tuple[np.ndarray, np.ndarray]], cal: Calibration, sc: ScoreConfig
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """Stream a clip's chunks (frames, or (frames, times) as video.iter_timed_chunks gives) → per
     chunk: components (n, 3) and index (n,) of the scene each frame is scored against, and the
     combined score (n,) of the causally smoothed components."""

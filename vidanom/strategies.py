@@ -26,8 +26,17 @@ from .dream import dream_clips
 from .errors import NotTrainedError, VidanomError
 from .fitting import Penalty
 from .mdn import LSTMMDN
-from .replay import (EWCPenalty, LatentPrior, PriorReplay, ReplayDistillation, carry_prior, fisher_diagonal,
-                     fit_gaussian, replay_share, replayed_count)
+from .replay import (
+    EWCPenalty,
+    LatentPrior,
+    PriorReplay,
+    ReplayDistillation,
+    carry_prior,
+    fisher_diagonal,
+    fit_gaussian,
+    replay_share,
+    replayed_count,
+)
 from .vae import BetaVAE
 
 STRATEGIES = ("replay", "ewc", "finetune")
@@ -48,9 +57,18 @@ class Hooks:
     lineage: dict[str, Any] = field(default_factory=dict)  # what version.json records of the strategy
 
 
-def plan(strategy: str, vae: BetaVAE, mdn: LSTMMDN | None, prior: LatentPrior | None, ewc: dict[str, Any] | None,
-         cfg: ProjectConfig, scene: str, new_frames: int, replay_ratio: float | None = None,
-         dreams: bool = True) -> Hooks:
+def plan(
+    strategy: str,
+    vae: BetaVAE,
+    mdn: LSTMMDN | None,
+    prior: LatentPrior | None,
+    ewc: dict[str, Any] | None,
+    cfg: ProjectConfig,
+    scene: str,
+    new_frames: int,
+    replay_ratio: float | None = None,
+    dreams: bool = True,
+) -> Hooks:
     """The hooks for learning `scene` from `new_frames` frames with the model (vae, mdn) of the
     scenes in `prior` (a scene learned again is not replayed). vae is the live model to be trained:
     the frozen copy is taken here, before it changes."""
@@ -61,8 +79,9 @@ def plan(strategy: str, vae: BetaVAE, mdn: LSTMMDN | None, prior: LatentPrior | 
     others = [s for s in (prior.scenes if prior is not None else []) if s != scene]
     hooks = Hooks(strategy)
     if others and prior is not None:
-        hooks.old_scenes = PriorReplay(vae, cfg.frames.channels, prior.only(others),
-                                       motion_range=cfg.frames.motion_plane().range)
+        hooks.old_scenes = PriorReplay(
+            vae, cfg.frames.channels, prior.only(others), motion_range=cfg.frames.motion_plane().range
+        )
     if strategy == "replay":
         share = 0.0 if not others else replay_ratio if replay_ratio is not None else replay_share(len(others))
         _plan_replay(hooks, vae, mdn, cfg, share, new_frames if dreams else 0)
@@ -73,8 +92,9 @@ def plan(strategy: str, vae: BetaVAE, mdn: LSTMMDN | None, prior: LatentPrior | 
     return hooks
 
 
-def _plan_replay(hooks: Hooks, vae: BetaVAE, mdn: LSTMMDN | None, cfg: ProjectConfig, share: float,
-                 new_frames: int) -> None:
+def _plan_replay(
+    hooks: Hooks, vae: BetaVAE, mdn: LSTMMDN | None, cfg: ProjectConfig, share: float, new_frames: int
+) -> None:
     """Replay's hooks: the old scenes' samples in every batch, their distillation, and dreamed clips
     for the LSTM-MDN (as many frames beside the new scene's as the share asks)."""
     hooks.extra, hooks.share = hooks.old_scenes, share
@@ -87,8 +107,16 @@ def _plan_replay(hooks: Hooks, vae: BetaVAE, mdn: LSTMMDN | None, cfg: ProjectCo
         hooks.penalty, hooks.keeps_latents = ReplayDistillation(hooks.old_scenes, vae, n, w, w), True
         hooks.lineage["replay_distill"] = w
     if new_frames and mdn is not None:
-        hooks.dreams = dream_clips(vae, mdn, replayed_count(new_frames, share), DREAM_LENGTH, cfg.frames.channels,
-                                   hooks.old_scenes.prior, cfg.train.dream_temperature, cfg.train.seed)
+        hooks.dreams = dream_clips(
+            vae,
+            mdn,
+            replayed_count(new_frames, share),
+            DREAM_LENGTH,
+            cfg.frames.channels,
+            hooks.old_scenes.prior,
+            cfg.train.dream_temperature,
+            cfg.train.seed,
+        )
 
 
 def ewc_penalty(vae: BetaVAE, ewc: dict[str, Any] | None, cfg: ProjectConfig) -> EWCPenalty:
@@ -98,8 +126,15 @@ def ewc_penalty(vae: BetaVAE, ewc: dict[str, Any] | None, cfg: ProjectConfig) ->
     return pen
 
 
-def consolidate(hooks: Hooks | None, vae: BetaVAE, inputs: Iterable[torch.Tensor], fisher_inputs: Iterable[torch.Tensor],
-                scene: str, ewc: dict[str, Any] | None, cfg: ProjectConfig) -> tuple[LatentPrior, dict[str, Any]]:
+def consolidate(
+    hooks: Hooks | None,
+    vae: BetaVAE,
+    inputs: Iterable[torch.Tensor],
+    fisher_inputs: Iterable[torch.Tensor],
+    scene: str,
+    ewc: dict[str, Any] | None,
+    cfg: ProjectConfig,
+) -> tuple[LatentPrior, dict[str, Any]]:
     """After `scene` is learned: every scene's latent Gaussian (the new one fitted to the encoder's
     mean latents of `inputs`; the old ones kept where distillation held them, else carried into the
     moved latent space: decoded by the old model, encoded by the new), and the EWC state with this
@@ -111,8 +146,11 @@ def consolidate(hooks: Hooks | None, vae: BetaVAE, inputs: Iterable[torch.Tensor
         old = LatentPrior.standard([], len(new[0]))
     else:
         generator = torch.Generator().manual_seed(cfg.train.seed)
-        old = old_scenes.prior if hooks is not None and hooks.keeps_latents else carry_prior(old_scenes, vae,
-                                                                                            generator=generator)
+        old = (
+            old_scenes.prior
+            if hooks is not None and hooks.keeps_latents
+            else carry_prior(old_scenes, vae, generator=generator)
+        )
     pen = ewc_penalty(vae, ewc, cfg)
     pen.consolidate(fisher_diagonal(vae, fisher_inputs, vae.cfg.beta))
     return old.with_scene(scene, *new), pen.to_dict()

@@ -44,8 +44,10 @@ STAGES = ("vae", "mdn", "all")
 
 # -- extract -------------------------------------------------------------------------------------------
 
-def extract(project: Project, paths: list[Path], scene: str = DEFAULT_SCENE,
-            progress: Progress = no_progress) -> list[tuple[ClipMeta, bool]]:
+
+def extract(
+    project: Project, paths: list[Path], scene: str = DEFAULT_SCENE, progress: Progress = no_progress
+) -> list[tuple[ClipMeta, bool]]:
     """Cache the frames of every clip named by paths; clips already cached are not decoded again.
 
     Needs no lock: every clip's cache is written atomically, so extracting and scoring in other
@@ -60,7 +62,7 @@ def extract(project: Project, paths: list[Path], scene: str = DEFAULT_SCENE,
     for i, src in enumerate(sources):
         done = [0]
 
-        def on_frames(n: int, i: int = i, src: Source = src) -> None:
+        def on_frames(n: int, i: int = i, src: Source = src, done: list[int] = done) -> None:
             done[0] += n
             progress("extract", i, len(sources), {"clip": src.name, "frames": done[0]})
 
@@ -70,6 +72,7 @@ def extract(project: Project, paths: list[Path], scene: str = DEFAULT_SCENE,
 
 
 # -- what a run fits -------------------------------------------------------------------------------------
+
 
 @dataclass
 class TrainResult:
@@ -130,8 +133,10 @@ def _seeded(make: Callable[[], Any], seed: int) -> Any:
 
 # -- the stages ----------------------------------------------------------------------------------------
 
-def _fit_vae_stage(project: Project, plan: Plan, footage: Footage, device: torch.device, resume: bool,
-                   progress: Progress) -> tuple[BetaVAE, dict[str, float]]:
+
+def _fit_vae_stage(
+    project: Project, plan: Plan, footage: Footage, device: torch.device, resume: bool, progress: Progress
+) -> tuple[BetaVAE, dict[str, float]]:
     cfg, part = project.config, project.partial_dir
     if plan.stage == "mdn":
         if plan.parent is None:
@@ -140,13 +145,26 @@ def _fit_vae_stage(project: Project, plan: Plan, footage: Footage, device: torch
     start = load_checkpoint(part / "vae.pt") if resume and (part / "vae.pt").exists() else None
     vae = plan.parent.vae if plan.parent is not None else _seeded(lambda: BetaVAE(cfg.vae_config()), cfg.train.seed)
     hooks = plan.hooks or Hooks("train")
-    stats = fit_vae(vae, footage.clips, footage.split, cfg, device, progress, part / "vae.pt", start,
-                    hooks.extra, hooks.penalty, hooks.share, timing=footage.timing)
+    stats = fit_vae(
+        vae,
+        footage.clips,
+        footage.split,
+        cfg,
+        device,
+        progress,
+        part / "vae.pt",
+        start,
+        hooks.extra,
+        hooks.penalty,
+        hooks.share,
+        timing=footage.timing,
+    )
     return vae, stats
 
 
-def _fit_mdn_stage(project: Project, plan: Plan, vae: BetaVAE, footage: Footage, device: torch.device,
-                   resume: bool, progress: Progress) -> tuple[LSTMMDN | None, dict[str, float]]:
+def _fit_mdn_stage(
+    project: Project, plan: Plan, vae: BetaVAE, footage: Footage, device: torch.device, resume: bool, progress: Progress
+) -> tuple[LSTMMDN | None, dict[str, float]]:
     cfg, part = project.config, project.partial_dir
     if plan.stage == "vae":
         return None, {}
@@ -155,8 +173,10 @@ def _fit_mdn_stage(project: Project, plan: Plan, vae: BetaVAE, footage: Footage,
     start = load_checkpoint(part / "mdn.pt") if resume and (part / "mdn.pt").exists() else None
     # dreams are encoded by the new encoder, like real clips: that maps them into the new latent space
     fast, timing, motion = for_inference(vae, device), footage.timing, cfg.frames.motion_plane()
-    latents = [encode(fast, c, motion, device, None if timing.times is None else timing.times[i], timing.ref_dt)
-               for i, c in enumerate(footage.clips)]
+    latents = [
+        encode(fast, c, motion, device, None if timing.times is None else timing.times[i], timing.ref_dt)
+        for i, c in enumerate(footage.clips)
+    ]
     dreamed = [encode(fast, d, motion, device) for d in (plan.hooks.dreams if plan.hooks else [])]
     train = [latents[c][:, a:b] for c, a, b in footage.split.runs()] + dreamed
     held = [latents[c][:, a:b] for c, a, b in footage.split.runs(held=True)]
@@ -191,34 +211,53 @@ def _sample_inputs(cfg: ProjectConfig, footage: Footage, count: int, device: tor
     rng = np.random.default_rng(cfg.train.seed)
     index = footage.split.train_index()
     rows = index[rng.permutation(len(index))[:count]]
-    return (gather(footage.clips[c], np.sort(rows[rows[:, 0] == c, 1]), cfg.frames.motion_plane()).to(device)
-            for c in np.unique(rows[:, 0]))
+    return (
+        gather(footage.clips[c], np.sort(rows[rows[:, 0] == c, 1]), cfg.frames.motion_plane()).to(device)
+        for c in np.unique(rows[:, 0])
+    )
 
 
-def _scene_state(project: Project, plan: Plan, vae: BetaVAE, footage: Footage, device: torch.device
-                 ) -> tuple[Any, dict[str, Any] | None]:
+def _scene_state(
+    project: Project, plan: Plan, vae: BetaVAE, footage: Footage, device: torch.device
+) -> tuple[Any, dict[str, Any] | None]:
     """The new version's latent Gaussians of every scene and EWC state (the parent's after --stage mdn)."""
     if plan.stage == "mdn":
         assert plan.parent is not None
         return plan.parent.prior, plan.parent.ewc
     cfg = project.config
     ewc = plan.parent.ewc if plan.parent is not None else None
-    return strategies.consolidate(plan.hooks, vae, _sample_inputs(cfg, footage, PRIOR_SAMPLES, device),
-                                  _sample_inputs(cfg, footage, EWC_SAMPLES, device), plan.lineage["scene"], ewc, cfg)
+    return strategies.consolidate(
+        plan.hooks,
+        vae,
+        _sample_inputs(cfg, footage, PRIOR_SAMPLES, device),
+        _sample_inputs(cfg, footage, EWC_SAMPLES, device),
+        plan.lineage["scene"],
+        ewc,
+        cfg,
+    )
 
 
-def fit_and_publish(project: Project, metas: list[ClipMeta], plan: Plan, device: torch.device,
-                    resume: bool, progress: Progress) -> TrainResult:
+def fit_and_publish(
+    project: Project, metas: list[ClipMeta], plan: Plan, device: torch.device, resume: bool, progress: Progress
+) -> TrainResult:
     """Fit the planned stages into models/.partial, calibrate, and publish as a new version.
 
     The VAE learns the real clips (plus replay); the LSTM-MDN also sees the dreamed clips of old
     scenes. The calibration of this scene comes from its real clips; old scenes keep theirs.
     """
     cfg, t0, part = project.config, time.time(), project.partial_dir
-    project.begin_run({**{k: plan.lineage.get(k) for k in ("strategy", "scene", "parent", "replay_share")},
-                       "stage": plan.stage, "clips": [m.key for m in metas], "seed": cfg.train.seed,
-                       "train": asdict(cfg.train), "vae": asdict(cfg.vae_config()), "mdn": asdict(cfg.mdn_config())},
-                      resume)
+    project.begin_run(
+        {
+            **{k: plan.lineage.get(k) for k in ("strategy", "scene", "parent", "replay_share")},
+            "stage": plan.stage,
+            "clips": [m.key for m in metas],
+            "seed": cfg.train.seed,
+            "train": asdict(cfg.train),
+            "vae": asdict(cfg.vae_config()),
+            "mdn": asdict(cfg.mdn_config()),
+        },
+        resume,
+    )
     footage = _footage(project, metas, progress)
     result = TrainResult("", len(metas), sum(m.frames for m in metas), 0.0, scene=plan.lineage["scene"])
     vae, result.vae = _fit_vae_stage(project, plan, footage, device, resume, progress)
@@ -232,12 +271,23 @@ def fit_and_publish(project: Project, metas: list[ClipMeta], plan: Plan, device:
     result.threshold, result.warnings = cal.threshold, footage.warnings
     result.false_alarms = float(cal.false_alarms.max()) if cal.false_alarms is not None else None
     result.psnr = result.vae.get("psnr") if result.vae else plan.lineage.get("psnr")
-    info = {**plan.lineage, "stage": plan.stage, "clips": [m.name for m in metas], "frames": result.frames,
-            "seconds_of_footage": round(footage.seconds, 1), "held_out_frames": int(len(footage.split.index(True))),
-            "dreamed_frames": sum(len(d) for d in (plan.hooks.dreams if plan.hooks else [])), "has_mdn": mdn is not None,
-            "threshold": cal.threshold, "expected_false_alarms": result.false_alarms, "psnr": result.psnr,
-            "warnings": result.warnings, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-            "vae": result.vae, "mdn": result.mdn}
+    info = {
+        **plan.lineage,
+        "stage": plan.stage,
+        "clips": [m.name for m in metas],
+        "frames": result.frames,
+        "seconds_of_footage": round(footage.seconds, 1),
+        "held_out_frames": int(len(footage.split.index(True))),
+        "dreamed_frames": sum(len(d) for d in (plan.hooks.dreams if plan.hooks else [])),
+        "has_mdn": mdn is not None,
+        "threshold": cal.threshold,
+        "expected_false_alarms": result.false_alarms,
+        "psnr": result.psnr,
+        "warnings": result.warnings,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "vae": result.vae,
+        "mdn": result.mdn,
+    }
     result.seconds = info["train_seconds"] = round(time.time() - t0, 1)
     detector = Detector(cfg, vae, mdn, cal, prior, ewc, info)
     result.version = project.publish_version(detector.save, info)
@@ -247,8 +297,16 @@ def fit_and_publish(project: Project, metas: list[ClipMeta], plan: Plan, device:
 
 # -- train and update ----------------------------------------------------------------------------------
 
-def train(project: Project, paths: list[Path] | None = None, stage: str = "all", device: torch.device | None = None,
-          resume: bool = False, scene: str = DEFAULT_SCENE, progress: Progress = no_progress) -> TrainResult:
+
+def train(
+    project: Project,
+    paths: list[Path] | None = None,
+    stage: str = "all",
+    device: torch.device | None = None,
+    resume: bool = False,
+    scene: str = DEFAULT_SCENE,
+    progress: Progress = no_progress,
+) -> TrainResult:
     """Extract new clips, then fit the β-VAE and/or LSTM-MDN on every cached clip of the scene, calibrate,
     and publish the model as a new version (stage "mdn": a new LSTM-MDN on the current version's β-VAE).
 
@@ -261,17 +319,30 @@ def train(project: Project, paths: list[Path] | None = None, stage: str = "all",
         if paths:
             extract(project, paths, scene, progress)
         metas = _training_clips(project, scene)
-        plan = Plan(stage, {"scene": scene, "scenes": [scene], "parent": project.current_version(), "strategy": "train"})
+        plan = Plan(
+            stage, {"scene": scene, "scenes": [scene], "parent": project.current_version(), "strategy": "train"}
+        )
         if stage == "mdn":
             plan.parent = Detector.load(project)
-            plan.lineage.update(scenes=plan.parent.info.get("scenes", [scene]), vae_from=plan.lineage["parent"],
-                                psnr=plan.parent.info.get("psnr"))
+            plan.lineage.update(
+                scenes=plan.parent.info.get("scenes", [scene]),
+                vae_from=plan.lineage["parent"],
+                psnr=plan.parent.info.get("psnr"),
+            )
         return fit_and_publish(project, metas, plan, device or torch.device("cpu"), resume, progress)
 
 
-def update(project: Project, paths: list[Path] | None = None, scene: str | None = None, strategy: str = "replay",
-           replay_ratio: float | None = None, device: torch.device | None = None, resume: bool = False,
-           progress: Progress = no_progress, dreams: bool = True) -> TrainResult:
+def update(
+    project: Project,
+    paths: list[Path] | None = None,
+    scene: str | None = None,
+    strategy: str = "replay",
+    replay_ratio: float | None = None,
+    device: torch.device | None = None,
+    resume: bool = False,
+    progress: Progress = no_progress,
+    dreams: bool = True,
+) -> TrainResult:
     """Learn a new normal scene from `paths` without reading earlier scenes' frames (see strategies);
     old scenes keep their score statistics. dreams=False leaves replay's dreamed clips out, to
     measure what they add. Holds the write lock and defers Ctrl-C as train does."""
@@ -283,16 +354,36 @@ def update(project: Project, paths: list[Path] | None = None, scene: str | None 
             extract(project, paths, scene, progress)
         metas = _training_clips(project, scene)
         prior = parent.prior or _standard_prior(parent, old)
-        hooks = strategies.plan(strategy, parent.vae, parent.mdn, prior, parent.ewc, project.config, scene,
-                                sum(m.frames for m in metas), replay_ratio, dreams)
-        plan = Plan("all" if parent.mdn is not None else "vae", {
-            "scene": scene, "scenes": old + [s for s in [scene] if s not in old], "parent": parent.version,
-            "strategy": strategy, **hooks.lineage}, parent, hooks)
+        hooks = strategies.plan(
+            strategy,
+            parent.vae,
+            parent.mdn,
+            prior,
+            parent.ewc,
+            project.config,
+            scene,
+            sum(m.frames for m in metas),
+            replay_ratio,
+            dreams,
+        )
+        plan = Plan(
+            "all" if parent.mdn is not None else "vae",
+            {
+                "scene": scene,
+                "scenes": old + [s for s in [scene] if s not in old],
+                "parent": parent.version,
+                "strategy": strategy,
+                **hooks.lineage,
+            },
+            parent,
+            hooks,
+        )
         return fit_and_publish(project, metas, plan, device or torch.device("cpu"), resume, progress)
 
 
 def _standard_prior(parent: Detector, scenes: list[str]) -> Any:
     """N(0, I) for every scene: the prior of a model fitted before scenes' Gaussians were kept."""
     from .replay import LatentPrior
+
     cfg = parent.vae.cfg
     return LatentPrior.standard(scenes, cfg.latent_channels * cfg.grid[0] * cfg.grid[1])

@@ -77,8 +77,9 @@ class BetaVAE(nn.Module):
         """z: (B, latent_channels, rows, cols) → (B, in_channels, H, W)."""
         return self.decoder(self._with_coords(z))
 
-    def forward(self, x: torch.Tensor, sample: bool = True, generator: torch.Generator | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(
+        self, x: torch.Tensor, sample: bool = True, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """x: (B, C, H, W) → reconstruction (B, C, H, W), mu and logvar (B, latent_channels, rows, cols).
 
         With ``sample=False`` the mean latent is decoded, which makes scores deterministic. The
@@ -87,8 +88,11 @@ class BetaVAE(nn.Module):
         mu, logvar = self.encode(x)
         if not sample:
             return self.decode(mu), mu, logvar
-        eps = (torch.randn(mu.shape, generator=generator, dtype=mu.dtype).to(mu.device) if generator is not None
-               else torch.randn_like(mu))
+        eps = (
+            torch.randn(mu.shape, generator=generator, dtype=mu.dtype).to(mu.device)
+            if generator is not None
+            else torch.randn_like(mu)
+        )
         return self.decode(mu + eps * (0.5 * logvar).exp()), mu, logvar
 
     def sample_prior(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -109,8 +113,9 @@ def error_map(x: torch.Tensor, recon: torch.Tensor) -> torch.Tensor:
     return (x - recon).pow(2).sum(1)
 
 
-def vae_loss(x: torch.Tensor, recon: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor,
-             beta: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def vae_loss(
+    x: torch.Tensor, recon: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, beta: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-image loss = reconstruction + β·KL, averaged over the batch.
 
     Reconstruction is the summed squared error (a Gaussian likelihood with unit-free variance),

@@ -13,7 +13,7 @@ from __future__ import annotations
 import errno
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,8 +26,24 @@ from .config import FrameConfig
 from .errors import VideoError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}
-VIDEO_SUFFIXES = {".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv",
-                  ".ts", ".mts", ".3gp", ".ogv", ".gif", ".y4m"}
+VIDEO_SUFFIXES = {
+    ".mp4",
+    ".avi",
+    ".mkv",
+    ".mov",
+    ".webm",
+    ".m4v",
+    ".mpg",
+    ".mpeg",
+    ".wmv",
+    ".flv",
+    ".ts",
+    ".mts",
+    ".3gp",
+    ".ogv",
+    ".gif",
+    ".y4m",
+}
 DEFAULT_FPS = 25.0  # for frame folders and streams that do not say
 
 
@@ -73,8 +89,10 @@ def find_sources(paths: list[Path]) -> list[Source]:
         else:
             videos = sorted(p for p in path.iterdir() if p.suffix.lower() in VIDEO_SUFFIXES and p.is_file())
             if not videos:
-                raise VideoError(f"no videos or image frames in folder: {path}; "
-                                 "pass video files (.mp4, .avi, .mkv, .mov...) or a folder of them or of images")
+                raise VideoError(
+                    f"no videos or image frames in folder: {path}; "
+                    "pass video files (.mp4, .avi, .mkv, .mov...) or a folder of them or of images"
+                )
             out.extend(Source(p) for p in videos)
     return out
 
@@ -147,21 +165,32 @@ class _Clock:
         return t
 
 
-def _decode_file(src: Source, fc: FrameConfig, report: DecodeReport, threads: int = 0,
-                 convert: Callable[[av.VideoFrame], Any] | None = None) -> Iterator[tuple[Any, float]]:
+def _decode_file(
+    src: Source,
+    fc: FrameConfig,
+    report: DecodeReport,
+    threads: int = 0,
+    convert: Callable[[av.VideoFrame], Any] | None = None,
+) -> Iterator[tuple[Any, float]]:
     limit = fc.decode_timeout
     try:
         # FFmpeg gives up on an open or a read that blocks longer than the limit (a stalled network mount)
         container = av.open(str(src.path), timeout=limit)
     except Exception as exc:  # whatever opening an untrusted file raises, it means the same
-        raise VideoError(f"cannot read {src.path} as a video ({_why(exc)}); "
-                         "pass a complete video file") from exc
+        raise VideoError(f"cannot read {src.path} as a video ({_why(exc)}); pass a complete video file") from exc
     yield from _decode_container(container, str(src.path), fc, report, threads, convert)
 
 
-def _decode_container(container: Any, name: str, fc: FrameConfig, report: DecodeReport, threads: int = 0,
-                      convert: Callable[[av.VideoFrame], Any] | None = None,
-                      follow: bool = False, live: bool = False) -> Iterator[tuple[Any, float]]:
+def _decode_container(
+    container: Any,
+    name: str,
+    fc: FrameConfig,
+    report: DecodeReport,
+    threads: int = 0,
+    convert: Callable[[av.VideoFrame], Any] | None = None,
+    follow: bool = False,
+    live: bool = False,
+) -> Iterator[tuple[Any, float]]:
     """Decode the first video stream of an open container: every stride-th frame, through `convert`
     (default: to the project's frame size), with its time (see _Clock). follow: a read error is the
     end of a followed file (FFmpeg's file protocol gives up after its rw_timeout without new data),
@@ -169,8 +198,13 @@ def _decode_container(container: Any, name: str, fc: FrameConfig, report: Decode
     limit = fc.decode_timeout
     with container:
         if not container.streams.video:
-            what = ("only audio" if container.streams.audio else "no streams at all, so no frames"
-                    if not container.streams else "no video stream")
+            what = (
+                "only audio"
+                if container.streams.audio
+                else "no streams at all, so no frames"
+                if not container.streams
+                else "no video stream"
+            )
             raise VideoError(f"{name} holds {what}; pass a video file with at least one frame")
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"  # frame- and slice-threaded decoding, without the GIL...
@@ -241,13 +275,14 @@ def _until_idle(packets: Iterator[av.Packet]) -> Iterator[av.Packet | None]:
     yield None
 
 
-def _decode_folder(src: Source, fc: FrameConfig, report: DecodeReport,
-                   convert: Callable[[av.VideoFrame], Any] | None = None) -> Iterator[tuple[Any, float]]:
+def _decode_folder(
+    src: Source, fc: FrameConfig, report: DecodeReport, convert: Callable[[av.VideoFrame], Any] | None = None
+) -> Iterator[tuple[Any, float]]:
     """Every stride-th image, at its position in the folder / fps (an unreadable image keeps its slot)."""
     scale = convert or _Scaler(fc)
     images = _images(src.path)
     report.duration = len(images) / report.fps
-    for i, path in enumerate(images[::fc.stride]):
+    for i, path in enumerate(images[:: fc.stride]):
         try:
             with av.open(str(path), timeout=fc.decode_timeout) as container:
                 image = scale(next(container.decode(video=0)))
@@ -257,8 +292,13 @@ def _decode_folder(src: Source, fc: FrameConfig, report: DecodeReport,
         yield image, i * fc.stride / report.fps
 
 
-def _frames(src: Source, fc: FrameConfig, report: DecodeReport, threads: int,
-            convert: Callable[[av.VideoFrame], Any] | None = None) -> Iterator[tuple[Any, float]]:
+def _frames(
+    src: Source,
+    fc: FrameConfig,
+    report: DecodeReport,
+    threads: int,
+    convert: Callable[[av.VideoFrame], Any] | None = None,
+) -> Iterator[tuple[Any, float]]:
     if src.frames_dir:
         return _decode_folder(src, fc, report, convert)
     return _decode_file(src, fc, report, threads, convert)
@@ -268,11 +308,13 @@ def _finish(name: object, report: DecodeReport) -> None:
     """After the last frame: no frame at all is an error, one that broke off midway a warning."""
     if report.frames == 0:
         why = f": {report.error}" if report.error else ""
-        raise VideoError(f"no frames could be decoded from {name}{why}; "
-                         "pass a video (or images) with at least one readable frame")
+        raise VideoError(
+            f"no frames could be decoded from {name}{why}; pass a video (or images) with at least one readable frame"
+        )
     if report.error:
-        logging.getLogger("vidanom").warning("%s: decoding stopped after %d frames (%s)",
-                                             name, report.frames, report.error)
+        logging.getLogger("vidanom").warning(
+            "%s: decoding stopped after %d frames (%s)", name, report.frames, report.error
+        )
 
 
 def first_frame_size(src: Source, fc: FrameConfig) -> tuple[int, int]:
@@ -281,12 +323,14 @@ def first_frame_size(src: Source, fc: FrameConfig) -> tuple[int, int]:
     for size, _ in _frames(src, fc, report, 1, lambda frame: (frame.width, frame.height)):
         return size
     why = f": {report.error}" if report.error else ""
-    raise VideoError(f"no frames could be decoded from {src.path}{why}; "
-                     "pass a video (or images) with at least one readable frame")
+    raise VideoError(
+        f"no frames could be decoded from {src.path}{why}; pass a video (or images) with at least one readable frame"
+    )
 
 
-def iter_timed_chunks(src: Source, fc: FrameConfig, size: int, report: DecodeReport | None = None,
-                      threads: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def iter_timed_chunks(
+    src: Source, fc: FrameConfig, size: int, report: DecodeReport | None = None, threads: int = 0
+) -> Generator[tuple[np.ndarray, np.ndarray], None, None]:
     """Decode src into chunks of at most `size` frames with their times: ((n, H, W, C) uint8,
     (n,) float64 seconds from the first frame, non-decreasing; see _Clock).
 
@@ -315,8 +359,9 @@ def iter_timed_chunks(src: Source, fc: FrameConfig, size: int, report: DecodeRep
     _finish(src.path, report)
 
 
-def iter_chunks(src: Source, fc: FrameConfig, size: int, report: DecodeReport | None = None,
-                threads: int = 0) -> Iterator[np.ndarray]:
+def iter_chunks(
+    src: Source, fc: FrameConfig, size: int, report: DecodeReport | None = None, threads: int = 0
+) -> Generator[np.ndarray, None, None]:
     """iter_timed_chunks without the times: chunks of at most `size` frames, (n, H, W, C) uint8."""
     chunks = iter_timed_chunks(src, fc, size, report, threads)
     try:
@@ -347,8 +392,9 @@ class _WithFullSize:
         return self.scale(frame), full
 
 
-def iter_full_chunks(src: Source, fc: FrameConfig, size: int, report: DecodeReport | None = None,
-                     threads: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def iter_full_chunks(
+    src: Source, fc: FrameConfig, size: int, report: DecodeReport | None = None, threads: int = 0
+) -> Generator[tuple[np.ndarray, np.ndarray], None, None]:
     """Like iter_chunks, with every frame also in RGB at the source's own size: chunks of
     (small (n, h, w, C), full (n, H, W, 3)), both uint8, for drawing on what a person watches.
 
@@ -406,8 +452,10 @@ def _open_live(location: str, fc: FrameConfig, options: dict[str, str], follow: 
     elif "://" not in location:
         path = Path(location)
         if not path.exists():
-            raise VideoError(f"no such file: {location}; pass a video file, a URL (rtsp://, http://...) "
-                             "or a camera device (/dev/video0)")
+            raise VideoError(
+                f"no such file: {location}; pass a video file, a URL (rtsp://, http://...) "
+                "or a camera device (/dev/video0)"
+            )
         if path.is_dir():
             raise VideoError(f"{location} is a folder; watch reads one video file, URL or camera")
         target = f"file:{path}"  # a path with a colon in its name is still a file
@@ -420,13 +468,19 @@ def _open_live(location: str, fc: FrameConfig, options: dict[str, str], follow: 
             return _open_rtsp(target, opts, timeout)
         return av.open(target, format=fmt, options=opts, timeout=timeout)
     except Exception as exc:  # whatever opening a network stream or an untrusted file raises
-        raise VideoError(f"cannot open {location} as a video ({_why(exc)}); check the address, the "
-                         "device or the file") from exc
+        raise VideoError(
+            f"cannot open {location} as a video ({_why(exc)}); check the address, the device or the file"
+        ) from exc
 
 
-def iter_live(location: str, fc: FrameConfig, report: DecodeReport | None = None,
-              options: dict[str, str] | None = None, follow: float = 0.0,
-              warn: bool = True) -> Iterator[tuple[np.ndarray, float]]:
+def iter_live(
+    location: str,
+    fc: FrameConfig,
+    report: DecodeReport | None = None,
+    options: dict[str, str] | None = None,
+    follow: float = 0.0,
+    warn: bool = True,
+) -> Generator[tuple[np.ndarray, float], None, None]:
     """Frames (h, w, C) uint8 at the project's size with their times (seconds from the first frame),
     one at a time as they arrive, of a live source: a URL FFmpeg reads (rtsp://, http://, udp://...),
     a V4L2 camera (/dev/video0), or a file.

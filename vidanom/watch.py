@@ -36,7 +36,7 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -113,7 +113,7 @@ class Backoff:
         self.first, self.longest, self.tries = first, longest, 0
 
     def next(self) -> float:
-        wait = min(self.first * 2.0 ** self.tries, self.longest)
+        wait = min(self.first * 2.0**self.tries, self.longest)
         self.tries = min(self.tries + 1, 64)
         return wait
 
@@ -139,8 +139,7 @@ class EventTracker:
         self.peak, self.peak_score, self.count = 0, -math.inf, 0
         self.last: tuple[int, float] | None = None  # the latest frame's number and time
 
-    def update(self, frames: np.ndarray, scores: np.ndarray, times: np.ndarray | None = None
-               ) -> list[dict[str, Any]]:
+    def update(self, frames: np.ndarray, scores: np.ndarray, times: np.ndarray | None = None) -> list[dict[str, Any]]:
         """frames: (n,) frame numbers, increasing; scores: (n,); times: (n,) their times in seconds
         (default frames · dt) → the events that ended here."""
         out = []
@@ -166,10 +165,19 @@ class EventTracker:
             f, t = self.last if self.last is not None else (0, 0.0)
             end_time = t + (end - f) * self.dt
         self.count += 1
-        return [{"event": self.count, "start_frame": start, "end_frame": end, "peak_frame": self.peak,
-                 "start_time": round(self.start_time, 3), "end_time": round(end_time, 3),
-                 "peak_time": round(self.peak_time, 3), "peak_score": self.peak_score,
-                 "duration": round(end_time - self.start_time, 3)}]
+        return [
+            {
+                "event": self.count,
+                "start_frame": start,
+                "end_frame": end,
+                "peak_frame": self.peak,
+                "start_time": round(self.start_time, 3),
+                "end_time": round(end_time, 3),
+                "peak_time": round(self.peak_time, 3),
+                "peak_score": self.peak_score,
+                "duration": round(end_time - self.start_time, 3),
+            }
+        ]
 
 
 @dataclass
@@ -197,7 +205,7 @@ class _Back:
 
 
 _END = object()
-Connect = Callable[[DecodeReport], Iterator[tuple[np.ndarray, float]]]
+Connect = Callable[[DecodeReport], Generator[tuple[np.ndarray, float], None, None]]
 
 
 class _Buffer:
@@ -245,8 +253,16 @@ class _Feed:
     """The frames of one source, decoded in a thread into a bounded buffer (see the module
     docstring), over as many connections as it takes when reconnecting (backoff not None)."""
 
-    def __init__(self, connect: Connect, live: bool, pace: bool, depth: int, fc: FrameConfig,
-                 stop: threading.Event, backoff: Backoff | None) -> None:
+    def __init__(
+        self,
+        connect: Connect,
+        live: bool,
+        pace: bool,
+        depth: int,
+        fc: FrameConfig,
+        stop: threading.Event,
+        backoff: Backoff | None,
+    ) -> None:
         self.stop, self.pace, self.stride, self.limit = stop, pace, fc.stride, fc.decode_timeout
         self.report = DecodeReport()  # the first connection's
         self.connections = 0  # that gave frames
@@ -326,9 +342,17 @@ class _Feed:
         """The record of a gap from the last frame before it to `first` after it."""
         last = self._last
         assert last is not None
-        return {"gap": round(first.arrived - last.arrived, 3), "from": _iso(self._last_wall), "to": _iso(time.time()),
-                "from_frame": last.index, "to_frame": first.index, "from_time": round(last.time, 3),
-                "to_time": round(first.time, 3), "reason": reason, "attempts": attempts}
+        return {
+            "gap": round(first.arrived - last.arrived, 3),
+            "from": _iso(self._last_wall),
+            "to": _iso(time.time()),
+            "from_frame": last.index,
+            "to_frame": first.index,
+            "from_time": round(last.time, 3),
+            "to_time": round(first.time, 3),
+            "reason": reason,
+            "attempts": attempts,
+        }
 
     def items(self, most: int) -> Iterator[list[_Frame] | _Lost | _Back]:
         """What the decoder sent, in order: lists of at most `most` frames, and notices, until the
@@ -421,21 +445,29 @@ class Watcher:
     opened at first, NotTrainedError without a model.
     """
 
-    def __init__(self, project: Project, source: str, options: WatchOptions | None = None, *,
-                 device: torch.device | None = None,
-                 on_event: Callable[[dict[str, Any]], None] = _ignore,
-                 on_gap: Callable[[dict[str, Any]], None] = _ignore,
-                 on_status: Callable[[WatchStatus], None] = _ignore,
-                 before_batch: Callable[[int], None] | None = None) -> None:
+    def __init__(
+        self,
+        project: Project,
+        source: str,
+        options: WatchOptions | None = None,
+        *,
+        device: torch.device | None = None,
+        on_event: Callable[[dict[str, Any]], None] = _ignore,
+        on_gap: Callable[[dict[str, Any]], None] = _ignore,
+        on_status: Callable[[WatchStatus], None] = _ignore,
+        before_batch: Callable[[int], None] | None = None,
+    ) -> None:
         from .inference import for_inference
+
         self.source, self.options, self.device = source, options or WatchOptions(), device or torch.device("cpu")
         self.on_event, self.on_gap, self.on_status, self.before_batch = on_event, on_gap, on_status, before_batch
         detector = Detector.load(project)
         cal, self.cfg = detector.calibration, project.config
         fast = for_inference(detector.vae, self.device)
         mdn = detector.mdn.to(self.device).eval() if detector.mdn else None
-        self.scorer = _LiveScorer(lambda: make_scorer(fast, mdn, self.cfg, self.device, cal.frame_interval),
-                                  project, cal)
+        self.scorer = _LiveScorer(
+            lambda: make_scorer(fast, mdn, self.cfg, self.device, cal.frame_interval), project, cal
+        )
         self.live, self.reconnect = self.options.live(source), self.options.reconnects(source)
         self.status = WatchStatus(source, str(detector.version), cal.threshold)
         self.tracker: EventTracker | None = None
@@ -450,6 +482,7 @@ class Watcher:
     def run(self) -> WatchStatus:
         """Score the stream as it comes (see the class docstring) → the final status: the summary."""
         from .inference import scoring_threads, torch_threads
+
         self.started = time.monotonic()
         feed = self._open()
         try:
@@ -466,11 +499,12 @@ class Watcher:
         o = self.options
         backoff = Backoff(*o.backoff) if self.reconnect else None
 
-        def connect(report: DecodeReport) -> Iterator[tuple[np.ndarray, float]]:
+        def connect(report: DecodeReport) -> Generator[tuple[np.ndarray, float], None, None]:
             return iter_live(self.source, self.cfg.frames, report, o.input_options, o.follow, warn=not self.reconnect)
 
-        return _Feed(connect, self.live, o.realtime, 2 * self.cfg.score.batch_size, self.cfg.frames, self._stop,
-                     backoff)
+        return _Feed(
+            connect, self.live, o.realtime, 2 * self.cfg.score.batch_size, self.cfg.frames, self._stop, backoff
+        )
 
     def _handle(self, item: list[_Frame] | _Lost | _Back, feed: _Feed) -> None:
         if isinstance(item, _Lost):
@@ -517,7 +551,13 @@ class Watcher:
                 self._report(self.tracker.finish(self.last + 1))
             self.scorer.restart()
         s = self.status
-        s.state, s.reason, s.attempts, s.retry_in, s.in_event = "reconnecting", lost.reason, lost.attempts, lost.wait, False
+        s.state, s.reason, s.attempts, s.retry_in, s.in_event = (
+            "reconnecting",
+            lost.reason,
+            lost.attempts,
+            lost.wait,
+            False,
+        )
 
     def _back(self, gap: dict[str, Any]) -> None:
         s = self.status
@@ -542,16 +582,35 @@ class Watcher:
     def _report(self, events: list[dict[str, Any]]) -> None:
         for event in events:
             self.status.events += 1
-            self.on_event({**event, "source": self.status.source, "model_version": self.status.version,
-                           "detected_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+            self.on_event(
+                {
+                    **event,
+                    "source": self.status.source,
+                    "model_version": self.status.version,
+                    "detected_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                }
+            )
 
 
-def watch(project: Project, source: str, options: WatchOptions | None = None,
-          on_event: Callable[[dict[str, Any]], None] = _ignore,
-          on_status: Callable[[WatchStatus], None] = _ignore, device: torch.device | None = None,
-          before_batch: Callable[[int], None] | None = None,
-          on_gap: Callable[[dict[str, Any]], None] = _ignore) -> WatchStatus:
+def watch(
+    project: Project,
+    source: str,
+    options: WatchOptions | None = None,
+    on_event: Callable[[dict[str, Any]], None] = _ignore,
+    on_status: Callable[[WatchStatus], None] = _ignore,
+    device: torch.device | None = None,
+    before_batch: Callable[[int], None] | None = None,
+    on_gap: Callable[[dict[str, Any]], None] = _ignore,
+) -> WatchStatus:
     """Score a stream as it comes until it ends (a URL or camera: is lost for good, which it never
     is while reconnecting) or Ctrl-C → the final status: the summary. See Watcher."""
-    return Watcher(project, source, options, device=device, on_event=on_event, on_gap=on_gap,
-                   on_status=on_status, before_batch=before_batch).run()
+    return Watcher(
+        project,
+        source,
+        options,
+        device=device,
+        on_event=on_event,
+        on_gap=on_gap,
+        on_status=on_status,
+        before_batch=before_batch,
+    ).run()

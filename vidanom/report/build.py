@@ -15,6 +15,8 @@ last event's peak) and the β-VAE's error maps: see vidanom.revisit.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import hashlib
 import json
 import os
@@ -26,6 +28,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import torch
 
 from .. import fsutil
 from ..errors import VidanomError
@@ -114,7 +119,7 @@ class Report:
 class _Job:
     out: Path
     videos: bool
-    device: object
+    device: torch.device | None
     progress: Progress
     keep: set[Path] = field(default_factory=set)
     made: Counter = field(default_factory=Counter)
@@ -134,8 +139,13 @@ def _slug(name: str) -> str:
     return safe[:40] or "clip"
 
 
-def build_report(cameras: list[tuple[str, Project]], out: Path, videos: bool = False, device: object = None,
-                 progress: Progress = no_progress) -> Report:
+def build_report(
+    cameras: list[tuple[str, Project]],
+    out: Path,
+    videos: bool = False,
+    device: torch.device | None = None,
+    progress: Progress = no_progress,
+) -> Report:
     """Write the report of the scored clips of every (camera name, project) into folder out.
 
     videos: also make the annotated video of every clip with events that has none up to date
@@ -146,8 +156,9 @@ def build_report(cameras: list[tuple[str, Project]], out: Path, videos: bool = F
     if not any(s.clips for _, _, s in stored):
         problems = [p for _, _, s in stored for p in s.problems]
         where = ", ".join(str(p.root) for _, p in cameras)
-        raise VidanomError(problems[0] if problems else
-                           f"nothing scored in {where} yet; run 'vidanom score VIDEO...' first")
+        raise VidanomError(
+            problems[0] if problems else f"nothing scored in {where} yet; run 'vidanom score VIDEO...' first"
+        )
     _check_out(out)
     job = _Job(out, videos, device, progress)
     views = [_camera_view(i, name, project, s, job) for i, (name, project, s) in enumerate(stored)]
@@ -156,9 +167,16 @@ def build_report(cameras: list[tuple[str, Project]], out: Path, videos: bool = F
     _prune(out, job.keep)
     clips = [c for v in views for c in v.clips]
     notes = [f"{c.camera}: {c.name}: {n}" if len(views) > 1 else f"{c.name}: {n}" for c in clips for n in c.notes]
-    return Report(out / "index.html", len(views), len(clips), sum(c.frames for c in clips),
-                  sum(c.duration for c in clips), sum(len(c.events) for c in clips), dict(job.made),
-                  [p for v in views for p in v.problems] + notes)
+    return Report(
+        out / "index.html",
+        len(views),
+        len(clips),
+        sum(c.frames for c in clips),
+        sum(c.duration for c in clips),
+        sum(len(c.events) for c in clips),
+        dict(job.made),
+        [p for v in views for p in v.problems] + notes,
+    )
 
 
 def _check_out(out: Path) -> None:
@@ -175,16 +193,27 @@ def _camera_view(index: int, name: str, project: Project, stored: Stored, job: _
         try:
             clips.append(_clip_view(f"clip-{index}-{k}", name, project, clip, job))
         except (KeyError, TypeError, ValueError, IndexError) as exc:
-            problems.append(f"the stored summary of clip '{clip.name}' is damaged ({type(exc).__name__}: {exc}); "
-                            f"score it again with 'vidanom score {clip.name}'")
+            problems.append(
+                f"the stored summary of clip '{clip.name}' is damaged ({type(exc).__name__}: {exc}); "
+                f"score it again with 'vidanom score {clip.name}'"
+            )
     job.progress("report", len(stored.clips), len(stored.clips), {})
     return CameraView(name, str(project.root.resolve()), _models(stored, clips), clips, problems)
 
 
 def _clip_view(anchor: str, camera: str, project: Project, clip: StoredClip, job: _Job) -> ClipView:
     s = clip.summary
-    view = ClipView(camera, clip.name, anchor, int(s["frames"]), float(s["duration"]), float(s["peak_score"]),
-                    float(s["threshold"]), str(s.get("model_version", "?")), _events(clip))
+    view = ClipView(
+        camera,
+        clip.name,
+        anchor,
+        int(s["frames"]),
+        float(s["duration"]),
+        float(s["peak_score"]),
+        float(s["threshold"]),
+        str(s.get("model_version", "?")),
+        _events(clip),
+    )
     if s.get("warning"):
         view.notes.append(f"when scored: {s['warning']}")
     _thumbnails(project, view, clip, job)
@@ -197,19 +226,34 @@ def _events(clip: StoredClip) -> list[Event]:
     out = []
     for i, s in enumerate(clip.summary.get("segments") or [], 1):
         peak = int(s["peak_frame"])
-        out.append(Event(i, int(s["start_frame"]), int(s["end_frame"]), peak, float(s["start_time"]),
-                         float(s["end_time"]), float(clip.times[peak]), float(s["peak_score"])))
+        out.append(
+            Event(
+                i,
+                int(s["start_frame"]),
+                int(s["end_frame"]),
+                peak,
+                float(s["start_time"]),
+                float(s["end_time"]),
+                float(clip.times[peak]),
+                float(s["peak_score"]),
+            )
+        )
     return out
 
 
 # -- assets ------------------------------------------------------------------------------------------
 
+
 def _thumbnails(project: Project, view: ClipView, clip: StoredClip, job: _Job) -> None:
     """Give every event its thumbnail: from the cache, else all of the clip's missing ones in one pass."""
     wanted: dict[int, Path] = {}
     for e in view.events:
-        path, e.thumb = job.asset("thumbs", f"{view.name}.{e.peak_frame}", [
-            view.camera, view.name, clip.scored_at, view.version, e.peak_frame, THUMB_WIDTH], ".jpg")
+        path, e.thumb = job.asset(
+            "thumbs",
+            f"{view.name}.{e.peak_frame}",
+            [view.camera, view.name, clip.scored_at, view.version, e.peak_frame, THUMB_WIDTH],
+            ".jpg",
+        )
         if not path.exists():
             wanted[e.peak_frame] = path
     if not wanted:
@@ -234,15 +278,18 @@ def _draw_thumbnails(project: Project, source: Path, wanted: dict[int, Path], jo
 
     from ..heatmap import ErrorScale, overlay
     from ..revisit import revisit, scored_clip
+
     clip = scored_clip(project, source)  # checks the scores come from the current model
     scale = ErrorScale.from_calibration(clip.detector.calibration, project.config)
     left = dict(wanted)
     with closing(revisit(project, clip, job.device, job.progress, "report: images of")) as chunks:
         for chunk in chunks:
             hits = [i for i in range(len(chunk.full)) if chunk.start + i in left]
-            levels = scale.levels(chunk.maps.err[hits]) if hits else []
+            levels = list(scale.levels(chunk.maps.err[hits])) if hits else []
             for i, level in zip(hits, levels):
-                _save_jpeg(left.pop(chunk.start + i), overlay(torch.from_numpy(chunk.full[i]), level, scale.lut).numpy())
+                _save_jpeg(
+                    left.pop(chunk.start + i), overlay(torch.from_numpy(chunk.full[i]), level, scale.lut).numpy()
+                )
             if not left:
                 break
     return set(left)
@@ -251,10 +298,12 @@ def _draw_thumbnails(project: Project, source: Path, wanted: dict[int, Path], jo
 def _save_jpeg(path: Path, rgb: np.ndarray) -> None:
     """(H, W, 3) uint8 → a JPEG at most THUMB_WIDTH wide, written atomically."""
     from PIL import Image
+
     image = Image.fromarray(rgb)
     if image.width > THUMB_WIDTH:
-        image = image.resize((THUMB_WIDTH, max(1, round(image.height * THUMB_WIDTH / image.width))),
-                             Image.Resampling.LANCZOS)
+        image = image.resize(
+            (THUMB_WIDTH, max(1, round(image.height * THUMB_WIDTH / image.width))), Image.Resampling.LANCZOS
+        )
     with fsutil.atomic_path(path) as tmp:
         image.save(tmp, format="JPEG", quality=THUMB_QUALITY)
 
@@ -279,8 +328,16 @@ def _timeline(view: ClipView, clip: StoredClip, job: _Job) -> str:
         _place(clip.timeline, path)
     else:
         from .. import plot
-        plot.timeline(path, clip.scores, view.threshold, clip.times, [(e.start_frame, e.end_frame) for e in view.events],
-                      title=view.name, duration=view.duration)
+
+        plot.timeline(
+            path,
+            clip.scores,
+            view.threshold,
+            clip.times,
+            [(e.start_frame, e.end_frame) for e in view.events],
+            title=view.name,
+            duration=view.duration,
+        )
     job.made["timelines"] += 1
     return rel
 
@@ -291,6 +348,7 @@ def _video(project: Project, view: ClipView, clip: StoredClip, job: _Job) -> str
     st = _fresh(clip.annotated, clip.scored_at)
     if st is None and job.videos and view.events:
         from ..annotate import annotate
+
         try:
             annotate(project, Path(clip.summary["source"]), clip.annotated, job.device, job.progress)
         except VidanomError as exc:
@@ -318,6 +376,7 @@ def _place(src: Path, dst: Path) -> None:
 
 def _write_static(out: Path) -> None:
     from importlib.resources import files
+
     for name in STATIC:
         text = files(__package__).joinpath("static", name).read_text(encoding="utf-8")
         dst = out / "assets" / name
@@ -336,6 +395,7 @@ def _prune(out: Path, keep: set[Path]) -> None:
 
 # -- models ------------------------------------------------------------------------------------------
 
+
 def _models(stored: Stored, clips: list[ClipView]) -> list[ModelView]:
     """The model versions that scored the clips (the current one if none did), oldest first."""
     used = sorted({c.version for c in clips}) or [v for v in [stored.current] if v]
@@ -345,8 +405,15 @@ def _models(stored: Stored, clips: list[ClipView]) -> list[ModelView]:
 def _model(stored: Stored, name: str) -> ModelView:
     info = stored.versions.get(name, {})
     scenes = info.get("scenes") or [info.get("scene", "?")]
-    return ModelView(name, name == stored.current, info.get("threshold"), info.get("expected_false_alarms"),
-                     info.get("psnr"), [str(s) for s in scenes], _lineage(stored, name))
+    return ModelView(
+        name,
+        name == stored.current,
+        info.get("threshold"),
+        info.get("expected_false_alarms"),
+        info.get("psnr"),
+        [str(s) for s in scenes],
+        _lineage(stored, name),
+    )
 
 
 def _lineage(stored: Stored, name: str | None) -> list[tuple[str, str, str]]:
@@ -360,6 +427,7 @@ def _lineage(stored: Stored, name: str | None) -> list[tuple[str, str, str]]:
 
 
 # -- the page ----------------------------------------------------------------------------------------
+
 
 def clock(seconds: float) -> str:
     """Seconds as m:ss.ss, or h:mm:ss.ss from an hour on (a frame at 25 fps lasts 0.04 s)."""
@@ -383,12 +451,25 @@ def seconds(value: float) -> str:
 def _render(cameras: list[CameraView]) -> str:
     """index.html of the cameras' views (Jinja2, autoescaped: clip and scene names are users' text)."""
     from jinja2 import Environment, PackageLoader, StrictUndefined
-    env = Environment(loader=PackageLoader(__package__, "templates"), autoescape=True, undefined=StrictUndefined,
-                      trim_blocks=True, lstrip_blocks=True)
+
+    env = Environment(
+        loader=PackageLoader(__package__, "templates"),
+        autoescape=True,
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
     env.filters.update(clock=clock, span=span, seconds=seconds)
     clips = [c for cam in cameras for c in cam.clips]
     rows = [(c, e) for c in clips for e in c.events]  # in camera, clip name, then time order
     return env.get_template("index.html.j2").render(
-        title=cameras[0].name if len(cameras) == 1 else f"{len(cameras)} cameras", fleet=len(cameras) > 1,
-        cameras=cameras, clip_views=clips, rows=rows, generated=time.strftime("%Y-%m-%d %H:%M"),
-        clips=len(clips), frames=sum(c.frames for c in clips), seconds=sum(c.duration for c in clips))
+        title=cameras[0].name if len(cameras) == 1 else f"{len(cameras)} cameras",
+        fleet=len(cameras) > 1,
+        cameras=cameras,
+        clip_views=clips,
+        rows=rows,
+        generated=time.strftime("%Y-%m-%d %H:%M"),
+        clips=len(clips),
+        frames=sum(c.frames for c in clips),
+        seconds=sum(c.duration for c in clips),
+    )
