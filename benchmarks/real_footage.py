@@ -41,7 +41,7 @@ from vidanom.config import ProjectConfig, parse_overrides, with_overrides
 from vidanom.metrics import auroc
 from vidanom.project import Project
 
-COMPONENTS = ("recon", "kl", "nll", "score")
+COMPONENTS = ("recon", "kl", "nll", "still", "score")
 STRETCH_SECONDS = 6.0
 FAST = 4
 EXPERIMENTS = ("ped1", "ped1-4", "ped1-24", "avenue")

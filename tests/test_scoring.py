@@ -266,7 +266,7 @@ def test_scene_of_picks_the_scene_whose_frames_it_lies_closest_to(calibration):
     std = torch.rand(2, 16, generator=g) + 0.1
     cal = Calibration(**calibration.to_dict() | {"frame_mean": mean, "frame_std": std})
     frame = torch.rand(300, 16, generator=g)
-    maps = Maps(torch.zeros(300, 4, 4), torch.zeros(300, 16), torch.zeros(300, 16), frame)
+    maps = Maps(torch.zeros(300, 4, 4), torch.zeros(300, 16), torch.zeros(300, 16), frame=frame)
     ref = np.stack([(((frame - m) / s) ** 2).sum(1).numpy() for m, s in zip(mean, std)]).argmin(0)
     got = scene_of(maps, cal)
     assert np.array_equal(got.numpy(), ref) and 0 < got.sum() < 300

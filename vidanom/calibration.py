@@ -30,6 +30,7 @@ from .vae import BetaVAE, patch_means
 
 MIN_SECONDS = 60.0  # less normal footage than this cannot support a promised false-alarm rate
 MIN_BLOCKS = 4  # the held-out frames are cut into at least this many blocks to estimate it
+TAIL = 0.1  # the share of held-out scores whose excesses fit the tail the threshold is read from
 # the least spread of a component: each is made of z-scores, whose spread a few seconds of held-out
 # footage (a handful of nearly alike frames) can put near zero
 MIN_SCALE = 0.1
@@ -92,8 +93,8 @@ class Calibration:
     kl_std: torch.Tensor
     nll_mean: torch.Tensor  # (S, cells) zeros when there is no MDN
     nll_std: torch.Tensor
-    comp_mean: torch.Tensor  # (S, 3) median of recon, kl, nll (smoothed) on the scene's held-out frames
-    comp_std: torch.Tensor  # (S, 3) their spread above the median; inf where the scene has none: it adds nothing
+    comp_mean: torch.Tensor  # (S, 4) median of recon, kl, nll, still (smoothed) on the scene's held-out frames
+    comp_std: torch.Tensor  # (S, 4) their spread above the median; inf where the scene has none: it adds nothing
     thresholds: torch.Tensor  # (S,) each scene's threshold on its held-out frames
     has_mdn: bool
     scenes: list[str]
@@ -103,7 +104,7 @@ class Calibration:
     frame_std: torch.Tensor | None = None
     false_alarms: torch.Tensor | None = None  # (S,) the share of new normal frames expected over the threshold
     frame_interval: float | None = None  # the usual seconds between training frames: motion is scaled by it
-    comp_low: torch.Tensor | None = None  # (S, 3) the components' spread below the median
+    comp_low: torch.Tensor | None = None  # (S, 4) the components' spread below the median
 
     def __post_init__(self) -> None:
         if self.comp_low is None:  # made before the two sides had their own scales
@@ -123,6 +124,16 @@ class Calibration:
             threshold = torch.tensor([float(d["threshold"])])
             d = {k: v[None] if isinstance(v, torch.Tensor) else v for k, v in d.items() if k != "threshold"}
             d.update(thresholds=threshold, scenes=["default"])
+        if d["comp_mean"].shape[-1] == 3:  # made before stillness was a component: it adds nothing
+            pad = {"comp_mean": 0.0, "comp_std": math.inf, "comp_low": math.inf}
+            d = {
+                **d,
+                **{
+                    k: torch.cat([d[k], torch.full((len(d[k]), 1), v)], 1)
+                    for k, v in pad.items()
+                    if d.get(k) is not None
+                },
+            }
         return cls(**d)
 
     def merged(self, old: Calibration, keep: list[str]) -> Calibration:
@@ -157,23 +168,38 @@ class Calibration:
 # -- the threshold -------------------------------------------------------------------------------
 
 
+def tail_threshold(scores: torch.Tensor, target: float) -> float:
+    """The level that a share `target` of scores like these exceeds, from an exponential fitted to
+    their upper tail (peaks over a threshold, as in SPOT, Siffer et al. 2017): past the quantile
+    u = 1 − TAIL, P(score > t) = TAIL · exp(−(t − u) / mean excess over u). A quantile taken
+    directly rests on the few most extreme held-out frames (the 99th percentile of a minute of
+    footage on two or three), which set it too low for new footage of the same camera; the whole
+    tail beyond u (a tenth of the frames) sets this one."""
+    s = scores.double()
+    if target >= TAIL:
+        return float(torch.quantile(s, 1.0 - target))
+    u = torch.quantile(s, 1.0 - TAIL)
+    excess = s[s > u] - u
+    scale = float(excess.mean()) if len(excess) else 0.0
+    return float(u) + scale * math.log(TAIL / target)
+
+
 def choose_threshold(blocks: list[torch.Tensor], target: float) -> tuple[float, float]:
     """(threshold, expected false-alarm rate) from the combined scores of held-out blocks.
 
-    The threshold is the (1 − target) quantile of all held-out scores. The rate to expect on new
-    footage is estimated the way new footage meets it: the same quantile set on all blocks but one,
-    counted on that one, for every block in turn (weighted by their lengths). When the blocks differ
-    (a crowded clip among quiet ones), it exceeds the target, and says by how much.
+    The threshold is tail_threshold of all held-out scores. The rate to expect on new footage is
+    estimated the way new footage meets it: the same rule applied to all blocks but one, counted on
+    that one, for every block in turn (weighted by their lengths). When the blocks differ (a crowded
+    clip among quiet ones), it exceeds the target, and says by how much.
     """
     if len(blocks) < 2:
         raise ValueError("choose_threshold needs at least two held-out blocks")
-    level = 1.0 - target
     sizes = np.array([len(b) for b in blocks], float)
     rates = []
     for i, block in enumerate(blocks):
-        rest = torch.cat([b for j, b in enumerate(blocks) if j != i]).double()
-        rates.append(float((block.double() > torch.quantile(rest, level)).double().mean()))
-    return float(torch.quantile(torch.cat(blocks).double(), level)), float(np.dot(rates, sizes) / sizes.sum())
+        rest = torch.cat([b for j, b in enumerate(blocks) if j != i])
+        rates.append(float((block.double() > tail_threshold(rest, target)).double().mean()))
+    return tail_threshold(torch.cat(blocks), target), float(np.dot(rates, sizes) / sizes.sum())
 
 
 def held_blocks(split: Split) -> list[tuple[int, int, int]]:
@@ -256,8 +282,8 @@ def place_statistics(scorer: Scorer, footage: Footage, cfg: ProjectConfig, scene
         ks[None],
         nm[None],
         ns[None],
-        torch.zeros(1, 3),
-        torch.ones(1, 3),
+        torch.zeros(1, 4),
+        torch.ones(1, 4),
         torch.zeros(1),
         has_mdn,
         [scene],

@@ -138,20 +138,21 @@ def _write_csv(
 ) -> None:
     """One row per frame, as csv.writer would write it (\\r\\n line ends; scene names are checked
     to need no quoting). times: (n,) seconds."""
-    header = "frame,time,recon,kl,nll,scene,score,anomalous\r\n"
+    header = "frame,time,recon,kl,nll,still,scene,score,anomalous\r\n"
     n = len(scores)
-    nll = ["" if v != v else f"{v:.5g}" for v in comps[:, 2].tolist()]  # NaN (v != v): an empty field
+    nll, still = (["" if v != v else f"{v:.5g}" for v in comps[:, j].tolist()] for j in (2, 3))  # NaN: empty
     rows = zip(
         range(n),
         times.tolist(),
         comps[:, 0].tolist(),
         comps[:, 1].tolist(),
         nll,
+        still,
         scenes,
         scores.tolist(),
         flags.astype(np.int64).tolist(),
     )
-    fsutil.write_text(path, header + "".join(map("%d,%.3f,%.5g,%.5g,%s,%s,%.5g,%d\r\n".__mod__, rows)))
+    fsutil.write_text(path, header + "".join(map("%d,%.3f,%.5g,%.5g,%s,%s,%s,%.5g,%d\r\n".__mod__, rows)))
 
 
 def _score_warning(report: DecodeReport, frames: int, has_mdn: bool, warmup: int) -> str | None:

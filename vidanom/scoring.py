@@ -32,12 +32,11 @@ from .vae import BetaVAE, error_map, kl_map, patch_means
 if TYPE_CHECKING:
     from .calibration import Calibration
 
-COMPONENTS = ("recon", "kl", "nll")
-# what the combined score weighs: each component where it is higher than normal, and the LSTM-MDN's
-# surprise where it is lower than normal ("still"): in a frozen picture nothing changes anywhere,
-# and every cell sits at the least surprise the model can give
-TERMS = ("recon", "kl", "nll", "still")
-STILL_MARGIN = 1.0  # the surprise counts as "still" only this many (lower) scales below its median
+# the components of a frame's score: the first three count where they are higher than on normal
+# frames; "still" where it is lower: in a frozen picture nothing changes anywhere, and every cell is
+# exactly what the LSTM-MDN expected most
+COMPONENTS = ("recon", "kl", "nll", "still")
+STILL_MARGIN = 4.0  # stillness counts only this many of its lower scales below its median
 
 
 @dataclass
@@ -47,6 +46,7 @@ class Maps:
     err: torch.Tensor  # (n, H, W) squared reconstruction error
     kl: torch.Tensor  # (n, rows·cols) KL per latent cell
     nll: torch.Tensor  # (n, rows·cols) MDN NLL per cell; NaN where there is no past (or no MDN)
+    excess: torch.Tensor | None = None  # (n, rows·cols) the NLL over that of the predicted mixture's mode
     frame: torch.Tensor | None = None  # (n, C·H·W) the frame planes in [0, 1]: which scene it shows
     recon: torch.Tensor | None = None  # (n, C_in, H, W) the VAE's reconstruction, if Scorer.keep_recon
 
@@ -122,33 +122,47 @@ class Scorer:
         recon, mu, logvar = self.vae(x, sample=False)
         err = error_map(x[:, self.recon_from :], recon[:, self.recon_from :])
         kl = kl_map(mu, logvar).flatten(1)
-        nll = torch.full_like(kl, float("nan"))
+        nll, excess = torch.full_like(kl, float("nan")), torch.full_like(kl, float("nan"))
         if self.mdn is not None:
-            nll = self._surprise(mu)
+            nll, excess = self._surprise(mu)
             nll[: max(0, self.warmup - self._seen)] = float("nan")
+            excess[: max(0, self.warmup - self._seen)] = float("nan")
         self._seen += len(frames)
         return Maps(
             err.cpu(),
             kl.cpu(),
             nll.cpu(),
+            excess.cpu(),
             x[:, : cur.shape[-1]].flatten(1).cpu(),
             recon.cpu() if self.keep_recon else None,
         )
 
-    def _surprise(self, mu: torch.Tensor) -> torch.Tensor:
-        """mu: (n, D, rows, cols) → (n, cells) NLL of each frame's latent given the frames before."""
+    def _surprise(self, mu: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """mu: (n, D, rows, cols) → (n, cells) NLL of each frame's latent given the frames before, and
+        its excess over the NLL of the predicted mixture's mode (0 where the latent is the prediction)."""
         assert self.mdn is not None
         n = mu.shape[0]
         z = mu.flatten(2).permute(2, 0, 1)  # (cells, n, D): one sequence per cell
         cells = torch.arange(z.shape[0], device=z.device)
         log_pi, m, log_s, self._state = self.mdn(z, cells, self._state)
-        out = torch.full((z.shape[0], n), float("nan"), device=z.device)
+        # each frame's prediction: the one carried from the chunk before (if any), then this chunk's but the last
+        pred = [p[:, :-1] for p in (log_pi, m, log_s)]
         if self._pred is not None:
-            out[:, 0] = mdn_nll(z[:, 0], *self._pred)
-        if n > 1:
-            out[:, 1:] = mdn_nll(z[:, 1:], log_pi[:, :-1], m[:, :-1], log_s[:, :-1])
+            pred = [torch.cat([q.unsqueeze(1), p], 1) for q, p in zip(self._pred, pred)]
+        target = z if self._pred is not None else z[:, 1:]
+        nll, excess = (torch.full((z.shape[0], n), float("nan"), device=z.device) for _ in range(2))
+        if target.shape[1]:
+            values = mdn_nll(target, *pred)
+            nll[:, n - target.shape[1] :] = values
+            excess[:, n - target.shape[1] :] = values - mdn_nll(mixture_mode(*pred), *pred)
         self._pred = (log_pi[:, -1], m[:, -1], log_s[:, -1])
-        return out.T
+        return nll.T, excess.T
+
+
+def mixture_mode(log_pi: torch.Tensor, mu: torch.Tensor, log_sigma: torch.Tensor) -> torch.Tensor:
+    """The mean of each mixture's most likely component: (..., K), (..., K, D), (..., K, D) → (..., D)."""
+    best = log_pi.argmax(-1)[..., None, None].expand(*log_pi.shape[:-1], 1, mu.shape[-1])
+    return mu.gather(-2, best)[..., 0, :]
 
 
 def top_mean(x: torch.Tensor, k: int) -> torch.Tensor:
@@ -157,29 +171,34 @@ def top_mean(x: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def components(maps: Maps, cal: Calibration, sc: ScoreConfig) -> torch.Tensor:
-    """Maps of n frames → (n, S, 3) components recon, kl, nll against each of S scenes: the worst
-    places of the frame (the top_k patches, the worst cell, the top_k cells), each place against its
-    own statistics. nll is NaN where the LSTM-MDN has no prediction yet."""
+    """Maps of n frames → (n, S, 4) components recon, kl, nll, still against each of S scenes.
+
+    recon, kl, nll: the worst places of the frame (the top_k patches, the worst cell, the top_k
+    cells), each place against its own statistics. still: log(1 + the mean of the top_k cells'
+    surprise over what the LSTM-MDN expected most), the same for every scene: near zero only where
+    nothing changes as predicted anywhere, as in a frozen picture; in log units because a busy
+    scene and a quiet one differ by orders of magnitude above that, and should count alike.
+    nll and still are NaN where the LSTM-MDN has no prediction yet.
+    """
     patches = patch_means(maps.err, sc.patch, sc.patch_stride)[:, None]  # (n, 1, P)
     recon = top_mean((patches - cal.err_mean) / cal.err_std, sc.top_k)
     kl = ((maps.kl[:, None] - cal.kl_mean) / cal.kl_std).amax(2)
     nll = top_mean((maps.nll[:, None] - cal.nll_mean) / cal.nll_std, sc.top_k)  # NaN stays NaN
-    return torch.stack([recon, kl, nll], 2)
+    excess = maps.excess if maps.excess is not None else torch.full_like(maps.nll, float("nan"))
+    still = top_mean(excess.clamp_min(0.0), sc.top_k).log1p()[:, None].expand_as(recon)
+    return torch.stack([recon, kl, nll, still], 2)
 
 
 def standardise(comp: torch.Tensor, cal: Calibration) -> torch.Tensor:
-    """(n, S, 3) components → (n, S, 4) terms: how far each component lies above normal, in units of
-    its spread above the median on held-out normal frames (0 below the median), and how far the
-    LSTM-MDN's surprise lies below normal, in its spread below the median, past STILL_MARGIN. A
-    missing (NaN) component gives 0.
+    """(n, S, 4) components → (n, S, 4) terms: how far recon, kl and nll lie above normal, in units
+    of their spread above the median on held-out normal frames (0 below it), and how far still lies
+    below normal, in its spread below the median, past STILL_MARGIN. A missing (NaN) component gives 0.
 
-    Each side has its own scale because the components are skewed: the surprise has a long upper
-    tail and a short lower one, and a frozen picture lies 5-8 lower scales below the median where
-    one symmetric standard deviation put it at 3.
+    Each side has its own scale because the components are skewed.
     """
-    up = (comp - cal.comp_mean) / cal.comp_std
     low = cal.comp_low if cal.comp_low is not None else cal.comp_std
-    still = (cal.comp_mean[..., 2] - comp[..., 2]) / low[..., 2] - STILL_MARGIN
+    up = (comp[..., :3] - cal.comp_mean[..., :3]) / cal.comp_std[..., :3]
+    still = (cal.comp_mean[..., 3] - comp[..., 3]) / low[..., 3] - STILL_MARGIN
     return torch.cat([up, still.unsqueeze(-1)], -1).clamp_min(0.0).nan_to_num(0.0)
 
 
