@@ -37,7 +37,7 @@ try:  # typer vendors click since 0.2x; its own exceptions (Exit, BadParameter..
     from typer._click.globals import get_current_context
 except ImportError:  # pragma: no cover
     from click import get_current_context  # type: ignore[no-redef]
-    from click.exceptions import ClickException  # type: ignore[no-redef]
+    from click.exceptions import ClickException  # type: ignore[no-redef,assignment]
 
 
 @dataclass
@@ -247,10 +247,14 @@ def train(
 
     Each stage runs a budget of optimiser steps and stops early once held-out normal footage stops
     improving; the threshold is set on held-out footage, and the false-alarm rate to expect is printed.
+    Started by torchrun (torchrun --nproc_per_node=N -m vidanom train ...), the processes train one
+    model together (DistributedDataParallel); rank 0 writes and reports.
 
     Example: vidanom train ~/normal_videos --steps 2000
     """
     from .config import with_overrides
+    from .distributed import from_env
+    from .fitting import no_progress
     from .training import STAGES, train as train_model
 
     if stage not in STAGES:
@@ -262,8 +266,12 @@ def train(
     if seed is not None:
         overrides["seed"] = seed
     proj.config = with_overrides(proj.config, train=overrides)
+    group = from_env()
+    if group is not None and not group.main:  # rank 0 reports for all of them
+        train_model(proj, videos or [], stage, _device(device), resume, scene, no_progress, group)
+        return
     with _progress() as progress:
-        result = train_model(proj, videos or [], stage, _device(device), resume, scene, progress)
+        result = train_model(proj, videos or [], stage, _device(device), resume, scene, progress, group)
     _print_trained(
         result, f"model {result.version}: {result.clips} clips, {result.frames} frames, {result.seconds:.0f} s"
     )
@@ -307,8 +315,11 @@ def update(
     Example: vidanom update ~/after_camera_move/*.mp4 --scene moved
     """
     from .config import with_overrides
+    from .distributed import from_env
     from .training import update as update_model
 
+    if from_env() is not None:
+        raise VidanomError("update trains in one process; run it without torchrun (train runs under torchrun)")
     proj = _open(project)
     if steps is not None:
         proj.config = with_overrides(proj.config, train={"vae_steps": steps, "mdn_steps": steps})
