@@ -268,6 +268,18 @@ def test_a_camera_whose_actor_died_is_watched_again(ray_session, site: Path, cli
     assert s.status["frames"] == clips.normal_frames  # the restarted watch played the file to its end
 
 
+def test_the_engine_runs_as_many_workers_as_its_cpus_hold(ray_session):
+    from vidanom.fleet.engine import capacity
+
+    assert capacity(ray_session, Engine()) == 2 and capacity(ray_session, Engine(cpus_per_worker=0.5)) == 4
+    assert capacity(ray_session, Engine(workers=3)) == 3
+    for engine, match in ((Engine(cpus_per_worker=3), "CPUs"), (Engine(gpus_per_worker=0.5), "GPUs")):
+        with pytest.raises(VidanomError, match=match):
+            capacity(ray_session, engine)
+    with pytest.raises(VidanomError):
+        Engine(cpus_per_worker=0)
+
+
 # -- the package -----------------------------------------------------------------------------------
 
 

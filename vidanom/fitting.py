@@ -200,7 +200,8 @@ def _fit(
                     fsutil.save_torch(ckpt, checkpoint())
             if stop:
                 raise KeyboardInterrupt
-            interrupt.check()  # a Ctrl-C deferred by Project.writing stops here, between two steps
+            if group is None:
+                interrupt.check()  # a Ctrl-C deferred by Project.writing stops here, between two steps
             progress(task, state.step, steps, {**info, **{f"held {k}": v for k, v in state.held.items()}})
     if state.best_state is not None:
         model.load_state_dict(state.best_state)

@@ -44,6 +44,10 @@ class Engine:
     retries: int = 2  # times a job is tried again after its worker died
     local_cpus: int | None = None  # the CPUs of a local Ray (None: this machine's cores)
 
+    def __post_init__(self) -> None:
+        if self.cpus_per_worker <= 0 or self.gpus_per_worker < 0 or (self.workers or 1) < 1 or self.retries < 0:
+            raise VidanomError("workers, CPUs per worker and retries must be positive, GPUs per worker not negative")
+
     @property
     def device(self) -> str:
         return "cuda" if self.gpus_per_worker > 0 else "cpu"
@@ -96,12 +100,13 @@ def capacity(ray: Any, engine: Engine) -> int:
     if engine.workers is not None:
         return max(1, engine.workers)
     resources = ray.cluster_resources()
-    fits = [int(resources.get("CPU", 1) // engine.cpus_per_worker)] if engine.cpus_per_worker > 0 else []
+    fits = {"CPU": resources.get("CPU", 0) / engine.cpus_per_worker}
     if engine.gpus_per_worker > 0:
-        fits.append(int(resources.get("GPU", 0) // engine.gpus_per_worker))
-        if not fits[-1]:
-            raise VidanomError("--gpus-per-worker was given, but the Ray cluster has no GPU")
-    return max(1, min(fits, default=1))
+        fits["GPU"] = resources.get("GPU", 0) / engine.gpus_per_worker
+    for kind, n in fits.items():
+        if n < 1:
+            raise VidanomError(f"a worker asks for more {kind}s than the Ray cluster has ({resources.get(kind, 0):g})")
+    return max(1, int(min(fits.values())))
 
 
 class Tally:
