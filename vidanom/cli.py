@@ -37,7 +37,7 @@ try:  # typer vendors click since 0.2x; its own exceptions (Exit, BadParameter..
     from typer._click.globals import get_current_context
 except ImportError:  # pragma: no cover
     from click import get_current_context  # type: ignore[no-redef]
-    from click.exceptions import ClickException  # type: ignore[no-redef]
+    from click.exceptions import ClickException  # type: ignore[no-redef,assignment]
 
 
 @dataclass
@@ -247,10 +247,14 @@ def train(
 
     Each stage runs a budget of optimiser steps and stops early once held-out normal footage stops
     improving; the threshold is set on held-out footage, and the false-alarm rate to expect is printed.
+    Started by torchrun (torchrun --nproc_per_node=N -m vidanom train ...), the processes train one
+    model together (DistributedDataParallel); rank 0 writes and reports.
 
     Example: vidanom train ~/normal_videos --steps 2000
     """
     from .config import with_overrides
+    from .distributed import from_env
+    from .fitting import no_progress
     from .training import STAGES, train as train_model
 
     if stage not in STAGES:
@@ -262,8 +266,12 @@ def train(
     if seed is not None:
         overrides["seed"] = seed
     proj.config = with_overrides(proj.config, train=overrides)
+    group = from_env()
+    if group is not None and not group.main:  # rank 0 reports for all of them
+        train_model(proj, videos or [], stage, _device(device), resume, scene, no_progress, group)
+        return
     with _progress() as progress:
-        result = train_model(proj, videos or [], stage, _device(device), resume, scene, progress)
+        result = train_model(proj, videos or [], stage, _device(device), resume, scene, progress, group)
     _print_trained(
         result, f"model {result.version}: {result.clips} clips, {result.frames} frames, {result.seconds:.0f} s"
     )
@@ -307,8 +315,11 @@ def update(
     Example: vidanom update ~/after_camera_move/*.mp4 --scene moved
     """
     from .config import with_overrides
+    from .distributed import from_env
     from .training import update as update_model
 
+    if from_env() is not None:
+        raise VidanomError("update trains in one process; run it without torchrun (train runs under torchrun)")
     proj = _open(project)
     if steps is not None:
         proj.config = with_overrides(proj.config, train={"vae_steps": steps, "mdn_steps": steps})
@@ -701,6 +712,280 @@ def status(project: ProjectOpt = None) -> None:
         f"scored clips: {len(scored)}"
         + (f" ({', '.join(scored[:8])}{' ...' if len(scored) > 8 else ''})" if scored else "")
     )
+
+
+# -- fleet: many cameras on Ray -------------------------------------------------------------------
+
+fleet = typer.Typer(no_args_is_help=True, rich_markup_mode=None)
+app.add_typer(fleet, name="fleet")
+
+ManifestArg = Annotated[Path, typer.Argument(help="The fleet manifest (TOML): [cameras.NAME] tables.")]
+AddressOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--address",
+        envvar="RAY_ADDRESS",
+        help="A running Ray cluster to join (HOST:PORT or auto); default: a local Ray on this machine's cores.",
+    ),
+]
+WorkersOpt = Annotated[
+    int | None, typer.Option(min=1, help="Workers at once (default: as many as the engine's CPUs hold).")
+]
+CpusOpt = Annotated[float, typer.Option(min=0.01, help="CPUs a worker reserves (its torch threads).")]
+GpusOpt = Annotated[
+    float, typer.Option(min=0.0, help="GPUs a worker reserves (fractions share one GPU); with any, workers use CUDA.")
+]
+
+
+@fleet.callback()
+def fleet_main() -> None:
+    """Many cameras at once, on Ray: a manifest lists each camera's project and footage.
+
+    By default a local Ray runs on this machine's cores; --address joins a cluster.
+
+    Example: vidanom fleet score cameras.toml
+    """
+
+
+def _engine(address: str | None, workers: int | None, cpus: float, gpus: float) -> Any:
+    from .fleet.engine import Engine
+
+    return Engine(address, workers, cpus, gpus)
+
+
+def _manifest(path: Path) -> Any:
+    from .fleet.manifest import read_manifest
+
+    return read_manifest(path)
+
+
+def _fail(lines: list[str]) -> None:
+    """One 'error:' line each; a non-zero exit when there is any (the rest was done)."""
+    for line in lines:
+        err.print(f"error: {_one_line(line)}", markup=False, highlight=False, soft_wrap=True)
+    if lines:
+        raise typer.Exit(2)
+
+
+@fleet.command(name="train")
+@cli_errors
+def fleet_train(
+    manifest: ManifestArg,
+    steps: Annotated[
+        int | None, typer.Option(min=1, help="Optimiser steps for each stage at most (overrides the configs).")
+    ] = None,
+    resume: Annotated[bool, typer.Option(help="Continue the cameras' interrupted training runs.")] = False,
+    address: AddressOpt = None,
+    workers: WorkersOpt = None,
+    cpus_per_worker: CpusOpt = 1.0,
+    gpus_per_worker: GpusOpt = 0.0,
+) -> None:
+    """Train every camera's project, one Ray task per camera (a missing project folder is created).
+
+    Example: vidanom fleet train cameras.toml --address 10.0.0.1:6379
+    """
+    from .fleet.training import train_fleet
+
+    with _progress() as progress:
+        r = train_fleet(
+            _manifest(manifest), _engine(address, workers, cpus_per_worker, gpus_per_worker), steps, resume, progress
+        )
+    table = Table("camera", "version", "clips", "frames", "seconds", "threshold (false alarms)")
+    for c in r.cameras:
+        fa = "" if c.false_alarms is None else f" ({100 * c.false_alarms:.1f}%)"
+        threshold = "-" if c.threshold is None else f"{c.threshold:.2f}{fa}"
+        table.add_row(c.camera, c.version or "failed", str(c.clips), str(c.frames), f"{c.seconds:.0f}", threshold)
+    out.print(table)
+    out.print(f"{len(r.cameras) - len(r.failed)} of {len(r.cameras)} camera(s) trained in {r.seconds:.0f} s")
+    _fail(r.problems + [f"camera {c.camera}: {c.error}" for c in r.failed])
+
+
+@fleet.command(name="score")
+@cli_errors
+def fleet_score(
+    manifest: ManifestArg,
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="Folder for events.csv and events.json (default: the manifest's)."),
+    ] = None,
+    force: Annotated[bool, typer.Option(help="Score again clips the current model has already scored.")] = False,
+    address: AddressOpt = None,
+    workers: WorkersOpt = None,
+    cpus_per_worker: CpusOpt = 1.0,
+    gpus_per_worker: GpusOpt = 0.0,
+) -> None:
+    """Score every camera's clips on Ray workers; one events table of every camera.
+
+    Each clip's CSV, JSON and timeline go into its camera's project, as 'vidanom score' writes them.
+    Clips the current model has scored are skipped; a clip that fails is listed at the end.
+
+    Example: vidanom fleet score cameras.toml -o today
+    """
+    from .fleet.scoring import score_fleet
+
+    engine = _engine(address, workers, cpus_per_worker, gpus_per_worker)
+    with _progress() as progress:
+        r = score_fleet(_manifest(manifest), engine, force, output, progress)
+    table = Table("camera", "scored", "skipped", "failed", "frames", "events")
+    for camera in dict.fromkeys(c.camera for c in r.clips):
+        mine = [c for c in r.clips if c.camera == camera]
+        counts = [str(sum(c.state == s for c in mine)) for s in ("scored", "skipped", "failed")]
+        table.add_row(camera, *counts, str(sum(c.frames for c in mine)), str(sum(len(c.events) for c in mine)))
+    out.print(table)
+    scored = [c for c in r.clips if c.state == "scored"]
+    rate = f" ({sum(c.frames for c in scored) / r.seconds:.0f} frames/s)" if scored and r.seconds > 0 else ""
+    out.print(f"{len(scored)} clip(s) scored by {r.workers} worker(s) in {r.seconds:.1f} s{rate}")
+    out.print(f"{len(r.events)} event(s) in {r.csv} and {r.json}", markup=False, highlight=False)
+    for c in r.clips:
+        if c.warning:
+            _say(f"warning: camera {c.camera}: {c.clip}: {_one_line(c.warning)}")
+    _fail(r.problems + [f"camera {c.camera}: {c.clip}: {c.error}" for c in r.failed])
+
+
+@fleet.command(name="status")
+@cli_errors
+def fleet_status(manifest: ManifestArg) -> None:
+    """Each camera's project, model version, and clips scored by it or still to score.
+
+    Example: vidanom fleet status cameras.toml
+    """
+    from .fleet.overview import fleet_status as status_of
+
+    cameras, problems = status_of(_manifest(manifest))
+    table = Table("camera", "project", "version", "cached clips", "train videos", "to score", "scored", "pending")
+    for c in cameras:
+        table.add_row(
+            c.camera,
+            str(c.project),
+            c.version or "-",
+            str(c.cached),
+            str(c.train),
+            str(c.score),
+            str(c.scored),
+            str(c.pending),
+        )
+    out.print(table)
+    for line in problems + [f"camera {c.camera}: {p}" for c in cameras for p in c.problems]:
+        _say(f"warning: {_one_line(line)}")
+
+
+@fleet.command(name="report")
+@cli_errors
+def fleet_report(
+    manifest: ManifestArg,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Folder for index.html (default: report/ by the manifest).")
+    ] = None,
+    videos: Annotated[bool, typer.Option(help="Also make the annotated video of every clip with events.")] = False,
+    device: DeviceOpt = "auto",
+) -> None:
+    """One HTML page of every camera's scored clips.
+
+    Example: vidanom fleet report cameras.toml -o report
+    """
+    from .fleet.overview import fleet_report as report_of
+
+    with _progress() as progress:
+        r, problems = report_of(_manifest(manifest), output, videos, _device(device), progress)
+    made = ", ".join(f"{n} {kind}" for kind, n in r.made.items() if n) or "nothing new"
+    out.print(
+        f"wrote {r.index}: {r.cameras} camera(s), {r.clips} clips, {r.events} events ({made} made)",
+        markup=False,
+        highlight=False,
+    )
+    for note in r.notes:
+        _say(f"note: {_one_line(note)}")
+    _fail(problems)
+
+
+class _FleetView:
+    """What `fleet watch` shows: events and gaps as JSON lines (with the camera's name) on stdout, and
+    on a terminal a live table of the cameras."""
+
+    def __init__(self) -> None:
+        from rich.live import Live
+
+        self.live = Live(console=out, transient=True, auto_refresh=False) if out.is_terminal else None
+
+    def item(self, item: dict[str, Any]) -> None:
+        line = json.dumps(item)
+        if self.live is not None:
+            self.live.console.print(line, markup=False, highlight=False, soft_wrap=True)
+        else:
+            sys.stdout.write(line + "\n")
+            sys.stdout.flush()
+
+    def change(self, states: list[Any]) -> None:
+        if self.live is not None:
+            self.live.update(self.table(states), refresh=True)
+
+    @staticmethod
+    def table(states: list[Any]) -> Table:
+        table = Table("camera", "state", "frames/s", "latency", "dropped", "events", "last score")
+        for s in states:
+            st = s.status or {}
+            fps = st.get("frames", 0) / st["seconds"] if st.get("seconds") else 0.0
+            score = st.get("score")
+            table.add_row(
+                s.camera,
+                s.state + (f" (restarted {s.restarts}x)" if s.restarts else ""),
+                f"{fps:.1f}",
+                f"{st.get('latency', 0.0):.2f} s",
+                str(st.get("dropped", 0)),
+                str(st.get("events", 0)),
+                "-" if score is None or score != score else f"{score:.2f}",
+            )
+        return table
+
+
+@fleet.command(name="watch")
+@cli_errors
+def fleet_watch(
+    manifest: ManifestArg,
+    max_latency: Annotated[
+        float, typer.Option(help="Seconds a frame of a live source may wait; later ones are dropped.")
+    ] = 2.0,
+    reconnect: Annotated[
+        bool | None,
+        typer.Option(
+            "--reconnect/--no-reconnect",
+            help="Open a stream again when it ends or breaks (default: on for URLs and cameras, off for files).",
+            show_default=False,
+        ),
+    ] = None,
+    address: AddressOpt = None,
+    cpus_per_worker: CpusOpt = 1.0,
+    gpus_per_worker: GpusOpt = 0.0,
+) -> None:
+    """Watch every camera's live source at once: one Ray actor per camera, one JSON line per event.
+
+    Each line is the event (or gap) 'vidanom watch' prints, with its "camera". A file given as a
+    camera's live source plays at its own rate. Ctrl-C stops every camera (exit code 0).
+
+    Example: vidanom fleet watch cameras.toml
+    """
+    from .fleet.watching import watch_fleet
+    from .watch import WatchOptions
+
+    if not max_latency > 0:
+        raise typer.BadParameter("--max-latency must be a positive number of seconds")
+    view = _FleetView()
+    engine = _engine(address, None, cpus_per_worker, gpus_per_worker)
+    with view.live if view.live is not None else nullcontext():
+        states, problems = watch_fleet(
+            _manifest(manifest),
+            engine,
+            WatchOptions(max_latency=max_latency, reconnect=reconnect),
+            view.item,
+            view.change,
+        )
+    for s in states:
+        st = s.status or {}
+        _say(
+            f"camera {s.camera}: {s.state}: {st.get('frames', 0)} frames scored, {st.get('dropped', 0)} dropped, "
+            f"{st.get('events', 0)} event(s)" + (f", restarted {s.restarts} time(s)" if s.restarts else "")
+        )
+    _fail(problems + [f"camera {s.camera}: {s.error}" for s in states if s.error])
 
 
 def run() -> None:  # pragma: no cover - the console script entry point

@@ -241,13 +241,15 @@ def sample_batch(
     motion: MotionPlane | int,
     rng: np.random.Generator,
     timing: Timing = UNTIMED,
+    share: slice = slice(None),
 ) -> torch.Tensor:
     """A random batch of model inputs (B, C_in, H, W) from the (clip, frame) rows of index.
 
     Drawn with replacement from a generator seeded per optimiser step, so a resumed run draws exactly
-    the batches the uninterrupted one would have.
+    the batches the uninterrupted one would have. share: the part of the batch wanted (a rank's,
+    in distributed training); the batch is drawn whole all the same.
     """
-    return inputs(clips, index[rng.integers(len(index), size=batch_size)], motion, timing)
+    return inputs(clips, index[rng.integers(len(index), size=batch_size)][share], motion, timing)
 
 
 def spread(index: np.ndarray, most: int) -> np.ndarray:

@@ -9,6 +9,9 @@ Every loop reports through a `progress(task, done, total, info)` callback and ch
 evaluation (and, on Ctrl-C, after the last finished step). Batches and sampling noise are drawn
 from generators seeded by the step number, so a resumed run continues exactly as an uninterrupted
 one would have.
+
+Under torchrun (see distributed) every rank runs the same loop on its part of each step's batch;
+the gradients are averaged, rank 0 evaluates and decides when to stop, and only it checkpoints.
 """
 
 from __future__ import annotations
@@ -24,8 +27,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import fsutil, interrupt
+from . import distributed, fsutil, interrupt
 from .config import ProjectConfig, TrainConfig
+from .distributed import Group
 from .data import (
     UNTIMED,
     MotionPlane,
@@ -90,9 +94,11 @@ def build_mdn(ckpt: dict[str, Any]) -> LSTMMDN:
     return mdn
 
 
-def step_generator(seed: int, stage: int, step: int) -> torch.Generator:
-    """The CPU generator of one optimiser step: the same step of the same run always draws alike."""
-    return torch.Generator().manual_seed(((seed * 1_000_003 + stage) * 1_000_003 + step) % 2**63)
+def step_generator(seed: int, stage: int, step: int, rank: int = 0) -> torch.Generator:
+    """The CPU generator of one optimiser step: the same step of the same run always draws alike
+    (on each rank of a distributed run its own draws; rank 0's are those of a single process)."""
+    value = (seed * 1_000_003 + stage) * 1_000_003 + step
+    return torch.Generator().manual_seed((value * 1_000_003 + rank if rank else value) % 2**63)
 
 
 def learning_rate(tc: TrainConfig, step: int, steps: int) -> float:
@@ -150,10 +156,12 @@ def _fit(
     progress: Progress,
     ckpt: Path | None,
     start: dict[str, Any] | None,
+    group: Group | None = None,
 ) -> Fitting:
     """The loop both stages share: `step(i)` computes the loss of optimiser step i and calls
     backward, `evaluate()` measures the model on held-out data ({"loss": ..., ...}). Restores the
-    best weights at the end."""
+    best weights at the end. In a distributed group, when to evaluate and to stop is agreed by all
+    ranks: rank 0 evaluates and decides, a Ctrl-C on any rank stops them all after the same step."""
     state = Fitting()
     if start is not None:
         model.load_state_dict(start["model"])
@@ -172,20 +180,28 @@ def _fit(
     model.train()
     with _checkpoint_on_interrupt(ckpt, checkpoint):
         while state.step < steps and not state.stopped_early:
-            for group in opt.param_groups:
-                group["lr"] = learning_rate(tc, state.step, steps)
+            for params in opt.param_groups:
+                params["lr"] = learning_rate(tc, state.step, steps)
             opt.zero_grad(set_to_none=True)
             info = step(state.step)
             opt.step()
             state.step += 1
-            if state.step % tc.eval_every == 0 or state.step == steps or time.monotonic() > deadline:
+            due = state.step % tc.eval_every == 0 or state.step == steps or time.monotonic() > deadline
+            stop = False
+            if group is not None:  # one rank's clock or Ctrl-C decides for all of them
+                due, stop = distributed.any_rank(group, [due, interrupt.requested()])
+            if due:
                 model.eval()
-                state.improve(model, evaluate())
+                held, late = distributed.on_main(group, lambda: (evaluate(), time.monotonic() > deadline))
+                state.improve(model, held)
                 model.train()
-                state.stopped_early = state.bad >= tc.patience or time.monotonic() > deadline
+                state.stopped_early = state.bad >= tc.patience or late
                 if ckpt is not None:
                     fsutil.save_torch(ckpt, checkpoint())
-            interrupt.check()  # a Ctrl-C deferred by Project.writing stops here, between two steps
+            if stop:
+                raise KeyboardInterrupt
+            if group is None:
+                interrupt.check()  # a Ctrl-C deferred by Project.writing stops here, between two steps
             progress(task, state.step, steps, {**info, **{f"held {k}": v for k, v in state.held.items()}})
     if state.best_state is not None:
         model.load_state_dict(state.best_state)
@@ -233,27 +249,33 @@ def fit_vae(
     extra_share: float = 0.0,
     steps: int | None = None,
     timing: Timing = UNTIMED,
+    group: Group | None = None,
 ) -> dict[str, float]:
     """Train the VAE on the training frames of `clips` (continuing from checkpoint dict `start`).
 
     extra(n, generator) returns n replayed inputs; each batch of the new data gets round(B·s/(1−s))
     of them, so replayed samples make up `extra_share` of every batch. Returns the held-out loss and
-    PSNR of the kept weights, and how many steps ran.
+    PSNR of the kept weights, and how many steps ran. In a distributed group (see distributed),
+    each rank fits its part of every batch; only a single process takes replayed samples.
     """
     tc, motion = cfg.train, cfg.frames.motion_plane()
     steps = tc.vae_steps if steps is None else steps
     index = split.train_index()
     n_extra = replayed_count(tc.batch_size, extra_share) if extra else 0
+    if group is not None and (extra is not None or penalty is not None):
+        raise VidanomError("an update (replay, EWC) trains in one process; run it without torchrun")
     held = held_inputs(clips, split, motion, VAL_FRAMES, timing)
     vae.to(device)
+    net, share = distributed.wrap(vae, group, device), distributed.part(group, tc.batch_size)
 
     def step(i: int) -> dict[str, float]:
-        g = step_generator(tc.seed, 0, i)
-        x = sample_batch(clips, index, tc.batch_size, motion, np.random.default_rng([tc.seed, 0, i]), timing)
+        g = step_generator(tc.seed, 0, i, distributed.rank(group))
+        rng = np.random.default_rng([tc.seed, 0, i])
+        x = sample_batch(clips, index, tc.batch_size, motion, rng, timing, share)
         if n_extra and extra is not None:
             x = torch.cat([x, extra(n_extra, g)])
         x = x.to(device)
-        recon, mu, logvar = vae(x, generator=g)
+        recon, mu, logvar = net(x, generator=g)
         loss, rec, kl = vae_loss(x, recon, mu, logvar, vae.cfg.beta)
         if penalty is not None:
             loss = loss + penalty(g)
@@ -262,7 +284,17 @@ def fit_vae(
 
     opt = torch.optim.Adam(vae.parameters(), lr=tc.lr)
     state = _fit(
-        "vae", vae, opt, tc, steps, step, lambda: vae_holdout(vae, held, cfg.frames.channels), progress, ckpt, start
+        "vae",
+        vae,
+        opt,
+        tc,
+        steps,
+        step,
+        lambda: vae_holdout(vae, held, cfg.frames.channels),
+        progress,
+        ckpt,
+        start,
+        group,
     )
     return {**vae_holdout(vae, held, cfg.frames.channels), "steps": state.step}
 
@@ -322,9 +354,11 @@ def fit_mdn(
     ckpt: Path | None = None,
     start: dict[str, Any] | None = None,
     steps: int | None = None,
+    group: Group | None = None,
 ) -> dict[str, float]:
     """Teach the LSTM-MDN to predict each cell's next latent. train, held: latent sequences
-    (cells, n, D) of contiguous training and held-out frames (training ones stand in when none is held out)."""
+    (cells, n, D) of contiguous training and held-out frames (training ones stand in when none is held out).
+    In a distributed group each rank fits its part of every batch's sequences."""
     tc = cfg.train
     steps = tc.mdn_steps if steps is None else steps
     starts = window_starts([z.shape[1] for z in train], tc.seq_len)
@@ -333,16 +367,18 @@ def fit_mdn(
     held_batch = window_batch(held, spread(held_starts, VAL_WINDOWS), tc.seq_len)
     mdn.to(device)
     opt = torch.optim.Adam(mdn.parameters(), lr=tc.lr)
+    net = distributed.wrap(mdn, group, device)
 
     def step(i: int) -> dict[str, float]:
         rng = np.random.default_rng([tc.seed, 1, i])
         z, cells = window_batch(train, starts[rng.integers(len(starts), size=MDN_WINDOWS)], tc.seq_len)
-        z, cells = z.to(device), cells.to(device)
-        log_pi, mu, log_s, _ = mdn(z[:, :-1], cells)
+        share = distributed.part(group, len(z))
+        z, cells = z[share].to(device), cells[share].to(device)
+        log_pi, mu, log_s, _ = net(z[:, :-1], cells)
         loss = mdn_nll(z[:, 1:], log_pi, mu, log_s).mean() / z.shape[-1]  # per dimension
         loss.backward()
         torch.nn.utils.clip_grad_norm_(mdn.parameters(), 1.0)
         return {"nll": loss.item()}
 
-    state = _fit("mdn", mdn, opt, tc, steps, step, lambda: mdn_holdout(mdn, *held_batch), progress, ckpt, start)
+    state = _fit("mdn", mdn, opt, tc, steps, step, lambda: mdn_holdout(mdn, *held_batch), progress, ckpt, start, group)
     return {"nll": mdn_holdout(mdn, *held_batch)["loss"], "steps": state.step}

@@ -86,6 +86,7 @@ def score_clip(
             "start_time": round(float(edges[s.start]), 3),
             "end_time": round(float(edges[s.end]), 3),
             "peak_frame": s.peak_frame,
+            "peak_time": round(float(edges[s.peak_frame]), 3),
             "peak_score": s.peak_score,
         }
         for s in segments(flags, scores, sc.min_segment)

@@ -5,6 +5,9 @@ file (detector.Detector), atomically: until the last rename the previous version
 scoring goes on meanwhile and an interrupted run loses nothing. A run holds the project's write lock
 and defers Ctrl-C to the end of an optimiser step (Project.writing), for the CLI and a library
 caller alike.
+
+Under torchrun, train() fits one model in several processes (see distributed): rank 0 holds the
+lock, extracts, checkpoints and publishes; every rank fits its part of each batch.
 """
 
 from __future__ import annotations
@@ -13,19 +16,21 @@ import re
 import shutil
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from contextlib import ExitStack, contextmanager
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from . import cache, strategies
+from . import cache, distributed, interrupt, strategies
 from .cache import ClipMeta
 from .calibration import Calibration, Footage, calibrate, patch_error_stats
 from .config import ProjectConfig
 from .data import Split, Timing, gather
 from .detector import Detector
+from .distributed import Group
 from .errors import NotTrainedError, VidanomError
 from .fitting import Progress, encode, fit_mdn, fit_vae, load_checkpoint, no_progress
 from .inference import for_inference
@@ -97,6 +102,7 @@ class Plan:
     lineage: dict[str, Any]  # what version.json records: scene(s), parent, strategy...
     parent: Detector | None = None  # the version it starts from (update, or --stage mdn)
     hooks: Hooks | None = None  # the update strategy's replay, penalty and dreams
+    group: Group | None = None  # the processes that fit it together (torchrun), None for this one alone
 
 
 def _training_clips(project: Project, scene: str) -> list[ClipMeta]:
@@ -143,6 +149,7 @@ def _fit_vae_stage(
             raise NotTrainedError("no trained VAE to fit the LSTM-MDN on; run 'vidanom train --stage vae' first")
         return plan.parent.vae, {}
     start = load_checkpoint(part / "vae.pt") if resume and (part / "vae.pt").exists() else None
+    ckpt = part / "vae.pt" if distributed.is_main(plan.group) else None  # the other ranks only read it
     vae = plan.parent.vae if plan.parent is not None else _seeded(lambda: BetaVAE(cfg.vae_config()), cfg.train.seed)
     hooks = plan.hooks or Hooks("train")
     stats = fit_vae(
@@ -152,12 +159,13 @@ def _fit_vae_stage(
         cfg,
         device,
         progress,
-        part / "vae.pt",
+        ckpt,
         start,
         hooks.extra,
         hooks.penalty,
         hooks.share,
         timing=footage.timing,
+        group=plan.group,
     )
     return vae, stats
 
@@ -180,7 +188,8 @@ def _fit_mdn_stage(
     dreamed = [encode(fast, d, motion, device) for d in (plan.hooks.dreams if plan.hooks else [])]
     train = [latents[c][:, a:b] for c, a, b in footage.split.runs()] + dreamed
     held = [latents[c][:, a:b] for c, a, b in footage.split.runs(held=True)]
-    return mdn, fit_mdn(mdn, train, held, cfg, device, progress, part / "mdn.pt", start)
+    ckpt = part / "mdn.pt" if distributed.is_main(plan.group) else None
+    return mdn, fit_mdn(mdn, train, held, cfg, device, progress, ckpt, start, group=plan.group)
 
 
 def _follow_drift(cfg: ProjectConfig, hooks: Hooks | None, vae: BetaVAE, cal: Calibration) -> Calibration:
@@ -243,25 +252,42 @@ def fit_and_publish(
     """Fit the planned stages into models/.partial, calibrate, and publish as a new version.
 
     The VAE learns the real clips (plus replay); the LSTM-MDN also sees the dreamed clips of old
-    scenes. The calibration of this scene comes from its real clips; old scenes keep theirs.
+    scenes. The calibration of this scene comes from its real clips; old scenes keep theirs. In a
+    distributed group, rank 0 alone prepares models/.partial, calibrates and publishes.
     """
-    cfg, t0, part = project.config, time.time(), project.partial_dir
-    project.begin_run(
-        {
-            **{k: plan.lineage.get(k) for k in ("strategy", "scene", "parent", "replay_share")},
-            "stage": plan.stage,
-            "clips": [m.key for m in metas],
-            "seed": cfg.train.seed,
-            "train": asdict(cfg.train),
-            "vae": asdict(cfg.vae_config()),
-            "mdn": asdict(cfg.mdn_config()),
-        },
-        resume,
-    )
+    cfg, t0 = project.config, time.time()
+    identity = {
+        **{k: plan.lineage.get(k) for k in ("strategy", "scene", "parent", "replay_share")},
+        "stage": plan.stage,
+        "clips": [m.key for m in metas],
+        "seed": cfg.train.seed,
+        "train": asdict(cfg.train),
+        "vae": asdict(cfg.vae_config()),
+        "mdn": asdict(cfg.mdn_config()),
+    }
+    distributed.on_main(plan.group, lambda: project.begin_run(identity, resume))
     footage = _footage(project, metas, progress)
     result = TrainResult("", len(metas), sum(m.frames for m in metas), 0.0, scene=plan.lineage["scene"])
     vae, result.vae = _fit_vae_stage(project, plan, footage, device, resume, progress)
     mdn, result.mdn = _fit_mdn_stage(project, plan, vae, footage, device, resume, progress)
+    return distributed.on_main(
+        plan.group, lambda: _publish(project, metas, plan, footage, vae, mdn, result, device, t0)
+    )
+
+
+def _publish(
+    project: Project,
+    metas: list[ClipMeta],
+    plan: Plan,
+    footage: Footage,
+    vae: BetaVAE,
+    mdn: LSTMMDN | None,
+    result: TrainResult,
+    device: torch.device,
+    t0: float,
+) -> TrainResult:
+    """Calibrate the fitted models and publish them as the project's new version."""
+    cfg, part = project.config, project.partial_dir
     cal = calibrate(vae, mdn, footage, cfg, device, plan.lineage["scene"])
     if plan.parent is not None and plan.stage != "mdn":  # old scenes keep the statistics they were learned with
         cal = _follow_drift(cfg, plan.hooks, vae, cal.merged(plan.parent.calibration, plan.lineage["scenes"]))
@@ -306,21 +332,27 @@ def train(
     resume: bool = False,
     scene: str = DEFAULT_SCENE,
     progress: Progress = no_progress,
+    group: Group | None = None,
 ) -> TrainResult:
     """Extract new clips, then fit the β-VAE and/or LSTM-MDN on every cached clip of the scene, calibrate,
     and publish the model as a new version (stage "mdn": a new LSTM-MDN on the current version's β-VAE).
 
     Holds the project's write lock (a second train or update waits 5 s, then raises LockError) and
     stops at the end of an optimiser step on Ctrl-C, with a checkpoint that `resume=True` continues.
+    group: the processes torchrun started to fit this model together (distributed.from_env()), each
+    calling train() alike; rank 0 alone takes the lock and writes, every rank returns the result.
     """
     if stage not in STAGES:
         raise VidanomError(f"stage must be one of {', '.join(STAGES)}, not '{stage}'")
-    with project.writing("train"):
+    with distributed.joined(group, device or torch.device("cpu")) as device, _writing(project, "train", group):
         if paths:
-            extract(project, paths, scene, progress)
+            frames = distributed.on_main(group, lambda: _extract_frames(project, paths, scene, progress))
+            project.config = replace(project.config, frames=frames)  # where the first clip set the frame size
         metas = _training_clips(project, scene)
         plan = Plan(
-            stage, {"scene": scene, "scenes": [scene], "parent": project.current_version(), "strategy": "train"}
+            stage,
+            {"scene": scene, "scenes": [scene], "parent": project.current_version(), "strategy": "train"},
+            group=group,
         )
         if stage == "mdn":
             plan.parent = Detector.load(project)
@@ -329,7 +361,28 @@ def train(
                 vae_from=plan.lineage["parent"],
                 psnr=plan.parent.info.get("psnr"),
             )
-        return fit_and_publish(project, metas, plan, device or torch.device("cpu"), resume, progress)
+        return fit_and_publish(project, metas, plan, device, resume, progress)
+
+
+def _extract_frames(project: Project, paths: list[Path], scene: str, progress: Progress) -> Any:
+    """Extract, and return the project's frame size (which the first clip may have set)."""
+    extract(project, paths, scene, progress)
+    return project.config.frames
+
+
+@contextmanager
+def _writing(project: Project, command: str, group: Group | None) -> Iterator[None]:
+    """Project.writing (the lock, Ctrl-C deferred to the end of a step) on rank 0; the other ranks
+    defer Ctrl-C alone, once rank 0 holds the lock (or fail with its LockError)."""
+    if group is None:
+        with project.writing(command):
+            yield
+        return
+    with ExitStack() as stack:
+        distributed.on_main(group, lambda: stack.enter_context(project.writing(command)))
+        if not group.main:
+            stack.enter_context(interrupt.deferred())
+        yield
 
 
 def update(
