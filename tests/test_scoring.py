@@ -135,23 +135,29 @@ def run_scorer(models, frames: np.ndarray, size: int, warmup: int = 8):
     vae, mdn = models
     scorer = Scorer(vae, mdn, LAG, torch.device("cpu"), warmup=warmup)
     parts = [scorer.maps(frames[s : s + size]) for s in range(0, len(frames), size)]
-    return tuple(torch.cat([getattr(m, k) for m in parts]) for k in ("err", "kl", "nll"))
+    return tuple(torch.cat([getattr(m, k) for m in parts]) for k in ("err", "kl", "nll", "excess"))
 
 
 def test_scorer_maps_against_a_direct_computation(models, frames):
     vae, mdn = models
-    err, kl, nll = run_scorer(models, frames, size=N)
+    err, kl, nll, excess = run_scorer(models, frames, size=N)
     with torch.no_grad():
         x = reference_input(frames, LAG)
         recon, mu, logvar = vae(x, sample=False)
         z = mu.flatten(2).permute(2, 0, 1)  # (cells, n, D)
         log_pi, m, log_s, _ = mdn(z, torch.arange(16))
         ref_nll = mdn_nll(z[:, 1:], log_pi[:, :-1], m[:, :-1], log_s[:, :-1]).T  # frame t given frames < t
+        # the excess: over the NLL of the mean of the predicted mixture's most likely component
+        best = log_pi[:, :-1].argmax(-1)  # (cells, n-1)
+        mode = torch.stack([m[c, t, best[c, t]] for c in range(16) for t in range(N - 1)]).view(16, N - 1, -1)
+        ref_excess = ref_nll - mdn_nll(mode, log_pi[:, :-1], m[:, :-1], log_s[:, :-1]).T
     torch.testing.assert_close(err, error_map(x, recon), rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(kl, kl_map(mu, logvar).flatten(1), rtol=1e-4, atol=1e-5)
     assert nll.shape == (N, 16)
     assert torch.isnan(nll[:8]).all()  # warm-up: the LSTM has seen too little
     torch.testing.assert_close(nll[8:], ref_nll[7:], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(excess[8:], ref_excess[7:], rtol=1e-4, atol=1e-4)
+    assert torch.isnan(excess[:8]).all() and (excess[8:] > -1e-4).mean(dtype=torch.float) > 0.5
 
 
 @pytest.mark.parametrize("size", [7, 1, 3])
@@ -198,21 +204,21 @@ def calibration():
         torch.rand(2, 16, generator=g) + 0.5,
         torch.rand(2, 16, generator=g),
         torch.rand(2, 16, generator=g) + 0.5,
-        torch.randn(2, 3, generator=g) - 4,
-        torch.rand(2, 3, generator=g) + 0.5,
+        torch.randn(2, 4, generator=g) - 4,
+        torch.rand(2, 4, generator=g) + 0.5,
         torch.tensor([0.5, 1.5]),
         True,
         ["day", "night"],
-        comp_low=torch.rand(2, 3, generator=g) + 0.2,
+        comp_low=torch.rand(2, 4, generator=g) + 0.2,
     )
 
 
 def test_components_and_combine_against_hand_computation(models, frames, calibration):
     cal, weights = calibration, (1.0, 0.5, 2.0, 0.7)
     sc = ScoreConfig(patch=8, patch_stride=4, top_k=3, weights=weights)
-    err, kl, nll = run_scorer(models, frames, size=N)
-    comp = components(Maps(err, kl, nll), cal, sc)
-    assert comp.shape == (N, 2, 3)
+    err, kl, nll, excess = run_scorer(models, frames, size=N)
+    comp = components(Maps(err, kl, nll, excess), cal, sc)
+    assert comp.shape == (N, 2, 4)
     # 8x8 windows 4 apart on 16x16 frames: 3 x 3 of them, each z-scored at its own position
     windows = np.stack([err[:, r : r + 8, c : c + 8].mean((1, 2)).numpy() for r in (0, 4, 8) for c in (0, 4, 8)], 1)
     for s in range(2):  # every scene against its own statistics
@@ -224,6 +230,10 @@ def test_components_and_combine_against_hand_computation(models, frames, calibra
         assert torch.isnan(comp[:8, s, 2]).all()
         nz = ((nll[8:] - cal.nll_mean[s]) / cal.nll_std[s]).numpy()
         np.testing.assert_allclose(comp[8:, s, 2].numpy(), np.sort(nz, 1)[:, -3:].mean(1), rtol=1e-5, atol=1e-6)
+        # still: the same for every scene, log(1 + mean of the 3 largest excesses, negatives as 0)
+        top = np.sort(np.maximum(excess[8:].numpy(), 0.0), 1)[:, -3:].mean(1)
+        np.testing.assert_allclose(comp[8:, s, 3].numpy(), np.log1p(top), rtol=1e-5, atol=1e-6)
+        assert torch.isnan(comp[:8, s, 3]).all()
     ref = np.nansum(reference_standardise(comp, cal) * np.array(weights), 2)  # a missing component adds nothing
     combined = combine(comp, cal, weights)
     np.testing.assert_allclose(combined.numpy(), ref, rtol=1e-5, atol=1e-5)
@@ -238,26 +248,29 @@ def test_components_and_combine_against_hand_computation(models, frames, calibra
 
 
 def reference_standardise(comp: torch.Tensor, cal: Calibration) -> np.ndarray:
-    """(..., 4): every component above the median in upper scales; nll below it in lower scales, past
-    the margin."""
+    """(..., 4): recon, kl and nll above the median in upper scales; still below it in its lower
+    scale, past the margin."""
     c, m, hi, lo = (t.numpy().astype(np.float64) for t in (comp, cal.comp_mean, cal.comp_std, cal.comp_low))
-    still = (m[..., 2] - c[..., 2]) / lo[..., 2] - STILL_MARGIN
-    z = np.concatenate([np.maximum((c - m) / hi, 0.0), np.maximum(still, 0.0)[..., None]], -1)
+    still = (m[..., 3] - c[..., 3]) / lo[..., 3] - STILL_MARGIN
+    z = np.concatenate(
+        [np.maximum((c[..., :3] - m[..., :3]) / hi[..., :3], 0.0), np.maximum(still, 0.0)[..., None]], -1
+    )
     return np.nan_to_num(z, nan=0.0)
 
 
-def test_standardise_counts_too_little_surprise_but_not_too_little_error(calibration):
-    cal = Calibration(**calibration.to_dict() | {"comp_low": torch.tensor([[0.5, 0.5, 0.25], [1.0, 1.0, 2.0]])})
+def test_standardise_counts_too_little_change_but_not_too_little_error(calibration):
+    low = torch.tensor([[0.5, 0.5, 0.5, 0.25], [1.0, 1.0, 1.0, 2.0]])
+    cal = Calibration(**calibration.to_dict() | {"comp_low": low})
     m = cal.comp_mean[0]
-    comp = torch.stack([m + 3 * cal.comp_std[0], m - 3.0, m - 1.0, m - 0.1]).unsqueeze(1).expand(4, 2, 3)
+    comp = torch.stack([m + 3 * cal.comp_std[0], m - 3.0, m - 1.0, m - 0.1]).unsqueeze(1).expand(4, 2, 4)
     z = standardise(comp, cal)[:, 0]
-    torch.testing.assert_close(z[0], torch.tensor([3.0, 3.0, 3.0, 0.0]))  # above: in upper scales, every one
-    # below the median only the LSTM-MDN's surprise counts, as stillness, in its lower scale, past the margin
+    torch.testing.assert_close(z[0], torch.tensor([3.0, 3.0, 3.0, 0.0]))  # above: in upper scales, stillness not
+    # below the median only stillness counts, in its lower scale, past the margin
     torch.testing.assert_close(z[1], torch.tensor([0.0, 0.0, 0.0, 3.0 / 0.25 - STILL_MARGIN]))
     torch.testing.assert_close(z[2], torch.tensor([0.0, 0.0, 0.0, 1.0 / 0.25 - STILL_MARGIN]))
     torch.testing.assert_close(z[3], torch.zeros(4))  # within the margin: nothing
     np.testing.assert_allclose(standardise(comp, cal).numpy(), reference_standardise(comp, cal), rtol=1e-6, atol=1e-6)
-    assert standardise(torch.full((1, 2, 3), float("nan")), cal).eq(0).all()
+    assert standardise(torch.full((1, 2, 4), float("nan")), cal).eq(0).all()
 
 
 def test_scene_of_picks_the_scene_whose_frames_it_lies_closest_to(calibration):
@@ -286,7 +299,7 @@ def test_calibration_threshold_and_merge(calibration):
     assert merged.comp_std[0, 0] == calibration.comp_std[0, 0] and merged.comp_std[0, 1:].isinf().all()
     torch.testing.assert_close(merged.comp_std[1], calibration.comp_std[1])
     assert merged.comp_low[0, 1:].isinf().all() and merged.comp_low[0, 0] == calibration.comp_low[0, 0]
-    comp = torch.tensor([[[5.0, 50.0, float("nan")], [5.0, 50.0, -50.0]]])
+    comp = torch.tensor([[[5.0, 50.0, float("nan"), -50.0], [5.0, 50.0, 50.0, -50.0]]])
     z_recon = (5.0 - calibration.comp_mean[0, 0]) / calibration.comp_std[0, 0]
     torch.testing.assert_close(combine(comp, merged, (1.0, 1.0, 1.0, 1.0))[0, 0], z_recon)
     assert mine.merged(calibration, ["dawn"]) is mine
@@ -308,8 +321,8 @@ def test_iter_scores_in_chunks_equals_one_pass(models, frames, calibration):
     torch.testing.assert_close(score_7, score_whole, rtol=1e-4, atol=1e-4)
     assert torch.equal(scene_7, scene_whole)
     # the score: every scene's components smoothed, standardised, weighted; the frame's scene's counts
-    err, kl, nll = run_scorer(models, frames, size=N)
-    comp = components(Maps(err, kl, nll), calibration, ScoreConfig(patch=8, patch_stride=4, top_k=2)).numpy()
+    err, kl, nll, excess = run_scorer(models, frames, size=N)
+    comp = components(Maps(err, kl, nll, excess), calibration, ScoreConfig(patch=8, patch_stride=4, top_k=2)).numpy()
     smoothed = np.stack(
         [
             [

@@ -30,7 +30,6 @@ from .vae import BetaVAE, patch_means
 
 MIN_SECONDS = 60.0  # less normal footage than this cannot support a promised false-alarm rate
 MIN_BLOCKS = 4  # the held-out frames are cut into at least this many blocks to estimate it
-TAIL = 0.1  # the share of held-out scores whose excesses fit the tail the threshold is read from
 # the least spread of a component: each is made of z-scores, whose spread a few seconds of held-out
 # footage (a handful of nearly alike frames) can put near zero
 MIN_SCALE = 0.1
@@ -151,7 +150,7 @@ class Calibration:
             return self
         carried = {k: old.__dict__[k][rows].clone() for k in ("comp_std", "comp_low")}
         for v in carried.values():
-            v[:, 1:] = float("inf")  # kl and nll: standardised to zero, they add nothing
+            v[:, 1:] = float("inf")  # kl, nll and still: standardised to zero, they add nothing
         cat = {
             k: torch.cat([carried[k] if k in carried else old.__dict__[k][rows], v])
             for k, v in self.__dict__.items()
@@ -168,38 +167,23 @@ class Calibration:
 # -- the threshold -------------------------------------------------------------------------------
 
 
-def tail_threshold(scores: torch.Tensor, target: float) -> float:
-    """The level that a share `target` of scores like these exceeds, from an exponential fitted to
-    their upper tail (peaks over a threshold, as in SPOT, Siffer et al. 2017): past the quantile
-    u = 1 − TAIL, P(score > t) = TAIL · exp(−(t − u) / mean excess over u). A quantile taken
-    directly rests on the few most extreme held-out frames (the 99th percentile of a minute of
-    footage on two or three), which set it too low for new footage of the same camera; the whole
-    tail beyond u (a tenth of the frames) sets this one."""
-    s = scores.double()
-    if target >= TAIL:
-        return float(torch.quantile(s, 1.0 - target))
-    u = torch.quantile(s, 1.0 - TAIL)
-    excess = s[s > u] - u
-    scale = float(excess.mean()) if len(excess) else 0.0
-    return float(u) + scale * math.log(TAIL / target)
-
-
 def choose_threshold(blocks: list[torch.Tensor], target: float) -> tuple[float, float]:
     """(threshold, expected false-alarm rate) from the combined scores of held-out blocks.
 
-    The threshold is tail_threshold of all held-out scores. The rate to expect on new footage is
-    estimated the way new footage meets it: the same rule applied to all blocks but one, counted on
-    that one, for every block in turn (weighted by their lengths). When the blocks differ (a crowded
+    The threshold is the (1 − target) quantile of all held-out scores. The rate to expect on new
+    footage is estimated the way new footage meets it: the same quantile set on all blocks but one,
+    counted on that one, for every block in turn (weighted by their lengths). When the blocks differ (a crowded
     clip among quiet ones), it exceeds the target, and says by how much.
     """
     if len(blocks) < 2:
         raise ValueError("choose_threshold needs at least two held-out blocks")
+    level = 1.0 - target
     sizes = np.array([len(b) for b in blocks], float)
     rates = []
     for i, block in enumerate(blocks):
-        rest = torch.cat([b for j, b in enumerate(blocks) if j != i])
-        rates.append(float((block.double() > tail_threshold(rest, target)).double().mean()))
-    return tail_threshold(torch.cat(blocks), target), float(np.dot(rates, sizes) / sizes.sum())
+        rest = torch.cat([b for j, b in enumerate(blocks) if j != i]).double()
+        rates.append(float((block.double() > torch.quantile(rest, level)).double().mean()))
+    return float(torch.quantile(torch.cat(blocks).double(), level)), float(np.dot(rates, sizes) / sizes.sum())
 
 
 def held_blocks(split: Split) -> list[tuple[int, int, int]]:
