@@ -177,6 +177,15 @@ def test_a_clip_whose_worker_died_is_scored_again(ray_session, site: Path):
     assert len({c.worker for c in r.clips}) >= 2  # a fresh worker took over
 
 
+def test_fleet_status_lists_the_manifest_problems_as_errors(tmp_path: Path):
+    manifest = tmp_path / "fleet.toml"
+    manifest.write_text('[cameras.a]\nproject = "nowhere"\nbogus = 1\n[cameras.b]\nproject = "missing"\n')
+    res = invoke("fleet", "status", manifest)
+    assert res.exit_code == 2
+    lines = [line for line in res.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 2 and "camera a: unknown key(s) 'bogus'" in lines[0] and "camera b: no project" in lines[1]
+
+
 def test_fleet_status_shows_what_is_scored_and_pending(ray_session, site: Path):
     res = invoke("fleet", "status", site / "fleet.toml")
     assert res.exit_code == 0, res.output

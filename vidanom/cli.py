@@ -845,7 +845,9 @@ def fleet_score(
 @fleet.command(name="status")
 @cli_errors
 def fleet_status(manifest: ManifestArg) -> None:
-    """Each camera's project, model version, and clips scored by it or still to score.
+    """Each camera's project, model version, and clips scored by it or still to score; a problem
+    with the manifest (an unknown key, a missing project, a glob that matches nothing) is an error
+    line each, after the table, and exit code 2.
 
     Example: vidanom fleet status cameras.toml
     """
@@ -865,8 +867,7 @@ def fleet_status(manifest: ManifestArg) -> None:
             str(c.pending),
         )
     out.print(table)
-    for line in problems + [f"camera {c.camera}: {p}" for c in cameras for p in c.problems]:
-        _say(f"warning: {_one_line(line)}")
+    _fail(problems + [f"camera {c.camera}: {p}" for c in cameras for p in c.problems])
 
 
 @fleet.command(name="report")

@@ -48,6 +48,7 @@ class FrameScore(NamedTuple):
     recon: float  # the components (see scoring.components); nll is NaN in the LSTM-MDN's warm-up
     kl: float
     nll: float
+    still: float  # NaN in the LSTM-MDN's warm-up
     scene: str  # the learned scene it was scored against
     score: float  # the combined score
     anomalous: bool  # score > the threshold
@@ -55,7 +56,7 @@ class FrameScore(NamedTuple):
 
 @dataclass
 class ChunkScores:
-    """Scores of consecutive frames: (n,) arrays, components (n, 3)."""
+    """Scores of consecutive frames: (n,) arrays, components (n, 4)."""
 
     start: int  # frame number of the first
     times: np.ndarray
@@ -72,8 +73,8 @@ class ChunkScores:
             self.scores.tolist(),
             self.anomalous.tolist(),
         )
-        for i, (t, (r, k, n), s, sc, a) in enumerate(rows):
-            yield FrameScore(self.start + i, t, r, k, n, s, sc, a)
+        for i, (t, comps, s, sc, a) in enumerate(rows):
+            yield FrameScore(self.start + i, t, *comps, s, sc, a)
 
 
 @dataclass
