@@ -482,6 +482,16 @@ def _options(items: list[str]) -> dict[str, str]:
     return dict(item.split("=", 1) for item in items)
 
 
+def _json_line(live: Any, item: dict[str, Any]) -> None:
+    """One JSON line on stdout; above a live display (rich.live.Live), when there is one."""
+    line = json.dumps(item)
+    if live is not None:
+        live.console.print(line, markup=False, highlight=False, soft_wrap=True)
+    else:
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+
+
 class _WatchView:
     """What `watch` shows: events and gaps as JSON lines on stdout (flushed at once); on stderr a line
     when the stream is lost and when it is back; and a rich status line (when stdout is a terminal)
@@ -496,12 +506,7 @@ class _WatchView:
         self.live = Live(console=out, transient=True, auto_refresh=False) if out.is_terminal else None
 
     def event(self, event: dict[str, Any]) -> None:
-        line = json.dumps(event)
-        if self.live is not None:
-            self.live.console.print(line, markup=False, highlight=False, soft_wrap=True)
-        else:
-            sys.stdout.write(line + "\n")
-            sys.stdout.flush()
+        _json_line(self.live, event)
 
     def gap(self, gap: dict[str, Any]) -> None:
         self.event(gap)
@@ -909,12 +914,7 @@ class _FleetView:
         self.live = Live(console=out, transient=True, auto_refresh=False) if out.is_terminal else None
 
     def item(self, item: dict[str, Any]) -> None:
-        line = json.dumps(item)
-        if self.live is not None:
-            self.live.console.print(line, markup=False, highlight=False, soft_wrap=True)
-        else:
-            sys.stdout.write(line + "\n")
-            sys.stdout.flush()
+        _json_line(self.live, item)
 
     def change(self, states: list[Any]) -> None:
         if self.live is not None:

@@ -73,8 +73,8 @@ class ChunkScores:
             self.scores.tolist(),
             self.anomalous.tolist(),
         )
-        for i, (t, comps, s, sc, a) in enumerate(rows):
-            yield FrameScore(self.start + i, t, *comps, s, sc, a)
+        for i, (t, (r, k, n, st), s, sc, a) in enumerate(rows):
+            yield FrameScore(self.start + i, t, r, k, n, st, s, sc, a)
 
 
 @dataclass

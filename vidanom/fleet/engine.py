@@ -33,6 +33,16 @@ LOCAL_ENV = {
 POLL = 0.25  # seconds between two looks at the progress of the jobs in flight
 
 
+def failure(exc: Exception, what: str) -> str:
+    """The one line a failed job reports: a VidanomError's own message, a file's error, or a bug's
+    type and message (a bug fails its `what` alone)."""
+    if isinstance(exc, VidanomError):
+        return str(exc)
+    if isinstance(exc, OSError):
+        return f"{exc.strerror or exc}: {exc.filename}"
+    return f"unexpected {type(exc).__name__}: {exc} (a bug in vidanom: please report it)"
+
+
 @dataclass(frozen=True)
 class Engine:
     """Where and how wide the fleet runs."""

@@ -29,7 +29,7 @@ from ..errors import NotTrainedError, VidanomError
 from ..fitting import Progress, no_progress
 from ..project import Project
 from ..video import Source
-from .engine import Engine, Tally, Throttled, capacity, run_jobs, session
+from .engine import Engine, Tally, failure, Throttled, capacity, run_jobs, session
 from .manifest import Camera, Manifest, clips, open_project
 
 MODELS = 4  # cameras' models a worker keeps loaded
@@ -146,12 +146,8 @@ class ClipScorer:
             clip = score_clip(project, Source(Path(job.source), job.frames_dir), detector, self.device, progress)
             out.state, out.frames, out.warning = "scored", clip.frames, clip.warning
             out.events = clip_events(job.camera, project, json.loads(clip.summary.read_text()))
-        except VidanomError as exc:
-            out.error = str(exc)
-        except OSError as exc:
-            out.error = f"{exc.strerror or exc}: {exc.filename}"
-        except Exception as exc:  # noqa: BLE001 - a bug fails its clip alone; the message says what it was
-            out.error = f"unexpected {type(exc).__name__}: {exc} (a bug in vidanom: please report it)"
+        except Exception as exc:  # noqa: BLE001 - one clip fails alone, with a line that says why
+            out.error = failure(exc, "its clip")
         frames.flush("frames")
         out.seconds = time.perf_counter() - start
         return out

@@ -16,7 +16,7 @@ from typing import Any
 
 from ..errors import VidanomError
 from ..fitting import Progress, no_progress
-from .engine import Engine, Tally, capacity, run_jobs, session
+from .engine import Engine, Tally, failure, capacity, run_jobs, session
 from .manifest import Manifest, expand, open_project
 
 PROGRESS_EVERY = 1.0  # seconds between a training task's reports of its progress
@@ -83,12 +83,8 @@ def train_camera(job: TrainJob, device: str, threads: int, tally: Any = None) ->
         r = train(project, paths, "all", torch.device(device), job.resume, job.scene, progress)
         out.version, out.clips, out.frames, out.seconds = r.version, r.clips, r.frames, r.seconds
         out.threshold, out.false_alarms, out.warnings = r.threshold, r.false_alarms, r.warnings
-    except VidanomError as exc:
-        out.error = str(exc)
-    except OSError as exc:
-        out.error = f"{exc.strerror or exc}: {exc.filename}"
-    except Exception as exc:  # noqa: BLE001 - a bug fails its camera alone; the message says what it was
-        out.error = f"unexpected {type(exc).__name__}: {exc} (a bug in vidanom: please report it)"
+    except Exception as exc:  # noqa: BLE001 - one camera fails alone, with a line that says why
+        out.error = failure(exc, "its camera")
     return out
 
 
