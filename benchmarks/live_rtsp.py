@@ -3,6 +3,7 @@
     python benchmarks/live_rtsp.py                   # about 3 minutes on 2 shared cores
     python benchmarks/live_rtsp.py --seconds 60 --downs 0 2 5 12
     python benchmarks/live_rtsp.py -i analyzeduration=100000 -i probesize=32768    # FFmpeg probes less
+    python benchmarks/live_rtsp.py --cameras 1 2 3 4 --downs          # many cameras at once, no reconnects
 
 It makes (with PyAV, as benchmarks/throughput.py does) a 720p, 25 fps H.264 clip, trains a
 project of the default architecture on its first seconds (few steps: only the cost matters), and
@@ -11,6 +12,9 @@ serves the clip with GStreamer's RTSP server on 127.0.0.1 (tests/rtsp_server.py,
   latency     watch() at the default options over the whole clip: per batch, the seconds from
               the arrival (decoding) of its oldest frame to its scores (status.latency; with the
               frames coming at 25 fps most batches hold one frame), median and 99th percentile
+  cameras     for each N of --cameras: N servers, each serving the clip, watched at once by N
+              processes (as N `vidanom watch` commands, or `fleet watch`'s N actors, run): per
+              camera the frames scored and dropped and the median and 99th percentile latency
   reconnect   for each down time: the server killed mid-stream and started again on the same port
               after that many seconds; the seconds from its return (listening again) to the first
               scored frame after the gap, and from the loss being noticed to that frame (the
@@ -20,6 +24,7 @@ serves the clip with GStreamer's RTSP server on 127.0.0.1 (tests/rtsp_server.py,
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import shutil
 import statistics
 import subprocess
@@ -119,6 +124,36 @@ def latency(project: Project, server: Server, options: dict[str, str]) -> None:
     )
 
 
+def watch_one(root: Path, url: str, options: dict[str, str]) -> tuple[int, int, float, float]:
+    """One camera watched to the end of its stream → (frames scored, dropped, median and 99th
+    percentile latency in ms)."""
+    trace = Trace()
+    status = Watcher(
+        Project.open(root), url, WatchOptions(reconnect=False, input_options=options), device=CPU, on_status=trace
+    ).run()
+    lat = np.array([b[0] for b in trace.batches]) * 1000
+    return status.frames, status.dropped, float(np.median(lat)), float(np.percentile(lat, 99))
+
+
+def cameras(project: Project, clip: Path, n: int, options: dict[str, str]) -> None:
+    """n servers of the clip watched at once, each by its own process."""
+    servers = [Server(clip) for _ in range(n)]
+    try:
+        for server in servers:
+            server.start()
+        with multiprocessing.get_context("spawn").Pool(n) as pool:
+            rows = pool.starmap(watch_one, [(project.root, s.url, options) for s in servers])
+    finally:
+        for server in servers:
+            server.kill()
+    frames, dropped = sum(r[0] for r in rows), sum(r[1] for r in rows)
+    print(
+        f"{n} camera(s): {frames} frames scored, {dropped} dropped; latency median "
+        f"{max(r[2] for r in rows):.1f} ms, 99th percentile {max(r[3] for r in rows):.1f} ms (the worst camera's)",
+        flush=True,
+    )
+
+
 def reconnect(
     project: Project, server: Server, down: float, after: float, options: dict[str, str]
 ) -> tuple[float, float]:
@@ -155,7 +190,8 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=30.0, help="length of the served clip")
     ap.add_argument("--train-seconds", type=float, default=10.0)
     ap.add_argument("--steps", type=int, default=100, help="optimiser steps of each model")
-    ap.add_argument("--downs", type=float, nargs="+", default=[0.0, 2.0, 5.0], help="server down times, s")
+    ap.add_argument("--downs", type=float, nargs="*", default=[0.0, 2.0, 5.0], help="server down times, s")
+    ap.add_argument("--cameras", type=int, nargs="*", default=[], help="numbers of cameras to watch at once")
     ap.add_argument(
         "-i",
         "--input-option",
@@ -177,10 +213,13 @@ def main() -> None:
         f"{args.seconds:g} s; input options {options or 'none'}",
         flush=True,
     )
+    for n in args.cameras:
+        cameras(project, clip, n, options)
     server = Server(clip)
     server.start()
     try:
-        latency(project, server, options)
+        if not args.cameras:
+            latency(project, server, options)
         for down in args.downs:
             from_return, from_loss = reconnect(project, server, down, 3.0, options)
             print(
