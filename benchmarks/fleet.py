@@ -1,6 +1,6 @@
 """The fleet on one machine: scoring many cameras' clips on Ray, and one model trained by torchrun.
 
-    python benchmarks/fleet.py --data ../shared/data/ucsd_ped1          # about 10 minutes on 2 cores
+    python benchmarks/fleet.py --data ../shared/data/ucsd_ped1          # about 15 minutes on 2 cores
     python benchmarks/fleet.py --skip-ddp                                # the scoring part alone
 
 Scoring: 3 cameras × 8 clips of 720p H.264 (made here with throughput.make_clip, 10 s each), one

@@ -300,7 +300,8 @@ def main() -> None:
     t0 = time.perf_counter()
     training.train(project, [train_clip], device=torch.device("cpu"), progress=clock)
     train_s = time.perf_counter() - t0
-    frames = sum(m.frames for m in cache.clips(project.cache_dir, cfg.frames))
+    project = Project.open(root)  # its frame size, as extraction resolved it from the clip's aspect ratio
+    frames = sum(m.frames for m in cache.clips(project.cache_dir, project.config.frames))
     tc = cfg.train
     rates = {  # frames per second: of the β-VAE's batches, and of the LSTM-MDN's windows (all cells each)
         "vae": clock.rate("vae", tc.vae_steps * tc.batch_size),
@@ -399,7 +400,7 @@ def main() -> None:
         ]
     )
     print_table(
-        f"Scoring {n} frames of 720p H.264 at {cfg.frames.width}x{cfg.frames.height} "
+        f"Scoring {n} frames of 720p H.264 at {project.config.frames.width}x{project.config.frames.height} "
         f"{'gray' if cfg.frames.channels == 1 else 'RGB'} (median of {args.repeats} interleaved rounds)",
         ["", "frames/s", "CPU ms/frame", "cores", "ratio to floor"],
         rows,
@@ -411,7 +412,8 @@ def main() -> None:
         f"where scoring gets no more CPU than decoding alone, the ratio tends to {fl / sc:.2f}"
     )
     print(
-        f"start-up and model loading of the command: {startup:.1f} s; target: vidanom score in-process / floor >= 0.70"
+        f"start-up and model loading of the command: {startup:.1f} s; "
+        "targets: vidanom score in-process >= 0.6 of the floor and >= 500 frames/s"
     )
     if args.set:
         print("config overrides:", " ".join(args.set))
@@ -452,7 +454,7 @@ def main() -> None:
                     "ratios": {k: ratios(k) for k in runs},
                     "long": {"frames": long_frames, "fps": long_frames / long_wall},
                     "peak_rss_mb": {k: list(v) for k, v in memory.items()},
-                    "training_fps": training,
+                    "training_fps": rates,
                     "load": [load0[0], load1[0]],
                 },
                 indent=2,
