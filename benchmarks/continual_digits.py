@@ -35,6 +35,7 @@ from vidanom.config import FrameConfig, ProjectConfig, TrainConfig, VAEOptions, 
 from vidanom.data import Split, to_input
 from vidanom.fitting import fit_vae
 from vidanom.metrics import auroc
+from vidanom.replay import batch_parts
 from vidanom.training import EWC_SAMPLES, _seeded
 from vidanom.vae import BetaVAE, error_map, kl_map, patch_means
 
@@ -139,7 +140,10 @@ def run_strategy(
             else None
         )
         clips = [train[d] for d in tasks[: i + 1]] if name == "joint" else [train[digit]]
-        steps = -(-args.epochs * sum(len(c) for c in clips) // task_cfg.train.batch_size)  # as many images as epochs
+        # `epochs` passes over the task's own images (every task's, for joint), which fill the batch
+        # but for its replayed share: replay takes as many optimiser steps as joint training
+        new = batch_parts(task_cfg.train.batch_size, hooks.share if hooks else 0.0)[0]
+        steps = -(-args.epochs * sum(len(c) for c in clips) // new)
         stats = fit_vae(
             vae,
             clips,

@@ -15,11 +15,11 @@ from vidanom.replay import (
     LatentPrior,
     PriorReplay,
     ReplayDistillation,
+    batch_parts,
     carry_prior,
     fisher_diagonal,
     fit_gaussian,
     gaussian_kl,
-    new_batch_size,
     replay_share,
 )
 from vidanom.fitting import fit_vae
@@ -74,9 +74,9 @@ def test_replay_takes_its_share_of_every_fit_vae_batch(old_scenes: int) -> None:
     )
     assert len(seen) == len(replay.given) == 5
     for x, r in zip(seen, replay.given):
-        assert x.shape[0] == BATCH + r.shape[0]
-        assert r.shape[0] / x.shape[0] == pytest.approx(share, abs=1 / BATCH)
-        assert torch.equal(x[BATCH:], r)  # the replayed rows are the tail of the batch, unchanged
+        assert x.shape[0] == BATCH  # the batch keeps its size: the replayed rows replace new ones
+        assert r.shape[0] / x.shape[0] == pytest.approx(share, abs=0.5 / BATCH)
+        assert torch.equal(x[BATCH - r.shape[0] :], r)  # the replayed rows are the tail of the batch, unchanged
         assert 0.0 <= r.min() and r.max() <= 1.0  # clipped to the frames' range
     assert all(torch.equal(v, before[k]) for k, v in replay.source.vae.state_dict().items())
 
@@ -172,15 +172,14 @@ def test_replay_share_gives_every_scene_an_equal_part() -> None:
         replay_share(1, base=1.0)
 
 
-def test_new_batch_size_keeps_the_whole_batch_at_its_size() -> None:
+def test_batch_parts_keep_the_batch_at_its_size_and_the_share() -> None:
     for batch in (8, 64):
         for k in range(1, 9):
             share = replay_share(k)
-            new = new_batch_size(batch, share)
-            replayed = int(round(new * share / (1 - share)))  # what fit_vae adds
-            assert abs(new + replayed - batch) <= (k + 1) / 2
-            assert replayed / (new + replayed) == pytest.approx(share, abs=1 / batch)
-    assert new_batch_size(64, 0.0) == 64 and new_batch_size(4, 0.95) == 1
+            new, replayed = batch_parts(batch, share)
+            assert new + replayed == batch and new >= 1
+            assert replayed / batch == pytest.approx(share, abs=0.5 / batch)
+    assert batch_parts(64, 0.0) == (64, 0) and batch_parts(4, 0.95) == (1, 3)
 
 
 def test_fisher_diagonal_matches_per_sample_backward() -> None:

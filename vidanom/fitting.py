@@ -45,7 +45,7 @@ from .data import (
 )
 from .errors import ProjectError, VidanomError
 from .mdn import LSTMMDN, MDNConfig, mdn_nll
-from .replay import replayed_count
+from .replay import batch_parts
 from .vae import BetaVAE, VAEConfig, vae_loss
 
 Progress = Callable[[str, int, int, dict[str, Any]], None]  # (task, done, total or 0, what to show)
@@ -253,15 +253,15 @@ def fit_vae(
 ) -> dict[str, float]:
     """Train the VAE on the training frames of `clips` (continuing from checkpoint dict `start`).
 
-    extra(n, generator) returns n replayed inputs; each batch of the new data gets round(B·s/(1−s))
-    of them, so replayed samples make up `extra_share` of every batch. Returns the held-out loss and
-    PSNR of the kept weights, and how many steps ran. In a distributed group (see distributed),
-    each rank fits its part of every batch; only a single process takes replayed samples.
+    extra(n, generator) returns n replayed inputs: a batch of B holds round(B·(1−s)) new frames and
+    replayed ones for the rest, so replayed samples make up s = `extra_share` of every batch.
+    Returns the held-out loss and PSNR of the kept weights, and how many steps ran. In a distributed
+    group (see distributed), each rank fits its part of every batch; only a single process replays.
     """
     tc, motion = cfg.train, cfg.frames.motion_plane()
     steps = tc.vae_steps if steps is None else steps
     index = split.train_index()
-    n_extra = replayed_count(tc.batch_size, extra_share) if extra else 0
+    n_new, n_extra = batch_parts(tc.batch_size, extra_share) if extra else (tc.batch_size, 0)
     if group is not None and (extra is not None or penalty is not None):
         raise VidanomError("an update (replay, EWC) trains in one process; run it without torchrun")
     held = held_inputs(clips, split, motion, VAL_FRAMES, timing)
@@ -271,7 +271,7 @@ def fit_vae(
     def step(i: int) -> dict[str, float]:
         g = step_generator(tc.seed, 0, i, distributed.rank(group))
         rng = np.random.default_rng([tc.seed, 0, i])
-        x = sample_batch(clips, index, tc.batch_size, motion, rng, timing, share)
+        x = sample_batch(clips, index, n_new, motion, rng, timing, share)
         if n_extra and extra is not None:
             x = torch.cat([x, extra(n_extra, g)])
         x = x.to(device)

@@ -232,13 +232,16 @@ def replayed_count(new: int, share: float) -> int:
     return int(round(new * share / (1.0 - share))) if share > 0 else 0
 
 
-def new_batch_size(batch_size: int, share: float) -> int:
-    """How many new frames per batch, so that with fit_vae's B·s/(1−s) replayed ones the whole batch
-    stays near `batch_size`. Without this, replay grows every batch instead, and an update takes as
-    few optimiser steps as plain fine-tuning while seeing (k+1)× the images (on the MNIST digits
-    benchmark that cost replay about 0.03 AUROC after nine tasks).
+def batch_parts(batch_size: int, share: float) -> tuple[int, int]:
+    """(new, replayed) frames of a batch of `batch_size` of which replayed samples make up `share`.
+
+    The batch keeps its size. A batch of B new frames with B·s/(1−s) replayed ones beside them, as
+    updates had it before, grows (k+1)-fold with k old scenes: each optimiser step then carries every
+    old scene at once, and the old scenes got k+1 times fewer steps than joint training gives them
+    (on the MNIST digits benchmark, replay fell 0.11 AUROC below joint training after seven tasks).
     """
-    return max(1, round(batch_size * (1.0 - share)))
+    new = max(1, round(batch_size * (1.0 - share))) if share > 0 else batch_size
+    return new, batch_size - new if share > 0 else 0
 
 
 def fisher_diagonal(vae: BetaVAE, batches: Iterable[torch.Tensor], beta: float) -> dict[str, torch.Tensor]:

@@ -35,6 +35,7 @@ from .replay import (
     fisher_diagonal,
     fit_gaussian,
     replay_share,
+    batch_parts,
     replayed_count,
 )
 from .vae import BetaVAE
@@ -103,7 +104,7 @@ def _plan_replay(
         return
     w = cfg.train.replay_distill
     if w > 0:
-        n = max(1, replayed_count(cfg.train.batch_size, share))  # as many as fit_vae replays
+        n = max(1, batch_parts(cfg.train.batch_size, share)[1])  # as many as fit_vae replays
         hooks.penalty, hooks.keeps_latents = ReplayDistillation(hooks.old_scenes, vae, n, w, w), True
         hooks.lineage["replay_distill"] = w
     if new_frames and mdn is not None:
