@@ -22,7 +22,7 @@ from vidanom.project import Project
 from vidanom.detector import Detector
 from vidanom.scoring import CausalMean, combine
 
-COLUMNS = ["frame", "time", "recon", "kl", "nll", "scene", "score", "anomalous"]
+COLUMNS = ["frame", "time", "recon", "kl", "nll", "still", "scene", "score", "anomalous"]
 TRAIN = ("--steps", "8", "--device", "cpu")
 
 
@@ -115,8 +115,9 @@ def test_score_writes_csv_json_and_png(scored, clips):
         assert (b == len(flags) or not flags[b]) and a <= seg["peak_frame"] < b
     covered = sum(s["end_frame"] - s["start_frame"] for s in summary["segments"])
     assert covered <= flags.sum()
-    # nll is empty during the LSTM's warm-up and present after it
-    assert all(r["nll"] == "" for r in rows[:8]) and all(r["nll"] != "" for r in rows[8:])
+    # nll and still are empty during the LSTM's warm-up and present after it
+    for k in ("nll", "still"):
+        assert all(r[k] == "" for r in rows[:8]) and all(r[k] != "" for r in rows[8:])
     assert (scored / "scores" / "anom.mp4.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -135,7 +136,9 @@ def test_the_anomaly_is_detected(scored_template):
 def test_stored_scores_follow_from_the_stored_components(scored):
     # score = Σ w · standardised causal mean of each component, with the version's calibration
     rows = read_csv(scored / "scores" / "anom.mp4.csv")
-    comp = torch.tensor([[float(r[k]) if r[k] else float("nan") for k in ("recon", "kl", "nll")] for r in rows])
+    comp = torch.tensor(
+        [[float(r[k]) if r[k] else float("nan") for k in ("recon", "kl", "nll", "still")] for r in rows]
+    )
     cal = Detector.load(scored / "models" / "v0001").calibration
     assert cal.scenes == ["default"] and {r["scene"] for r in rows} == {"default"}
     cfg = tiny_config().score
