@@ -172,8 +172,8 @@ def choose_threshold(blocks: list[torch.Tensor], target: float) -> tuple[float, 
 
     The threshold is the (1 − target) quantile of all held-out scores. The rate to expect on new
     footage is estimated the way new footage meets it: the same quantile set on all blocks but one,
-    counted on that one, for every block in turn (weighted by their lengths). When the blocks differ (a crowded
-    clip among quiet ones), it exceeds the target, and says by how much.
+    counted on that one, for every block in turn (weighted by their lengths). When the blocks differ
+    (a crowded clip among quiet ones), it exceeds the target, and says by how much.
     """
     if len(blocks) < 2:
         raise ValueError("choose_threshold needs at least two held-out blocks")

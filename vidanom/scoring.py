@@ -203,7 +203,7 @@ def standardise(comp: torch.Tensor, cal: Calibration) -> torch.Tensor:
 
 
 def combine(smoothed: torch.Tensor, cal: Calibration, weights: tuple[float, ...]) -> torch.Tensor:
-    """(n, S, 3) smoothed components → (n, S) combined score: Σ weight · term (see standardise)."""
+    """(n, S, 4) smoothed components → (n, S) combined score: Σ weight · term (see standardise)."""
     return standardise(smoothed, cal) @ torch.tensor(weights, dtype=smoothed.dtype)
 
 
@@ -284,7 +284,7 @@ def iter_scores(
     scorer: Scorer, chunks: Iterable[np.ndarray | tuple[np.ndarray, np.ndarray]], cal: Calibration, sc: ScoreConfig
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """Stream a clip's chunks (frames, or (frames, times) as video.iter_timed_chunks gives) → per
-    chunk: components (n, 3) and index (n,) of the scene each frame is scored against, and the
+    chunk: components (n, 4) and index (n,) of the scene each frame is scored against, and the
     combined score (n,) of the causally smoothed components."""
     smoother = CausalMean(sc.smooth)
     for chunk in chunks:

@@ -33,9 +33,9 @@ from .replay import (
     ReplayDistillation,
     carry_prior,
     fisher_diagonal,
+    batch_parts,
     fit_gaussian,
     replay_share,
-    batch_parts,
     replayed_count,
 )
 from .vae import BetaVAE
