@@ -269,7 +269,7 @@ def test_cli_prints_the_gap_and_ctrl_c_ends_it_while_reconnecting(rtsp, project,
         assert _line(proc, proc.stderr, 30).startswith("stream lost (")  # the second pass broke off
         time.sleep(0.3)  # waiting to reconnect
         proc.send_signal(signal.SIGINT)
-        stdout, stderr = proc.communicate(timeout=10)
+        stdout, stderr = proc.communicate(timeout=30)
     finally:
         proc.kill()
     assert proc.returncode == 0, stderr
