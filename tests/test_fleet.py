@@ -32,8 +32,12 @@ pytest.importorskip("ray", reason="the fleet runs on Ray: pip install 'vidanom[r
 
 @pytest.fixture(scope="module")
 def ray_session():
+    environ = dict(os.environ)
     with session(Engine(local_cpus=2)) as ray:
         yield ray
+    # Ray leaves variables of its own in the environment; the processes later tests start must not inherit them
+    os.environ.clear()
+    os.environ.update(environ)
 
 
 def write(path: Path, text: str) -> Path:

@@ -307,29 +307,3 @@ def test_a_stalled_stream_is_reconnected(rtsp, tmp_path, trained_project_templat
     (gap,) = gaps
     assert gap["reason"].endswith("(frames.decode_timeout)") and gap["reason"] in reasons, gap
     assert 1.0 <= gap["gap"] < 15
-
-
-def test_fleet_watch_reports_both_cameras_events_over_rtsp(rtsp, project, h264, segments, tmp_path):
-    from vidanom.fleet.engine import Engine
-    from vidanom.fleet.manifest import read_manifest
-    from vidanom.fleet.watching import watch_fleet
-
-    servers = {"gate": rtsp(h264), "door": rtsp(h264, udp_only=True)}
-    manifest = tmp_path / "fleet.toml"
-    manifest.write_text(
-        "".join(f'[cameras.{name}]\nproject = "{project.root}"\nlive = "{s.url}"\n' for name, s in servers.items())
-    )
-    items: list[dict] = []
-    states, problems = watch_fleet(
-        read_manifest(manifest),
-        Engine(local_cpus=2),
-        WatchOptions(max_latency=30.0, reconnect=False),
-        on_item=items.append,
-    )
-    assert not problems
-    for state in states:
-        assert state.state == "ended" and state.status["frames"] == 48 and state.status["dropped"] == 0
-    for name, server in servers.items():
-        events = [{k: v for k, v in i.items() if k != "camera"} for i in items if i["camera"] == name]
-        assert_found(events, segments)
-        assert all(e["source"] == server.url for e in events)
