@@ -556,6 +556,12 @@ def _say(line: str) -> None:
     err.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
+# shared by watch and fleet watch
+MaxLatencyOpt = Annotated[
+    float, typer.Option(help="Seconds a frame of a live source may wait; later ones are dropped.")
+]
+
+
 @app.command()
 @cli_errors
 def watch(
@@ -567,9 +573,7 @@ def watch(
         bool, typer.Option(help="Keep reading a file that is still being written (MPEG-TS, MKV, raw H.264; not MP4).")
     ] = False,
     idle: Annotated[float, typer.Option(help="With --follow: stop after this many seconds without new data.")] = 10.0,
-    max_latency: Annotated[
-        float, typer.Option(help="Seconds a frame of a live source may wait; later ones are dropped.")
-    ] = 2.0,
+    max_latency: MaxLatencyOpt = 2.0,
     reconnect: Annotated[
         bool | None,
         typer.Option(
@@ -943,9 +947,7 @@ class _FleetView:
 @cli_errors
 def fleet_watch(
     manifest: ManifestArg,
-    max_latency: Annotated[
-        float, typer.Option(help="Seconds a frame of a live source may wait; later ones are dropped.")
-    ] = 2.0,
+    max_latency: MaxLatencyOpt = 2.0,
     reconnect: Annotated[
         bool | None,
         typer.Option(
