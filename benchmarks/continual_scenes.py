@@ -30,7 +30,7 @@ from rich.console import Console
 from rich.table import Table
 
 from vidanom import results, training
-from vidanom.config import ProjectConfig, with_overrides
+from vidanom.config import ProjectConfig, fixed_steps, with_overrides
 from vidanom.metrics import auroc
 from vidanom.project import Project
 
@@ -88,7 +88,7 @@ def main() -> None:
         for p in sorted((args.data / split).glob("*.mp4"))[:count]:
             (folder / p.name).symlink_to(p.resolve())
     a_labels = {k: v for k, v in json.loads((args.data / "labels.json").read_text()).items() if (a_test / k).exists()}
-    steps = {"vae_steps": args.steps, "mdn_steps": args.steps} if args.steps else {}
+    steps = fixed_steps(args.steps) if args.steps else {}
     cfg = with_overrides(ProjectConfig(), train=steps)
     t0 = time.time()
     if reuse:

@@ -35,7 +35,7 @@ import torch
 from throughput import StageClock, make_clip, print_table
 
 from vidanom import results, training
-from vidanom.config import ProjectConfig, with_overrides
+from vidanom.config import ProjectConfig, fixed_steps, with_overrides
 from vidanom.distributed import from_env
 from vidanom.fleet.engine import Engine, session
 from vidanom.fleet.manifest import read_manifest
@@ -62,7 +62,7 @@ def make_site(work: Path, clips: int, seconds: float, steps: int) -> tuple[Path,
         make_clip(train_clip, 20.0, seed=99)
     template = work / "template"
     if not template.exists():
-        cfg = with_overrides(ProjectConfig(), train={"vae_steps": steps, "mdn_steps": steps})
+        cfg = with_overrides(ProjectConfig(), train=fixed_steps(steps))
         training.train(Project.init(template, cfg), [train_clip], device=torch.device("cpu"))
     lines = []
     for camera in CAMERAS:

@@ -39,7 +39,7 @@ import torch
 from throughput import copy_packets, make_clip
 
 from vidanom import training
-from vidanom.config import ProjectConfig, with_overrides
+from vidanom.config import ProjectConfig, fixed_steps, with_overrides
 from vidanom.project import Project
 from vidanom.watch import Watcher, WatchOptions, WatchStatus
 
@@ -103,7 +103,7 @@ def train(work: Path, clip: Path, seconds: float, steps: int) -> Project:
         return Project.open(root)
     shutil.rmtree(root, ignore_errors=True)
     part = copy_packets(clip, work / "train.mp4", seconds=seconds)
-    cfg = with_overrides(ProjectConfig(), train={"vae_steps": steps, "mdn_steps": steps})
+    cfg = with_overrides(ProjectConfig(), train=fixed_steps(steps))
     project = Project.init(root, cfg)
     training.train(project, [part], device=CPU)
     return project

@@ -22,7 +22,7 @@ import torch
 from throughput import copy_packets, make_clip  # the same clip as the throughput benchmark
 
 from vidanom import results, training
-from vidanom.config import ProjectConfig, parse_overrides, with_overrides
+from vidanom.config import ProjectConfig, fixed_steps, parse_overrides, with_overrides
 from vidanom.project import Project
 from vidanom.video import Source, iter_chunks
 
@@ -34,7 +34,7 @@ def trained(root: Path, overrides: str, train_clip: Path) -> Project:
     if (root / "models" / "current").exists():
         return Project.open(root)
     sets = parse_overrides([o for o in overrides.split(";") if o])
-    sets["train"] = {"vae_steps": 600, "mdn_steps": 600, **sets.get("train", {})}
+    sets["train"] = {**fixed_steps(600), **sets.get("train", {})}
     project = Project.init(root, with_overrides(ProjectConfig(), **sets))
     training.train(project, [train_clip], device=torch.device("cpu"))
     return project

@@ -42,7 +42,7 @@ import numpy as np
 import torch
 
 from vidanom import cache, results, training
-from vidanom.config import ProjectConfig, parse_overrides, with_overrides
+from vidanom.config import ProjectConfig, fixed_steps, parse_overrides, with_overrides
 from vidanom.detector import Detector
 from vidanom.project import Project
 from vidanom.fitting import MDN_WINDOWS
@@ -293,7 +293,7 @@ def main() -> None:
     root = work / "project"
     shutil.rmtree(root, ignore_errors=True)
     sets = parse_overrides(args.set)
-    sets["train"] = {"vae_steps": args.vae_steps, "mdn_steps": args.mdn_steps, **sets.get("train", {})}
+    sets["train"] = {**fixed_steps(args.vae_steps), "mdn_steps": args.mdn_steps, **sets.get("train", {})}
     cfg = with_overrides(ProjectConfig(), **sets)
     project = Project.init(root, cfg)
     clock = StageClock()
@@ -359,7 +359,7 @@ def main() -> None:
         for name, c in (("short", clip), ("long", long_clip)):
             proj = work / f"mem_{name}"
             shutil.rmtree(proj, ignore_errors=True)
-            Project.init(proj, with_overrides(ProjectConfig(), train={"vae_steps": 100, "mdn_steps": 100}))
+            Project.init(proj, with_overrides(ProjectConfig(), train=fixed_steps(100)))
             ex = run_cli(["extract", str(c), "-p", str(proj)], work)
             tr = run_cli(["train", "--device", "cpu", "-p", str(proj)], work)
             memory.setdefault("extract", []).append(ex[2])

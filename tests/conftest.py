@@ -142,13 +142,22 @@ def clips(tmp_path_factory: pytest.TempPathFactory) -> Clips:
 
 
 def tiny_config(**sections: dict) -> ProjectConfig:
-    """32x32 gray frames, a two-layer VAE, a 16-unit LSTM, eight optimiser steps of each."""
+    """32x32 gray frames, a two-layer VAE, a 16-unit LSTM, eight optimiser steps of each (not more
+    for longer footage)."""
     base = with_overrides(
         ProjectConfig(),
         frames={"width": 32, "height": 32, "channels": 1, "stride": 1, "motion_lag": 1},
         vae={"hidden": (8, 16), "latent_channels": 2, "beta": 0.1},
         mdn={"hidden": 16, "mixtures": 2, "cell_embedding": 4},
-        train={"vae_steps": 8, "mdn_steps": 8, "eval_every": 4, "batch_size": 16, "seq_len": 8, "seed": 0},
+        train={
+            "vae_steps": 8,
+            "vae_epochs": 0.0,
+            "mdn_steps": 8,
+            "eval_every": 4,
+            "batch_size": 16,
+            "seq_len": 8,
+            "seed": 0,
+        },
         score={"patch": 8, "patch_stride": 4, "smooth": 3, "min_segment": 2, "batch_size": 16},
     )
     return with_overrides(base, **sections)

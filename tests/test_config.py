@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -83,6 +84,8 @@ def test_values_of_the_wrong_type_are_config_errors(section, key, value):
         ("frames", {"motion_lag": -1}),
         ("train", {"holdout": 1.0}),
         ("train", {"eval_every": 0}),
+        ("train", {"vae_epochs": -1.0}),
+        ("train", {"vae_max_steps": 0}),
         ("score", {"false_alarms": 0.0}),
         ("score", {"weights": (1.0, 2.0)}),
         ("frames", {"motion": "flow"}),
@@ -137,7 +140,7 @@ def test_a_config_of_the_first_schema_is_read_in_todays_terms():
 
 @pytest.mark.parametrize("source,expected", [((640, 360), 112), ((238, 158), 96), ((480, 640), 48), ((10, 1000), 8)])
 def test_a_width_of_zero_follows_the_aspect_ratio(source, expected):
-    frames = ProjectConfig().frames
-    assert frames.width == 0 and frames.height == 64
+    frames = replace(ProjectConfig().frames, width=0)
+    assert frames.height == 64
     assert frames.resolved(*source).width == expected  # rounded to a multiple of 8, at least 8
     assert with_overrides(tiny_config()).frames.resolved(*source) == tiny_config().frames  # set: kept

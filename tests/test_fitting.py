@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ import torch
 from conftest import invoke, make_project, tiny_config
 
 from vidanom import fitting
-from vidanom.config import with_overrides
+from vidanom.config import TrainConfig, with_overrides
 from vidanom.data import Split
 from vidanom.fitting import Fitting, fit_vae, learning_rate, vae_holdout
 from vidanom.vae import BetaVAE
@@ -39,6 +40,15 @@ def test_a_short_clip_gets_the_whole_step_budget(monkeypatch):
     assert split.index(held=True).size and not set(map(tuple, split.index(held=True))) & set(
         map(tuple, split.train_index())
     )
+
+
+@pytest.mark.parametrize("frames,steps", [(640, 3000), (6400, 10000), (64000, 12000)])
+def test_long_footage_gets_passes_over_its_frames_within_the_bounds(frames, steps):
+    # 100 passes of 64-frame batches: 1000 steps for 640 frames (raised to the least, 3000), 10000 for
+    # 6400, and 100000 for 64000 (cut to the most, 12000)
+    tc = TrainConfig(vae_steps=3000, vae_epochs=100.0, vae_max_steps=12000, batch_size=64)
+    assert fitting.vae_budget(tc, frames) == steps
+    assert fitting.vae_budget(replace(tc, vae_epochs=0.0), frames) == 3000  # fixed_steps' budget
 
 
 def test_training_stops_early_and_keeps_the_best_weights(monkeypatch):

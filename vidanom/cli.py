@@ -234,7 +234,9 @@ def train(
     videos: Annotated[list[Path] | None, typer.Argument(help="Normal videos to add (optional).")] = None,
     steps: Annotated[
         int | None,
-        typer.Option(min=1, help="Optimiser steps for each stage at most (overrides train.vae_steps and mdn_steps)."),
+        typer.Option(
+            min=1, help="Optimiser steps for each stage at most, whatever the footage (overrides train.*steps)."
+        ),
     ] = None,
     stage: Annotated[str, typer.Option(help="vae, mdn or all.")] = "all",
     device: DeviceOpt = "auto",
@@ -252,7 +254,7 @@ def train(
 
     Example: vidanom train ~/normal_videos --steps 2000
     """
-    from .config import with_overrides
+    from .config import fixed_steps, with_overrides
     from .distributed import from_env
     from .fitting import no_progress
     from .training import STAGES, train as train_model
@@ -262,7 +264,7 @@ def train(
     proj = _open(project)
     overrides: dict[str, Any] = {}
     if steps is not None:
-        overrides.update(vae_steps=steps, mdn_steps=steps)
+        overrides.update(fixed_steps(steps))
     if seed is not None:
         overrides["seed"] = seed
     proj.config = with_overrides(proj.config, train=overrides)
@@ -314,7 +316,7 @@ def update(
 
     Example: vidanom update ~/after_camera_move/*.mp4 --scene moved
     """
-    from .config import with_overrides
+    from .config import fixed_steps, with_overrides
     from .distributed import from_env
     from .training import update as update_model
 
@@ -322,7 +324,7 @@ def update(
         raise VidanomError("update trains in one process; run it without torchrun (train runs under torchrun)")
     proj = _open(project)
     if steps is not None:
-        proj.config = with_overrides(proj.config, train={"vae_steps": steps, "mdn_steps": steps})
+        proj.config = with_overrides(proj.config, train=fixed_steps(steps))
     with _progress() as progress:
         r = update_model(proj, videos or [], scene, strategy, replay_ratio, _device(device), resume, progress)
     _print_trained(

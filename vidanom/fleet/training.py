@@ -62,7 +62,7 @@ def train_camera(job: TrainJob, device: str, threads: int, tally: Any = None) ->
     """Train one camera's project (what a Ray task runs); its outcome, with the error if it failed."""
     import torch
 
-    from ..config import with_overrides
+    from ..config import fixed_steps, with_overrides
     from ..project import Project
     from ..training import train
 
@@ -78,7 +78,7 @@ def train_camera(job: TrainJob, device: str, threads: int, tally: Any = None) ->
     try:
         project = Project.open(Path(job.project))
         if job.steps is not None:
-            project.config = with_overrides(project.config, train={"vae_steps": job.steps, "mdn_steps": job.steps})
+            project.config = with_overrides(project.config, train=fixed_steps(job.steps))
         paths = [Path(v) for v in job.videos]
         r = train(project, paths, "all", torch.device(device), job.resume, job.scene, progress)
         out.version, out.clips, out.frames, out.seconds = r.version, r.clips, r.frames, r.seconds
