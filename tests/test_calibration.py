@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from vidanom.calibration import (
+    HELD_OUT_SHARE,
     MIN_SCALE,
     RunningStats,
     choose_threshold,
@@ -101,17 +102,18 @@ def test_choose_threshold_is_the_quantile_and_estimates_block_by_block():
     rng = np.random.default_rng(4)
     blocks = [torch.from_numpy(rng.normal(size=n)) for n in (300, 200, 250)]
     blocks.append(torch.from_numpy(rng.normal(size=150) + 3.0))  # a busy block unlike the rest
-    threshold, rate = choose_threshold(blocks, 0.05)
+    threshold, rate = choose_threshold(blocks, 0.1)
+    level = 1.0 - HELD_OUT_SHARE * 0.1  # set stricter than the target on held-out frames
     every = np.concatenate([b.numpy() for b in blocks])
-    assert threshold == pytest.approx(np.quantile(every, 0.95), rel=1e-9)
+    assert threshold == pytest.approx(np.quantile(every, level), rel=1e-9)
     expected = 0.0
     for i, b in enumerate(blocks):
         rest = np.concatenate([c.numpy() for j, c in enumerate(blocks) if j != i])
-        expected += len(b) * np.mean(b.numpy() > np.quantile(rest, 0.95))
+        expected += len(b) * np.mean(b.numpy() > np.quantile(rest, level))
     assert rate == pytest.approx(expected / len(every), rel=1e-9)
     assert rate > 0.1  # the busy block left out is flagged almost whole: the estimate says so
     alike = [torch.from_numpy(rng.normal(size=400)) for _ in range(4)]
-    assert choose_threshold(alike, 0.05)[1] == pytest.approx(0.05, abs=0.02)
+    assert choose_threshold(alike, 0.1)[1] == pytest.approx(HELD_OUT_SHARE * 0.1, abs=0.02)
     with pytest.raises(ValueError):
         choose_threshold(blocks[:1], 0.05)
 
