@@ -247,9 +247,9 @@ def parse_overrides(items: list[str]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def fixed_steps(steps: int) -> dict[str, float]:
-    """The train overrides that make each stage run exactly this many optimiser steps (at most: early
-    stopping may end it sooner), whatever the footage's length: `with_overrides(cfg, train=fixed_steps(n))`."""
+def fixed_steps(steps: int) -> dict[str, Any]:
+    """The train overrides that give each stage a budget of this many optimiser steps (early stopping
+    may end it sooner), whatever the footage's length: `with_overrides(cfg, train=fixed_steps(n))`."""
     return {"vae_steps": steps, "vae_epochs": 0.0, "mdn_steps": steps}
 
 

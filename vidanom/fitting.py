@@ -237,9 +237,9 @@ def held_inputs(
 
 def vae_budget(tc: TrainConfig, train_frames: int) -> int:
     """The β-VAE's optimiser steps for this many training frames: tc.vae_epochs passes over them,
-    at most tc.vae_max_steps, and at least tc.vae_steps. A fixed budget for any footage either starved long
-    footage (Ped1's 680 s at 3000 steps) or, raised for it, over-fitted short footage to itself
-    (at 10000 steps 29% of new normal Ped1 clips were flagged after 80 s of training footage)."""
+    at most tc.vae_max_steps, and at least tc.vae_steps."""
+    # one budget for any footage either starved long footage (Ped1's 680 s at 3000 steps) or, raised
+    # for it, let short footage learn itself by heart and flag new normal footage of the same camera
     wanted = math.ceil(tc.vae_epochs * train_frames / tc.batch_size)
     return max(tc.vae_steps, min(tc.vae_max_steps, wanted))
 
