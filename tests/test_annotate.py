@@ -261,7 +261,7 @@ def test_heatmap_measures_each_place_against_its_own_normal():
     mean, std = torch.full((1, 9), 0.01), torch.full((1, 9), 0.001)
     mean[0, 0] = 1.0
     cal = Calibration(
-        mean, std, *[torch.zeros(1, 1)] * 4, torch.zeros(1, 3), torch.ones(1, 3), torch.zeros(1), False, ["default"]
+        mean, std, *[torch.zeros(1, 1)] * 4, torch.zeros(1, 4), torch.ones(1, 4), torch.zeros(1), False, ["default"]
     )
     scale = heatmap.ErrorScale.from_calibration(cal, cfg)
     per_patch = (mean + 3 * std)[0].view(3, 3)

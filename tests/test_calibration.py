@@ -18,6 +18,7 @@ from vidanom.calibration import (
     split_scales,
 )
 from vidanom.data import Split
+from vidanom.scoring import STILL_UNIT
 
 
 def test_running_stats_against_numpy_and_skips_rows_with_nan():
@@ -160,9 +161,15 @@ def test_calibrate_takes_place_statistics_from_training_frames_and_scales_from_h
     for c in (1, 3):  # the held-out clips alone give the components' scales
         scorer.reset()
         smoothed.append(CausalMean(cfg.score.smooth)(components(scorer.maps(clips[c]), cal, cfg.score))[:, 0])
-    median, low, high = split_scales(torch.cat(smoothed))
+    held = torch.cat(smoothed)
+    median, low, high = split_scales(held)
     torch.testing.assert_close(cal.comp_mean[0], median.float(), rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(cal.comp_std[0], high.float(), rtol=1e-4, atol=1e-4)
-    torch.testing.assert_close(cal.comp_low[0], low.float(), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(cal.comp_low[0, :3], low[:3].float(), rtol=1e-4, atol=1e-4)
+    # stillness counts in a fixed unit below the held-out frames' quantile at the threshold's level
+    assert float(cal.comp_low[0, 3]) == pytest.approx(STILL_UNIT)
+    still = held[:, 3].numpy()
+    level = HELD_OUT_SHARE * cfg.score.false_alarms
+    np.testing.assert_allclose(float(cal.still_floor[0]), np.quantile(still[~np.isnan(still)], level), rtol=1e-4)
     assert cal.false_alarms is not None and 0 <= float(cal.false_alarms[0]) <= 1
     assert any("only 12 s" in w for w in footage.warnings)

@@ -9,9 +9,8 @@ import torch
 from vidanom import fitting
 from vidanom.mdn import LSTMMDN, MDNConfig, mdn_nll
 from vidanom.config import ScoreConfig
-from vidanom.calibration import Calibration
+from vidanom.calibration import LEGACY_STILL_MARGIN, Calibration
 from vidanom.scoring import (
-    STILL_MARGIN,
     CausalMean,
     combine,
     components,
@@ -248,10 +247,10 @@ def test_components_and_combine_against_hand_computation(models, frames, calibra
 
 
 def reference_standardise(comp: torch.Tensor, cal: Calibration) -> np.ndarray:
-    """(..., 4): recon, kl and nll above the median in upper scales; still below it in its lower
-    scale, past the margin."""
+    """(..., 4): recon, kl and nll above the median in upper scales; still below the floor in its
+    lower scale."""
     c, m, hi, lo = (t.numpy().astype(np.float64) for t in (comp, cal.comp_mean, cal.comp_std, cal.comp_low))
-    still = (m[..., 3] - c[..., 3]) / lo[..., 3] - STILL_MARGIN
+    still = (cal.still_floor.numpy().astype(np.float64) - c[..., 3]) / lo[..., 3]
     z = np.concatenate(
         [np.maximum((c[..., :3] - m[..., :3]) / hi[..., :3], 0.0), np.maximum(still, 0.0)[..., None]], -1
     )
@@ -260,17 +259,29 @@ def reference_standardise(comp: torch.Tensor, cal: Calibration) -> np.ndarray:
 
 def test_standardise_counts_too_little_change_but_not_too_little_error(calibration):
     low = torch.tensor([[0.5, 0.5, 0.5, 0.25], [1.0, 1.0, 1.0, 2.0]])
-    cal = Calibration(**calibration.to_dict() | {"comp_low": low})
-    m = cal.comp_mean[0]
+    m = calibration.comp_mean[0]
+    floor = torch.stack([m[3] - 0.5, calibration.comp_mean[1, 3]])
+    cal = Calibration(**calibration.to_dict() | {"comp_low": low, "still_floor": floor})
     comp = torch.stack([m + 3 * cal.comp_std[0], m - 3.0, m - 1.0, m - 0.1]).unsqueeze(1).expand(4, 2, 4)
     z = standardise(comp, cal)[:, 0]
     torch.testing.assert_close(z[0], torch.tensor([3.0, 3.0, 3.0, 0.0]))  # above: in upper scales, stillness not
-    # below the median only stillness counts, in its lower scale, past the margin
-    torch.testing.assert_close(z[1], torch.tensor([0.0, 0.0, 0.0, 3.0 / 0.25 - STILL_MARGIN]))
-    torch.testing.assert_close(z[2], torch.tensor([0.0, 0.0, 0.0, 1.0 / 0.25 - STILL_MARGIN]))
-    torch.testing.assert_close(z[3], torch.zeros(4))  # within the margin: nothing
+    # below the median only stillness counts, in its lower scale, below its floor
+    torch.testing.assert_close(z[1], torch.tensor([0.0, 0.0, 0.0, 2.5 / 0.25]))
+    torch.testing.assert_close(z[2], torch.tensor([0.0, 0.0, 0.0, 0.5 / 0.25]))
+    torch.testing.assert_close(z[3], torch.zeros(4))  # above the floor: nothing
     np.testing.assert_allclose(standardise(comp, cal).numpy(), reference_standardise(comp, cal), rtol=1e-6, atol=1e-6)
     assert standardise(torch.full((1, 2, 4), float("nan")), cal).eq(0).all()
+
+
+def test_calibrations_made_before_the_still_floor_count_stillness_as_then(calibration):
+    old = calibration.to_dict()
+    del old["still_floor"]
+    cal = Calibration.from_dict(old)
+    comp = calibration.comp_mean[None] - torch.tensor([0.0, 0.0, 0.0, 5.0])  # 5 below the median
+    m, lo = calibration.comp_mean[:, 3], calibration.comp_low[:, 3]
+    then = (5.0 / lo - LEGACY_STILL_MARGIN).clamp_min(0.0)  # a margin of 4 lower scales below the median
+    torch.testing.assert_close(standardise(comp, cal)[0, :, 3], then)
+    assert (then > 0).any() and torch.allclose(cal.still_floor, m - LEGACY_STILL_MARGIN * lo)
 
 
 def test_scene_of_picks_the_scene_whose_frames_it_lies_closest_to(calibration):

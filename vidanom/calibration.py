@@ -24,7 +24,7 @@ from . import interrupt
 from .config import ProjectConfig
 from .data import UNTIMED, Split, Timing
 from .mdn import LSTMMDN
-from .scoring import CausalMean, Maps, Scorer, combine, components, make_scorer
+from .scoring import STILL_UNIT, CausalMean, Maps, Scorer, combine, components, make_scorer
 from .fitting import Progress, no_progress
 from .vae import BetaVAE, patch_means
 
@@ -37,6 +37,8 @@ HELD_OUT_SHARE = 0.5
 # the least spread of a component: each is made of z-scores, whose spread a few seconds of held-out
 # footage (a handful of nearly alike frames) can put near zero
 MIN_SCALE = 0.1
+# calibrations made before still_floor: stillness counted this many of its lower scales below its median
+LEGACY_STILL_MARGIN = 4.0
 
 
 class RunningStats:
@@ -107,11 +109,15 @@ class Calibration:
     frame_std: torch.Tensor | None = None
     false_alarms: torch.Tensor | None = None  # (S,) the share of new normal frames expected over the threshold
     frame_interval: float | None = None  # the usual seconds between training frames: motion is scaled by it
-    comp_low: torch.Tensor | None = None  # (S, 4) the components' spread below the median
+    comp_low: torch.Tensor | None = None  # (S, 4) the components' spread below the median; for still, its unit
+    # (S,) stillness counts below this: the held-out frames' still at the threshold's quantile level
+    still_floor: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.comp_low is None:  # made before the two sides had their own scales
             self.comp_low = self.comp_std.clone()
+        if self.still_floor is None:  # made before: the same rule as then
+            self.still_floor = self.comp_mean[:, 3] - LEGACY_STILL_MARGIN * self.comp_low[:, 3]
 
     @property
     def threshold(self) -> float:
@@ -282,7 +288,7 @@ def place_statistics(scorer: Scorer, footage: Footage, cfg: ProjectConfig, scene
 
 def held_scores(scorer: Scorer, footage: Footage, cal: Calibration, cfg: ProjectConfig) -> list[torch.Tensor]:
     """The held-out blocks' combined scores, after setting in cal the components' medians and scales
-    on the held-out frames."""
+    and the still floor (at the threshold's quantile level) on the held-out frames."""
     smoothed: dict[int, torch.Tensor] = {}
     for clip in sorted({c for c, _, _ in footage.split.runs(held=True)}):
         smoother = CausalMean(cfg.score.smooth)
@@ -291,6 +297,11 @@ def held_scores(scorer: Scorer, footage: Footage, cal: Calibration, cfg: Project
         )[:, 0]
     held = torch.cat([smoothed[c][a:b] for c, a, b in footage.split.runs(held=True)])
     median, low, high = split_scales(held)
+    still = held[:, 3][~held[:, 3].isnan()].double()
+    cal.still_floor = torch.zeros(1)  # without an LSTM-MDN stillness stays NaN and adds nothing
+    if len(still):
+        cal.still_floor = torch.quantile(still, HELD_OUT_SHARE * cfg.score.false_alarms).float()[None]
+        low[3] = STILL_UNIT
     cal.comp_mean, cal.comp_low, cal.comp_std = median[None], low[None], high[None]
     combined = {c: combine(v[:, None], cal, cfg.score.weights)[:, 0] for c, v in smoothed.items()}
     return [combined[c][a:b] for c, a, b in held_blocks(footage.split)]
