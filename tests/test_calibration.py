@@ -6,12 +6,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from scipy.stats import binom
 
 from vidanom.calibration import (
-    HELD_OUT_SHARE,
+    CONFIDENCE,
     MIN_SCALE,
     RunningStats,
     choose_threshold,
+    confident_rank,
     held_blocks,
     shrink,
     shrink_weight,
@@ -99,22 +101,36 @@ def test_split_scales_against_numpy():
     assert median[2] == 0 and low[2].isinf() and high[2].isinf()  # no values: it counts for nothing
 
 
-def test_choose_threshold_is_the_quantile_and_estimates_block_by_block():
+def reference_rank(n: int, target: float) -> int:
+    """The most j with P(binomial(n, target) <= j) <= 1 - CONFIDENCE, by scipy; 0 where there is none."""
+    sure = [j for j in range(n + 1) if binom.cdf(j, n, target) <= 1.0 - CONFIDENCE]
+    return sure[-1] if sure else 0
+
+
+@pytest.mark.parametrize("n, target", [(100, 0.01), (250, 0.01), (1400, 0.01), (20000, 0.01), (500, 0.1)])
+def test_confident_rank_against_scipys_binomial(n, target):
+    assert confident_rank(n, target) == reference_rank(n, target)
+
+
+def test_choose_threshold_is_confident_and_estimates_block_by_block():
     rng = np.random.default_rng(4)
     blocks = [torch.from_numpy(rng.normal(size=n)) for n in (300, 200, 250)]
     blocks.append(torch.from_numpy(rng.normal(size=150) + 3.0))  # a busy block unlike the rest
     threshold, rate = choose_threshold(blocks, 0.1)
-    level = 1.0 - HELD_OUT_SHARE * 0.1  # set stricter than the target on held-out frames
+
+    def upper(x: np.ndarray) -> float:  # the (rank + 1)-th largest
+        return float(np.sort(x)[::-1][reference_rank(len(x), 0.1)])
+
     every = np.concatenate([b.numpy() for b in blocks])
-    assert threshold == pytest.approx(np.quantile(every, level), rel=1e-9)
+    assert threshold == upper(every) and np.mean(every > threshold) < 0.1  # stricter than the plain quantile
     expected = 0.0
     for i, b in enumerate(blocks):
         rest = np.concatenate([c.numpy() for j, c in enumerate(blocks) if j != i])
-        expected += len(b) * np.mean(b.numpy() > np.quantile(rest, level))
+        expected += len(b) * np.mean(b.numpy() > upper(rest))
     assert rate == pytest.approx(expected / len(every), rel=1e-9)
     assert rate > 0.1  # the busy block left out is flagged almost whole: the estimate says so
     alike = [torch.from_numpy(rng.normal(size=400)) for _ in range(4)]
-    assert choose_threshold(alike, 0.1)[1] == pytest.approx(HELD_OUT_SHARE * 0.1, abs=0.02)
+    assert 0.06 < choose_threshold(alike, 0.1)[1] < 0.1  # alike blocks: under the target, not far under
     with pytest.raises(ValueError):
         choose_threshold(blocks[:1], 0.05)
 
@@ -166,10 +182,11 @@ def test_calibrate_takes_place_statistics_from_training_frames_and_scales_from_h
     torch.testing.assert_close(cal.comp_mean[0], median.float(), rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(cal.comp_std[0], high.float(), rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(cal.comp_low[0, :3], low[:3].float(), rtol=1e-4, atol=1e-4)
-    # stillness counts in a fixed unit below the held-out frames' quantile at the threshold's level
+    # stillness counts in a fixed unit below the stillest held-out frames
     assert float(cal.comp_low[0, 3]) == pytest.approx(STILL_UNIT)
-    still = held[:, 3].numpy()
-    level = HELD_OUT_SHARE * cfg.score.false_alarms
-    np.testing.assert_allclose(float(cal.still_floor[0]), np.quantile(still[~np.isnan(still)], level), rtol=1e-4)
+    still = np.sort(held[:, 3].numpy()[~held[:, 3].isnan().numpy()])  # the threshold's rule, from below
+    np.testing.assert_allclose(
+        float(cal.still_floor[0]), still[reference_rank(len(still), cfg.score.false_alarms)], rtol=1e-4
+    )
     assert cal.false_alarms is not None and 0 <= float(cal.false_alarms[0]) <= 1
     assert any("only 12 s" in w for w in footage.warnings)

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from torch.distributions import Binomial
 
 from . import interrupt
 from .config import ProjectConfig
@@ -30,10 +31,10 @@ from .vae import BetaVAE, patch_means
 
 MIN_SECONDS = 60.0  # less normal footage than this cannot support a promised false-alarm rate
 MIN_BLOCKS = 4  # the held-out frames are cut into at least this many blocks to estimate it
-# the threshold flags this share of the target on the held-out frames: new footage of the same camera
-# is flagged more often than frames held out from the same recordings (Avenue: 4.4% against a 1% target
-# with one seed; set at half the target on held-out frames, 1.7%)
-HELD_OUT_SHARE = 0.5
+# how sure the threshold is to flag at most the target share of new normal frames (see confident_rank):
+# held-out frames are few (Avenue: 250), and at the plain quantile new footage of the same camera was
+# flagged more often than the target (Avenue: 0.9%, 2.3% and 4.4% over three seeds against 1%)
+CONFIDENCE = 0.9
 # the least spread of a component: each is made of z-scores, whose spread a few seconds of held-out
 # footage (a handful of nearly alike frames) can put near zero
 MIN_SCALE = 0.1
@@ -110,7 +111,7 @@ class Calibration:
     false_alarms: torch.Tensor | None = None  # (S,) the share of new normal frames expected over the threshold
     frame_interval: float | None = None  # the usual seconds between training frames: motion is scaled by it
     comp_low: torch.Tensor | None = None  # (S, 4) the components' spread below the median; for still, its unit
-    # (S,) stillness counts below this: the held-out frames' still at the threshold's quantile level
+    # (S,) stillness counts below this: set on the held-out frames by the threshold's rule, from below
     still_floor: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
@@ -177,23 +178,38 @@ class Calibration:
 # -- the threshold -------------------------------------------------------------------------------
 
 
+def confident_rank(n: int, target: float) -> int:
+    """How many of n held-out normal scores may lie above the threshold: the most, j, for which the
+    (j+1)-th largest is at or above the scores' true (1 − target) quantile with probability CONFIDENCE,
+    whatever their distribution (the count of n scores above that quantile is binomial(n, target)). 0,
+    the largest score, where not even that is so sure (fewer than about 230 scores for a 1% target)."""
+    counts = torch.arange(n + 1, dtype=torch.float64)
+    cdf = Binomial(n, torch.tensor(target, dtype=torch.float64)).log_prob(counts).exp().cumsum(0)
+    sure = torch.nonzero(cdf <= 1.0 - CONFIDENCE)
+    return int(sure[-1]) if len(sure) else 0
+
+
+def upper_threshold(scores: torch.Tensor, target: float) -> float:
+    """The (confident_rank + 1)-th largest of the held-out scores (n,)."""
+    return float(scores.double().sort(descending=True).values[confident_rank(len(scores), target)])
+
+
 def choose_threshold(blocks: list[torch.Tensor], target: float) -> tuple[float, float]:
     """(threshold, expected false-alarm rate) from the combined scores of held-out blocks.
 
-    The threshold is the (1 − HELD_OUT_SHARE · target) quantile of all held-out scores. The rate to
-    expect on new footage is estimated the way new footage meets it: the same quantile set on all
-    blocks but one, counted on that one, for every block in turn (weighted by their lengths). When the
-    blocks differ (a crowded clip among quiet ones), it exceeds the target, and says by how much.
+    The threshold is the upper_threshold of all held-out scores. The rate to expect on new footage is
+    estimated the way new footage meets it: the threshold set so on all blocks but one, counted on that
+    one, for every block in turn (weighted by their lengths). When the blocks differ (a crowded clip
+    among quiet ones), it exceeds the target, and says by how much.
     """
     if len(blocks) < 2:
         raise ValueError("choose_threshold needs at least two held-out blocks")
-    level = 1.0 - HELD_OUT_SHARE * target
     sizes = np.array([len(b) for b in blocks], float)
     rates = []
     for i, block in enumerate(blocks):
-        rest = torch.cat([b for j, b in enumerate(blocks) if j != i]).double()
-        rates.append(float((block.double() > torch.quantile(rest, level)).double().mean()))
-    return float(torch.quantile(torch.cat(blocks).double(), level)), float(np.dot(rates, sizes) / sizes.sum())
+        rest = torch.cat([b for j, b in enumerate(blocks) if j != i])
+        rates.append(float((block.double() > upper_threshold(rest, target)).double().mean()))
+    return upper_threshold(torch.cat(blocks), target), float(np.dot(rates, sizes) / sizes.sum())
 
 
 def held_blocks(split: Split) -> list[tuple[int, int, int]]:
@@ -288,7 +304,7 @@ def place_statistics(scorer: Scorer, footage: Footage, cfg: ProjectConfig, scene
 
 def held_scores(scorer: Scorer, footage: Footage, cal: Calibration, cfg: ProjectConfig) -> list[torch.Tensor]:
     """The held-out blocks' combined scores, after setting in cal the components' medians and scales
-    and the still floor (at the threshold's quantile level) on the held-out frames."""
+    and the still floor (the threshold's rule, from below) on the held-out frames."""
     smoothed: dict[int, torch.Tensor] = {}
     for clip in sorted({c for c, _, _ in footage.split.runs(held=True)}):
         smoother = CausalMean(cfg.score.smooth)
@@ -297,10 +313,10 @@ def held_scores(scorer: Scorer, footage: Footage, cal: Calibration, cfg: Project
         )[:, 0]
     held = torch.cat([smoothed[c][a:b] for c, a, b in footage.split.runs(held=True)])
     median, low, high = split_scales(held)
-    still = held[:, 3][~held[:, 3].isnan()].double()
+    still = held[:, 3][~held[:, 3].isnan()]
     cal.still_floor = torch.zeros(1)  # without an LSTM-MDN stillness stays NaN and adds nothing
-    if len(still):
-        cal.still_floor = torch.quantile(still, HELD_OUT_SHARE * cfg.score.false_alarms).float()[None]
+    if len(still):  # the threshold's rule, from below
+        cal.still_floor = torch.tensor([-upper_threshold(-still, cfg.score.false_alarms)])
         low[3] = STILL_UNIT
     cal.comp_mean, cal.comp_low, cal.comp_std = median[None], low[None], high[None]
     combined = {c: combine(v[:, None], cal, cfg.score.weights)[:, 0] for c, v in smoothed.items()}
