@@ -103,8 +103,8 @@ def test_split_scales_against_numpy():
 
 def reference_rank(n: int, target: float) -> int:
     """The most j with P(binomial(n, target) <= j) <= 1 - CONFIDENCE, by scipy; 0 where there is none."""
-    sure = [j for j in range(n + 1) if binom.cdf(j, n, target) <= 1.0 - CONFIDENCE]
-    return sure[-1] if sure else 0
+    sure = np.flatnonzero(binom.cdf(np.arange(n + 1), n, target) <= 1.0 - CONFIDENCE)
+    return int(sure[-1]) if len(sure) else 0
 
 
 @pytest.mark.parametrize("n, target", [(100, 0.01), (250, 0.01), (1400, 0.01), (20000, 0.01), (500, 0.1)])
