@@ -15,6 +15,7 @@ The process group is gloo on the CPU, NCCL on CUDA (each process on the GPU of i
 
 from __future__ import annotations
 
+import gc
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -83,8 +84,12 @@ def joined(group: Group | None, device: torch.device) -> Iterator[torch.device]:
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=group.rank, world_size=group.world)
     try:
         yield device
+        dist.barrier()  # no rank tears the group down while another still talks in it
     finally:
         dist.destroy_process_group()
+        # a DDP wrapper left in a reference cycle still holds the group: freed now, while the interpreter
+        # is whole, not at its exit, where gloo's threads aborted the process now and then under load
+        gc.collect()
 
 
 def part(group: Group | None, n: int) -> slice:
