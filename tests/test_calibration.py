@@ -18,6 +18,7 @@ from vidanom.calibration import (
     shrink,
     shrink_weight,
     split_scales,
+    trust_warnings,
 )
 from vidanom.data import Split
 from vidanom.scoring import STILL_UNIT
@@ -133,6 +134,23 @@ def test_choose_threshold_is_confident_and_estimates_block_by_block():
     assert 0.06 < choose_threshold(alike, 0.1)[1] < 0.1  # alike blocks: under the target, not far under
     with pytest.raises(ValueError):
         choose_threshold(blocks[:1], 0.05)
+
+
+@pytest.mark.parametrize("held", [50, 229, 230, 1400])
+def test_trust_warnings_say_how_sure_a_threshold_on_few_held_out_frames_is(held):
+    sure = 1.0 - binom.cdf(0, held, 0.01)  # that the largest of `held` scores lies above the 99th percentile
+    (*warned,) = trust_warnings(600.0, held, 0.01, 0.01)
+    if sure < CONFIDENCE:  # 229 frames are not quite 90% sure, 230 are
+        assert len(warned) == 1 and f"only {held} held-out" in warned[0] and f"{100 * sure:.0f}% sure" in warned[0]
+    else:
+        assert warned == []
+
+
+def test_trust_warnings_for_short_or_uneven_footage():
+    short, uneven = trust_warnings(30.0, 1400, 0.01, 0.01), trust_warnings(600.0, 1400, 0.03, 0.01)
+    assert len(short) == 1 and "only 30 s" in short[0]
+    assert len(uneven) == 1 and "3.0% of new normal frames may be flagged" in uneven[0]
+    assert trust_warnings(600.0, 1400, 0.02, 0.01) == []  # up to twice the target is let pass
 
 
 def test_held_blocks_cut_few_runs_into_enough_blocks():

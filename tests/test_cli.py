@@ -227,6 +227,31 @@ def test_project_found_by_option_env_var_and_cwd(trained_project, tmp_path, monk
 # -- user errors -----------------------------------------------------------------------------------
 
 
+def test_stage_calibrate_sets_a_new_threshold_on_the_same_models(trained_project, clips):
+    def calibrate_at(false_alarms: float) -> Detector:
+        cfg = json.loads((trained_project / CONFIG_NAME).read_text())
+        cfg["score"]["false_alarms"] = false_alarms
+        (trained_project / CONFIG_NAME).write_text(json.dumps(cfg))
+        res = invoke("train", "--stage", "calibrate", "--device", "cpu", "-p", trained_project)
+        assert res.exit_code == 0, res.output
+        return Detector.load(trained_project)
+
+    first = Detector.load(trained_project)
+    looser = calibrate_at(0.3)
+    assert looser.version == "v0002" and looser.info["stage"] == "calibrate" and looser.info["parent"] == "v0001"
+    for a, b in ((first.vae, looser.vae), (first.mdn, looser.mdn)):
+        assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    assert torch.equal(looser.calibration.err_mean, first.calibration.err_mean)  # the same models, the same clips
+    assert looser.threshold < first.threshold  # a 30% target lets more held-out frames lie above it
+    again = calibrate_at(tiny_config().score.false_alarms)
+    assert again.threshold == first.threshold and again.info["parent"] == "v0002"
+
+    cached = sorted((trained_project / "cache").iterdir())
+    res = invoke("train", clips.anomalous, "--stage", "calibrate", "--scene", "night", "-p", trained_project)
+    assert_clean_error(res, match="has not learned scene 'night'")
+    assert sorted((trained_project / "cache").iterdir()) == cached  # refused before extracting anything
+
+
 def test_missing_video_is_a_clean_error(trained_project, tmp_path):
     assert_clean_error(invoke("score", tmp_path / "missing.mp4", "-p", trained_project), match="no such file")
     assert_clean_error(invoke("extract", tmp_path / "missing.mp4", "-p", trained_project), match="no such file")

@@ -15,6 +15,7 @@ from conftest import Clips, invoke
 from vidanom.config import read_config
 from vidanom.detector import MODEL_FILE, Detector
 from vidanom.project import Project
+from vidanom.scoring import STILL_UNIT
 
 LEGACY = Path(__file__).resolve().parent / "data" / "legacy_project"
 CPU = ("--device", "cpu")
@@ -64,3 +65,19 @@ def test_a_legacy_version_is_updated_into_a_model_file(legacy, clips: Clips):
     detector = Detector.load(Project.open(legacy))
     assert detector.version == "v0003" and detector.prior.scenes == ["default", "night", "street"]
     assert detector.info["parent"] == "v0002"
+
+
+def test_a_legacy_version_is_recalibrated_under_this_release_s_rules(legacy, clips: Clips):
+    before = Detector.load(legacy)
+    res = invoke("train", clips.normal_b, "--stage", "calibrate", "--scene", "night", *CPU, "-p", legacy)
+    assert res.exit_code == 0, res.output
+    after = Detector.load(Project.open(legacy))
+    assert after.version == "v0003" and after.info["stage"] == "calibrate"
+    assert after.calibration.scenes == before.calibration.scenes
+    assert all(torch.equal(before.vae.state_dict()[k], v) for k, v in after.vae.state_dict().items())
+    night, default = after.calibration.scenes.index("night"), after.calibration.scenes.index("default")
+    assert after.calibration.thresholds[night] != before.calibration.thresholds[night]  # set anew on the night clip
+    assert after.calibration.thresholds[default] == before.calibration.thresholds[default]  # the other scene kept
+    low = after.calibration.comp_low
+    assert float(low[night, 3]) == pytest.approx(STILL_UNIT) and float(low[default, 3]) != pytest.approx(STILL_UNIT)
+    assert invoke("score", clips.anomalous, *CPU, "-p", legacy).exit_code == 0

@@ -353,20 +353,36 @@ def calibrate(
     cal = place_statistics(scorer, footage, cfg, scene, mdn is not None)
     cal.frame_interval = footage.timing.ref_dt
     target = cfg.score.false_alarms
-    threshold, rate = choose_threshold(held_scores(scorer, footage, cal, cfg), target)
+    blocks = held_scores(scorer, footage, cal, cfg)
+    threshold, rate = choose_threshold(blocks, target)
     cal.thresholds, cal.false_alarms = torch.tensor([threshold]), torch.tensor([rate])
-    if footage.seconds < MIN_SECONDS:
-        footage.warnings.append(
-            f"only {footage.seconds:.0f} s of normal footage: too little to promise "
+    footage.warnings += trust_warnings(footage.seconds, sum(len(b) for b in blocks), rate, target)
+    return cal
+
+
+def trust_warnings(seconds: float, held: int, rate: float, target: float) -> list[str]:
+    """What the user should know about how far the promised false-alarm rate can be trusted, after
+    calibrating on `seconds` of normal footage with `held` frames held out, expecting `rate`."""
+    warnings = []
+    if seconds < MIN_SECONDS:
+        warnings.append(
+            f"only {seconds:.0f} s of normal footage: too little to promise "
             f"a false-alarm rate; train on a few minutes or more"
         )
+    sure = 1.0 - (1.0 - target) ** held  # that the largest held-out score lies above the target quantile
+    if confident_rank(held, target) == 0 and sure < CONFIDENCE:
+        warnings.append(
+            f"the threshold is the highest of only {held} held-out normal frames: {100 * sure:.0f}% sure, "
+            f"not {100 * CONFIDENCE:.0f}%, to flag at most {100 * target:g}% of new normal frames; "
+            "train on longer footage"
+        )
     if rate > 2 * target:
-        footage.warnings.append(
+        warnings.append(
             f"the held-out normal footage varies more than the threshold allows for: "
             f"{100 * rate:.1f}% of new normal frames may be flagged, not {100 * target:g}%; "
             "train on longer or more varied normal footage (busy and quiet times)"
         )
-    return cal
+    return warnings
 
 
 @torch.no_grad()

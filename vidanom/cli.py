@@ -238,7 +238,10 @@ def train(
             min=1, help="Optimiser steps for each stage at most, whatever the footage (overrides train.*steps)."
         ),
     ] = None,
-    stage: Annotated[str, typer.Option(help="vae, mdn or all.")] = "all",
+    stage: Annotated[
+        str,
+        typer.Option(help="vae, mdn, all, or calibrate (fit nothing: a new threshold after score.* settings changed)."),
+    ] = "all",
     device: DeviceOpt = "auto",
     seed: Annotated[int | None, typer.Option(help="Random seed (overrides the config).")] = None,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted training run.")] = False,
@@ -260,7 +263,7 @@ def train(
     from .training import STAGES, train as train_model
 
     if stage not in STAGES:
-        raise typer.BadParameter("--stage must be vae, mdn or all")
+        raise typer.BadParameter(f"--stage must be one of {', '.join(STAGES)}")
     proj = _open(project)
     overrides: dict[str, Any] = {}
     if steps is not None:

@@ -44,7 +44,10 @@ DEFAULT_SCENE = "default"
 EWC_SAMPLES = 256  # training frames the Fisher information is estimated on
 PRIOR_SAMPLES = 4096  # training frames a scene's latent Gaussian is fitted to
 DRIFT_SAMPLES, DRIFT_BATCH = 2048, 256  # replayed samples per old scene that measure how its errors moved
-STAGES = ("vae", "mdn", "all")
+# what a run fits: the β-VAE, the LSTM-MDN (on the current β-VAE), both, or neither ("calibrate": the
+# current models recalibrated on their scene's cached clips, after score settings changed)
+STAGES = ("vae", "mdn", "all", "calibrate")
+KEEPS_VAE = ("mdn", "calibrate")  # the stages that take the current version's β-VAE as it is
 
 
 # -- extract -------------------------------------------------------------------------------------------
@@ -98,9 +101,9 @@ class TrainResult:
 class Plan:
     """What one train/update run fits, from what, and how."""
 
-    stage: str  # vae, mdn or all
+    stage: str  # one of STAGES
     lineage: dict[str, Any]  # what version.json records: scene(s), parent, strategy...
-    parent: Detector | None = None  # the version it starts from (update, or --stage mdn)
+    parent: Detector | None = None  # the version it starts from (update, or a stage in KEEPS_VAE)
     hooks: Hooks | None = None  # the update strategy's replay, penalty and dreams
     group: Group | None = None  # the processes that fit it together (torchrun), None for this one alone
 
@@ -144,7 +147,7 @@ def _fit_vae_stage(
     project: Project, plan: Plan, footage: Footage, device: torch.device, resume: bool, progress: Progress
 ) -> tuple[BetaVAE, dict[str, float]]:
     cfg, part = project.config, project.partial_dir
-    if plan.stage == "mdn":
+    if plan.stage in KEEPS_VAE:
         if plan.parent is None:
             raise NotTrainedError("no trained VAE to fit the LSTM-MDN on; run 'vidanom train --stage vae' first")
         return plan.parent.vae, {}
@@ -176,6 +179,9 @@ def _fit_mdn_stage(
     cfg, part = project.config, project.partial_dir
     if plan.stage == "vae":
         return None, {}
+    if plan.stage == "calibrate":
+        assert plan.parent is not None
+        return plan.parent.mdn, {}
     parent_mdn = plan.parent.mdn if plan.parent is not None and plan.stage != "mdn" else None
     mdn = parent_mdn or _seeded(lambda: LSTMMDN(cfg.mdn_config()), cfg.train.seed + 1)
     start = load_checkpoint(part / "mdn.pt") if resume and (part / "mdn.pt").exists() else None
@@ -229,8 +235,8 @@ def _sample_inputs(cfg: ProjectConfig, footage: Footage, count: int, device: tor
 def _scene_state(
     project: Project, plan: Plan, vae: BetaVAE, footage: Footage, device: torch.device
 ) -> tuple[Any, dict[str, Any] | None]:
-    """The new version's latent Gaussians of every scene and EWC state (the parent's after --stage mdn)."""
-    if plan.stage == "mdn":
+    """The new version's latent Gaussians of every scene and EWC state (the parent's when the β-VAE is kept)."""
+    if plan.stage in KEEPS_VAE:
         assert plan.parent is not None
         return plan.parent.prior, plan.parent.ewc
     cfg = project.config
@@ -289,7 +295,7 @@ def _publish(
     """Calibrate the fitted models and publish them as the project's new version."""
     cfg, part = project.config, project.partial_dir
     cal = calibrate(vae, mdn, footage, cfg, device, plan.lineage["scene"])
-    if plan.parent is not None and plan.stage != "mdn":  # old scenes keep the statistics they were learned with
+    if plan.parent is not None and plan.stage not in KEEPS_VAE:  # old scenes keep the statistics they were learned with
         cal = _follow_drift(cfg, plan.hooks, vae, cal.merged(plan.parent.calibration, plan.lineage["scenes"]))
     elif plan.parent is not None:
         cal = cal.merged(plan.parent.calibration, plan.lineage["scenes"])
@@ -335,7 +341,9 @@ def train(
     group: Group | None = None,
 ) -> TrainResult:
     """Extract new clips, then fit the β-VAE and/or LSTM-MDN on every cached clip of the scene, calibrate,
-    and publish the model as a new version (stage "mdn": a new LSTM-MDN on the current version's β-VAE).
+    and publish the model as a new version (stage "mdn": a new LSTM-MDN on the current version's β-VAE;
+    "calibrate": the current models, recalibrated with the project's score settings, e.g. a new
+    score.false_alarms; other scenes keep their calibration).
 
     Holds the project's write lock (a second train or update waits 5 s, then raises LockError) and
     stops at the end of an optimiser step on Ctrl-C, with a checkpoint that `resume=True` continues.
@@ -345,23 +353,27 @@ def train(
     if stage not in STAGES:
         raise VidanomError(f"stage must be one of {', '.join(STAGES)}, not '{stage}'")
     with distributed.joined(group, device or torch.device("cpu")) as device, _writing(project, "train", group):
+        parent = _kept_parent(project, stage, scene) if stage in KEEPS_VAE else None
         if paths:
             frames = distributed.on_main(group, lambda: _extract_frames(project, paths, scene, progress))
             project.config = replace(project.config, frames=frames)  # where the first clip set the frame size
         metas = _training_clips(project, scene)
-        plan = Plan(
-            stage,
-            {"scene": scene, "scenes": [scene], "parent": project.current_version(), "strategy": "train"},
-            group=group,
+        lineage = {"scene": scene, "scenes": [scene], "parent": project.current_version(), "strategy": "train"}
+        if parent is not None:
+            scenes = parent.info.get("scenes", [scene])
+            lineage.update(scenes=scenes, vae_from=lineage["parent"], psnr=parent.info.get("psnr"))
+        return fit_and_publish(project, metas, Plan(stage, lineage, parent, group=group), device, resume, progress)
+
+
+def _kept_parent(project: Project, stage: str, scene: str) -> Detector:
+    """The current version, whose β-VAE (and LSTM-MDN, to calibrate) the run keeps; it must know the scene."""
+    parent = Detector.load(project)
+    scenes = parent.info.get("scenes", [scene])
+    if stage == "calibrate" and scene not in scenes:
+        raise VidanomError(
+            f"the model has not learned scene '{scene}' (it knows {', '.join(scenes)}); 'vidanom update' learns one"
         )
-        if stage == "mdn":
-            plan.parent = Detector.load(project)
-            plan.lineage.update(
-                scenes=plan.parent.info.get("scenes", [scene]),
-                vae_from=plan.lineage["parent"],
-                psnr=plan.parent.info.get("psnr"),
-            )
-        return fit_and_publish(project, metas, plan, device, resume, progress)
+    return parent
 
 
 def _extract_frames(project: Project, paths: list[Path], scene: str, progress: Progress) -> Any:
