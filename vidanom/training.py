@@ -31,7 +31,7 @@ from .config import ProjectConfig
 from .data import Split, Timing, gather
 from .detector import Detector
 from .distributed import Group
-from .errors import NotTrainedError, VidanomError
+from .errors import VidanomError
 from .fitting import Progress, encode, fit_mdn, fit_vae, load_checkpoint, no_progress
 from .inference import for_inference
 from .mdn import LSTMMDN
@@ -147,9 +147,8 @@ def _fit_vae_stage(
     project: Project, plan: Plan, footage: Footage, device: torch.device, resume: bool, progress: Progress
 ) -> tuple[BetaVAE, dict[str, float]]:
     cfg, part = project.config, project.partial_dir
-    if plan.stage in KEEPS_VAE:
-        if plan.parent is None:
-            raise NotTrainedError("no trained VAE to fit the LSTM-MDN on; run 'vidanom train --stage vae' first")
+    if plan.stage in KEEPS_VAE:  # train() loaded it, or said there was none
+        assert plan.parent is not None
         return plan.parent.vae, {}
     start = load_checkpoint(part / "vae.pt") if resume and (part / "vae.pt").exists() else None
     ckpt = part / "vae.pt" if distributed.is_main(plan.group) else None  # the other ranks only read it
