@@ -369,8 +369,9 @@ def trust_warnings(seconds: float, held: int, rate: float, target: float) -> lis
             f"only {seconds:.0f} s of normal footage: too little to promise "
             f"a false-alarm rate; train on a few minutes or more"
         )
-    sure = 1.0 - (1.0 - target) ** held  # that the largest held-out score lies above the target quantile
-    if confident_rank(held, target) == 0 and sure < CONFIDENCE:
+    # that the largest held-out score lies above the target quantile; below CONFIDENCE, confident_rank is 0
+    sure = 1.0 - (1.0 - target) ** held
+    if sure < CONFIDENCE:
         warnings.append(
             f"the threshold is the highest of only {held} held-out normal frames: {100 * sure:.0f}% sure, "
             f"not {100 * CONFIDENCE:.0f}%, to flag at most {100 * target:g}% of new normal frames; "

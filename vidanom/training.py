@@ -367,10 +367,10 @@ def train(
 def _kept_parent(project: Project, stage: str, scene: str) -> Detector:
     """The current version, whose β-VAE (and LSTM-MDN, to calibrate) the run keeps; it must know the scene."""
     parent = Detector.load(project)
-    scenes = parent.info.get("scenes", [scene])
-    if stage == "calibrate" and scene not in scenes:
+    known = parent.calibration.scenes  # the scenes a calibration can be replaced for
+    if stage == "calibrate" and scene not in known:
         raise VidanomError(
-            f"the model has not learned scene '{scene}' (it knows {', '.join(scenes)}); 'vidanom update' learns one"
+            f"the model has not learned scene '{scene}' (it knows {', '.join(known)}); 'vidanom update' learns one"
         )
     return parent
 
