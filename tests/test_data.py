@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from vidanom.data import MotionPlane, Split, gather, motion_scale, sample_batch, spread, to_input, window_starts
+from vidanom.data import SPEED_FLOOR, MotionPlane, Split, gather, motion_scale, sample_batch, spread, to_input, window_starts
 
 
 @pytest.fixture(scope="module")
@@ -127,3 +127,23 @@ def test_the_magnitude_plane_is_the_local_mean_absolute_difference_times_the_gai
     assert plane.range == (0.0, 8.0) and MotionPlane(gain=2.0).range == (-2.0, 2.0)
     # training draws the same planes as scoring computes
     torch.testing.assert_close(gather(frames, np.array([0, 5, 11]), plane), x[[0, 5, 11]])
+
+
+@pytest.mark.parametrize("step", [2, 8])
+def test_the_speed_plane_is_the_shift_in_pixels_whatever_the_contrast(step):
+    # a horizontal ramp of `step` grey levels a column, shifted one column a frame: its difference and its
+    # gradient are both the slope, so away from the border the speed is gain / (1 + floor / slope), where the
+    # magnitude is gain · slope: four times the contrast, four times the magnitude, nearly the same speed
+    ramp = 40 + step * np.arange(20)
+    clip = np.stack([np.tile(ramp - step * t, (12, 1)) for t in range(3)])[..., None].astype(np.uint8)
+    frames, slope = torch.from_numpy(clip), step / 255
+    speed = to_input(frames, MotionPlane(lag=1, kind="speed", gain=2.0, blur=3))[1:, 1, 2:-2, 2:-3]
+    magnitude = to_input(frames, MotionPlane(lag=1, kind="magnitude", gain=2.0, blur=3))[1:, 1, 2:-2, 2:-3]
+    np.testing.assert_allclose(speed.numpy(), 2.0 / (1 + SPEED_FLOOR / slope), rtol=1e-5)
+    np.testing.assert_allclose(magnitude.numpy(), 2.0 * slope, rtol=1e-5)
+    # a frozen frame has no speed; speed is capped at the gain (the plane's range), as a sharp jump over flat ground
+    assert to_input(frames[[0, 0]], MotionPlane(lag=1, kind="speed", gain=2.0, blur=3))[:, 1].abs().max() == 0
+    jump = torch.zeros(2, 8, 8, 1, dtype=torch.uint8)
+    jump[1, 2:6, 2:6] = 255
+    plane = MotionPlane(lag=1, kind="speed", gain=2.0, blur=1)
+    assert to_input(jump, plane)[1, 1].max() == plane.range[1] == 2.0

@@ -19,7 +19,10 @@ import torch
 import torch.nn.functional as F
 
 MIN_MOTION_SCALE = 1 / 8  # the most a difference over a long gap is scaled down
-MOTION_KINDS = ("magnitude", "difference")
+MOTION_KINDS = ("magnitude", "difference", "speed")
+# "speed" divides by the local contrast plus this: a flat region's flicker (compression noise, light) must not
+# read as speed
+SPEED_FLOOR = 0.002
 
 
 @dataclass(frozen=True)
@@ -33,6 +36,10 @@ class MotionPlane:
     and how fast things move, which it learns (86% of its variance), and a frozen picture or a
     fast-forward then breaks what the model expects of a scene's motion.
     "difference": the signed difference, times gain (blur unused).
+    "speed": the magnitude over the local contrast (the mean gradient magnitude over the same
+    pixels, of the sharper of the two frames), at most 1, times gain. A moving edge's difference
+    grows with its speed and with its contrast alike; divided by the contrast it is about the speed
+    in pixels per frame, and a dark coat, a crowd or a shadow no longer looks fast.
     """
 
     lag: int = 1  # 0: no motion plane
@@ -43,14 +50,30 @@ class MotionPlane:
     @property
     def range(self) -> tuple[float, float]:
         """The values the plane can take."""
-        return (0.0, self.gain) if self.kind == "magnitude" else (-self.gain, self.gain)
+        return (-self.gain, self.gain) if self.kind == "difference" else (0.0, self.gain)
 
-    def __call__(self, diff: torch.Tensor) -> torch.Tensor:
-        """(n, C, H, W) differences of frames in [0, 1] → the motion plane."""
-        if self.kind == "magnitude":
-            k = self.blur
-            diff = F.avg_pool2d(diff.abs(), k, 1, k // 2, count_include_pad=False) if k > 1 else diff.abs()
+    def __call__(self, cur: torch.Tensor, prev: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
+        """cur, prev: (n, C, H, W) frames in [0, 1], `lag` frames apart; scale: (n,) factors for the
+        differences (motion_scale) or None → (n, C, H, W) the motion plane."""
+        diff = cur - prev
+        if scale is not None:
+            diff.mul_(scale[:, None, None, None])
+        if self.kind != "difference":
+            diff = _box(diff.abs_(), self.blur)
+        if self.kind == "speed":
+            contrast = _box(torch.maximum(gradient(cur), gradient(prev)), self.blur)
+            diff = diff.div_(contrast.add_(SPEED_FLOOR)).clamp_max_(1.0)
         return diff.mul_(self.gain) if self.gain != 1 else diff
+
+
+def _box(x: torch.Tensor, k: int) -> torch.Tensor:
+    """(n, C, H, W) → the mean over k × k pixels around each pixel (fewer at the border)."""
+    return F.avg_pool2d(x, k, 1, k // 2, count_include_pad=False) if k > 1 else x
+
+
+def gradient(x: torch.Tensor) -> torch.Tensor:
+    """(n, C, H, W) → (n, C, H, W) |x's difference to the next column| + |to the next row| (0 past the edge)."""
+    return F.pad((x[..., :, 1:] - x[..., :, :-1]).abs(), (0, 1)) + F.pad((x[..., 1:, :] - x[..., :-1, :]).abs(), (0, 0, 0, 1))
 
 
 def as_plane(motion: MotionPlane | int) -> MotionPlane:
@@ -73,14 +96,9 @@ def motion_scale(gaps: torch.Tensor | np.ndarray, ref_dt: float) -> torch.Tensor
     return ratio.clamp(MIN_MOTION_SCALE, 1.0).float()
 
 
-def _scaled(
-    diff: torch.Tensor, gaps: torch.Tensor | np.ndarray | None, ref_dt: float | None, plane: MotionPlane
-) -> torch.Tensor:
-    """(n, C, H, W) differences → the motion plane, scaled per frame by motion_scale where gaps and
-    ref_dt are given."""
-    if gaps is not None and ref_dt is not None:
-        diff = diff.mul_(motion_scale(gaps, ref_dt)[:, None, None, None])
-    return plane(diff)
+def _scale(gaps: torch.Tensor | np.ndarray | None, ref_dt: float | None) -> torch.Tensor | None:
+    """motion_scale(gaps, ref_dt), or None unless both are given."""
+    return motion_scale(gaps, ref_dt) if gaps is not None and ref_dt is not None else None
 
 
 def to_input(
@@ -108,7 +126,7 @@ def to_input(
     else:
         past = context.permute(0, 3, 1, 2).float().div_(255.0)
     prev = torch.cat([past, x], 0)[: x.shape[0]]
-    return torch.cat([x, _scaled(x - prev, gaps, ref_dt, plane)], 1)
+    return torch.cat([x, plane(x, prev, _scale(gaps, ref_dt))], 1)
 
 
 def gather(
@@ -128,7 +146,7 @@ def gather(
     if plane.lag == 0:
         return x
     prev = torch.from_numpy(np.array(frames[np.maximum(idx - plane.lag, 0)])).permute(0, 3, 1, 2).float().div_(255.0)
-    return torch.cat([x, _scaled(x - prev, gaps, ref_dt, plane)], 1)
+    return torch.cat([x, plane(x, prev, _scale(gaps, ref_dt))], 1)
 
 
 @dataclass(frozen=True)
