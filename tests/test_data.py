@@ -6,7 +6,17 @@ import numpy as np
 import pytest
 import torch
 
-from vidanom.data import SPEED_FLOOR, MotionPlane, Split, gather, motion_scale, sample_batch, spread, to_input, window_starts
+from vidanom.data import (
+    SPEED_FLOOR,
+    MotionPlane,
+    Split,
+    gather,
+    motion_scale,
+    sample_batch,
+    spread,
+    to_input,
+    window_starts,
+)
 
 
 @pytest.fixture(scope="module")

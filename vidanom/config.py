@@ -27,7 +27,8 @@ class FrameConfig:
     channels: int = 1  # 1 = gray, 3 = RGB
     stride: int = 1  # keep every stride-th decoded frame
     motion_lag: int = 1  # the model also sees the motion between frame[t] and frame[t - lag]; 0 = appearance only
-    motion: str = "magnitude"  # the motion plane: "magnitude" (local mean |difference|) or "difference" (signed)
+    # the motion plane: "magnitude" (local mean |difference|), "difference" (signed) or "speed" (see MotionPlane)
+    motion: str = "magnitude"
     motion_gain: float = 8.0  # the motion plane is multiplied by this (differences are small beside the frame)
     motion_blur: int = 5  # "magnitude" is averaged over this many pixels square (odd)
     decode_timeout: float = 60.0  # seconds of decoding (or of a blocked read) without a new frame: give up

@@ -73,7 +73,9 @@ def _box(x: torch.Tensor, k: int) -> torch.Tensor:
 
 def gradient(x: torch.Tensor) -> torch.Tensor:
     """(n, C, H, W) → (n, C, H, W) |x's difference to the next column| + |to the next row| (0 past the edge)."""
-    return F.pad((x[..., :, 1:] - x[..., :, :-1]).abs(), (0, 1)) + F.pad((x[..., 1:, :] - x[..., :-1, :]).abs(), (0, 0, 0, 1))
+    across = F.pad((x[..., :, 1:] - x[..., :, :-1]).abs(), (0, 1))
+    down = F.pad((x[..., 1:, :] - x[..., :-1, :]).abs(), (0, 0, 0, 1))
+    return across + down
 
 
 def as_plane(motion: MotionPlane | int) -> MotionPlane:
