@@ -30,7 +30,7 @@ class FrameConfig:
     # the motion plane: "magnitude" (local mean |difference|), "difference" (signed) or "speed" (see MotionPlane)
     motion: str = "magnitude"
     motion_gain: float = 8.0  # the motion plane is multiplied by this (differences are small beside the frame)
-    motion_blur: int = 5  # "magnitude" is averaged over this many pixels square (odd)
+    motion_blur: int = 5  # "magnitude" and "speed" are averaged over this many pixels square (odd)
     decode_timeout: float = 60.0  # seconds of decoding (or of a blocked read) without a new frame: give up
 
     def resolved(self, source_width: int, source_height: int) -> FrameConfig:

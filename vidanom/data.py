@@ -39,7 +39,7 @@ class MotionPlane:
     "speed": the magnitude over the local contrast (the mean gradient magnitude over the same
     pixels, of the sharper of the two frames), at most 1, times gain. A moving edge's difference
     grows with its speed and with its contrast alike; divided by the contrast it is about the speed
-    in pixels per frame, and a dark coat, a crowd or a shadow no longer looks fast.
+    in pixels per frame, and a dark coat no longer looks faster than a light one.
     """
 
     lag: int = 1  # 0: no motion plane
