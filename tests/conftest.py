@@ -1,4 +1,5 @@
-"""Shared fixtures: tiny synthetic videos written with PyAV, a folder of PNG frames, and tiny projects.
+"""Shared fixtures: tiny synthetic videos written with PyAV, a folder of PNG frames, tiny projects, and a
+real RTSP server on loopback (skipped, with the reason, where GStreamer's is not installed).
 
 Everything here is small on purpose (64x48 clips of 48 frames, 32x32 gray models, eight optimiser steps), so the
 whole suite runs in well under a minute on two shared cores. No real dataset is ever read.
@@ -7,7 +8,12 @@ whole suite runs in well under a minute on two shared cores. No real dataset is 
 from __future__ import annotations
 
 import json
+import os
+import select
 import shutil
+import subprocess
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -225,3 +231,90 @@ def scored_template(tmp_path_factory: pytest.TempPathFactory, trained_project_te
 def scored(tmp_path: Path, scored_template: Path) -> Path:
     """A private copy of the scored project, free to write to."""
     return private_copy(scored_template, tmp_path / "scored")
+
+
+# -- a real RTSP server (GStreamer's gst-rtsp-server, run by the system Python) -----------------------
+
+SYSTEM_PYTHON = "/usr/bin/python3"
+RTSP_SERVER = Path(__file__).with_name("rtsp_server.py")
+RTSP_INSTALL = (
+    "apt-get install gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good "
+    "gstreamer1.0-plugins-bad python3-gi"
+)
+
+
+def _server_env() -> dict[str, str]:
+    """The environment for the system Python: without this interpreter's paths."""
+    return {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
+
+
+def next_line(proc: subprocess.Popen, pipe, timeout: float) -> str:
+    """The next line of a child's pipe, within timeout seconds, while it runs."""
+    deadline = time.monotonic() + timeout
+    while not select.select([pipe], [], [], 0.1)[0]:
+        assert time.monotonic() < deadline, "timed out waiting for a line"
+        assert proc.poll() is None, f"exited {proc.returncode}: {proc.stderr.read() if proc.stderr else ''}"
+    return pipe.readline()
+
+
+@pytest.fixture(scope="session")
+def gstreamer() -> None:
+    """Skip where GStreamer's RTSP server cannot run."""
+    if not Path(SYSTEM_PYTHON).exists():
+        pytest.skip(f"no {SYSTEM_PYTHON} to run GStreamer's RTSP server ({RTSP_INSTALL})")
+    probe = subprocess.run(
+        [SYSTEM_PYTHON, str(RTSP_SERVER), "--check"], capture_output=True, text=True, timeout=60, env=_server_env()
+    )
+    if probe.returncode != 0:
+        why = (probe.stderr.strip().splitlines() or ["?"])[-1]
+        pytest.skip(f"{why}; to run the RTSP tests: {RTSP_INSTALL}")
+
+
+class RtspServer:
+    """gst-rtsp-server serving one clip at rtsp://127.0.0.1:PORT/cam, in a child process. The port is
+    free one at the first start, and the same one at every later start."""
+
+    def __init__(self, clip: Path, udp_only: bool = False) -> None:
+        self.clip, self.udp_only, self.port = clip, udp_only, 0
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"rtsp://127.0.0.1:{self.port}/cam"
+
+    def start(self) -> None:
+        args = [SYSTEM_PYTHON, str(RTSP_SERVER), str(self.clip), "--port", str(self.port)]
+        self.proc = subprocess.Popen(
+            args + (["--udp-only"] if self.udp_only else []),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=_server_env(),
+        )
+        line = next_line(self.proc, self.proc.stdout, 30)
+        assert line.startswith("ready "), line
+        self.port = int(line.split()[1])
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+        if self.proc is not None:
+            self.proc.wait(timeout=10)
+            self.proc.stdout.close()
+            self.proc.stderr.close()
+
+
+@pytest.fixture
+def rtsp(gstreamer) -> Iterator[Callable[..., RtspServer]]:
+    """rtsp(clip, udp_only=False) → a started server; every one is killed at the end of the test."""
+    servers: list[RtspServer] = []
+
+    def start(clip: Path, udp_only: bool = False) -> RtspServer:
+        server = RtspServer(clip, udp_only)
+        servers.append(server)
+        server.start()
+        return server
+
+    yield start
+    for server in servers:
+        server.kill()

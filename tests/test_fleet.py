@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import Clips, invoke, private_copy
+from conftest import Clips, anomalous_frames, invoke, private_copy, write_video
 
 from vidanom.config import ProjectConfig
 from vidanom.errors import VidanomError
@@ -262,6 +262,21 @@ def test_fleet_watch_reports_every_cameras_events_with_its_name(ray_session, sit
         assert mine == [tuple(e[k] for k in keys) for e in expected]
     assert "camera gate: ended: 48 frames scored" in res.stderr
     assert not any(any((site / "projects" / c / "scores").iterdir()) for c in ("gate", "door"))  # nothing written
+
+
+def test_fleet_watch_reads_a_cameras_rtsp_stream(ray_session, rtsp, site: Path, tmp_path: Path):
+    clip = write_video(tmp_path / "anom_h264.mp4", anomalous_frames(), codec="libx264")
+    server = rtsp(clip)
+    write(site / "fleet.toml", f'[cameras.gate]\nproject = "projects/gate"\nlive = "{server.url}"\n')
+    res = invoke("fleet", "watch", site / "fleet.toml", "--no-reconnect", "--max-latency", "30")
+    assert res.exit_code == 0, res.output
+    lines = [json.loads(line) for line in res.stdout.splitlines()]
+    expected: list[dict] = []
+    watch(Project.open(site / "projects" / "gate"), str(clip), WatchOptions(), on_event=expected.append)
+    assert expected and all(e["camera"] == "gate" and e["source"] == server.url for e in lines)
+    keys = ("start_frame", "end_frame", "peak_frame")
+    assert [tuple(e[k] for k in keys) for e in lines] == [tuple(e[k] for k in keys) for e in expected]
+    assert "camera gate: ended: 48 frames scored, 0 dropped" in res.stderr
 
 
 def test_a_camera_whose_actor_died_is_watched_again(ray_session, site: Path, clips: Clips):

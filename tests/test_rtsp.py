@@ -11,20 +11,19 @@ from __future__ import annotations
 
 import json
 import os
-import select
 import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import anomalous_frames, invoke, write_video
+from conftest import anomalous_frames, invoke, next_line, write_video
 
 from vidanom import results
 from vidanom.config import CONFIG_NAME
@@ -34,81 +33,7 @@ from vidanom.watch import Backoff, Watcher, WatchOptions, watch
 
 CPU = torch.device("cpu")
 REPO = Path(__file__).resolve().parents[1]
-SYSTEM_PYTHON = "/usr/bin/python3"
-SERVER = Path(__file__).with_name("rtsp_server.py")
 KEYS = ("start_frame", "end_frame", "peak_frame")
-INSTALL = (
-    "apt-get install gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good "
-    "gstreamer1.0-plugins-bad python3-gi"
-)
-
-
-def _server_env() -> dict[str, str]:
-    """The environment for the system Python: without this interpreter's paths."""
-    return {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
-
-
-@pytest.fixture(scope="session")
-def gstreamer() -> None:
-    """Skip where GStreamer's RTSP server cannot run."""
-    if not Path(SYSTEM_PYTHON).exists():
-        pytest.skip(f"no {SYSTEM_PYTHON} to run GStreamer's RTSP server ({INSTALL})")
-    probe = subprocess.run(
-        [SYSTEM_PYTHON, str(SERVER), "--check"], capture_output=True, text=True, timeout=60, env=_server_env()
-    )
-    if probe.returncode != 0:
-        why = (probe.stderr.strip().splitlines() or ["?"])[-1]
-        pytest.skip(f"{why}; to run the RTSP tests: {INSTALL}")
-
-
-class RtspServer:
-    """gst-rtsp-server serving one clip at rtsp://127.0.0.1:PORT/cam, in a child process. The port is
-    free one at the first start, and the same one at every later start."""
-
-    def __init__(self, clip: Path, udp_only: bool = False) -> None:
-        self.clip, self.udp_only, self.port = clip, udp_only, 0
-        self.proc: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"rtsp://127.0.0.1:{self.port}/cam"
-
-    def start(self) -> None:
-        args = [SYSTEM_PYTHON, str(SERVER), str(self.clip), "--port", str(self.port)]
-        self.proc = subprocess.Popen(
-            args + (["--udp-only"] if self.udp_only else []),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=_server_env(),
-        )
-        line = _line(self.proc, self.proc.stdout, 30)
-        assert line.startswith("ready "), line
-        self.port = int(line.split()[1])
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-        if self.proc is not None:
-            self.proc.wait(timeout=10)
-            self.proc.stdout.close()
-            self.proc.stderr.close()
-
-
-@pytest.fixture
-def rtsp(gstreamer) -> Iterator[Callable[..., RtspServer]]:
-    """rtsp(clip, udp_only=False) → a started server; every one is killed at the end of the test."""
-    servers: list[RtspServer] = []
-
-    def start(clip: Path, udp_only: bool = False) -> RtspServer:
-        server = RtspServer(clip, udp_only)
-        servers.append(server)
-        server.start()
-        return server
-
-    yield start
-    for server in servers:
-        server.kill()
 
 
 @pytest.fixture(scope="module")
@@ -137,15 +62,6 @@ def segments(project: Project, h264: Path) -> list[dict]:
     (result,) = results.score(project, h264, CPU)
     assert result.segments, "the clip should have an anomalous segment"
     return result.segments
-
-
-def _line(proc: subprocess.Popen, pipe, timeout: float) -> str:
-    """The next line of a child's pipe, within timeout seconds, while it runs."""
-    deadline = time.monotonic() + timeout
-    while not select.select([pipe], [], [], 0.1)[0]:
-        assert time.monotonic() < deadline, "timed out waiting for a line"
-        assert proc.poll() is None, f"exited {proc.returncode}: {proc.stderr.read() if proc.stderr else ''}"
-    return pipe.readline()
 
 
 def _wait_for(done: Callable[[], bool], timeout: float, what: str) -> None:
@@ -259,14 +175,14 @@ def test_cli_prints_the_gap_and_ctrl_c_ends_it_while_reconnecting(rtsp, project,
         env=env,
     )
     try:
-        assert _line(proc, proc.stderr, 60).startswith("watching ")
-        lines = [json.loads(_line(proc, proc.stdout, 30)) for _ in range(2)]  # the event, then the gap
+        assert next_line(proc, proc.stderr, 60).startswith("watching ")
+        lines = [json.loads(next_line(proc, proc.stdout, 30)) for _ in range(2)]  # the event, then the gap
         assert "event" in lines[0] and "gap" in lines[1], lines
         assert lines[1]["reason"] == "the stream ended" and lines[1]["to_frame"] > lines[0]["end_frame"]
-        assert _line(proc, proc.stderr, 10).startswith("stream lost (the stream ended); reconnecting")
-        assert _line(proc, proc.stderr, 10).startswith("stream back after ")
+        assert next_line(proc, proc.stderr, 10).startswith("stream lost (the stream ended); reconnecting")
+        assert next_line(proc, proc.stderr, 10).startswith("stream back after ")
         server.kill()
-        assert _line(proc, proc.stderr, 30).startswith("stream lost (")  # the second pass broke off
+        assert next_line(proc, proc.stderr, 30).startswith("stream lost (")  # the second pass broke off
         time.sleep(0.3)  # waiting to reconnect
         proc.send_signal(signal.SIGINT)
         stdout, stderr = proc.communicate(timeout=30)
