@@ -34,6 +34,7 @@ WIDTH, HEIGHT, FPS = 64, 48, 25
 N_FRAMES = 48
 NORMAL_FRAMES = 96  # the normal clips: 8 s of footage to learn from, hold out and calibrate on
 ANOMALY = (24, 40)  # frames [24, 40) of the anomalous clip show a large, fast square
+EVENT_KEYS = ("start_frame", "end_frame", "peak_frame")  # where an event or segment lies, in frames
 
 
 def background(h: int = HEIGHT, w: int = WIDTH) -> np.ndarray:

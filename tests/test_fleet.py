@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import Clips, anomalous_frames, invoke, private_copy, write_video
+from conftest import EVENT_KEYS, Clips, anomalous_frames, invoke, private_copy, write_video
 
 from vidanom.config import ProjectConfig
 from vidanom.errors import VidanomError
@@ -256,10 +256,9 @@ def test_fleet_watch_reports_every_cameras_events_with_its_name(ray_session, sit
     expected = []
     watch(Project.open(site / "projects" / "gate"), str(clips.anomalous), WatchOptions(), on_event=expected.append)
     assert expected
-    keys = ("start_frame", "end_frame", "peak_frame")
     for camera in ("gate", "door"):
-        mine = [tuple(e[k] for k in keys) for e in lines if e["camera"] == camera]
-        assert mine == [tuple(e[k] for k in keys) for e in expected]
+        mine = [tuple(e[k] for k in EVENT_KEYS) for e in lines if e["camera"] == camera]
+        assert mine == [tuple(e[k] for k in EVENT_KEYS) for e in expected]
     assert "camera gate: ended: 48 frames scored" in res.stderr
     assert not any(any((site / "projects" / c / "scores").iterdir()) for c in ("gate", "door"))  # nothing written
 
@@ -274,8 +273,7 @@ def test_fleet_watch_reads_a_cameras_rtsp_stream(ray_session, rtsp, site: Path, 
     expected: list[dict] = []
     watch(Project.open(site / "projects" / "gate"), str(clip), WatchOptions(), on_event=expected.append)
     assert expected and all(e["camera"] == "gate" and e["source"] == server.url for e in lines)
-    keys = ("start_frame", "end_frame", "peak_frame")
-    assert [tuple(e[k] for k in keys) for e in lines] == [tuple(e[k] for k in keys) for e in expected]
+    assert [tuple(e[k] for k in EVENT_KEYS) for e in lines] == [tuple(e[k] for k in EVENT_KEYS) for e in expected]
     assert "camera gate: ended: 48 frames scored, 0 dropped" in res.stderr
 
 

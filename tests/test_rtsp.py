@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import anomalous_frames, invoke, next_line, write_video
+from conftest import EVENT_KEYS, anomalous_frames, invoke, next_line, write_video
 
 from vidanom import results
 from vidanom.config import CONFIG_NAME
@@ -33,7 +33,6 @@ from vidanom.watch import Backoff, Watcher, WatchOptions, watch
 
 CPU = torch.device("cpu")
 REPO = Path(__file__).resolve().parents[1]
-KEYS = ("start_frame", "end_frame", "peak_frame")
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +72,8 @@ def _wait_for(done: Callable[[], bool], timeout: float, what: str) -> None:
 
 def assert_found(events: list[dict], segs: list[dict], first_frame: int = 0, first_time: float = 0.0) -> None:
     """The events are the segments, counted from first_frame and first_time (after a reconnect)."""
-    assert [tuple(e[k] - first_frame for k in KEYS) for e in events] == [tuple(s[k] for k in KEYS) for s in segs]
+    found = [tuple(e[k] - first_frame for k in EVENT_KEYS) for e in events]
+    assert found == [tuple(s[k] for k in EVENT_KEYS) for s in segs]
     for e, s in zip(events, segs):  # the same frames, scored alike (from the clip's start: afresh)
         assert e["peak_score"] == pytest.approx(s["peak_score"], rel=1e-4, abs=1e-4)
         # within a frame: FFmpeg gives the first frame over RTSP no timestamp, so it is timed by its arrival

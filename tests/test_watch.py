@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import anomalous_frames, invoke, write_video
+from conftest import EVENT_KEYS, anomalous_frames, invoke, write_video
 
 from vidanom import results
 from vidanom.project import Project
@@ -27,7 +27,6 @@ from vidanom.watch import EventTracker, Watcher, WatchOptions, watch
 
 CPU = torch.device("cpu")
 REPO = Path(__file__).resolve().parents[1]
-KEYS = ("start_frame", "end_frame", "peak_frame")
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +43,7 @@ def scored_segments(project: Project, video: Path) -> list[dict]:
 
 def assert_same_events(events: list[dict], segs: list[dict]) -> None:
     assert segs, "the clip should have an anomalous segment"
-    assert [tuple(e[k] for k in KEYS) for e in events] == [tuple(s[k] for k in KEYS) for s in segs]
+    assert [tuple(e[k] for k in EVENT_KEYS) for e in events] == [tuple(s[k] for k in EVENT_KEYS) for s in segs]
     for e, s in zip(events, segs):
         assert e["peak_score"] == pytest.approx(s["peak_score"], rel=1e-5, abs=1e-5)
         assert (e["start_time"], e["end_time"]) == (s["start_time"], s["end_time"])
@@ -190,7 +189,7 @@ def test_an_http_stream_that_ends_is_opened_again_until_stopped(project, clips):
     assert gap["from_frame"] == clips.n_frames - 1 and gap["to_frame"] > gap["from_frame"]
     assert gap["to_time"] > gap["from_time"]
     first, again = events[0], events[1]
-    assert [again[k] - gap["to_frame"] for k in KEYS] == [first[k] for k in KEYS]
+    assert [again[k] - gap["to_frame"] for k in EVENT_KEYS] == [first[k] for k in EVENT_KEYS]
     assert again["peak_score"] == pytest.approx(first["peak_score"], rel=1e-5)
     assert again["start_time"] - gap["to_time"] == pytest.approx(first["start_time"], abs=1e-3)
 
