@@ -112,8 +112,15 @@ def made_set(folder: Path, name: str, make: Callable[[], list[tuple[made.MadeCli
         entries = []
         for i, (clip, fps) in enumerate(make()):
             path = write_frames(folder / name / f"{i:02d}-{clip.kind}.mp4", clip.frames, fps)
-            entries.append({"kind": clip.kind, "clip": path.name, "labels": np.flatnonzero(clip.labels).tolist(),
-                            "frames": len(clip.frames), "boxes": clip.boxes.tolist()})
+            entries.append(
+                {
+                    "kind": clip.kind,
+                    "clip": path.name,
+                    "labels": np.flatnonzero(clip.labels).tolist(),
+                    "frames": len(clip.frames),
+                    "boxes": clip.boxes.tolist(),
+                }
+            )
         index.write_text(json.dumps(entries))
     out: dict[str, list[tuple[Path, np.ndarray]]] = {}
     for e in json.loads(index.read_text()):
@@ -133,7 +140,9 @@ def ped1_made(data: Path, folder: Path) -> MadeSet:
         for i, path in enumerate(clips):
             frames, fps = read_frames(path)
             out += [(m, fps) for m in local_anomalies(frames, fps, donor, [round(4 * fps)])]
-            out.append((made.freeze(frames, (len(frames) - round(WHOLE_SECONDS * fps)) // 2, round(WHOLE_SECONDS * fps)), fps))
+            out.append(
+                (made.freeze(frames, (len(frames) - round(WHOLE_SECONDS * fps)) // 2, round(WHOLE_SECONDS * fps)), fps)
+            )
             if i % 2 == 0:  # two clips joined, as one Ped1 clip is only 20 s: the join falls inside the stretch
                 joined = np.concatenate([frames, read_frames(clips[i + 1])[0]])
                 out.append((made.fast(joined, round(3 * fps), round(WHOLE_SECONDS * fps)), fps))
@@ -249,7 +258,10 @@ def run_ped1(args: argparse.Namespace, work: Path, cfg: ProjectConfig) -> Result
     project = train(work / "ped1", cfg, [args.data / "ucsd_ped1" / "train"], result)
     test = args.data / "ucsd_ped1" / "test"
     labels = results.read_labels(args.data / "ucsd_ped1" / "labels.json")
-    parts = {"Ped1 test 001-018": TUNE, **({"Ped1 test 019-036": KEPT, "Ped1 test all": range(1, 37)} if args.confirm else {})}
+    parts = {
+        "Ped1 test 001-018": TUNE,
+        **({"Ped1 test 019-036": KEPT, "Ped1 test all": range(1, 37)} if args.confirm else {}),
+    }
     wanted = sorted({f"Test{i:03d}.mp4" for r in parts.values() for i in r})
     scored = score(project, [test / n for n in wanted], result)
     for name, numbers in parts.items():

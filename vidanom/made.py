@@ -136,7 +136,9 @@ def _made(kind: str, frames: np.ndarray, span: range, boxes: dict[int, tuple[int
     return MadeClip(kind, frames, labels, out)
 
 
-def fast_region(frames: np.ndarray, start: int, length: int, box: tuple[int, int, int, int], speed: int = 3) -> MadeClip:
+def fast_region(
+    frames: np.ndarray, start: int, length: int, box: tuple[int, int, int, int], speed: int = 3
+) -> MadeClip:
     """The box plays `speed` times faster for `length` frames from `start` (it needs start + speed ·
     length frames); the frame after the stretch, where the box jumps back, is labelled too."""
     if start + speed * length > len(frames) or start + length >= len(frames):
@@ -181,9 +183,9 @@ def cut_object(frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if best is None:
         raise ValueError("no moving object to cut: the footage shows no upright moving object")
     _, i, (t, left, b, r) = best
-    alpha = foreground(frames[i : i + 1], bg)[0, t:b, left:r].astype(np.float32)
-    alpha = cv2.GaussianBlur(cv2.morphologyEx(alpha, cv2.MORPH_CLOSE, np.ones((3, 3), np.uint8)), (3, 3), 0)
-    return frames[i, t:b, left:r].copy(), alpha
+    mask = foreground(frames[i : i + 1], bg)[0, t:b, left:r].astype(np.float32)
+    alpha = cv2.GaussianBlur(cv2.morphologyEx(mask, cv2.MORPH_CLOSE, np.ones((3, 3), np.uint8)), (3, 3), 0)
+    return frames[i, t:b, left:r].copy(), alpha.astype(np.float32)
 
 
 def usual_motion(frames: np.ndarray) -> tuple[tuple[float, float], tuple[float, float]]:
@@ -196,10 +198,10 @@ def usual_motion(frames: np.ndarray) -> tuple[tuple[float, float], tuple[float, 
     often = cv2.blur(foreground(frames[idx], background(frames)).mean(0), (frames.shape[2] // 8,) * 2)
     row, col = np.unravel_index(int(np.argmax(often)), often.shape)
     g = (gray(frames) * 255).astype(np.uint8)
-    flow = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_FAST)
+    flow = cv2.DISOpticalFlow.create(cv2.DISOPTICAL_FLOW_PRESET_FAST)
     vectors = []
     for i in np.linspace(1, len(g) - 1, min(len(g) - 1, 16)).round().astype(int):
-        f = flow.calc(g[i - 1], g[i], None)
+        f = np.asarray(flow.calc(g[i - 1], g[i], np.zeros((*g.shape[1:], 2), np.float32)))
         vectors.append(f[np.hypot(f[..., 0], f[..., 1]) > 0.5][:, ::-1])  # (dy, dx) of the moving pixels
     v = np.concatenate(vectors) if vectors else np.zeros((0, 2))
     axis = np.linalg.eigh(v.T @ v)[1][:, -1] if len(v) > 1 else np.array([0.0, 1.0])
@@ -256,7 +258,9 @@ def fast(frames: np.ndarray, start: int, length: int, speed: int = 4) -> MadeCli
     frame), then on at normal speed from where the fast stretch ended."""
     if start + speed * length > len(frames):
         raise ValueError(f"a fast stretch of {length} frames at {speed}x from {start} needs more than {len(frames)}")
-    out = np.concatenate([frames[:start], frames[start : start + speed * length : speed], frames[start + speed * length :]])
+    out = np.concatenate(
+        [frames[:start], frames[start : start + speed * length : speed], frames[start + speed * length :]]
+    )
     full = (0, 0, *frames.shape[1:3])
     return _made("fast", out, range(start, start + length), {i: full for i in range(start, start + length)})
 
