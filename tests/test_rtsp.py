@@ -176,9 +176,12 @@ def test_cli_prints_the_gap_and_ctrl_c_ends_it_while_reconnecting(rtsp, project,
     )
     try:
         assert next_line(proc, proc.stderr, 60).startswith("watching ")
-        lines = [json.loads(next_line(proc, proc.stdout, 30)) for _ in range(2)]  # the event, then the gap
-        assert "event" in lines[0] and "gap" in lines[1], lines
-        assert lines[1]["reason"] == "the stream ended" and lines[1]["to_frame"] > lines[0]["end_frame"]
+        lines = [json.loads(next_line(proc, proc.stdout, 30)) for _ in range(3)]  # the event, the loss, the gap
+        assert [line["kind"] for line in lines] == ["event", "health", "health"], lines
+        assert lines[1]["state"] == "down" and lines[1]["reason"] == "the stream ended"
+        assert lines[1]["from_frame"] == lines[2]["from_frame"] == 47  # the clip's last frame
+        assert lines[2]["state"] == "back" and lines[2]["down_seconds"] == lines[2]["gap"]
+        assert lines[2]["reason"] == "the stream ended" and lines[2]["to_frame"] > lines[0]["end_frame"]
         assert next_line(proc, proc.stderr, 10).startswith("stream lost (the stream ended); reconnecting")
         assert next_line(proc, proc.stderr, 10).startswith("stream back after ")
         server.kill()
