@@ -7,6 +7,7 @@ whole suite runs in well under a minute on two shared cores. No real dataset is 
 
 from __future__ import annotations
 
+import getpass
 import json
 import os
 import select
@@ -345,6 +346,7 @@ class Broker:
         (folder / "mosquitto.conf").write_text(
             f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
             f"persistence_location {folder}/\nautosave_interval 1\nlog_dest none\n"
+            f"user {getpass.getuser()}\n"  # as root it would become the user 'mosquitto', who cannot write the folder
         )
 
     @property

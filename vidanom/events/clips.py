@@ -93,6 +93,7 @@ class Recording:
         self.abandoned = threading.Event()
         self._claim = threading.Lock()  # the outcome is handed on once: by the thread, or by whoever gives up on it
         self.payload: dict[str, Any] | None = None  # the event, for whoever delivers it once the clip is done
+        self.complete = False  # written (or failed), set by whoever delivers it
         self.thread = threading.Thread(target=self._run, name=f"vidanom-clip {path.name}", daemon=True)
         self.thread.start()
 
@@ -114,8 +115,7 @@ class Recording:
             if found is None:
                 raise RuntimeError("no video was buffered for it")
             self._write(*found)
-            if self.snapshot is not None and self.result.clip is not None:
-                self.result.snapshot = self._snap(self.snapshot)
+            self.snap(self.snapshot)
         except ClipAbandoned:
             return
         except Exception as exc:  # noqa: BLE001 - a failed clip (disk full...) must not end the watch
@@ -189,21 +189,24 @@ class Recording:
         end = seg.stream_time(self.end) if self.end is not None else None
         return end is not None and when > end + self.post
 
-    def _snap(self, snap: Snapshot) -> Path | None:
-        """The clip's frame nearest the peak, with the heatmap, as a JPEG beside the clip."""
+    def snap(self, snap: Snapshot | None) -> None:
+        """The clip's frame nearest the peak, with the heatmap, as a JPEG beside the clip (if the clip
+        was written and holds the peak)."""
         from PIL import Image
 
         from ..heatmap import overlay
 
-        assert self.result.start is not None
-        frame = nearest_frame(self.path, snap.time - self.result.start)
+        r = self.result
+        if snap is None or r.clip is None or r.start is None or r.end is None or not r.start <= snap.time < r.end:
+            return
+        frame = nearest_frame(r.clip, snap.time - r.start)
         if frame is None:
-            return None
+            return
         picture = overlay(torch.from_numpy(frame), snap.level, snap.lut).numpy()
-        out = self.path.with_suffix(".jpg")
+        out = r.clip.with_suffix(".jpg")
         with fsutil.atomic_path(out) as tmp:
             Image.fromarray(picture).save(tmp, format="JPEG", quality=SNAPSHOT_QUALITY)
-        return out
+        r.snapshot = out
 
 
 class _Unsupported(Exception):

@@ -173,7 +173,16 @@ class EventOutputs:
             with self._lock:
                 self._ready.append(payload)
             return
-        recording.payload = payload
+        with self._lock:  # a clip cut short by its cap may be complete before its event ends
+            recording.payload = payload
+            done = recording.complete
+        if done:
+            try:
+                recording.snap(snapshot)
+            except Exception as exc:  # noqa: BLE001 - no snapshot, but the event goes on
+                log.warning("snapshot of %s: %s", recording.path.name, exc)
+            self._recorded(recording)
+            return
         recording.finish(payload["end_time"], snapshot)
         self.writing.append(recording)
 
@@ -212,8 +221,11 @@ class EventOutputs:
 
     def _recorded(self, recording: Recording) -> None:
         r: ClipResult = recording.result
-        payload = recording.payload
-        assert payload is not None
+        with self._lock:
+            recording.complete = True
+            payload = recording.payload
+        if payload is None:  # its event goes on: ended() hands it on
+            return
         payload.update(
             clip=str(r.clip) if r.clip else None,
             snapshot=str(r.snapshot) if r.snapshot else None,
