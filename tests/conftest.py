@@ -436,6 +436,7 @@ class Hook:
 
         hook = self
         self.bodies: list[dict] = []
+        self.received: list[float] = []  # time.time() when each body came
         self.requests = 0
         self.release = threading.Event()
 
@@ -449,6 +450,7 @@ class Hook:
                     return
                 if code == 200:
                     hook.bodies.append(body)
+                    hook.received.append(time.time())
                 self.send_response(code)
                 self.send_header("Content-Length", "0")
                 self.end_headers()

@@ -63,7 +63,8 @@ def project(tmp_path_factory, trained_project_template: Path) -> Project:
 
 def run(project: Project, source: Path | str, outputs: OutputOptions, **kwargs) -> tuple[list[dict], object]:
     events: list[dict] = []
-    watcher = Watcher(project, str(source), kwargs.pop("options", WatchOptions()), device=CPU, outputs=outputs, **kwargs)
+    options = kwargs.pop("options", WatchOptions())
+    watcher = Watcher(project, str(source), options, device=CPU, outputs=outputs, **kwargs)
     watcher.on_event = kwargs.get("on_event", events.append)
     return events, watcher.run()
 
