@@ -96,7 +96,9 @@ class Receipts:
         return 0 if time.monotonic() < self.hang_until else 200
 
     def _message(self, client, userdata, msg) -> None:
-        self.mqtt.setdefault(key(json.loads(msg.payload)), time.time())
+        payload = json.loads(msg.payload)
+        if payload.get("kind") == "event":
+            self.mqtt.setdefault(key(payload), time.time())
 
     def collect(self) -> None:
         for body, when in zip(self.hook.bodies, self.hook.received):
@@ -144,9 +146,7 @@ def summarise(name: str, rows: list[list[dict]], receipts: Receipts | None, pre:
     )
     receipts.collect()
     for kind, got in (("webhook", receipts.webhook), ("mqtt", receipts.mqtt)):
-        delays = [
-            got[(e["camera"], e["event"])] - wall(e["end"]) for _, e in events if (e["camera"], e["event"]) in got
-        ]
+        delays = [got[key(e)] - wall(e["end"]) for _, e in events if key(e) in got]
         if delays:
             print(
                 f"    {kind}: {len(delays)} of {len(events)} delivered; event end → received median "

@@ -63,9 +63,9 @@ class MqttNotifier:
         client.max_queued_messages_set(queue)
         client.reconnect_delay_set(1, 30)
         client.on_connect, client.on_disconnect, client.on_publish = self._connected, self._disconnected, self._acked
+        self.client = client  # before its thread starts: its first callback may come at once
         client.connect_async(self.host, self.port, keepalive=KEEPALIVE)
         client.loop_start()  # connects, and reconnects, in paho's thread
-        self.client = client
 
     def _connected(self, client: Any, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
         if reason.is_failure:

@@ -149,6 +149,7 @@ class EventOutputs:
         self.confirmed.add(start)
         if self.ring is None or self.folder is None:
             return
+        self.writing = [r for r in self.writing if r.thread.is_alive()]
         if len(self.recordings) + len(self.writing) >= MAX_RECORDINGS:
             self.skipped += 1
             return
