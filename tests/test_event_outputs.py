@@ -101,6 +101,14 @@ def test_an_events_clip_is_the_sources_packets_from_the_keyframe_before_its_pre_
     assert status.outputs["clips"]["written"] == 3 and status.outputs["clips"]["failed"] == 0
 
 
+def test_every_event_of_a_long_watch_gets_its_clip(project, tmp_path):
+    # more events than clips may be written at once (MAX_RECORDINGS): finished ones no longer count
+    five = encode(tmp_path / "five.mp4", np.concatenate([anomalous_frames()] * 5))
+    events, status = run(project, five, OutputOptions(clips=tmp_path / "clips", pre=0.3, post=0.2))
+    assert len(events) == 5 and all(e["clip"] and Path(e["clip"]).is_file() for e in events)
+    assert status.outputs["clips"]["written"] == 5 and status.outputs["clips"]["skipped"] == 0
+
+
 def test_a_codec_mp4_cannot_hold_is_encoded_again(project, tmp_path):
     raw = encode(tmp_path / "raw.avi", anomalous_frames(), codec="rawvideo")
     events, status = run(project, raw, OutputOptions(clips=tmp_path / "clips", pre=0.3, post=0.2))
