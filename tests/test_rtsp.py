@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -105,11 +106,19 @@ def test_watch_over_rtsp_falls_back_to_udp(rtsp, project, h264, segments):
     with pytest.raises(VideoError, match="cannot open"):  # the user's choice of transport is kept
         watch(project, server.url, WatchOptions(input_options={"rtsp_transport": "tcp"}), device=CPU)
     events: list[dict] = []
+    received: list[float] = []
     status = watch(
-        project, server.url, WatchOptions(max_latency=30.0, reconnect=False), on_event=events.append, device=CPU
+        project,
+        server.url,
+        WatchOptions(max_latency=30.0, reconnect=False),
+        on_event=lambda e: (events.append(e), received.append(time.time())),
+        device=CPU,
     )
     assert status.frames == 48 and status.gaps == 0
     assert_found(events, segments)
+    for e, when in zip(events, received):  # the wall-clock end: when the frame that ended it came, just before
+        end = datetime.fromisoformat(e["end"]).timestamp()
+        assert end <= when < end + 0.5, (e["end"], when)
 
 
 def test_watch_reconnects_when_the_server_restarts(rtsp, project, h264_twice, segments):

@@ -488,7 +488,7 @@ class Watcher:
         self.status = WatchStatus(source, str(detector.version), cal.threshold, camera=camera or camera_name(source))
         self.tracker: EventTracker | None = None
         self.late, self.last, self.started = 0, -1, time.monotonic()
-        self.wall0: float | None = None  # time.time() at the watch's time 0 (the first frame's arrival)
+        self.wall0: float | None = None  # time.time() at the watch's time 0 (see _anchor)
         self.lost_at = 0.0  # time.monotonic() when the stream was last lost
         self._stop = threading.Event()
         self.outputs = self._outputs(outputs, fast, cal) if outputs is not None and outputs.active else None
@@ -587,9 +587,11 @@ class Watcher:
         if self.tracker is None:  # the rate is known once the stream is open
             status.fps = feed.report.fps / self.cfg.frames.stride
             self.tracker = EventTracker(status.threshold, self.cfg.score.min_segment, 1 / status.fps)
-            self.wall0 = time.time() - (time.monotonic() - batch[0].arrived) - batch[0].time
+            self.wall0 = self._anchor(batch[0])
             if self.outputs is not None:
                 self.outputs.online()
+        elif self.live:  # the frame that came soonest after its time places the stream on the clock
+            self.wall0 = min(self.wall0 or math.inf, *(self._anchor(f) for f in batch))
         index, times = np.array([f.index for f in batch]), np.array([f.time for f in batch])
         scores = self.scorer(index, np.stack([f.pixels for f in batch]), times)
         self.last = int(index[-1])
@@ -602,6 +604,13 @@ class Watcher:
         status.frames += len(batch)
         status.score, status.in_event = float(scores[-1]), self.tracker.start is not None
         status.latency = time.monotonic() - batch[0].arrived
+
+    @staticmethod
+    def _anchor(frame: _Frame) -> float:
+        """time.time() at the watch's time 0, were this frame's arrival on time. A live stream's first
+        frames come late (FFmpeg probes the stream first, a second by default): the least of these
+        over the frames is the truest."""
+        return time.time() - (time.monotonic() - frame.arrived) - frame.time
 
     def _lost(self, lost: _Lost) -> None:
         """The stream was lost, or another attempt to reconnect failed."""

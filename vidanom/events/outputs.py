@@ -93,7 +93,8 @@ class EventOutputs:
         self.recordings: dict[int, Recording] = {}  # start frame → its clip, while the event goes on
         self.writing: list[Recording] = []  # clips of ended events still being written
         self.clips, self.clip_errors, self.pruned, self.skipped = 0, 0, 0, 0
-        self._ready: deque[dict[str, Any]] = deque()
+        self._order: deque[dict[str, Any]] = deque()  # the ended events' payloads, in the order they ended
+        self._ready: set[int] = set()  # the ids of those whose clips are done (or that have none)
         self._lock = threading.Lock()
         if self.folder is not None:
             self.pruned += prune(self.folder, options.keep_days, options.keep_bytes)
@@ -170,10 +171,11 @@ class EventOutputs:
         payload.update(clip=None, snapshot=None)
         recording = self.recordings.pop(start, None)
         snapshot = self._snapshot(self.peaks.pop(start, None))
-        if recording is None:
-            with self._lock:
-                self._ready.append(payload)
-            return
+        with self._lock:
+            self._order.append(payload)
+            if recording is None:
+                self._ready.add(id(payload))
+                return
         with self._lock:  # a clip cut short by its cap may be complete before its event ends
             recording.payload = payload
             done = recording.complete
@@ -205,11 +207,14 @@ class EventOutputs:
             self.mqtt.availability(True)
 
     def take_ready(self) -> list[dict[str, Any]]:
-        """The payloads of the events whose clips are done (or that have none), in order."""
+        """The payloads of the events whose clips are done (or that have none), in the order the events
+        ended: one whose clip is still being written holds back those after it."""
+        out = []
         with self._lock:
-            out = list(self._ready)
-            self._ready.clear()
-            return out
+            while self._order and id(self._order[0]) in self._ready:
+                self._ready.discard(id(self._order[0]))
+                out.append(self._order.popleft())
+        return out
 
     def notify(self, payload: dict[str, Any]) -> None:
         self.cooldown(payload)
@@ -243,7 +248,7 @@ class EventOutputs:
             self.clip_errors += r.error is not None
             if self.folder is not None and r.clip is not None:
                 self.pruned += prune(self.folder, self.options.keep_days, self.options.keep_bytes)
-            self._ready.append(payload)
+            self._ready.add(id(payload))
 
     # -- the end ------------------------------------------------------------------------------
 
