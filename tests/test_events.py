@@ -68,6 +68,14 @@ def test_the_ring_keeps_its_seconds_from_a_keyframe(gop_video: Path):
     assert closed and packets[0] is key and packets[-1].t == pytest.approx(299 / 25)
 
 
+def test_the_ring_keeps_what_the_scorer_has_not_reached(gop_video: Path):
+    ring = PacketRing(keep=2.0, max_bytes=2**30)
+    ring.scored_until(3.0)  # a file is decoded ahead of the scoring: the event may still start at 3 s
+    feed(ring, gop_video)
+    (seg,) = ring.segments
+    assert 0.6 < seg.packets[0].t <= 1.0 and ring.start(1.5)[1].t == pytest.approx(1.2)
+
+
 def test_the_ring_never_holds_more_than_its_bytes(gop_video: Path):
     cap = 12_000  # a few seconds of this clip, far less than `keep`
     seen: list[int] = []
@@ -221,3 +229,16 @@ def test_retention_deletes_the_oldest_clips_first_and_nothing_else(tmp_path: Pat
     left = sorted(p.name for p in tmp_path.iterdir())
     kept = ["gate-20261202-120000-e2.jpg", "gate-20261202-120000-e2.mp4", "gate-20261203-120000-e3.jpg"]
     assert left == [*kept, "gate-20261203-120000-e3.mp4", "notes.mp4"]
+
+
+def test_a_clip_asked_for_before_its_first_keyframe_waits_for_it(gop_video: Path, tmp_path: Path):
+    from vidanom.events.clips import Recording
+
+    ring, done = PacketRing(keep=20.0, max_bytes=2**30), threading.Event()
+    recording = Recording(ring, 0.5, tmp_path / "c.mp4", pre=0.2, post=0.1, max_clip=5.0, done=lambda r: done.set())
+    recording.finish(1.0, None)
+    time.sleep(0.3)  # nothing read yet (over RTSP: the first keyframe has no timestamps)
+    feed(ring, gop_video)
+    assert done.wait(10)
+    r = recording.result
+    assert r.error is None and r.mode == "remux" and (r.start, r.end) == (0.0, pytest.approx(1.12))

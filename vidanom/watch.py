@@ -32,6 +32,7 @@ many cameras (one actor each) owns. watch() runs one until the stream ends or Ct
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 import threading
@@ -51,12 +52,14 @@ from .backoff import Backoff
 from .config import FrameConfig
 from .detector import Detector
 from .errors import VideoError
+from .events.tracker import EventTracker
 from .project import Project
 from .scoring import Scorer, iter_scores, make_scorer
 from .video import DecodeReport, iter_live
 
 if TYPE_CHECKING:
     from .events.options import OutputOptions
+    from .events.outputs import EventOutputs
 
 LIVE_QUEUE = 256  # frames waiting to be scored, at most (at the model's size: 4 kB each at 64×64 gray)
 POLL = 0.1  # seconds between checks of the stop flag while waiting
@@ -120,63 +123,6 @@ class WatchStatus:
     down: float = 0.0  # while reconnecting: seconds since the stream was lost
     camera: str = ""  # the name in payloads, MQTT topics and clip names
     outputs: dict[str, Any] = field(default_factory=dict)  # clips and notifications: events.EventOutputs.stats
-
-
-class EventTracker:
-    """Anomalous events found frame by frame: an event starts at a frame whose score is above the
-    threshold and ends at the first frame back under it (end exclusive); one shorter than min_len
-    frames is not reported. On a whole clip, the same as score.segments.
-
-    Times are the frames' own (seconds); dt (seconds per frame number) only stands in where a time
-    is not known: frames given without times, and an end after the last frame seen.
-    """
-
-    def __init__(self, threshold: float, min_len: int, dt: float) -> None:
-        self.threshold, self.min_len, self.dt = threshold, min_len, dt
-        self.start: int | None = None
-        self.start_time = self.peak_time = 0.0
-        self.peak, self.peak_score, self.count = 0, -math.inf, 0
-        self.last: tuple[int, float] | None = None  # the latest frame's number and time
-
-    def update(self, frames: np.ndarray, scores: np.ndarray, times: np.ndarray | None = None) -> list[dict[str, Any]]:
-        """frames: (n,) frame numbers, increasing; scores: (n,); times: (n,) their times in seconds
-        (default frames · dt) → the events that ended here."""
-        out = []
-        times = np.asarray(frames) * self.dt if times is None else times
-        for f, s, t in zip(frames.tolist(), scores.tolist(), np.asarray(times, np.float64).tolist()):
-            if s > self.threshold:
-                if self.start is None:
-                    self.start, self.start_time, self.peak_score = f, t, -math.inf
-                if s > self.peak_score:
-                    self.peak, self.peak_time, self.peak_score = f, t, s
-            elif self.start is not None:
-                out += self.finish(f, t)
-            self.last = (f, t)
-        return out
-
-    def finish(self, end: int, end_time: float | None = None) -> list[dict[str, Any]]:
-        """Close the open event, if any, at frame end (exclusive), whose time is end_time: at the end
-        of the stream, where it defaults to the last frame's time plus dt per frame number after it."""
-        start, self.start = self.start, None
-        if start is None or end - start < self.min_len:
-            return []
-        if end_time is None:
-            f, t = self.last if self.last is not None else (0, 0.0)
-            end_time = t + (end - f) * self.dt
-        self.count += 1
-        return [
-            {
-                "event": self.count,
-                "start_frame": start,
-                "end_frame": end,
-                "peak_frame": self.peak,
-                "start_time": round(self.start_time, 3),
-                "end_time": round(end_time, 3),
-                "peak_time": round(self.peak_time, 3),
-                "peak_score": self.peak_score,
-                "duration": round(end_time - self.start_time, 3),
-            }
-        ]
 
 
 @dataclass
@@ -491,34 +437,12 @@ class Watcher:
         self.wall0: float | None = None  # time.time() at the watch's time 0 (see _anchor)
         self.lost_at = 0.0  # time.monotonic() when the stream was last lost
         self._stop = threading.Event()
-        self.outputs = self._outputs(outputs, fast, cal) if outputs is not None and outputs.active else None
+        self.outputs: EventOutputs | None = None
+        if outputs is not None and outputs.active:
+            from .events.outputs import for_watch
 
-    def _outputs(self, options: OutputOptions, vae: Any, cal: Any) -> Any:
-        """The event outputs; with clips, what the snapshots' heatmaps need."""
-        from .events.outputs import EventOutputs
-        from .heatmap import ErrorScale
-
-        level, lut = None, None
-        if options.clips is not None:
-            scale = ErrorScale.from_calibration(cal, self.cfg)
-
-            def level(frames: np.ndarray, times: np.ndarray) -> torch.Tensor:
-                """The peak's frames (its motion plane's past, then itself) → its heatmap level (h, w)."""
-                with torch.inference_mode():
-                    maps = make_scorer(vae, None, self.cfg, self.device, cal.frame_interval).maps(frames, times)
-                    return scale.levels(maps.err[-1:])[0]
-
-            lut = scale.lut
-        return EventOutputs(
-            options,
-            self.status.camera,
-            min_len=self.cfg.score.min_segment,
-            lag=self.cfg.frames.motion_lag,
-            history=self.cfg.score.batch_size,
-            wall=lambda t: (self.wall0 or time.time()) + t,
-            level=level,
-            lut=lut,
-        )
+            scorer = functools.partial(make_scorer, fast, None, self.cfg, self.device, cal.frame_interval)
+            self.outputs = for_watch(outputs, self.status.camera, self.cfg, cal, scorer, lambda: self.wall0)
 
     def stop(self) -> None:
         """Make run() return soon (within 0.1 s, or when a blocked network read gives up, at most 2 s

@@ -111,10 +111,7 @@ class Recording:
 
     def _run(self) -> None:
         try:
-            found = self.ring.start(self.at - self.pre)
-            if found is None:
-                raise RuntimeError("no video was buffered for it")
-            self._write(*found)
+            self._write(*self._start())
             self.snap(self.snapshot)
         except ClipAbandoned:
             return
@@ -123,6 +120,21 @@ class Recording:
             log.warning("event clip %s: %s", self.path.name, self.result.error)
         if not self.abandoned.is_set() and self.claim():
             self.done(self)
+
+    def _start(self) -> tuple[Segment, Stored]:
+        """Where the clip starts; right after a connection opens, wait for its first usable keyframe
+        (over RTSP the first comes without timestamps)."""
+        while not self.abandoned.is_set():
+            found = self.ring.start(self.at - self.pre)
+            if found is not None:
+                return found
+            with self.ring.cond:
+                if self.ring.segments and self.ring.segments[-1].closed:
+                    break
+                self.ring.cond.wait(POLL)
+        if self.abandoned.is_set():
+            raise ClipAbandoned
+        raise RuntimeError("no video was buffered for it")
 
     def _write(self, seg: Segment, key: Stored) -> None:
         """Remux, or where MP4 refuses the codec, transcode; into the temporary file, then rename."""
@@ -178,8 +190,8 @@ class Recording:
     def _ahead(self, seg: Segment, pkt: Stored) -> bool:
         """Whether a packet lies past what could still belong to the clip if the event ended at the
         last scored frame (a file is decoded ahead of the scoring)."""
-        when = seg.watch_time(pkt.t)
-        return self.end is None and when is not None and when > self.ring.scored + self.post
+        when, scored = seg.watch_time(pkt.t), self.ring.scored
+        return self.end is None and when is not None and scored is not None and when > scored + self.post
 
     def _past_end(self, seg: Segment, key: Stored, pkt: Stored) -> bool:
         when = float(pkt.dts * seg.time_base) if pkt.dts is not None else pkt.t  # decoding order: all before it

@@ -93,6 +93,7 @@ class EventOutputs:
         self.recordings: dict[int, Recording] = {}  # start frame → its clip, while the event goes on
         self.writing: list[Recording] = []  # clips of ended events still being written
         self.clips, self.clip_errors, self.pruned, self.skipped = 0, 0, 0, 0
+        self._deadline: float | None = None  # when the end's drain time is over (set by wait)
         self._order: deque[dict[str, Any]] = deque()  # the ended events' payloads, in the order they ended
         self._ready: set[int] = set()  # the ids of those whose clips are done (or that have none)
         self._lock = threading.Lock()
@@ -253,9 +254,10 @@ class EventOutputs:
     # -- the end ------------------------------------------------------------------------------
 
     def wait(self) -> None:
-        """Let the clips being written finish (their streams have ended), for at most options.drain s."""
+        """Let the clips being written finish (their streams have ended); they, and then the
+        notifications (close), get options.drain s together."""
         timeout = self.options.drain
-        deadline = time.monotonic() + timeout
+        deadline = self._deadline = time.monotonic() + timeout
         for start, recording in list(self.recordings.items()):  # never ended: not to be reported
             recording.abandon()
             del self.recordings[start]
@@ -271,7 +273,7 @@ class EventOutputs:
         """Send a merged payload still waiting out its cooldown, and give the notifiers up to
         options.drain s to deliver what they hold."""
         self.cooldown.flush()
-        deadline = time.monotonic() + self.options.drain
+        deadline = self._deadline or time.monotonic() + self.options.drain
         for notifier in self.notifiers:
             notifier.close(max(0.0, deadline - time.monotonic()))
 
@@ -290,3 +292,38 @@ class EventOutputs:
         if self.warnings:
             out["warnings"] = list(self.warnings)
         return out
+
+
+def for_watch(
+    options: OutputOptions,
+    camera: str,
+    cfg: Any,
+    cal: Any,
+    scorer: Callable[[], Any],
+    wall0: Callable[[], float | None],
+) -> EventOutputs:
+    """A watch's outputs: cfg the project's config, cal its model's calibration, scorer() a new
+    β-VAE scorer (scoring.make_scorer without the LSTM-MDN: the snapshots' error maps), wall0() the
+    time.time() of the watch's time 0 once known."""
+    level, lut = None, None
+    if options.clips is not None:
+        from ..heatmap import ErrorScale
+
+        scale = ErrorScale.from_calibration(cal, cfg)  # (loads matplotlib's colormap: now, not at an event)
+
+        def level(frames: np.ndarray, times: np.ndarray) -> torch.Tensor:
+            """The peak's frames (its motion plane's past, then itself) → its heatmap level (h, w)."""
+            with torch.inference_mode():
+                return scale.levels(scorer().maps(frames, times).err[-1:])[0]
+
+        lut = scale.lut
+    return EventOutputs(
+        options,
+        camera,
+        min_len=cfg.score.min_segment,
+        lag=cfg.frames.motion_lag,
+        history=cfg.score.batch_size,
+        wall=lambda t: (wall0() or time.time()) + t,
+        level=level,
+        lut=lut,
+    )

@@ -102,7 +102,9 @@ class PacketRing:
         self.cond = threading.Condition()
         self._seq = 0
         self.peak_bytes = 0  # the most it held
-        self.scored = 0.0  # the latest scored frame's time (watch timeline): a clip's end is not known past it
+        # the latest scored frame's time (watch timeline; None: not told): a clip's end is not known past
+        # it, and what the scorer has not reached yet is kept (a file is decoded ahead of the scoring)
+        self.scored: float | None = None
 
     @property
     def bytes(self) -> int:
@@ -140,9 +142,12 @@ class PacketRing:
             self.cond.notify_all()
 
     def _evict(self, seg: Segment, newest: float) -> None:
-        """Drop whole groups of pictures while the next keyframe is still `keep` s old; then, over
-        the byte cap, the older segment and the oldest packets, whatever they are."""
-        while len(seg.keys) >= 2 and seg.keys[1].t <= newest - self.keep:
+        """Drop whole groups of pictures while the next keyframe is still `keep` s older than the newest
+        packet and the scored frames; then, over the byte cap, the older segment and the oldest
+        packets, whatever they are."""
+        scored = seg.stream_time(self.scored) if self.scored is not None else None
+        horizon = min(newest, scored if scored is not None else newest) - self.keep
+        while len(seg.keys) >= 2 and seg.keys[1].t <= horizon:
             second = seg.keys[1].seq
             while seg.packets[0].seq < second:
                 seg.drop_head()
