@@ -26,13 +26,14 @@ from .mqtt import MqttNotifier, topic_name
 from .notify import Cooldown, ExecNotifier
 from .options import OutputOptions, check, check_folder, mqtt_address
 from .ring import PacketRing
+from .tracker import EventTracker
 from .webhook import WebhookNotifier, reachable, url_reachable
 
 SLACK = 10.0  # seconds the ring keeps beyond the pre-roll: how far the scorer may lag the decoder
 MAX_RECORDINGS = 4  # clips written at once at most (events whose post-rolls overlap); more get none
 log = logging.getLogger("vidanom")
 
-Maps = Callable[[np.ndarray, np.ndarray], torch.Tensor]  # (k, h, w, C) frames, (k,) times → (h, w) level
+LevelOf = Callable[[np.ndarray, np.ndarray], torch.Tensor]  # (k, h, w, C) frames, (k,) times → (h, w) level
 
 
 class Notifier(Protocol):
@@ -64,7 +65,7 @@ class EventOutputs:
         lag: int,
         history: int,
         wall: Callable[[float], float],
-        level: Maps | None = None,
+        level: LevelOf | None = None,
         lut: torch.Tensor | None = None,
     ) -> None:
         self.options, self.camera, self.min_len, self.lag, self.wall = options, camera, min_len, lag, wall
@@ -115,7 +116,9 @@ class EventOutputs:
 
     # -- from the watch's thread --------------------------------------------------------------
 
-    def seen(self, frames: list[tuple[int, np.ndarray, float]], ended: list[dict[str, Any]], tracker: Any) -> None:
+    def seen(
+        self, frames: list[tuple[int, np.ndarray, float]], ended: list[dict[str, Any]], tracker: EventTracker
+    ) -> None:
         """After a batch was scored: frames (number, pixels, time) in it, the raw events that ended in
         it, and the EventTracker as it stands."""
         self.history.extend(frames)
@@ -124,7 +127,8 @@ class EventOutputs:
         start = tracker.start
         if start is not None:
             self._capture(start, tracker.peak)
-            if start not in self.confirmed and tracker.last[0] - start + 1 >= self.min_len:
+            last = tracker.last[0] if tracker.last is not None else start
+            if start not in self.confirmed and last - start + 1 >= self.min_len:
                 self._confirm(start, tracker.start_time, tracker.count + 1)
 
     def scored_until(self, t: float) -> None:
