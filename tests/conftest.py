@@ -63,15 +63,19 @@ def square_frames(
     return np.stack(frames), centres
 
 
-def write_video(path: Path, frames: np.ndarray, fps: int = FPS, codec: str = "mpeg4") -> Path:
-    """Encode RGB frames (n, H, W, 3) as yuv420p video with PyAV."""
+def write_video(path: Path, frames: np.ndarray, fps: int = FPS, codec: str = "mpeg4", gop: int | None = None) -> Path:
+    """Encode RGB frames (n, H, W, 3) as yuv420p video with PyAV; gop: frames between H.264 keyframes."""
     with av.open(str(path), "w") as out:
         stream = out.add_stream(codec, rate=fps)
         stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
         if codec == "mpeg4":
             stream.bit_rate = 4_000_000  # near-lossless: decoded squares keep their edges
-        else:
-            stream.options = {"crf": "12", "preset": "ultrafast"}
+        elif codec == "libx264":
+            stream.options = {
+                "crf": "12",
+                "preset": "ultrafast",
+                **({"g": str(gop), "keyint_min": str(gop)} if gop else {}),
+            }
         for f in frames:
             for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24")):
                 out.mux(packet)

@@ -20,7 +20,7 @@ import av
 import numpy as np
 import pytest
 import torch
-from conftest import Subscriber, anomalous_frames, invoke, next_line
+from conftest import Subscriber, anomalous_frames, invoke, next_line, write_video
 from PIL import Image
 
 from vidanom.errors import OutputError
@@ -36,22 +36,15 @@ GOP = 0.4  # seconds between keyframes of the clips made here
 FRAME = 1 / 25
 
 
-def encode(path: Path, frames: np.ndarray, codec: str = "libx264", gop: int = 10) -> Path:
-    with av.open(str(path), "w") as out:
-        stream = out.add_stream(codec, rate=25)
-        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
-        if codec == "libx264":
-            stream.options = {"crf": "12", "preset": "ultrafast", "g": str(gop), "keyint_min": str(gop)}
-        for f in frames:
-            out.mux(stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24")))
-        out.mux(stream.encode())
-    return path
-
-
 @pytest.fixture(scope="module")
 def three(tmp_path_factory) -> Path:
     """The anomalous clip three times over (144 frames, 5.76 s, three events), H.264 with a keyframe every 0.4 s."""
-    return encode(tmp_path_factory.mktemp("events") / "three.mp4", np.concatenate([anomalous_frames()] * 3))
+    return write_video(
+        tmp_path_factory.mktemp("events") / "three.mp4",
+        np.concatenate([anomalous_frames()] * 3),
+        codec="libx264",
+        gop=10,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +96,7 @@ def test_an_events_clip_is_the_sources_packets_from_the_keyframe_before_its_pre_
 
 def test_every_event_of_a_long_watch_gets_its_clip(project, tmp_path):
     # more events than clips may be written at once (MAX_RECORDINGS): finished ones no longer count
-    five = encode(tmp_path / "five.mp4", np.concatenate([anomalous_frames()] * 5))
+    five = write_video(tmp_path / "five.mp4", np.concatenate([anomalous_frames()] * 5), codec="libx264", gop=10)
     events, status = run(project, five, OutputOptions(clips=tmp_path / "clips", pre=0.3, post=0.2))
     assert [e["event"] for e in events] == [1, 2, 3, 4, 5]  # in order, whichever clip was done first
     assert all(e["clip"] and Path(e["clip"]).is_file() for e in events)
@@ -111,7 +104,7 @@ def test_every_event_of_a_long_watch_gets_its_clip(project, tmp_path):
 
 
 def test_a_codec_mp4_cannot_hold_is_encoded_again(project, tmp_path):
-    raw = encode(tmp_path / "raw.avi", anomalous_frames(), codec="rawvideo")
+    raw = write_video(tmp_path / "raw.avi", anomalous_frames(), codec="rawvideo")
     events, status = run(project, raw, OutputOptions(clips=tmp_path / "clips", pre=0.3, post=0.2))
     (e,) = events
     assert e["clip_mode"] == "transcode" and Path(e["clip"]).is_file()

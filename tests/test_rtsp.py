@@ -21,6 +21,7 @@ from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
+import av
 import numpy as np
 import pytest
 import torch
@@ -29,6 +30,7 @@ from conftest import EVENT_KEYS, anomalous_frames, invoke, next_line, write_vide
 from vidanom import results
 from vidanom.config import CONFIG_NAME
 from vidanom.errors import VideoError
+from vidanom.events.options import OutputOptions
 from vidanom.project import Project
 from vidanom.watch import Backoff, Watcher, WatchOptions, watch
 
@@ -235,3 +237,22 @@ def test_a_stalled_stream_is_reconnected(rtsp, tmp_path, trained_project_templat
     (gap,) = gaps
     assert gap["reason"].endswith("(frames.decode_timeout)") and gap["reason"] in reasons, gap
     assert 1.0 <= gap["gap"] < 15
+
+
+def test_an_events_clip_over_rtsp_is_the_cameras_own_h264(rtsp, project, tmp_path):
+    served = write_video(tmp_path / "gop.mp4", anomalous_frames(), codec="libx264", gop=10)  # keyframes 0.4 s apart
+    server = rtsp(served)
+    events: list[dict] = []
+    outputs = OutputOptions(clips=tmp_path / "clips", pre=0.5, post=0.2)
+    status = watch(project, server.url, WatchOptions(max_latency=30.0, reconnect=False), on_event=events.append,
+                   device=CPU, outputs=outputs)  # fmt: skip
+    (e,) = events
+    assert e["clip_mode"] == "remux" and status.outputs["clips"]["written"] == 1
+    with av.open(e["clip"]) as clip:
+        assert clip.streams.video[0].codec_context.name == "h264"
+        n = sum(1 for _ in clip.decode(video=0))
+    # from the keyframe before start - pre (over RTSP the first keyframe has no timestamps: the second, at 0.4 s)
+    assert e["start_time"] - 0.5 - 0.4 - 0.05 < e["clip_start_time"] <= e["start_time"] - 0.5 + 0.05
+    assert e["end_time"] + 0.2 - 0.05 <= e["clip_end_time"] <= e["end_time"] + 0.2 + 0.04 + 0.05
+    assert n / 25 == pytest.approx(e["clip_end_time"] - e["clip_start_time"], abs=0.05)
+    assert Path(e["snapshot"]).is_file()
