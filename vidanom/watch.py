@@ -610,6 +610,8 @@ class Watcher:
                 "source": s.source,
                 "model_version": s.version,
                 "detected_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "clip": None,  # with clips: named once written (see events.outputs)
+                "snapshot": None,
             }
             if self.outputs is not None:
                 self.outputs.ended(payload)

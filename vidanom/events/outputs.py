@@ -173,7 +173,6 @@ class EventOutputs:
         self.confirmed.discard(start)
         if self.mqtt is not None and not self.confirmed:
             self.mqtt.state(False)
-        payload.update(clip=None, snapshot=None)
         recording = self.recordings.pop(start, None)
         snapshot = self._snapshot(self.peaks.pop(start, None))
         with self._lock:
