@@ -54,7 +54,7 @@ WIDTH, HEIGHT, FPS = 1280, 720, 25
 # -- the clips -------------------------------------------------------------------------------------
 
 
-def make_clip(path: Path, seconds: float, bitrate: int = 2_500_000, seed: int = 0) -> Path:
+def make_clip(path: Path, seconds: float, bitrate: int = 2_500_000, seed: int = 0, gop: int | None = None) -> Path:
     """720p H.264 (libx264 ultrafast at `bitrate`): shapes drifting over a textured, noisy background.
 
     The luma plane is drawn directly (gray content, neutral chroma), so making a minute costs a few
@@ -82,7 +82,7 @@ def make_clip(path: Path, seconds: float, bitrate: int = 2_500_000, seed: int = 
         stream = out.add_stream("libx264", rate=FPS)
         stream.width, stream.height, stream.pix_fmt = WIDTH, HEIGHT, "yuv420p"
         stream.bit_rate = bitrate
-        stream.options = {"preset": "ultrafast"}
+        stream.options = {"preset": "ultrafast", **({"g": str(gop)} if gop else {})}  # gop: frames between keyframes
         for t in range(n):
             y = backgrounds[t % len(backgrounds)].copy()
             for x0, y0, vx, vy, size, shade in walkers:

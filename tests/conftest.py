@@ -7,6 +7,7 @@ whole suite runs in well under a minute on two shared cores. No real dataset is 
 
 from __future__ import annotations
 
+import getpass
 import json
 import os
 import select
@@ -62,15 +63,19 @@ def square_frames(
     return np.stack(frames), centres
 
 
-def write_video(path: Path, frames: np.ndarray, fps: int = FPS, codec: str = "mpeg4") -> Path:
-    """Encode RGB frames (n, H, W, 3) as yuv420p video with PyAV."""
+def write_video(path: Path, frames: np.ndarray, fps: int = FPS, codec: str = "mpeg4", gop: int | None = None) -> Path:
+    """Encode RGB frames (n, H, W, 3) as yuv420p video with PyAV; gop: frames between H.264 keyframes."""
     with av.open(str(path), "w") as out:
         stream = out.add_stream(codec, rate=fps)
         stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
         if codec == "mpeg4":
             stream.bit_rate = 4_000_000  # near-lossless: decoded squares keep their edges
-        else:
-            stream.options = {"crf": "12", "preset": "ultrafast"}
+        elif codec == "libx264":
+            stream.options = {
+                "crf": "12",
+                "preset": "ultrafast",
+                **({"g": str(gop), "keyint_min": str(gop)} if gop else {}),
+            }
         for f in frames:
             for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24")):
                 out.mux(packet)
@@ -319,3 +324,167 @@ def rtsp(gstreamer) -> Iterator[Callable[..., RtspServer]]:
     yield start
     for server in servers:
         server.kill()
+
+
+# -- a real MQTT broker (Debian's mosquitto) on loopback ---------------------------------------------
+
+MOSQUITTO = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
+MOSQUITTO_INSTALL = "apt-get install mosquitto"
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Broker:
+    """mosquitto listening on 127.0.0.1:PORT only, its database in a folder of its own (so that a
+    restart on the same port keeps the persistent sessions: a subscriber misses nothing)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder, self.port = folder, free_port()
+        self.proc: subprocess.Popen | None = None
+        (folder / "mosquitto.conf").write_text(
+            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
+            f"persistence_location {folder}/\nautosave_interval 1\nlog_dest none\n"
+            f"user {getpass.getuser()}\n"  # as root it would become the user 'mosquitto', who cannot write the folder
+        )
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        assert MOSQUITTO is not None
+        self.proc = subprocess.Popen([MOSQUITTO, "-c", str(self.folder / "mosquitto.conf")], stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 10
+        while not _accepts(self.port):
+            assert self.proc.poll() is None, f"mosquitto exited: {self.proc.stderr.read() if self.proc.stderr else ''}"
+            assert time.monotonic() < deadline, "mosquitto did not listen within 10 s"
+            time.sleep(0.05)
+
+    def stop(self, sig: int = 15) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(timeout=10)
+        if self.proc is not None and self.proc.stderr:
+            self.proc.stderr.close()
+
+
+def _accepts(port: int) -> bool:
+    import socket
+
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[Broker]:
+    """A started mosquitto on a free loopback port; skipped, saying how to install it, where it is missing."""
+    if MOSQUITTO is None:
+        pytest.skip(f"MQTT tests need Debian's mosquitto broker, which is not installed: {MOSQUITTO_INSTALL}")
+    pytest.importorskip("paho.mqtt.client", reason="the MQTT output needs paho-mqtt: pip install paho-mqtt")
+    folder = tmp_path / "mosquitto"
+    folder.mkdir()
+    b = Broker(folder)
+    b.start()
+    yield b
+    b.stop()
+
+
+class Subscriber:
+    """A paho client that keeps every message of `topics` (with a persistent session: what is published
+    while it is away is delivered when it comes back)."""
+
+    def __init__(self, port: int, topics: list[str]) -> None:
+        import paho.mqtt.client as mqtt
+
+        self.messages: list[tuple[str, str, bool]] = []  # topic, payload, retained
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"test-{port}", clean_session=False)
+        self.client.on_message = lambda c, u, m: self.messages.append((m.topic, m.payload.decode(), m.retain))
+        self.client.on_connect = lambda c, u, f, r, p: [c.subscribe(t, qos=1) for t in topics]
+        self.client.reconnect_delay_set(1, 1)
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+
+    def on(self, topic: str) -> list[str]:
+        return [payload for t, payload, _ in list(self.messages) if t == topic]
+
+    def wait(self, done: Callable[[], bool], timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        while not done():
+            assert time.monotonic() < deadline, f"timed out waiting for {what}: {self.messages}"
+            time.sleep(0.05)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+# -- a local HTTP endpoint for webhooks ---------------------------------------------------------------
+
+
+class Hook:
+    """An HTTP server on 127.0.0.1 that keeps the JSON bodies POSTed to it. behave(n) → the status to
+    answer the n-th request with (0: hang, without answering, until the test ends or 10 s pass)."""
+
+    def __init__(self, behave: Callable[[int], int] = lambda n: 200) -> None:
+        import http.server
+        import threading
+
+        hook = self
+        self.bodies: list[dict] = []
+        self.received: list[float] = []  # time.time() when each body came
+        self.requests = 0
+        self.release = threading.Event()
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                hook.requests += 1
+                code = behave(hook.requests)
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                if code == 0:
+                    hook.release.wait(10)
+                    return
+                if code == 200:
+                    hook.bodies.append(body)
+                    hook.received.append(time.time())
+                self.send_response(code)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+
+    def close(self) -> None:
+        self.release.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def hook() -> Iterator[Callable[..., Hook]]:
+    """hook(behave) → a started endpoint; all are closed at the end of the test."""
+    hooks: list[Hook] = []
+
+    def start(behave: Callable[[int], int] = lambda n: 200) -> Hook:
+        hooks.append(Hook(behave))
+        return hooks[-1]
+
+    yield start
+    for h in hooks:
+        h.close()

@@ -277,6 +277,35 @@ def test_fleet_watch_reads_a_cameras_rtsp_stream(ray_session, rtsp, site: Path, 
     assert "camera gate: ended: 48 frames scored, 0 dropped" in res.stderr
 
 
+def test_fleet_watch_writes_each_cameras_clips_and_notifies_from_the_manifest(ray_session, site: Path, clips, hook):
+    endpoint = hook()
+    write(
+        site / "fleet.toml",
+        f'[watch]\nclips = "clips"\npre = 0.3\npost = 0.2\n'
+        f'[cameras.gate]\nproject = "projects/gate"\nlive = "{clips.anomalous}"\nwebhook = "{endpoint.url}"\n'
+        f'[cameras.door]\nproject = "projects/door"\nlive = "{clips.anomalous}"\n',
+    )
+    res = invoke("fleet", "watch", site / "fleet.toml", "--post", "0.1")  # a flag over [watch]
+    assert res.exit_code == 0, res.output
+    lines = [json.loads(line) for line in res.stdout.splitlines()]
+    assert {e["camera"] for e in lines} == {"gate", "door"}
+    for e in lines:
+        clip = Path(e["clip"])
+        assert clip.parent == site / "clips" / e["camera"] and clip.is_file() and Path(e["snapshot"]).is_file()
+        assert e["clip_end_time"] <= e["end_time"] + 0.1 + 0.04 + 1e-6  # --post 0.1, not [watch]'s 0.2
+    assert endpoint.bodies == [e for e in lines if e["camera"] == "gate"]  # only gate has the webhook
+    assert "camera gate: outputs: 1 clip(s)" in res.stderr and "webhook 1 sent" in res.stderr
+
+
+def test_the_fleet_table_says_how_long_a_camera_is_down():
+    from vidanom.cli import _FleetView
+    from vidanom.fleet.watching import CameraState
+
+    down = CameraState("gate", "reconnecting", {"down": 12.4, "reason": "the stream ended"})
+    assert _FleetView.state(down) == "DOWN 12 s (the stream ended)"
+    assert _FleetView.state(CameraState("door", "watching", {})) == "watching"
+
+
 def test_a_camera_whose_actor_died_is_watched_again(ray_session, site: Path, clips: Clips):
     write(site / "fleet.toml", f'[cameras.gate]\nproject = "projects/gate"\nlive = "{clips.normal_a}"\n')
     killed = []

@@ -18,8 +18,10 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 
+import av
 import numpy as np
 import pytest
 import torch
@@ -28,6 +30,7 @@ from conftest import EVENT_KEYS, anomalous_frames, invoke, next_line, write_vide
 from vidanom import results
 from vidanom.config import CONFIG_NAME
 from vidanom.errors import VideoError
+from vidanom.events.options import OutputOptions
 from vidanom.project import Project
 from vidanom.watch import Backoff, Watcher, WatchOptions, watch
 
@@ -105,11 +108,19 @@ def test_watch_over_rtsp_falls_back_to_udp(rtsp, project, h264, segments):
     with pytest.raises(VideoError, match="cannot open"):  # the user's choice of transport is kept
         watch(project, server.url, WatchOptions(input_options={"rtsp_transport": "tcp"}), device=CPU)
     events: list[dict] = []
+    received: list[float] = []
     status = watch(
-        project, server.url, WatchOptions(max_latency=30.0, reconnect=False), on_event=events.append, device=CPU
+        project,
+        server.url,
+        WatchOptions(max_latency=30.0, reconnect=False),
+        on_event=lambda e: (events.append(e), received.append(time.time())),
+        device=CPU,
     )
     assert status.frames == 48 and status.gaps == 0
     assert_found(events, segments)
+    for e, when in zip(events, received):  # the wall-clock end: when the frame that ended it came, just before
+        end = datetime.fromisoformat(e["end"]).timestamp()
+        assert end <= when < end + 0.5, (e["end"], when)
 
 
 def test_watch_reconnects_when_the_server_restarts(rtsp, project, h264_twice, segments):
@@ -176,9 +187,12 @@ def test_cli_prints_the_gap_and_ctrl_c_ends_it_while_reconnecting(rtsp, project,
     )
     try:
         assert next_line(proc, proc.stderr, 60).startswith("watching ")
-        lines = [json.loads(next_line(proc, proc.stdout, 30)) for _ in range(2)]  # the event, then the gap
-        assert "event" in lines[0] and "gap" in lines[1], lines
-        assert lines[1]["reason"] == "the stream ended" and lines[1]["to_frame"] > lines[0]["end_frame"]
+        lines = [json.loads(next_line(proc, proc.stdout, 30)) for _ in range(3)]  # the event, the loss, the gap
+        assert [line["kind"] for line in lines] == ["event", "health", "health"], lines
+        assert lines[1]["state"] == "down" and lines[1]["reason"] == "the stream ended"
+        assert lines[1]["from_frame"] == lines[2]["from_frame"] == 47  # the clip's last frame
+        assert lines[2]["state"] == "back" and lines[2]["down_seconds"] == lines[2]["gap"]
+        assert lines[2]["reason"] == "the stream ended" and lines[2]["to_frame"] > lines[0]["end_frame"]
         assert next_line(proc, proc.stderr, 10).startswith("stream lost (the stream ended); reconnecting")
         assert next_line(proc, proc.stderr, 10).startswith("stream back after ")
         server.kill()
@@ -223,3 +237,22 @@ def test_a_stalled_stream_is_reconnected(rtsp, tmp_path, trained_project_templat
     (gap,) = gaps
     assert gap["reason"].endswith("(frames.decode_timeout)") and gap["reason"] in reasons, gap
     assert 1.0 <= gap["gap"] < 15
+
+
+def test_an_events_clip_over_rtsp_is_the_cameras_own_h264(rtsp, project, tmp_path):
+    served = write_video(tmp_path / "gop.mp4", anomalous_frames(), codec="libx264", gop=10)  # keyframes 0.4 s apart
+    server = rtsp(served)
+    events: list[dict] = []
+    outputs = OutputOptions(clips=tmp_path / "clips", pre=0.5, post=0.2)
+    status = watch(project, server.url, WatchOptions(max_latency=30.0, reconnect=False), on_event=events.append,
+                   device=CPU, outputs=outputs)  # fmt: skip
+    (e,) = events
+    assert e["clip_mode"] == "remux" and status.outputs["clips"]["written"] == 1
+    with av.open(e["clip"]) as clip:
+        assert clip.streams.video[0].codec_context.name == "h264"
+        n = sum(1 for _ in clip.decode(video=0))
+    # from the keyframe before start - pre (over RTSP the first keyframe has no timestamps: the second, at 0.4 s)
+    assert e["start_time"] - 0.5 - 0.4 - 0.05 < e["clip_start_time"] <= e["start_time"] - 0.5 + 0.05
+    assert e["end_time"] + 0.2 - 0.05 <= e["clip_end_time"] <= e["end_time"] + 0.2 + 0.04 + 0.05
+    assert n / 25 == pytest.approx(e["clip_end_time"] - e["clip_start_time"], abs=0.05)
+    assert Path(e["snapshot"]).is_file()

@@ -74,6 +74,9 @@ def test_watching_a_file_reports_the_events_score_finds(project, clips):
     assert_same_events(events, scored_segments(project, clips.anomalous))
     assert f"{clips.n_frames} frames scored" in res.stderr and "0 dropped" in res.stderr
     assert all(e["source"] == str(clips.anomalous) and e["model_version"] == "v0001" for e in events)
+    # one payload for every output: its kind, the camera (from the file's name), and no clip without --clips
+    assert all(e["kind"] == "event" and e["camera"] == "anom" and e["clip"] is None for e in events)
+    assert all(e["x_threshold"] == pytest.approx(e["peak_score"] / e["threshold"], abs=1e-3) for e in events)
 
 
 def test_a_slow_scorer_drops_frames_to_stay_in_time(project, clips):

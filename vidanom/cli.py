@@ -513,12 +513,14 @@ class _WatchView:
     def event(self, event: dict[str, Any]) -> None:
         _json_line(self.live, event)
 
-    def gap(self, gap: dict[str, Any]) -> None:
-        self.event(gap)
-        _say(
-            f"stream back after {gap['gap']:.1f} s ({gap['attempts']} attempt(s)); watching from frame "
-            f"{gap['to_frame']} at {gap['to_time']:.1f} s"
-        )
+    def health(self, record: dict[str, Any]) -> None:
+        """The stream's loss (its line on stderr comes with the status) and its return."""
+        self.event(record)
+        if record["state"] == "back":
+            _say(
+                f"stream back after {record['gap']:.1f} s ({record['attempts']} attempt(s)); watching from frame "
+                f"{record['to_frame']} at {record['to_time']:.1f} s"
+            )
 
     def status(self, s: Any) -> None:
         if not self.started:
@@ -565,6 +567,75 @@ def _say(line: str) -> None:
 MaxLatencyOpt = Annotated[
     float, typer.Option(help="Seconds a frame of a live source may wait; later ones are dropped.")
 ]
+# the event outputs (events.OutputOptions); None: not given (the default, or in fleet watch the manifest's)
+ClipsOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--clips",
+        metavar="DIR",
+        help="Save each event as an MP4 of the camera's own video (remuxed, not re-encoded, where MP4 holds "
+        "its codec) from --pre s before to --post s after it, and a JPEG of its peak with the heatmap, "
+        "in DIR/CAMERA/.",
+        show_default=False,
+    ),
+]
+PreOpt = Annotated[float | None, typer.Option("--pre", help="Seconds of video before an event [default: 5].")]
+PostOpt = Annotated[float | None, typer.Option("--post", help="Seconds of video after an event [default: 5].")]
+MaxClipOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--max-clip",
+        help="A clip lasts at most this many seconds, pre and post included; a longer event's clip stops "
+        "there [default: 120].",
+    ),
+]
+KeepOpt = Annotated[float | None, typer.Option("--keep", help="Delete clips older than this many days.")]
+KeepSizeOpt = Annotated[
+    str | None,
+    typer.Option("--keep-size", help="Delete the oldest clips while a camera's take more than this (e.g. 20G)."),
+]
+ExecOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--exec", metavar="CMD", help="Run this shell command per event and health change, the JSON on its stdin."
+    ),
+]
+WebhookOpt = Annotated[
+    str | None, typer.Option("--webhook", metavar="URL", help="POST each event's JSON here (retried).")
+]
+MqttOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--mqtt", metavar="URL", help="Publish on mqtt://[USER:PASS@]HOST[:PORT][/PREFIX], topics PREFIX/CAMERA/..."
+    ),
+]
+HaOpt = Annotated[
+    bool | None,
+    typer.Option("--ha-discovery", help="Announce each camera to Home Assistant as a binary sensor (MQTT)."),
+]
+CooldownOpt = Annotated[
+    float | None,
+    typer.Option("--cooldown", help="Merge a camera's events closer than this many seconds into one notification."),
+]
+StrictOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--strict-outputs",
+        help="Refuse to start when the webhook's host or the MQTT broker cannot be reached (default: warn, "
+        "watch, and deliver once they can).",
+    ),
+]
+
+
+def _output_flags(**flags: Any) -> dict[str, Any]:
+    """The output flags given, as OutputOptions fields."""
+    from .events.options import parse_size
+
+    names = {"keep": "keep_days", "keep_size": "keep_bytes", "exec_": "command"}
+    given = {names.get(k, k): v for k, v in flags.items() if v is not None}
+    if "keep_bytes" in given:
+        given["keep_bytes"] = parse_size(given["keep_bytes"])
+    return given
 
 
 @app.command()
@@ -599,30 +670,97 @@ def watch(
     ] = None,
     device: DeviceOpt = "auto",
     project: ProjectOpt = None,
+    name: Annotated[
+        str | None,
+        typer.Option(help="The camera's name in the JSON, MQTT topics and clip names (default: from the source)."),
+    ] = None,
+    clips: ClipsOpt = None,
+    pre: PreOpt = None,
+    post: PostOpt = None,
+    max_clip: MaxClipOpt = None,
+    keep: KeepOpt = None,
+    keep_size: KeepSizeOpt = None,
+    exec_: ExecOpt = None,
+    webhook: WebhookOpt = None,
+    mqtt: MqttOpt = None,
+    ha_discovery: HaOpt = None,
+    cooldown: CooldownOpt = None,
+    strict_outputs: StrictOpt = None,
 ) -> None:
     """Score a live stream; print one JSON line per anomalous event as soon as it ends.
 
     Each line has the event's start, peak and end as frames and seconds, and its peak score.
-    A URL or camera that drops out is opened again; a line {"gap": seconds, "from", "to", ...}
-    tells when it comes back. Ctrl-C ends it cleanly (exit code 0) with a summary on stderr.
+    A URL or camera that drops out is opened again; a line {"kind": "health", "state": "down"}
+    says when it is lost, {"state": "back", "gap": seconds, ...} when it comes back. With --clips
+    each event's line comes when its clip is written (--post s after its end) and names the clip
+    and its snapshot. --exec, --webhook and --mqtt get the same JSON; an unreachable webhook or
+    broker is a warning (the watch goes on and delivers when it can) unless --strict-outputs.
+    Ctrl-C ends it cleanly (exit code 0) with a summary on stderr.
 
-    Example: vidanom watch rtsp://192.168.1.20/stream
+    Example: vidanom watch rtsp://192.168.1.20/stream --clips clips --mqtt mqtt://127.0.0.1 --ha-discovery
     """
+    from dataclasses import replace
+
+    from .events.options import OutputOptions
     from .watch import WatchOptions, watch as run_watch
 
     if not max_latency > 0 or not idle > 0:
         raise typer.BadParameter("--max-latency and --idle must be positive numbers of seconds")
+    given = _output_flags(
+        clips=clips,
+        pre=pre,
+        post=post,
+        max_clip=max_clip,
+        keep=keep,
+        keep_size=keep_size,
+        exec_=exec_,
+        webhook=webhook,
+        mqtt=mqtt,
+        ha_discovery=ha_discovery,
+        cooldown=cooldown,
+        strict=strict_outputs,
+    )
     proj = _open(project)
     options = WatchOptions(realtime, idle if follow else 0.0, max_latency, _options(input_option or []), reconnect)
     view = _WatchView(source)
     with view.live if view.live is not None else nullcontext():
-        s = run_watch(proj, source, options, view.event, view.status, _device(device), on_gap=view.gap)
+        s = run_watch(
+            proj,
+            source,
+            options,
+            view.event,
+            view.status,
+            _device(device),
+            on_health=view.health,
+            outputs=replace(OutputOptions(), **given),
+            camera=name,
+        )
     fps = s.frames / s.seconds if s.seconds > 0 else 0.0
     gaps = f", {s.gaps} gap(s) of {s.gap_seconds:.1f} s in all" if s.gaps else ""
     _say(
         f"{'stopped' if s.interrupted else 'stream ended'}: {s.frames} frames scored in {s.seconds:.1f} s "
         f"({fps:.1f} frames/s), {s.dropped} dropped, {s.events} event(s){gaps}"
     )
+    if s.outputs:
+        _say(f"outputs: {_outputs_line(s.outputs)}")
+
+
+def _outputs_line(stats: dict[str, Any], short: bool = False) -> str:
+    """events.EventOutputs.stats in a line: clips written (failed), and per notifier sent, failed, dropped."""
+    parts = []
+    clips = stats.get("clips")
+    if clips:
+        failed = f", {clips['failed']} failed" if clips["failed"] else ""
+        skipped = f", {clips['skipped']} skipped" if clips["skipped"] else ""
+        parts.append(f"{clips['written']} clip(s){'' if short else ' in ' + clips['folder']}{failed}{skipped}")
+    for name in ("exec", "webhook", "mqtt"):
+        if name in stats:
+            n = stats[name]
+            counts = [f"{n['sent']} sent"] + [f"{n[k]} {k}" for k in ("failed", "dropped", "pending") if n.get(k)]
+            parts.append(f"{name} {', '.join(counts)}")
+    if stats.get("merged"):
+        parts.append(f"{stats['merged']} event(s) merged by the cooldown")
+    return "; ".join(parts)
 
 
 @app.command()
@@ -931,21 +1069,31 @@ class _FleetView:
 
     @staticmethod
     def table(states: list[Any]) -> Table:
-        table = Table("camera", "state", "frames/s", "latency", "dropped", "events", "last score")
+        table = Table("camera", "state", "frames/s", "latency", "dropped", "events", "last score", "outputs")
         for s in states:
             st = s.status or {}
             fps = st.get("frames", 0) / st["seconds"] if st.get("seconds") else 0.0
             score = st.get("score")
             table.add_row(
                 s.camera,
-                s.state + (f" (restarted {s.restarts}x)" if s.restarts else ""),
+                _FleetView.state(s),
                 f"{fps:.1f}",
                 f"{st.get('latency', 0.0):.2f} s",
                 str(st.get("dropped", 0)),
                 str(st.get("events", 0)),
                 "-" if score is None or score != score else f"{score:.2f}",
+                _outputs_line(st.get("outputs") or {}, short=True),
             )
         return table
+
+    @staticmethod
+    def state(s: Any) -> str:
+        """A camera's state; while its stream is lost, for how long and why."""
+        st = s.status or {}
+        text = s.state
+        if s.state == "reconnecting":
+            text = f"DOWN {st.get('down', 0.0):.0f} s ({st.get('reason', '')})"
+        return text + (f" (restarted {s.restarts}x)" if s.restarts else "")
 
 
 @fleet.command(name="watch")
@@ -964,19 +1112,47 @@ def fleet_watch(
     address: AddressOpt = None,
     cpus_per_worker: CpusOpt = 1.0,
     gpus_per_worker: GpusOpt = 0.0,
+    clips: ClipsOpt = None,
+    pre: PreOpt = None,
+    post: PostOpt = None,
+    max_clip: MaxClipOpt = None,
+    keep: KeepOpt = None,
+    keep_size: KeepSizeOpt = None,
+    exec_: ExecOpt = None,
+    webhook: WebhookOpt = None,
+    mqtt: MqttOpt = None,
+    ha_discovery: HaOpt = None,
+    cooldown: CooldownOpt = None,
+    strict_outputs: StrictOpt = None,
 ) -> None:
     """Watch every camera's live source at once: one Ray actor per camera, one JSON line per event.
 
-    Each line is the event (or gap) 'vidanom watch' prints, with its "camera". A file given as a
-    camera's live source plays at its own rate. Ctrl-C stops every camera (exit code 0).
+    Each line is the event (or health record) 'vidanom watch' prints, with its "camera". A file
+    given as a camera's live source plays at its own rate. The event outputs (--clips, --exec,
+    --webhook, --mqtt...) are fleet-wide here, over the manifest's [watch] table; a camera's own
+    keys win. Ctrl-C stops every camera (exit code 0).
 
-    Example: vidanom fleet watch cameras.toml
+    Example: vidanom fleet watch cameras.toml --clips clips --mqtt mqtt://127.0.0.1 --ha-discovery
     """
     from .fleet.watching import watch_fleet
     from .watch import WatchOptions
 
     if not max_latency > 0:
         raise typer.BadParameter("--max-latency must be a positive number of seconds")
+    flags = _output_flags(
+        clips=clips.resolve() if clips is not None else None,
+        pre=pre,
+        post=post,
+        max_clip=max_clip,
+        keep=keep,
+        keep_size=keep_size,
+        exec_=exec_,
+        webhook=webhook,
+        mqtt=mqtt,
+        ha_discovery=ha_discovery,
+        cooldown=cooldown,
+        strict=strict_outputs,
+    )
     view = _FleetView()
     engine = _engine(address, None, cpus_per_worker, gpus_per_worker)
     with view.live if view.live is not None else nullcontext():
@@ -986,6 +1162,7 @@ def fleet_watch(
             WatchOptions(max_latency=max_latency, reconnect=reconnect),
             view.item,
             view.change,
+            outputs=flags,
         )
     for s in states:
         st = s.status or {}
@@ -993,6 +1170,10 @@ def fleet_watch(
             f"camera {s.camera}: {s.state}: {st.get('frames', 0)} frames scored, {st.get('dropped', 0)} dropped, "
             f"{st.get('events', 0)} event(s)" + (f", restarted {s.restarts} time(s)" if s.restarts else "")
         )
+        if st.get("outputs"):
+            _say(f"camera {s.camera}: outputs: {_outputs_line(st['outputs'])}")
+        for warning in (st.get("outputs") or {}).get("warnings", []):
+            _say(f"camera {s.camera}: warning: {warning}")
     _fail(problems + [f"camera {s.camera}: {s.error}" for s in states if s.error])
 
 

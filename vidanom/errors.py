@@ -33,3 +33,7 @@ class LockError(VidanomError):
     """Another vidanom command is writing to the same project."""
 
     exit_code = 3
+
+
+class OutputError(VidanomError):
+    """An event output (clips folder, webhook, MQTT broker, command) is misconfigured or unreachable."""

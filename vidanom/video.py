@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import av
 import numpy as np
@@ -57,6 +57,23 @@ class Source:
     @property
     def name(self) -> str:
         return self.path.name
+
+
+class PacketSink(Protocol):
+    """Sees a live source's encoded packets as they are read, beside the decoding (events.ring keeps
+    the last seconds of them to cut event clips from, without encoding again)."""
+
+    def opened(self, stream: Any) -> None:
+        """A connection's video stream (av.VideoStream), before its first packet."""
+
+    def packet(self, packet: av.Packet) -> None:
+        """A packet of that stream, in the order read (decoding order)."""
+
+    def frame(self, pts_time: float | None, t: float) -> None:
+        """A decoded frame: its PTS in seconds as the container gives it, and its time (see _Clock)."""
+
+    def closed(self) -> None:
+        """The connection ended: no more packets will come from it."""
 
 
 @dataclass
@@ -190,11 +207,13 @@ def _decode_container(
     convert: Callable[[av.VideoFrame], Any] | None = None,
     follow: bool = False,
     live: bool = False,
+    sink: PacketSink | None = None,
 ) -> Iterator[tuple[Any, float]]:
     """Decode the first video stream of an open container: every stride-th frame, through `convert`
     (default: to the project's frame size), with its time (see _Clock). follow: a read error is the
     end of a followed file (FFmpeg's file protocol gives up after its rw_timeout without new data),
-    not damage. live: a frame without a usable PTS is timed by its arrival."""
+    not damage. live: a frame without a usable PTS is timed by its arrival. sink: sees every packet
+    and every decoded frame's PTS and time."""
     limit = fc.decode_timeout
     with container:
         if not container.streams.video:
@@ -214,6 +233,8 @@ def _decode_container(
         report.fps = float(rate) if rate else DEFAULT_FPS
         scale = convert or _Scaler(fc)
         clock = _Clock(report.fps, live)
+        if sink is not None:
+            sink.opened(stream)
         index = 0
         packets = _until_idle(container.demux(stream)) if follow else container.demux(stream)
         started = time.monotonic()  # decoding time since the last frame was handed out
@@ -222,6 +243,8 @@ def _decode_container(
                 packet = next(packets, _END)
                 if packet is _END:
                     break
+                if sink is not None and isinstance(packet, av.Packet) and packet.size:
+                    sink.packet(packet)
                 decoded = stream.decode(packet)  # (packet None: flush the decoder)
             except Exception as exc:  # noqa: BLE001 - PyAV's demuxer and decoder alone: on damaged data they
                 report.error = _why(exc)  # raise FFmpegError, but also IndexError, ValueError...: keep what decoded
@@ -229,6 +252,8 @@ def _decode_container(
             frames = []
             for frame in decoded:
                 t = clock(frame.time, index)
+                if sink is not None:
+                    sink.frame(frame.time, t)
                 report.duration = t + (_length(frame) or clock.period)
                 if index % fc.stride == 0:
                     frames.append((scale(frame), t))
@@ -480,6 +505,7 @@ def iter_live(
     options: dict[str, str] | None = None,
     follow: float = 0.0,
     warn: bool = True,
+    sink: PacketSink | None = None,
 ) -> Generator[tuple[np.ndarray, float], None, None]:
     """Frames (h, w, C) uint8 at the project's size with their times (seconds from the first frame),
     one at a time as they arrive, of a live source: a URL FFmpeg reads (rtsp://, http://, udp://...),
@@ -493,6 +519,8 @@ def iter_live(
     still being written is read as it grows, and ends once it has not grown for `follow` seconds
     (a container that can be read while written: MPEG-TS, Matroska, raw H.264; not MP4).
 
+    sink: sees the encoded packets as they are read (see PacketSink).
+
     Raises VideoError when the source cannot be opened or yields no frame. A stream that breaks off
     (an error, or no frame for frames.decode_timeout seconds) ends with `report.error` set, and a
     logged warning unless warn is False (for a caller that reports it itself, e.g. to reconnect).
@@ -500,8 +528,13 @@ def iter_live(
     report = report if report is not None else DecodeReport()
     container = _open_live(location, fc, options or {}, follow)
     live = "://" in location or location.startswith("/dev/")
-    for frame, t in _decode_container(container, location, fc, report, follow=follow > 0, live=live):
-        report.frames += 1
-        yield frame, t
+    frames = _decode_container(container, location, fc, report, follow=follow > 0, live=live, sink=sink)
+    try:
+        for frame, t in frames:
+            report.frames += 1
+            yield frame, t
+    finally:
+        if sink is not None:
+            sink.closed()
     if warn or report.frames == 0:
         _finish(location, report)

@@ -32,24 +32,34 @@ many cameras (one actor each) owns. watch() runs one until the stream ends or Ct
 
 from __future__ import annotations
 
+import functools
 import math
+import re
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import numpy as np
 import torch
 
+from .backoff import Backoff
 from .config import FrameConfig
 from .detector import Detector
 from .errors import VideoError
+from .events.tracker import EventTracker
 from .project import Project
 from .scoring import Scorer, iter_scores, make_scorer
 from .video import DecodeReport, iter_live
+
+if TYPE_CHECKING:
+    from .events.options import OutputOptions
+    from .events.outputs import EventOutputs
 
 LIVE_QUEUE = 256  # frames waiting to be scored, at most (at the model's size: 4 kB each at 64×64 gray)
 POLL = 0.1  # seconds between checks of the stop flag while waiting
@@ -58,6 +68,16 @@ POLL = 0.1  # seconds between checks of the stop flag while waiting
 def is_stream(source: str) -> bool:
     """Whether a source is a URL or a camera device (rather than a file)."""
     return "://" in source or source.startswith("/dev/")
+
+
+def camera_name(source: str) -> str:
+    """A short name for a source: a URL's host and path, a device's or a file's name."""
+    if "://" in source:
+        parts = urlsplit(source)
+        name = f"{parts.hostname or ''}{parts.path}"
+    else:
+        name = Path(source).stem or source
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_.") or "camera"
 
 
 @dataclass
@@ -100,84 +120,9 @@ class WatchStatus:
     retry_in: float = 0.0  # while reconnecting: seconds from this status to the next attempt
     gaps: int = 0  # times the stream was lost and came back
     gap_seconds: float = 0.0  # their total length
-
-
-class Backoff:
-    """Seconds to wait before each attempt to reconnect: first, 2·first, 4·first ... at most longest.
-
-    A connection that stayed up for `longest` seconds starts the sequence again; one lost sooner
-    continues it, so that a source which accepts and drops at once is not hammered.
-    """
-
-    def __init__(self, first: float = 1.0, longest: float = 30.0) -> None:
-        self.first, self.longest, self.tries = first, longest, 0
-
-    def next(self) -> float:
-        wait = min(self.first * 2.0**self.tries, self.longest)
-        self.tries = min(self.tries + 1, 64)
-        return wait
-
-    def connected(self, seconds: float) -> None:
-        """A connection gave frames for this many seconds before it was lost."""
-        if seconds >= self.longest:
-            self.tries = 0
-
-
-class EventTracker:
-    """Anomalous events found frame by frame: an event starts at a frame whose score is above the
-    threshold and ends at the first frame back under it (end exclusive); one shorter than min_len
-    frames is not reported. On a whole clip, the same as score.segments.
-
-    Times are the frames' own (seconds); dt (seconds per frame number) only stands in where a time
-    is not known: frames given without times, and an end after the last frame seen.
-    """
-
-    def __init__(self, threshold: float, min_len: int, dt: float) -> None:
-        self.threshold, self.min_len, self.dt = threshold, min_len, dt
-        self.start: int | None = None
-        self.start_time = self.peak_time = 0.0
-        self.peak, self.peak_score, self.count = 0, -math.inf, 0
-        self.last: tuple[int, float] | None = None  # the latest frame's number and time
-
-    def update(self, frames: np.ndarray, scores: np.ndarray, times: np.ndarray | None = None) -> list[dict[str, Any]]:
-        """frames: (n,) frame numbers, increasing; scores: (n,); times: (n,) their times in seconds
-        (default frames · dt) → the events that ended here."""
-        out = []
-        times = np.asarray(frames) * self.dt if times is None else times
-        for f, s, t in zip(frames.tolist(), scores.tolist(), np.asarray(times, np.float64).tolist()):
-            if s > self.threshold:
-                if self.start is None:
-                    self.start, self.start_time, self.peak_score = f, t, -math.inf
-                if s > self.peak_score:
-                    self.peak, self.peak_time, self.peak_score = f, t, s
-            elif self.start is not None:
-                out += self.finish(f, t)
-            self.last = (f, t)
-        return out
-
-    def finish(self, end: int, end_time: float | None = None) -> list[dict[str, Any]]:
-        """Close the open event, if any, at frame end (exclusive), whose time is end_time: at the end
-        of the stream, where it defaults to the last frame's time plus dt per frame number after it."""
-        start, self.start = self.start, None
-        if start is None or end - start < self.min_len:
-            return []
-        if end_time is None:
-            f, t = self.last if self.last is not None else (0, 0.0)
-            end_time = t + (end - f) * self.dt
-        self.count += 1
-        return [
-            {
-                "event": self.count,
-                "start_frame": start,
-                "end_frame": end,
-                "peak_frame": self.peak,
-                "start_time": round(self.start_time, 3),
-                "end_time": round(end_time, 3),
-                "peak_time": round(self.peak_time, 3),
-                "peak_score": self.peak_score,
-                "duration": round(end_time - self.start_time, 3),
-            }
-        ]
+    down: float = 0.0  # while reconnecting: seconds since the stream was lost
+    camera: str = ""  # the name in payloads, MQTT topics and clip names
+    outputs: dict[str, Any] = field(default_factory=dict)  # clips and notifications: events.EventOutputs.stats
 
 
 @dataclass
@@ -262,8 +207,10 @@ class _Feed:
         fc: FrameConfig,
         stop: threading.Event,
         backoff: Backoff | None,
+        origin: Callable[[float], None] | None = None,
     ) -> None:
         self.stop, self.pace, self.stride, self.limit = stop, pace, fc.stride, fc.decode_timeout
+        self.origin = origin  # told each connection's start in the watch's timeline (the packet ring)
         self.report = DecodeReport()  # the first connection's
         self.connections = 0  # that gave frames
         self._buf = _Buffer(LIVE_QUEUE if live else depth, drop=live)
@@ -310,6 +257,8 @@ class _Feed:
                 if i == 0:
                     started = time.monotonic()
                     base = self._origin(started, report)
+                    if self.origin is not None:
+                        self.origin(base[1])  # a frame at t on its own clock is at base[1] + t
                 elif self.pace and self.stop.wait(max(0.0, started + t - time.monotonic())):
                     break  # a file played at its own rate: a frame is due at its time after the first
                 frame = _Frame(base[0] + i, pixels, time.monotonic(), base[1] + t)
@@ -359,7 +308,10 @@ class _Feed:
         stream ends or stop is set. Raises what the decoder raised."""
         while not self.stop.is_set():
             frames: list[_Frame] = []
-            for item in self._buf.take(most):
+            taken = self._buf.take(most)
+            if not taken:
+                yield []  # nothing for a while: the caller may do what waits (clips finished...)
+            for item in taken:
                 if isinstance(item, _Frame):
                     frames.append(item)
                     continue
@@ -433,16 +385,22 @@ def _ignore(_: Any) -> None:
 
 
 class Watcher:
-    """The watch of one source: models, decoder, live scorer and event tracker.
+    """The watch of one source: models, decoder, live scorer and event tracker, and its outputs.
 
     run() scores the stream until it ends (without reconnecting), stop() is called (from any
     thread), or Ctrl-C. Callbacks, in run()'s thread: on_event(event) as each anomalous event
-    ends (a dict of frames, times and scores), on_gap(gap) when the stream comes back after it was
-    lost ({"gap": seconds, "from", "to": ISO times, "from_frame", "to_frame", "from_time",
-    "to_time", "reason", "attempts", "source", "model_version"}), on_status(status) after every
-    batch and change of state. before_batch(n) is called before n frames are scored (tests make
-    the model slow with it). A Watcher runs once. Raises VideoError when the source cannot be
-    opened at first, NotTrainedError without a model.
+    ends (a dict of frames, times and scores: see the README for its keys; with clips, once its
+    clip is written, `post` seconds later); on_health(record) when the stream is lost
+    ({"kind": "health", "state": "down", ...}) and when it is back ({"state": "back", "gap":
+    seconds, "from", "to": ISO times, "from_frame", "to_frame", "from_time", "to_time", "reason",
+    "attempts", ...}); on_gap(record) too when it is back (the same record); on_status(status)
+    after every batch and change of state. before_batch(n) is called before n frames are scored
+    (tests make the model slow with it).
+
+    outputs: clips, snapshots, a command, a webhook, MQTT (events.OutputOptions); camera: the name
+    they use (default: from the source). A Watcher runs once. Raises VideoError when the source
+    cannot be opened at first, NotTrainedError without a model, OutputError for outputs that can
+    never work (or, with outputs.strict, cannot be reached now).
     """
 
     def __init__(
@@ -456,11 +414,15 @@ class Watcher:
         on_gap: Callable[[dict[str, Any]], None] = _ignore,
         on_status: Callable[[WatchStatus], None] = _ignore,
         before_batch: Callable[[int], None] | None = None,
+        on_health: Callable[[dict[str, Any]], None] = _ignore,
+        outputs: OutputOptions | None = None,
+        camera: str | None = None,
     ) -> None:
         from .inference import for_inference
 
         self.source, self.options, self.device = source, options or WatchOptions(), device or torch.device("cpu")
         self.on_event, self.on_gap, self.on_status, self.before_batch = on_event, on_gap, on_status, before_batch
+        self.on_health = on_health
         detector = Detector.load(project)
         cal, self.cfg = detector.calibration, project.config
         fast = for_inference(detector.vae, self.device)
@@ -469,10 +431,18 @@ class Watcher:
             lambda: make_scorer(fast, mdn, self.cfg, self.device, cal.frame_interval), project, cal
         )
         self.live, self.reconnect = self.options.live(source), self.options.reconnects(source)
-        self.status = WatchStatus(source, str(detector.version), cal.threshold)
+        self.status = WatchStatus(source, str(detector.version), cal.threshold, camera=camera or camera_name(source))
         self.tracker: EventTracker | None = None
         self.late, self.last, self.started = 0, -1, time.monotonic()
+        self.wall0: float | None = None  # time.time() at the watch's time 0 (see _anchor)
+        self.lost_at = 0.0  # time.monotonic() when the stream was last lost
         self._stop = threading.Event()
+        self.outputs: EventOutputs | None = None
+        if outputs is not None and outputs.active:
+            from .events.outputs import for_watch
+
+            scorer = functools.partial(make_scorer, fast, None, self.cfg, self.device, cal.frame_interval)
+            self.outputs = for_watch(outputs, self.status.camera, self.cfg, cal, scorer, lambda: self.wall0)
 
     def stop(self) -> None:
         """Make run() return soon (within 0.1 s, or when a blocked network read gives up, at most 2 s
@@ -499,14 +469,19 @@ class Watcher:
         o = self.options
         backoff = Backoff(*o.backoff) if self.reconnect else None
 
-        def connect(report: DecodeReport) -> Generator[tuple[np.ndarray, float], None, None]:
-            return iter_live(self.source, self.cfg.frames, report, o.input_options, o.follow, warn=not self.reconnect)
+        ring = self.outputs.ring if self.outputs is not None else None
 
-        return _Feed(
-            connect, self.live, o.realtime, 2 * self.cfg.score.batch_size, self.cfg.frames, self._stop, backoff
-        )
+        def connect(report: DecodeReport) -> Generator[tuple[np.ndarray, float], None, None]:
+            return iter_live(
+                self.source, self.cfg.frames, report, o.input_options, o.follow, warn=not self.reconnect, sink=ring
+            )
+
+        depth = 2 * self.cfg.score.batch_size
+        origin = ring.origin if ring is not None else None
+        return _Feed(connect, self.live, o.realtime, depth, self.cfg.frames, self._stop, backoff, origin)
 
     def _handle(self, item: list[_Frame] | _Lost | _Back, feed: _Feed) -> None:
+        self._drain()
         if isinstance(item, _Lost):
             self._lost(item)
         elif isinstance(item, _Back):
@@ -536,13 +511,30 @@ class Watcher:
         if self.tracker is None:  # the rate is known once the stream is open
             status.fps = feed.report.fps / self.cfg.frames.stride
             self.tracker = EventTracker(status.threshold, self.cfg.score.min_segment, 1 / status.fps)
+            self.wall0 = self._anchor(batch[0])
+            if self.outputs is not None:
+                self.outputs.online()
+        elif self.live:  # the frame that came soonest after its time places the stream on the clock
+            self.wall0 = min(self.wall0 or math.inf, *(self._anchor(f) for f in batch))
         index, times = np.array([f.index for f in batch]), np.array([f.time for f in batch])
         scores = self.scorer(index, np.stack([f.pixels for f in batch]), times)
         self.last = int(index[-1])
-        self._report(self.tracker.update(index, scores, times))
+        ended = self.tracker.update(index, scores, times)
+        if self.outputs is not None:
+            self.outputs.seen([(f.index, f.pixels, f.time) for f in batch], ended, self.tracker)
+        self._report(ended)
+        if self.outputs is not None:
+            self.outputs.scored_until(float(times[-1]))
         status.frames += len(batch)
         status.score, status.in_event = float(scores[-1]), self.tracker.start is not None
         status.latency = time.monotonic() - batch[0].arrived
+
+    @staticmethod
+    def _anchor(frame: _Frame) -> float:
+        """time.time() at the watch's time 0, were this frame's arrival on time. A live stream's first
+        frames come late (FFmpeg probes the stream first, a second by default): the least of these
+        over the frames is the truest."""
+        return time.time() - (time.monotonic() - frame.arrived) - frame.time
 
     def _lost(self, lost: _Lost) -> None:
         """The stream was lost, or another attempt to reconnect failed."""
@@ -550,6 +542,8 @@ class Watcher:
             if self.tracker is not None:
                 self._report(self.tracker.finish(self.last + 1))
             self.scorer.restart()
+            self.lost_at = time.monotonic()
+            self._health({"state": "down", "at": _iso(time.time()), "reason": lost.reason, **self._last_frame()})
         s = self.status
         s.state, s.reason, s.attempts, s.retry_in, s.in_event = (
             "reconnecting",
@@ -563,11 +557,29 @@ class Watcher:
         s = self.status
         s.state, s.reason, s.attempts, s.retry_in = "watching", "", 0, 0.0
         s.gaps, s.gap_seconds = s.gaps + 1, s.gap_seconds + gap["gap"]
-        self.on_gap({**gap, "source": s.source, "model_version": s.version})
+        record = self._health({"state": "back", "down_seconds": gap["gap"], **gap})
+        self.on_gap(record)
+
+    def _last_frame(self) -> dict[str, Any]:
+        if self.tracker is None or self.tracker.last is None:
+            return {}
+        return {"from_frame": self.tracker.last[0], "from_time": round(self.tracker.last[1], 3)}
+
+    def _health(self, record: dict[str, Any]) -> dict[str, Any]:
+        """A health record, to on_health and the outputs → the record."""
+        s = self.status
+        record = {"kind": "health", "camera": s.camera, **record, "source": s.source, "model_version": s.version}
+        self.on_health(record)
+        if self.outputs is not None:
+            self.outputs.health(record)
+        return record
 
     def _tally(self, feed: _Feed) -> None:
         self.status.seconds = time.monotonic() - self.started
         self.status.dropped = self.late + feed.dropped
+        self.status.down = time.monotonic() - self.lost_at if self.status.state == "reconnecting" else 0.0
+        if self.outputs is not None:
+            self.status.outputs = self.outputs.stats()
 
     def _finish(self, feed: _Feed) -> None:
         """Stop the decoder, close an event still open at the last frame, and sum up."""
@@ -576,20 +588,48 @@ class Watcher:
         if self.tracker is not None:  # past the stream's last frame: its end (the time `score` gives too)
             whole = feed.connections == 1 and self.last + 1 == feed.report.frames
             self._report(self.tracker.finish(self.last + 1, feed.report.duration if whole else None))
+        if self.outputs is not None:  # the clips being written end with the stream; then the notifications
+            self.outputs.wait()
+            self._drain()
+            self.outputs.close()
         self.status.in_event, self.status.state = False, "ended"
         self._tally(feed)
 
     def _report(self, events: list[dict[str, Any]]) -> None:
+        """Events that ended: delivered now, or with clips once their clips are written."""
+        s = self.status
         for event in events:
-            self.status.events += 1
-            self.on_event(
-                {
-                    **event,
-                    "source": self.status.source,
-                    "model_version": self.status.version,
-                    "detected_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                }
-            )
+            t0 = self.wall0 if self.wall0 is not None else time.time()
+            payload = {
+                "kind": "event",
+                "camera": s.camera,
+                **event,
+                "threshold": s.threshold,
+                "x_threshold": round(event["peak_score"] / s.threshold, 3) if s.threshold > 0 else None,
+                **{key: _iso(t0 + event[f"{key}_time"]) for key in ("start", "peak", "end")},
+                "source": s.source,
+                "model_version": s.version,
+                "detected_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "clip": None,  # with clips: named once written (see events.outputs)
+                "snapshot": None,
+            }
+            if self.outputs is not None:
+                self.outputs.ended(payload)
+            else:
+                self._deliver(payload)
+        self._drain()
+
+    def _drain(self) -> None:
+        """Deliver the events whose clips are written."""
+        if self.outputs is not None:
+            for payload in self.outputs.take_ready():
+                self._deliver(payload)
+
+    def _deliver(self, payload: dict[str, Any]) -> None:
+        self.status.events += 1
+        self.on_event(payload)
+        if self.outputs is not None:
+            self.outputs.notify(payload)
 
 
 def watch(
@@ -601,6 +641,10 @@ def watch(
     device: torch.device | None = None,
     before_batch: Callable[[int], None] | None = None,
     on_gap: Callable[[dict[str, Any]], None] = _ignore,
+    *,
+    on_health: Callable[[dict[str, Any]], None] = _ignore,
+    outputs: OutputOptions | None = None,
+    camera: str | None = None,
 ) -> WatchStatus:
     """Score a stream as it comes until it ends (a URL or camera: is lost for good, which it never
     is while reconnecting) or Ctrl-C → the final status: the summary. See Watcher."""
@@ -613,4 +657,7 @@ def watch(
         on_gap=on_gap,
         on_status=on_status,
         before_batch=before_batch,
+        on_health=on_health,
+        outputs=outputs,
+        camera=camera,
     ).run()

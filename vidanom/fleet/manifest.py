@@ -6,6 +6,11 @@
     score = ["footage/gate/2026-12-01/*.mp4"]  # videos to score
     scene = "default"                          # optional: the normal scene the train videos show
     live = "rtsp://192.168.1.20/stream"        # optional: what fleet watch watches (a URL, camera or file)
+    webhook = "http://127.0.0.1:8123/hook"     # optional: this camera's event outputs (events.options.KEYS)
+
+    [watch]                                    # optional: event outputs for every camera (a camera's own win)
+    clips = "clips"                            # each camera's clips in clips/CAMERA/
+    mqtt = "mqtt://127.0.0.1"
 
 Relative paths are relative to the manifest's folder. A problem with one camera's entry (an unknown
 key, a glob that matches nothing, a missing project) is one line naming the camera; that camera is
@@ -16,12 +21,13 @@ from __future__ import annotations
 
 import glob
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from ..config import CONFIG_NAME
 from ..errors import ProjectError, VidanomError, VideoError
+from ..events.options import KEYS as OUTPUT_KEYS, OutputOptions, from_table
 from ..project import Project
 from ..video import Source, find_sources
 
@@ -31,6 +37,7 @@ except ImportError:  # pragma: no cover - Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
 KEYS = ("project", "train", "score", "scene", "live")
+WATCH = "watch"  # the top-level table of fleet-wide event outputs
 
 
 @dataclass(frozen=True)
@@ -43,6 +50,7 @@ class Camera:
     score: tuple[str, ...] = ()
     scene: str = "default"
     live: str | None = None  # a URL or camera as written, or a file's absolute path
+    outputs: tuple[tuple[str, Any], ...] = ()  # its own event-output keys, as written (see outputs_of)
 
 
 @dataclass(frozen=True)
@@ -50,6 +58,13 @@ class Manifest:
     path: Path
     cameras: list[Camera]  # the entries that could be read, in the manifest's order
     problems: list[str]  # one line per entry (or top-level key) that could not
+    watch: tuple[tuple[str, Any], ...] = ()  # the [watch] table: event outputs for every camera
+
+    def outputs_of(self, camera: Camera, flags: dict[str, Any] | None = None) -> OutputOptions:
+        """A camera's event outputs: its own keys, over `flags` (OutputOptions fields: fleet watch's
+        options), over the [watch] table."""
+        fleet = from_table(dict(self.watch), self.folder, OutputOptions())
+        return from_table(dict(camera.outputs), self.folder, replace(fleet, **(flags or {})))
 
     @property
     def folder(self) -> Path:
@@ -68,24 +83,42 @@ def read_manifest(path: Path) -> Manifest:
     if not isinstance(table, dict) or not table:
         raise VidanomError(f'{path} names no cameras; add one: [cameras.NAME] with project = "FOLDER"')
     problems = [
-        f"unknown top-level key '{k}' in {path.name} (only [cameras.NAME] tables)" for k in data if k != "cameras"
+        f"unknown top-level key '{k}' in {path.name} (only [cameras.NAME] tables and [{WATCH}])"
+        for k in data
+        if k not in ("cameras", WATCH)
     ]
-    cameras = []
     base = path.resolve().parent
+    watch = _watch_table(data.get(WATCH, {}), base, problems)
+    cameras = []
     for name, entry in table.items():
         try:
             cameras.append(_camera(name, entry, base))
         except VidanomError as exc:
             problems.append(f"camera {name}: {exc}")
-    return Manifest(path.resolve(), cameras, problems)
+    return Manifest(path.resolve(), cameras, problems, watch)
+
+
+def _watch_table(table: Any, base: Path, problems: list[str]) -> tuple[tuple[str, Any], ...]:
+    """The [watch] table, checked; a problem with it is a line, and it is left out."""
+    try:
+        if not isinstance(table, dict):
+            raise VidanomError("must be a table of event outputs")
+        from_table(table, base, OutputOptions())
+    except VidanomError as exc:
+        problems.append(f"[{WATCH}]: {exc}")
+        return ()
+    return tuple(table.items())
 
 
 def _camera(name: str, entry: Any, base: Path) -> Camera:
     if not isinstance(entry, dict):
         raise VidanomError('must be a table: [cameras.NAME] with project = "FOLDER"')
-    unknown = [k for k in entry if k not in KEYS]
+    unknown = [k for k in entry if k not in KEYS and k not in OUTPUT_KEYS]
     if unknown:
-        raise VidanomError(f"unknown key(s) {', '.join(map(repr, unknown))}; the keys are {', '.join(KEYS)}")
+        keys = ", ".join((*KEYS, *OUTPUT_KEYS))
+        raise VidanomError(f"unknown key(s) {', '.join(map(repr, unknown))}; the keys are {keys}")
+    outputs = {k: v for k, v in entry.items() if k in OUTPUT_KEYS}
+    from_table(outputs, base, OutputOptions())  # an output key of the wrong kind: this camera's problem
     if not isinstance(entry.get("project"), str) or not entry["project"]:
         raise VidanomError('has no project = "FOLDER"')
     scene, live = entry.get("scene", "default"), entry.get("live")
@@ -98,6 +131,7 @@ def _camera(name: str, entry: Any, base: Path) -> Camera:
         _patterns(base, entry.get("score", []), "score"),
         scene,
         live if live is None or "://" in live or live.startswith("/dev/") else str(_absolute(base, live)),
+        tuple(outputs.items()),
     )
 
 

@@ -2,10 +2,14 @@
 
 The actor starts its Watcher in a thread of its own when it is created, so an actor that Ray
 restarts after its process died (up to RESTARTS times) watches again by itself. It keeps the
-events and gaps its Watcher reports, and its latest status, until the driver polls them (every
-POLL seconds); the driver hands each on with the camera's name. Nothing is written into the
+events and health records its Watcher reports, and its latest status, until the driver polls them
+(every POLL seconds); the driver hands each on with the camera's name. Nothing is written into the
 projects. A file named as a camera's live source stands in for a camera: it is played at its own
 frame rate (WatchOptions.realtime).
+
+Each camera's event outputs (clips, command, webhook, MQTT: events.OutputOptions, from the
+manifest and fleet watch's options) run in its actor, beside its stream: its clips are cut from the
+packets its actor reads, and its MQTT connection's last will speaks for its process.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import NotTrainedError, VidanomError
+from ..events.options import OutputOptions, check
 from ..watch import WatchOptions, WatchStatus, is_stream
 from .engine import POLL, Engine, session
 from .manifest import Manifest, open_project
@@ -47,7 +52,15 @@ class CameraState:
 class CameraWatch:
     """One camera's watch (run as a Ray actor); see the module's docstring."""
 
-    def __init__(self, camera: str, project: str, source: str, options: WatchOptions, device: str) -> None:
+    def __init__(
+        self,
+        camera: str,
+        project: str,
+        source: str,
+        options: WatchOptions,
+        device: str,
+        outputs: OutputOptions | None = None,
+    ) -> None:
         import torch
 
         torch.set_num_threads(1)
@@ -58,10 +71,10 @@ class CameraWatch:
         self.done = False
         self.watcher: Any = None
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
-        args = (Path(project), source, options, torch.device(device))
+        args = (Path(project), source, options, torch.device(device), outputs)
         threading.Thread(target=self._run, args=args, daemon=True, name=f"vidanom-watch {camera}").start()
 
-    def _run(self, root: Path, source: str, options: WatchOptions, device: Any) -> None:
+    def _run(self, root: Path, source: str, options: WatchOptions, device: Any, outputs: OutputOptions | None) -> None:
         from ..project import Project
         from ..watch import Watcher
 
@@ -72,8 +85,10 @@ class CameraWatch:
                 options,
                 device=device,
                 on_event=self._item,
-                on_gap=self._item,
+                on_health=self._item,
                 on_status=self._status,
+                outputs=outputs,
+                camera=self.camera,
             )
             with self.lock:
                 self.watcher = watcher
@@ -115,8 +130,14 @@ class CameraWatch:
             watcher.stop()
 
 
-def plan(manifest: Manifest, options: WatchOptions) -> tuple[dict[str, tuple[str, str, WatchOptions]], list[str]]:
-    """(project, source, options) of each camera to watch, and the problems with the others."""
+Plan = tuple[str, str, WatchOptions, OutputOptions]
+
+
+def plan(
+    manifest: Manifest, options: WatchOptions, flags: dict[str, Any] | None = None
+) -> tuple[dict[str, Plan], list[str]]:
+    """(project, source, options, outputs) of each camera to watch, and the problems with the others.
+    flags: fleet-wide event outputs (OutputOptions fields) over the manifest's [watch] table."""
     cameras, problems = {}, list(manifest.problems)
     for camera in manifest.cameras:
         if camera.live is None:
@@ -127,11 +148,13 @@ def plan(manifest: Manifest, options: WatchOptions) -> tuple[dict[str, tuple[str
                 raise NotTrainedError(f"the project {project.root} has no trained model yet; run 'vidanom fleet train'")
             if not is_stream(camera.live) and not Path(camera.live).is_file():
                 raise VidanomError(f"no such file: {camera.live}")
+            outputs = manifest.outputs_of(camera, flags)
+            check(outputs)
         except VidanomError as exc:
             problems.append(f"camera {camera.name}: {exc}")
             continue
         own = options if is_stream(camera.live) else replace(options, realtime=True)
-        cameras[camera.name] = (str(project.root.resolve()), camera.live, own)
+        cameras[camera.name] = (str(project.root.resolve()), camera.live, own, outputs)
     if not cameras and not problems:
         problems.append('no camera has a live source; add live = "rtsp://..." (or a file) to a camera')
     return cameras, problems
@@ -144,20 +167,25 @@ def watch_fleet(
     on_item: Callable[[dict[str, Any]], None] = lambda item: None,
     on_change: Callable[[list[CameraState]], None] = lambda states: None,
     stop: threading.Event | None = None,
+    outputs: dict[str, Any] | None = None,
 ) -> tuple[list[CameraState], list[str]]:
     """Watch every camera with a live source until all their streams end, `stop` is set or Ctrl-C.
 
-    on_item(event or gap) gets each as it is polled, with "camera" added; on_change(states) every
-    POLL seconds. Returns each camera's last state (its summary in .status) and the problems.
+    on_item(event or health record) gets each as it is polled, with "camera"; on_change(states)
+    every POLL seconds. outputs: fleet-wide event outputs (OutputOptions fields; see plan). Returns
+    each camera's last state (its summary in .status) and the problems.
     """
     engine, stop = engine or Engine(), stop or threading.Event()
-    cameras, problems = plan(manifest, options or WatchOptions())
+    cameras, problems = plan(manifest, options or WatchOptions(), outputs)
     states = [CameraState(name) for name in cameras]
     if not cameras:
         return states, problems
     with session(engine) as ray:
         actor = ray.remote(CameraWatch).options(**engine.options(), max_restarts=RESTARTS)
-        handles = {name: actor.remote(name, *spec, engine.device) for name, spec in cameras.items()}
+        handles = {
+            name: actor.remote(name, root, source, own, engine.device, outputs)
+            for name, (root, source, own, outputs) in cameras.items()
+        }
         try:
             while not stop.is_set() and not all(s.over for s in states):
                 _poll(ray, handles, states, on_item)
