@@ -18,7 +18,7 @@ from conftest import tiny_config
 
 from vidanom import results
 from vidanom.detector import Detector
-from vidanom.fitting import no_progress
+from vidanom.progress import no_progress
 from vidanom.config import FrameConfig, ProjectConfig, with_overrides
 from vidanom.errors import VideoError
 from vidanom.inference import SubPixelConvTranspose, for_inference, scoring_threads, torch_threads

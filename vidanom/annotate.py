@@ -32,7 +32,7 @@ from .errors import VidanomError
 from .heatmap import ErrorScale, overlay
 from .project import Project
 from .revisit import ScoredClip, revisit, scored_clip
-from .fitting import Progress, no_progress
+from .progress import Progress, no_progress
 
 CODECS = ("libx264", "h264", "mpeg4")  # the first this FFmpeg can encode with
 CONTAINERS = {

@@ -26,7 +26,7 @@ from .config import ProjectConfig
 from .data import UNTIMED, Split, Timing
 from .mdn import LSTMMDN
 from .scoring import STILL_UNIT, CausalMean, Maps, Scorer, combine, components, make_scorer
-from .fitting import Progress, no_progress
+from .progress import Progress, no_progress
 from .vae import BetaVAE, patch_means
 
 MIN_SECONDS = 60.0  # less normal footage than this cannot support a promised false-alarm rate

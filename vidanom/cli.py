@@ -259,7 +259,7 @@ def train(
     """
     from .config import fixed_steps, with_overrides
     from .distributed import from_env
-    from .fitting import no_progress
+    from .progress import no_progress
     from .training import STAGES, train as train_model
 
     if stage not in STAGES:

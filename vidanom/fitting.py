@@ -45,10 +45,10 @@ from .data import (
 )
 from .errors import ProjectError, VidanomError
 from .mdn import LSTMMDN, MDNConfig, mdn_nll
+from .progress import Progress, no_progress
 from .replay import batch_parts
 from .vae import BetaVAE, VAEConfig, vae_loss
 
-Progress = Callable[[str, int, int, dict[str, Any]], None]  # (task, done, total or 0, what to show)
 ExtraBatch = Callable[[int, torch.Generator], torch.Tensor]  # (batch size, generator) → replayed inputs
 Penalty = Callable[[torch.Generator], torch.Tensor]  # an extra loss term (EWC, replay's distillation)
 INFER_BATCH = 256
@@ -56,10 +56,6 @@ VAL_FRAMES = 512  # held-out frames the β-VAE is evaluated on
 VAL_WINDOWS = 32  # held-out windows (of every cell) the LSTM-MDN is evaluated on
 MDN_WINDOWS = 8  # windows per LSTM-MDN batch; each brings every cell of the grid
 MIN_GAIN = 1e-3  # a held-out loss better by less than this share does not count as progress
-
-
-def no_progress(task: str, done: int, total: int, info: dict[str, Any]) -> None:
-    """The progress callback of a caller that shows none (tests, benchmarks, library use)."""
 
 
 def resolve_device(name: str) -> torch.device:

@@ -20,7 +20,7 @@ from .errors import VidanomError
 from .heatmap import SPAN, ErrorScale, overlay
 from .project import Project
 from .revisit import ScoredClip, revisit, scored_clip
-from .fitting import Progress, no_progress
+from .progress import Progress, no_progress
 
 MAX_K = 64
 

@@ -19,7 +19,7 @@ import torch
 from . import fsutil, metrics, plot
 from .detector import Detector
 from .errors import LabelsError, VidanomError
-from .fitting import Progress, no_progress
+from .progress import Progress, no_progress
 from .project import Project
 from .scoring import segments
 from .video import DecodeReport, Source, find_sources

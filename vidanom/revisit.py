@@ -20,7 +20,7 @@ from .detector import Detector
 from .results import read_scored, read_scores
 from .project import Project
 from .scoring import Maps, make_scorer
-from .fitting import Progress, no_progress
+from .progress import Progress, no_progress
 from .video import DecodeReport, Source, find_sources, iter_full_chunks
 
 FULL_CHUNK = 8  # frames per chunk of the second pass: 8 RGB frames of 1080p are 50 MB

@@ -32,7 +32,8 @@ from .data import Split, Timing, gather
 from .detector import Detector
 from .distributed import Group
 from .errors import VidanomError
-from .fitting import Progress, encode, fit_mdn, fit_vae, load_checkpoint, no_progress
+from .fitting import encode, fit_mdn, fit_vae, load_checkpoint
+from .progress import Progress, no_progress
 from .inference import for_inference
 from .mdn import LSTMMDN
 from .project import Project

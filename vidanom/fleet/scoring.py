@@ -26,7 +26,7 @@ from typing import Any
 
 from .. import fsutil
 from ..errors import NotTrainedError, VidanomError
-from ..fitting import Progress, no_progress
+from ..progress import Progress, no_progress
 from ..project import Project
 from ..video import Source
 from .engine import Engine, Tally, failure, Throttled, capacity, run_jobs, session

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import VidanomError
-from ..fitting import Progress, no_progress
+from ..progress import Progress, no_progress
 from .engine import Engine, Tally, failure, capacity, run_jobs, session
 from .manifest import Manifest, expand, open_project
 

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 from .. import fsutil
 from ..errors import VidanomError
 from ..project import Project
-from ..fitting import Progress, no_progress
+from ..progress import Progress, no_progress
 from .stored import Stored, StoredClip, read_stored
 
 THUMB_WIDTH = 320  # pixels, at most: a thumbnail is never wider, and never enlarged
