@@ -18,7 +18,7 @@ from PIL import Image
 from vidanom import annotate, gallery, heatmap, plot
 from vidanom.project import Project
 from vidanom.revisit import scored_clip
-from vidanom.calibration import Calibration
+from vidanom.normality import Calibration
 
 CPU = ("--device", "cpu")
 

@@ -9,7 +9,7 @@ import torch
 from vidanom import fitting
 from vidanom.mdn import LSTMMDN, MDNConfig, mdn_nll
 from vidanom.config import ScoreConfig
-from vidanom.calibration import LEGACY_STILL_MARGIN, Calibration
+from vidanom.normality import LEGACY_STILL_MARGIN, Calibration
 from vidanom.scoring import (
     CausalMean,
     combine,

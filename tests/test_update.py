@@ -18,7 +18,7 @@ from vidanom.dream import dream_clip
 from vidanom.mdn import LSTMMDN
 from vidanom.project import Project
 from vidanom.replay import PriorReplay
-from vidanom.calibration import Calibration
+from vidanom.normality import Calibration
 from vidanom.vae import BetaVAE
 
 TRAIN = ("--steps", "8", "--device", "cpu")

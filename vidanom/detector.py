@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from . import fsutil
-from .calibration import Calibration
+from .normality import Calibration
 from .config import ProjectConfig, from_dict, read_config, to_dict
 from .errors import ConfigError, ProjectError
 from .fitting import build_mdn, build_vae, load_checkpoint

@@ -30,7 +30,7 @@ from .mdn import LSTMMDN, State, mdn_nll
 from .vae import BetaVAE, error_map, kl_map, patch_means
 
 if TYPE_CHECKING:
-    from .calibration import Calibration
+    from .normality import Calibration
 
 # the components of a frame's score: the first three count where they are higher than on normal
 # frames; "still" where it is lower: in a frozen picture nothing changes anywhere, and every cell is

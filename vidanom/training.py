@@ -26,7 +26,8 @@ import torch
 
 from . import cache, distributed, interrupt, strategies
 from .cache import ClipMeta
-from .calibration import Calibration, Footage, calibrate, patch_error_stats
+from .calibration import Footage, calibrate, patch_error_stats
+from .normality import Calibration
 from .config import ProjectConfig
 from .data import Split, Timing, gather
 from .detector import Detector
