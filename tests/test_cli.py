@@ -16,7 +16,7 @@ import typer
 from conftest import ANOMALY, invoke, make_project, tiny_config
 from sklearn.metrics import roc_auc_score
 
-from vidanom.cli import app
+from vidanom.cli import RESUMABLE, app
 from vidanom.config import CONFIG_NAME, ProjectConfig, SCHEMA_VERSION, read_config, to_dict
 from vidanom.project import Project
 from vidanom.detector import Detector
@@ -406,3 +406,31 @@ def test_no_steps_is_a_clean_error(trained_project, clips, command):
     res = invoke(command, clips.normal_a, "--steps", "0", "--device", "cpu", "-p", trained_project)
     assert res.exit_code == 2 and "--steps" in res.output and "Traceback" not in res.output
     assert Project.open(trained_project).current_version() == "v0001"
+
+
+# -- Ctrl-C --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "command, module, function",
+    [
+        (("train",), "vidanom.training", "train"),
+        (("update",), "vidanom.training", "update"),
+        (("fleet", "train", "MANIFEST"), "vidanom.fleet.training", "train_fleet"),
+        (("score", "VIDEO"), "vidanom.results", "score"),
+    ],
+)
+def test_ctrl_c_tells_how_to_resume_what_can_be_resumed(trained_project, clips, command, module, function, monkeypatch):
+    import importlib
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(importlib.import_module(module), function, interrupted)
+    manifest = trained_project.parent / "fleet.toml"
+    manifest.write_text(f'[cameras.cam]\nproject = "{trained_project.name}"\n')
+    args = [{"MANIFEST": manifest, "VIDEO": clips.anomalous}.get(a, a) for a in command]
+    res = invoke(*args, *(() if command[0] == "fleet" else ("-p", trained_project)))
+    assert res.exit_code == 130, res.output
+    resumable = command[0] != "score"
+    assert res.stderr.strip() == (RESUMABLE if resumable else "interrupted")

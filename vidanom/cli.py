@@ -88,25 +88,29 @@ def _describe(exc: Exception) -> tuple[str, int]:
     ), 1
 
 
-def cli_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+def cli_errors(fn: Callable[..., Any] | None = None, *, interrupted: str = "interrupted") -> Callable[..., Any]:
     """Turn every error and Ctrl-C into one line on stderr and an exit code (no traceback).
 
     Exit codes: 2 for usage and input errors (and files that cannot be read or written), 3 for a
     project busy with another command, 130 for Ctrl-C, 1 for anything unexpected (a bug).
     `vidanom --debug` (or VIDANOM_DEBUG=1) lets the exception and its traceback through instead.
+    interrupted: what Ctrl-C prints (RESUMABLE for the commands that --resume continues); used as
+    `@cli_errors` or `@cli_errors(interrupted=RESUMABLE)`.
     """
+    if fn is None:
+        return functools.partial(cli_errors, interrupted=interrupted)
+    command = fn
 
-    @functools.wraps(fn)
+    @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            return fn(*args, **kwargs)
+            return command(*args, **kwargs)
         except _PASS_THROUGH:
             raise
         except KeyboardInterrupt:
             if _debug():
                 raise
-            message = RESUMABLE if fn.__name__ in ("train", "update") else "interrupted"
-            err.print(message, markup=False, highlight=False, soft_wrap=True)
+            err.print(interrupted, markup=False, highlight=False, soft_wrap=True)
             raise typer.Exit(130) from None
         except Exception as exc:  # noqa: BLE001 - the CLI's last line of defence against tracebacks
             if _debug():
@@ -229,7 +233,7 @@ def extract(
 
 
 @app.command()
-@cli_errors
+@cli_errors(interrupted=RESUMABLE)
 def train(
     videos: Annotated[list[Path] | None, typer.Argument(help="Normal videos to add (optional).")] = None,
     steps: Annotated[
@@ -296,7 +300,7 @@ def _print_trained(result: Any, head: str) -> None:
 
 
 @app.command()
-@cli_errors
+@cli_errors(interrupted=RESUMABLE)
 def update(
     videos: Annotated[list[Path] | None, typer.Argument(help="Normal videos of the new scene.")] = None,
     scene: Annotated[str | None, typer.Option(help="Name of the new scene (default: scene<N>).")] = None,
@@ -782,7 +786,7 @@ def _fail(lines: list[str]) -> None:
 
 
 @fleet.command(name="train")
-@cli_errors
+@cli_errors(interrupted=RESUMABLE)
 def fleet_train(
     manifest: ManifestArg,
     steps: Annotated[
