@@ -285,7 +285,7 @@ def test_hand_edited_config_with_a_wrong_type_is_a_clean_error(project):
     data = to_dict(tiny_config())
     data["frames"]["width"] = "wide"
     (project / CONFIG_NAME).write_text(json.dumps(data))
-    assert_clean_error(invoke("status", "-p", project), match="wrong type")
+    assert_clean_error(invoke("status", "-p", project), match="frames.width must be a whole number")
 
 
 def test_config_changed_after_training_is_a_clean_error(trained_project, clips):

@@ -9,7 +9,16 @@ import pytest
 import torch
 from conftest import tiny_config
 
-from vidanom.config import CONFIG_NAME, SCHEMA_VERSION, ProjectConfig, from_dict, read_config, to_dict, with_overrides
+from vidanom.config import (
+    CONFIG_NAME,
+    RULES,
+    SCHEMA_VERSION,
+    ProjectConfig,
+    from_dict,
+    read_config,
+    to_dict,
+    with_overrides,
+)
 from vidanom.errors import ConfigError, ProjectError
 from vidanom.project import Project
 from vidanom.vae import BetaVAE
@@ -144,3 +153,90 @@ def test_a_width_of_zero_follows_the_aspect_ratio(source, expected):
     assert frames.height == 64
     assert frames.resolved(*source).width == expected  # rounded to a multiple of 8, at least 8
     assert with_overrides(tiny_config()).frames.resolved(*source) == tiny_config().frames  # set: kept
+
+
+# -- every value is checked, and the error names it -------------------------------------------------
+
+
+def config_keys(cfg: ProjectConfig) -> dict[str, object]:
+    """'section.key' → value of every value in a config (nested sections dotted further)."""
+    out: dict[str, object] = {}
+
+    def walk(prefix: str, data: dict) -> None:
+        for k, v in data.items():
+            if isinstance(v, dict):
+                walk(f"{prefix}{k}.", v)
+            elif k != "schema_version":
+                out[f"{prefix}{k}"] = v
+
+    walk("", to_dict(cfg))
+    return out
+
+
+def test_every_config_value_has_a_rule_that_says_what_it_may_be():
+    keys = config_keys(ProjectConfig())
+    assert set(RULES) == set(keys)
+    for key, rule in RULES.items():
+        assert rule.allowed(), key
+
+
+BAD_VALUES = {
+    "frames.width": -1,
+    "frames.height": 0,
+    "frames.channels": 2,
+    "frames.stride": 0,
+    "frames.motion_lag": -1,
+    "frames.motion": "flow",
+    "frames.motion_gain": 0.0,
+    "frames.motion_blur": 4,
+    "frames.decode_timeout": 0,
+    "vae.hidden": [8, 0],
+    "vae.latent_channels": 0,
+    "vae.beta": -0.1,
+    "vae.coords": 1,
+    "mdn.hidden": 0,
+    "mdn.mixtures": 0,
+    "mdn.cell_embedding": -1,
+    "mdn.delta": "yes",
+    "mdn.residual": None,
+    "train.vae_steps": 0,
+    "train.vae_epochs": -1.0,
+    "train.vae_max_steps": 0,
+    "train.mdn_steps": 2.5,
+    "train.eval_every": 0,
+    "train.patience": 0,
+    "train.max_minutes": -1.0,
+    "train.batch_size": 0,
+    "train.lr": 0.0,
+    "train.seq_len": 0,
+    "train.holdout": 1.0,
+    "train.block_seconds": 0.0,
+    "train.replay_distill": -1.0,
+    "train.ewc_strength": -1.0,
+    "train.dream_temperature": 0.0,
+    "train.seed": -1,
+    "score.recon_planes": "some",
+    "score.patch": 0,
+    "score.patch_stride": 0,
+    "score.top_k": 0,
+    "score.weights": [1.0, -1.0, 0.25, 2.0],
+    "score.shrink_seconds": float("nan"),
+    "score.mdn_warmup": -1,
+    "score.smooth": -1,
+    "score.false_alarms": 0.5,
+    "score.min_segment": 0,
+    "score.batch_size": 0,
+}
+
+
+@pytest.mark.parametrize("key", sorted(BAD_VALUES))
+def test_a_value_out_of_its_range_is_refused_in_one_line_that_names_it_and_its_range(key):
+    assert set(BAD_VALUES) == set(config_keys(ProjectConfig()))  # every value is tried
+    data = to_dict(ProjectConfig())
+    section, name = key.split(".", 1)
+    data[section][name] = BAD_VALUES[key]
+    with pytest.raises(ConfigError) as caught:
+        from_dict(data)
+    message = str(caught.value)
+    assert message.startswith(f"{key} must be ") and "\n" not in message
+    assert RULES[key].allowed() in message and repr(BAD_VALUES[key]) in message

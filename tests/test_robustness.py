@@ -280,6 +280,18 @@ def test_corrupted_config_is_a_clean_error(project):
     assert_clean_error(invoke("status", "-p", project), match="cannot read config")
 
 
+def test_a_config_value_out_of_range_is_a_clean_error_naming_it(trained_project, clips):
+    data = json.loads((trained_project / CONFIG_NAME).read_text())
+    data["score"]["batch_size"] = 0
+    (trained_project / CONFIG_NAME).write_text(json.dumps(data))
+    line = assert_clean_error(invoke("score", clips.anomalous, *CPU, "-p", trained_project), match="score.batch_size")
+    assert "1 or more" in line and "not 0" in line
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    watch = [sys.executable, "-m", "vidanom", "watch", str(clips.anomalous), "--device", "cpu"]
+    proc = subprocess.run([*watch, "-p", str(trained_project)], capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 2 and proc.stderr.startswith("error: score.batch_size must be"), proc.stderr
+
+
 def test_stored_scores_that_do_not_match_are_a_clean_error(scored, tmp_path):
     csv = scored / "scores" / "anom.mp4.csv"
     csv.write_text("\n".join(csv.read_text().splitlines()[:10]))  # a CSV from another run than the JSON

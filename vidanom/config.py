@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -140,27 +141,131 @@ def _build(cls: type, data: Any, where: str) -> Any:
         default = getattr(cls(), name)
         if hasattr(default, "__dataclass_fields__"):
             value = _build(type(default), value, f"{where}.{name}" if where else name)
-        elif isinstance(default, tuple):
-            value = tuple(value)
+        elif isinstance(default, tuple) and isinstance(value, list):
+            value = tuple(value)  # anything else is left for validate to refuse by name
         kwargs[name] = value
     return cls(**kwargs)
 
 
+@dataclass(frozen=True)
+class Rule:
+    """What one config value may be; the error that refuses another value says it."""
+
+    kind: type  # int, float, bool, str, or tuple (of ints: a list in the JSON)
+    low: float | None = None  # the least value allowed...
+    high: float | None = None  # ...and the largest
+    open: bool = False  # low and high themselves are not allowed
+    choices: tuple[Any, ...] = ()
+    odd: bool = False
+    note: str = ""  # what a special value means, e.g. "0: from the video"
+
+    def allowed(self) -> str:
+        """The values allowed, in words: 'a whole number of 1 or more', 'one of 1, 3'..."""
+        if self.choices:
+            return "one of " + ", ".join(repr(c) if isinstance(c, str) else str(c) for c in self.choices)
+        if self.kind is bool:
+            return "true or false"
+        what = {int: "a whole number", float: "a number", tuple: "a list of whole numbers"}[self.kind]
+        if self.odd:
+            what = "an odd whole number"
+        if self.kind is tuple:
+            return f"{what}, each of {self.low:g} or more"
+        if self.low is not None and self.high is not None:
+            span = f"between {self.low:g} and {self.high:g}" + (" (exclusive)" if self.open else "")
+        elif self.low is not None:
+            span = f"above {self.low:g}" if self.open else f"of {self.low:g} or more"
+        else:
+            span = ""
+        return " ".join(part for part in (what, span) if part) + (f" ({self.note})" if self.note else "")
+
+    def fits(self, value: Any) -> bool:
+        if self.choices:
+            return any(value == c and type(value) is type(c) for c in self.choices)
+        if self.kind is tuple:
+            return isinstance(value, tuple) and bool(value) and all(Rule(int, self.low).fits(v) for v in value)
+        if self.kind is bool or isinstance(value, bool):  # True is an int to Python, not to a config
+            return isinstance(value, bool) and self.kind is bool
+        if not isinstance(value, int if self.kind is int else (int, float)) or not math.isfinite(value):
+            return False
+        low_ok = self.low is None or (value > self.low if self.open else value >= self.low)
+        high_ok = self.high is None or (value < self.high if self.open else value <= self.high)
+        return low_ok and high_ok and (not self.odd or value % 2 == 1)
+
+
+_COUNT, _SOME = Rule(int, 1), Rule(int, 0)  # a whole number of at least 1, at least 0
+_POSITIVE, _NOT_NEGATIVE = Rule(float, 0, open=True), Rule(float, 0)
+# every value of the config: a new key needs a rule here (tests/test_config.py checks that each has one)
+RULES: dict[str, Rule] = {
+    "frames.width": Rule(int, 0, note="0: from the first clip's aspect ratio"),
+    "frames.height": _COUNT,
+    "frames.channels": Rule(int, choices=(1, 3)),
+    "frames.stride": _COUNT,
+    "frames.motion_lag": _SOME,
+    "frames.motion": Rule(str, choices=MOTION_KINDS),
+    "frames.motion_gain": _POSITIVE,
+    "frames.motion_blur": Rule(int, 1, odd=True),
+    "frames.decode_timeout": _POSITIVE,
+    "vae.hidden": Rule(tuple, 1),
+    "vae.latent_channels": _COUNT,
+    "vae.beta": _NOT_NEGATIVE,
+    "vae.coords": Rule(bool),
+    "mdn.hidden": _COUNT,
+    "mdn.mixtures": _COUNT,
+    "mdn.cell_embedding": _SOME,
+    "mdn.delta": Rule(bool),
+    "mdn.residual": Rule(bool),
+    "train.vae_steps": _COUNT,
+    "train.vae_epochs": _NOT_NEGATIVE,
+    "train.vae_max_steps": _COUNT,
+    "train.mdn_steps": _COUNT,
+    "train.eval_every": _COUNT,
+    "train.patience": _COUNT,
+    "train.max_minutes": Rule(float, 0, note="0: no time limit"),
+    "train.batch_size": _COUNT,
+    "train.lr": _POSITIVE,
+    "train.seq_len": _COUNT,
+    "train.holdout": Rule(float, 0, 1, open=True),
+    "train.block_seconds": _POSITIVE,
+    "train.replay_distill": Rule(float, 0, note="0: off"),
+    "train.ewc_strength": _NOT_NEGATIVE,
+    "train.dream_temperature": _POSITIVE,
+    "train.seed": _SOME,
+    "score.recon_planes": Rule(str, choices=("motion", "all")),
+    "score.patch": _COUNT,
+    "score.patch_stride": _COUNT,
+    "score.top_k": _COUNT,
+    "score.weights": Rule(float, 0),  # each of them (see _check_weights)
+    "score.shrink_seconds": _NOT_NEGATIVE,
+    "score.mdn_warmup": _SOME,
+    "score.smooth": Rule(int, 0, note="0 or 1: no smoothing"),
+    "score.false_alarms": Rule(float, 0, 0.5, open=True),
+    "score.min_segment": _COUNT,
+    "score.batch_size": _COUNT,
+}
+
+
+def _refuse(key: str, rule: Rule, value: Any) -> ConfigError:
+    shown = list(value) if isinstance(value, tuple) else value  # as the JSON file has it
+    return ConfigError(f"{key} must be {rule.allowed()}, not {shown!r}")
+
+
 def validate(cfg: ProjectConfig) -> None:
-    f = cfg.frames
-    if f.channels not in (1, 3):
-        raise ConfigError(f"frames.channels must be 1 (gray) or 3 (RGB), not {f.channels}")
-    if min(f.height, f.stride) < 1 or f.width < 0 or f.motion_lag < 0:
+    """Refuse (ConfigError, one line naming the key and what it may be) a config with a value out
+    of its range, or whose values do not fit together."""
+    for section in fields(cfg):
+        part = getattr(cfg, section.name)
+        if not hasattr(part, "__dataclass_fields__"):
+            continue
+        for item in fields(part):
+            key, value = f"{section.name}.{item.name}", getattr(part, item.name)
+            if key == "score.weights":
+                _check_weights(value)
+            elif not RULES[key].fits(value):
+                raise _refuse(key, RULES[key], value)
+    f, sc = cfg.frames, cfg.score
+    if sc.patch > min(f.width or f.height, f.height):
         raise ConfigError(
-            "frames.height and stride must be positive, width positive or 0 (from the video) "
-            "and motion_lag not negative"
-        )
-    if not f.decode_timeout > 0:
-        raise ConfigError("frames.decode_timeout must be a positive number of seconds")
-    if f.motion not in MOTION_KINDS or not f.motion_gain > 0 or f.motion_blur < 1 or f.motion_blur % 2 == 0:
-        raise ConfigError(
-            f"frames.motion must be one of {', '.join(MOTION_KINDS)}, motion_gain positive and "
-            "motion_blur an odd number of pixels"
+            f"score.patch must fit the frame ({min(f.width or f.height, f.height)} pixels or fewer), not {sc.patch}"
         )
     try:
         from .vae import BetaVAE  # a cheap check of the architecture's divisibility rules
@@ -168,22 +273,15 @@ def validate(cfg: ProjectConfig) -> None:
         BetaVAE(replace(cfg, frames=f.resolved(f.height, f.height)).vae_config())
     except ValueError as exc:
         raise ConfigError(f"config does not describe a valid model: {exc}") from exc
-    t = cfg.train
-    if not 0 < t.holdout < 1 or not t.block_seconds > 0:
-        raise ConfigError("train.holdout must lie between 0 and 1 and train.block_seconds be positive")
-    if min(t.vae_steps, t.mdn_steps, t.eval_every, t.patience, t.batch_size, t.seq_len) < 1:
-        raise ConfigError("train.vae_steps, mdn_steps, eval_every, patience, batch_size and seq_len must be positive")
-    if t.vae_max_steps < 1 or t.vae_epochs < 0:
-        raise ConfigError("train.vae_max_steps must be positive and train.vae_epochs not negative")
-    sc = cfg.score
-    if not (1 <= sc.patch <= min(f.width or f.height, f.height) and sc.patch_stride >= 1 and sc.top_k >= 1):
-        raise ConfigError("score.patch must fit the frame, and score.patch_stride and top_k must be positive")
-    if sc.recon_planes not in ("motion", "all"):
-        raise ConfigError("score.recon_planes must be 'motion' or 'all'")
-    if len(sc.weights) != 4:
-        raise ConfigError("score.weights must hold 4 numbers: recon, kl, nll, still")
-    if not 0 < sc.false_alarms < 0.5 or sc.shrink_seconds < 0:
-        raise ConfigError("score.false_alarms must lie between 0 and 0.5, score.shrink_seconds not be negative")
+
+
+def _check_weights(weights: Any) -> None:
+    rule = RULES["score.weights"]
+    if not isinstance(weights, tuple) or len(weights) != 4 or not all(rule.fits(w) for w in weights):
+        shown = list(weights) if isinstance(weights, tuple) else weights
+        raise ConfigError(
+            f"score.weights must be 4 numbers (recon, kl, nll, still), each {rule.allowed()}, not {shown!r}"
+        )
 
 
 def to_dict(cfg: ProjectConfig) -> dict[str, Any]:
