@@ -23,7 +23,7 @@ import av
 import numpy as np
 import pytest
 import torch
-from conftest import ANOMALY, Clips, anomalous_frames, invoke, square_frames, tiny_config, write_video
+from conftest import ANOMALY, Clips, anomalous_frames, invoke, make_project, square_frames, tiny_config, write_video
 from PIL import Image
 
 from vidanom import results
@@ -161,6 +161,21 @@ def test_one_frame_video_scores_with_a_warning_and_plots_and_evaluates(scored, t
     res = invoke("eval", labels, "--json", "-p", scored)
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["frames"] == 1 + 48
+
+
+@pytest.mark.parametrize("frames", [1, 5, 17])
+def test_too_little_footage_to_train_on_is_a_clean_error_saying_how_much_is_needed(trained_project, tmp_path, frames):
+    short = write_video(tmp_path / "short.mp4", square_frames(frames, 4, 20, 1.0, 8)[0])
+    before = digest(trained_project / "models")
+    fresh = make_project(tmp_path / "fresh")
+    for command, root in ((("train", short), fresh), (("update", short, "--scene", "short"), trained_project)):
+        res = invoke(*command, "--steps", "4", *CPU, "-p", root)
+        line = assert_clean_error(res, match=f"only {frames} frame(s) of normal footage")
+        assert "at least 18 frames (0.7 s at 25 fps)" in line, line
+    assert digest(trained_project / "models") == before
+    long_enough = write_video(tmp_path / "enough.mp4", square_frames(18, 4, 20, 1.0, 8)[0])
+    res = invoke("train", long_enough, "--steps", "4", *CPU, "-p", make_project(tmp_path / "enough"))
+    assert res.exit_code == 0, res.output
 
 
 def test_truncated_mp4_scores_what_decodes_or_is_a_clean_error(scored, tmp_path):

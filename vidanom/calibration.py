@@ -24,6 +24,7 @@ from torch.distributions import Binomial
 from . import interrupt
 from .config import ProjectConfig
 from .data import UNTIMED, Split, Timing
+from .errors import VidanomError
 from .mdn import LSTMMDN
 from .normality import Calibration
 from .scoring import STILL_UNIT, CausalMean, Maps, Scorer, combine, components, make_scorer
@@ -128,6 +129,25 @@ def held_blocks(split: Split) -> list[tuple[int, int, int]]:
         return runs
     size = -(-total // MIN_BLOCKS)
     return [(c, s, min(s + size, b)) for c, a, b in runs for s in range(a, b, size)]
+
+
+def check_footage(footage: Footage, holdout: float, block_seconds: float) -> None:
+    """Refuse (VidanomError) footage too short to train on and still hold out frames for the
+    threshold: it must give at least two held-out blocks and a training run of two frames."""
+    if _enough(footage.split):
+        return
+    fps = footage.fps[0] if footage.fps else 25.0
+    need = next(n for n in range(2, 1_000_000) if _enough(Split.blocks([n], [fps], holdout, block_seconds)))
+    frames = sum(footage.split.lengths)
+    raise VidanomError(
+        f"only {frames} frame(s) of normal footage ({footage.seconds:.1f} s): training needs at least {need} "
+        f"frames ({need / fps:.1f} s at {fps:g} fps) to hold some out for the threshold, and a few minutes "
+        "to promise a false-alarm rate; train on longer footage"
+    )
+
+
+def _enough(split: Split) -> bool:
+    return len(held_blocks(split)) >= 2 and any(b - a >= 2 for _, a, b in split.runs())
 
 
 # -- calibrating ---------------------------------------------------------------------------------

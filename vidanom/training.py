@@ -26,7 +26,7 @@ import torch
 
 from . import cache, distributed, interrupt, strategies
 from .cache import ClipMeta
-from .calibration import Footage, calibrate, patch_error_stats
+from .calibration import Footage, calibrate, check_footage, patch_error_stats
 from .normality import Calibration
 from .config import ProjectConfig
 from .data import Split, Timing, gather
@@ -124,7 +124,9 @@ def _footage(project: Project, metas: list[ClipMeta], progress: Progress) -> Foo
     times = [cache.load_times(project.cache_dir, m) for m in metas]
     fps = [m.fps / m.stride for m in metas]
     split = Split.blocks([len(c) for c in clips], fps, tc.holdout, tc.block_seconds)
-    return Footage(clips, fps, split, Timing(times, usual_interval(times)), progress=progress)
+    footage = Footage(clips, fps, split, Timing(times, usual_interval(times)), progress=progress)
+    check_footage(footage, tc.holdout, tc.block_seconds)
+    return footage
 
 
 def usual_interval(times: list[np.ndarray]) -> float | None:
@@ -272,8 +274,8 @@ def fit_and_publish(
         "vae": asdict(cfg.vae_config()),
         "mdn": asdict(cfg.mdn_config()),
     }
+    footage = _footage(project, metas, progress)  # refuses too little footage before anything is written
     distributed.on_main(plan.group, lambda: project.begin_run(identity, resume))
-    footage = _footage(project, metas, progress)
     result = TrainResult("", len(metas), sum(m.frames for m in metas), 0.0, scene=plan.lineage["scene"])
     vae, result.vae = _fit_vae_stage(project, plan, footage, device, resume, progress)
     mdn, result.mdn = _fit_mdn_stage(project, plan, vae, footage, device, resume, progress)
