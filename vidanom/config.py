@@ -46,6 +46,11 @@ class FrameConfig:
     def motion_plane(self) -> MotionPlane:
         return MotionPlane(self.motion_lag, self.motion, self.motion_gain, self.motion_blur)
 
+    def rate(self, nominal: float) -> float:
+        """The frame rate every output reports (CSV and summary, ClipScores, watch): of the frames
+        kept, the file's nominal rate over the stride."""
+        return nominal / self.stride
+
 
 @dataclass(frozen=True)
 class VAEOptions:

@@ -28,7 +28,7 @@ from .video import DecodeReport, Source, find_sources
 @dataclass
 class ClipScores:
     name: str
-    fps: float
+    fps: float  # of the scored frames (FrameConfig.rate)
     frames: int
     threshold: float
     version: str
@@ -76,7 +76,7 @@ def score_clip(
 ) -> ClipScores:
     """Score one clip and write its CSV, JSON summary and timeline PNG into the project's scores/."""
     (times, comps, scenes, scores), report = _score_arrays(detector, src, device, progress)
-    sc, threshold = detector.config.score, detector.threshold
+    sc, threshold, fps = detector.config.score, detector.threshold, detector.config.frames.rate(report.fps)
     flags = scores > threshold
     edges = np.append(times, report.duration)  # the time of frame i, and of the clip's end at n
     segs = [
@@ -96,7 +96,7 @@ def score_clip(
         "clip": src.name,
         "source": str(src.path.resolve()),
         "frames": int(len(scores)),
-        "fps": report.fps / detector.config.frames.stride,
+        "fps": fps,
         "duration": round(report.duration, 3),
         "model_version": detector.version,
         "threshold": threshold,
@@ -121,7 +121,7 @@ def score_clip(
     )
     return ClipScores(
         src.name,
-        report.fps,
+        fps,
         len(scores),
         threshold,
         str(detector.version),

@@ -534,7 +534,7 @@ class Watcher:
         """Score one batch of frames (n at the project's size), report the events that ended in it."""
         status = self.status
         if self.tracker is None:  # the rate is known once the stream is open
-            status.fps = feed.report.fps / self.cfg.frames.stride
+            status.fps = self.cfg.frames.rate(feed.report.fps)
             self.tracker = EventTracker(status.threshold, self.cfg.score.min_segment, 1 / status.fps)
         index, times = np.array([f.index for f in batch]), np.array([f.time for f in batch])
         scores = self.scorer(index, np.stack([f.pixels for f in batch]), times)
