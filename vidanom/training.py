@@ -60,6 +60,7 @@ def extract(
 ) -> list[tuple[ClipMeta, bool]]:
     """Cache the frames of every clip named by paths; clips already cached are not decoded again.
 
+    A clip cached as another scene is refused (VidanomError) before any is extracted.
     Needs no lock: every clip's cache is written atomically, so extracting and scoring in other
     processes go on meanwhile. The first clip of a project sets its frame size (its aspect ratio).
     """
@@ -69,6 +70,8 @@ def extract(
     sources = find_sources(paths)
     if sources and not project.config.frames.width:
         project.set_frames(project.config.frames.resolved(*first_frame_size(sources[0], project.config.frames)))
+    for src in sources:  # all of them, before any is extracted
+        cache.check_scene(project.cache_dir, src, project.config.frames, scene)
     for i, src in enumerate(sources):
         done = [0]
 
