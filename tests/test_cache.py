@@ -7,12 +7,13 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import VFR_PTS_MS, invoke, square_frames, write_vfr, write_video
+from conftest import VFR_PTS_MS, invoke, make_project, square_frames, tiny_config, write_vfr, write_video
 
 from vidanom import cache
 from vidanom.config import FrameConfig
 from vidanom.errors import VideoError
 from vidanom.project import Project
+from vidanom.training import extract
 from vidanom.video import Source, iter_chunks
 
 FC = FrameConfig(width=32, height=24, channels=1)
@@ -142,3 +143,17 @@ def test_a_cache_written_before_times_were_kept_still_loads(clips, tmp_path):
     np.testing.assert_allclose(cache.load_times(tmp_path, old), np.arange(meta.frames) * 2 / 25.0)
     again, new = cache.extract(tmp_path, Source(clips.normal_a), fc, "default")
     assert not new and again == old  # not decoded again
+
+
+def test_two_first_extracts_at_once_agree_on_the_frame_size(clips, tmp_path):
+    """frames.width 0 is set by the first clip extracted; a second extract that began before it was set
+    (it read width 0 too) takes that width rather than writing its own, so that neither cache is lost."""
+    root = make_project(tmp_path / "p", tiny_config(frames={"width": 0}))
+    frames, _ = square_frames(24, 4, 20, 1.0, 8)
+    wide = write_video(tmp_path / "wide.mp4", np.concatenate([frames, frames], 2))  # 128×48, not 64×48
+    first, second = Project.open(root), Project.open(root)  # two commands, both before either extracted
+    extract(first, [clips.normal_a])
+    extract(second, [wide])
+    on_disk = Project.open(root).config.frames
+    assert on_disk.width == first.config.frames.width == second.config.frames.width == 40  # 64×48 at 32 rows
+    assert [m.name for m in cache.clips(root / "cache", on_disk)] == ["normal_a.mp4", "wide.mp4"]

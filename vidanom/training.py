@@ -69,7 +69,7 @@ def extract(
     out = []
     sources = find_sources(paths)
     if sources and not project.config.frames.width:
-        project.set_frames(project.config.frames.resolved(*first_frame_size(sources[0], project.config.frames)))
+        project.resolve_width(*first_frame_size(sources[0], project.config.frames))
     for src in sources:  # all of them, before any is extracted
         cache.check_scene(project.cache_dir, src, project.config.frames, scene)
     for i, src in enumerate(sources):
