@@ -217,7 +217,7 @@ def render(
     project: Project, clip: ScoredClip, out: Path, device: torch.device | None = None, progress: Progress = no_progress
 ) -> Annotated:
     """Write the annotated video of a scored clip to out (see the module docstring)."""
-    scale = ErrorScale.from_calibration(clip.detector.calibration, project.config)
+    scale = ErrorScale.from_calibration(clip.detector.calibration, clip.detector.config)
     flags, rate = clip.flags, _rate(clip)
     with ExitStack() as stack:
         encode, strip, size = None, None, (0, 0)

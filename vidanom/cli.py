@@ -686,50 +686,53 @@ def status(project: ProjectOpt = None) -> None:
 
     Example: vidanom status -p cam1
     """
-    from . import cache
-    from .results import scored_clips
-    from .config import to_dict
+    from .status import project_status
 
-    proj = _open(project)
-    out.print(f"[bold]project[/bold] {proj.root.resolve()}")
-    cfg = to_dict(proj.config)
-    out.print(f"config (schema {cfg['schema_version']}):")
-    for section, values in cfg.items():
+    s = project_status(_open(project))
+    out.print(f"[bold]project[/bold] {s.root}")
+    out.print(f"config (schema {s.config['schema_version']}):")
+    for section, values in s.config.items():
         if isinstance(values, dict):
             out.print(f"  {section}: " + ", ".join(f"{k}={v}" for k, v in values.items()), markup=False)
-    clips = cache.clips(proj.cache_dir, proj.config.frames)
-    out.print(
-        f"cached clips: {len(clips)} ({sum(c.frames for c in clips)} frames, "
-        f"{cache.size_bytes(proj.cache_dir) / 1e6:.1f} MB)"
-    )
-    current = proj.current_version()
+    out.print(f"cached clips: {s.cached_clips} ({s.cached_frames} frames, {s.cache_bytes / 1e6:.1f} MB)")
     t = Table("version", "scene", "parent", "how", "frames", "PSNR dB", "threshold (false alarms)")
-    for v in proj.versions():
-        name = v.get("version", "?")
-        fa, psnr = v.get("expected_false_alarms"), v.get("psnr")
-        how = v.get("strategy", "") + ("" if v.get("stage") == "all" else f"/{v.get('stage', '')}")
+    for v in s.versions:
+        fa = "" if v.false_alarms is None else f" ({100 * v.false_alarms:.1f}%)"
         t.add_row(
-            f"[bold]{name}*[/bold]" if name == current else name,
-            v.get("scene", ""),
-            str(v.get("parent") or "-"),
-            how,
-            str(v.get("frames", "")),
-            "-" if psnr is None else f"{psnr:.1f}",
-            f"{v.get('threshold', 0):.2f}" + ("" if fa is None else f" ({100 * fa:.1f}%)"),
+            f"[bold]{v.name}*[/bold]" if v.current else v.name,
+            v.scene,
+            v.parent or "-",
+            v.how,
+            "" if v.frames is None else str(v.frames),
+            "-" if v.psnr is None else f"{v.psnr:.1f}",
+            f"{v.threshold:.2f}{fa}",
         )
-    if current:
-        t.caption = f"* current version: {current}"
-    out.print(t if proj.versions() else "models: none yet (run 'vidanom train VIDEO...')")
-    run = proj.interrupted_run()
-    if run is not None:
-        what = ("train" if run.get("strategy") == "train" else "update") if run else "training"
-        scene = f" of scene '{run['scene']}'" if run.get("scene") else ""
-        out.print(f"an interrupted {what} run{scene} can be continued: the same command with --resume", markup=False)
-    scored = scored_clips(proj)
-    out.print(
-        f"scored clips: {len(scored)}"
-        + (f" ({', '.join(scored[:8])}{' ...' if len(scored) > 8 else ''})" if scored else "")
+    if s.current:
+        t.caption = f"* current version: {s.current}"
+    out.print(t if s.versions else "models: none yet (run 'vidanom train VIDEO...')")
+    _disagreements(
+        s.trained_otherwise, "the model scores as it was trained; 'vidanom train' trains anew with vidanom.json's"
     )
+    _disagreements(
+        s.calibrated_otherwise,
+        "its threshold was set for the model's; 'vidanom train --stage calibrate' sets one for vidanom.json's",
+    )
+    for problem in s.problems:
+        err.print(f"warning: {_one_line(problem)}", markup=False, highlight=False, soft_wrap=True)
+    if s.interrupted is not None:
+        scene = f" of scene '{s.interrupted.scene}'" if s.interrupted.scene else ""
+        out.print(
+            f"an interrupted {s.interrupted.command} run{scene} can be continued: the same command with --resume",
+            markup=False,
+        )
+    shown = f" ({', '.join(s.scored[:8])}{' ...' if len(s.scored) > 8 else ''})" if s.scored else ""
+    out.print(f"scored clips: {len(s.scored)}{shown}", markup=False)
+
+
+def _disagreements(lines: list[str], then: str) -> None:
+    """Where vidanom.json and the current model disagree, and what that means."""
+    if lines:
+        out.print("vidanom.json and the current model disagree: " + "; ".join(lines) + f" ({then})", markup=False)
 
 
 # -- fleet: many cameras on Ray -------------------------------------------------------------------

@@ -6,6 +6,7 @@ import json
 import math
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 from .data import MOTION_KINDS, MotionPlane
@@ -291,6 +292,68 @@ def _check_weights(weights: Any) -> None:
 
 def to_dict(cfg: ProjectConfig) -> dict[str, Any]:
     return asdict(cfg)
+
+
+# -- what a model keeps of the config it was trained with ------------------------------------------
+
+# how long to wait for a decoder, and how hard to pull the latents together while training: neither
+# shapes a trained model's inputs nor is part of its architecture
+NOT_TRAINED_IN = ("frames.decode_timeout", "vae.beta")
+# the score settings a model's calibration was made with: its threshold holds for these
+CALIBRATED_WITH = (
+    *("recon_planes", "patch", "patch_stride", "top_k", "weights", "shrink_seconds", "mdn_warmup", "smooth"),
+    "false_alarms",
+)
+
+
+def flat(cfg: ProjectConfig) -> dict[str, Any]:
+    """'section.key' → value of every value of a config ('score.weights.kl' for a nested one)."""
+    out: dict[str, Any] = {}
+
+    def walk(prefix: str, data: dict[str, Any]) -> None:
+        for key, value in data.items():
+            if isinstance(value, dict):
+                walk(f"{prefix}{key}.", value)
+            elif key != "schema_version":
+                out[prefix + key] = value
+
+    walk("", to_dict(cfg))
+    return out
+
+
+def trained_in(key: str) -> bool:
+    """Whether a config value is part of what a model was trained as: whatever shapes its inputs
+    (frames) and its architecture (vae, mdn). A model scores with its own."""
+    return key.split(".")[0] in ("frames", "vae", "mdn") and key not in NOT_TRAINED_IN
+
+
+def calibrated_with(key: str) -> bool:
+    """Whether a model's threshold was set for this score value (set anew by `train --stage calibrate`)."""
+    section, _, rest = key.partition(".")
+    return section == "score" and rest.split(".")[0] in CALIBRATED_WITH
+
+
+def disagreements(
+    model: ProjectConfig, project: ProjectConfig, which: Callable[[str], bool], name: str = "the model"
+) -> list[str]:
+    """'key is X in vidanom.json, Y in model v0003' for every value `which` picks on which the two differ."""
+    mine, theirs = flat(model), flat(project)
+    return [
+        f"{key} is {_shown(theirs[key])} in {CONFIG_NAME}, {_shown(mine[key])} in {name}"
+        for key in mine
+        if which(key) and key in theirs and mine[key] != theirs[key]
+    ]
+
+
+def _shown(value: Any) -> str:
+    return json.dumps(list(value) if isinstance(value, tuple) else value)
+
+
+def scoring_config(model: ProjectConfig, project: ProjectConfig) -> ProjectConfig:
+    """The config a model scores a project's footage with: its own for everything it was trained as
+    (trained_in), the project's for how to score (`score`) and how long to wait for a decoder."""
+    frames = replace(model.frames, decode_timeout=project.frames.decode_timeout)
+    return replace(model, frames=frames, score=project.score)
 
 
 def from_dict(data: Any) -> ProjectConfig:

@@ -67,8 +67,8 @@ def collect(
     progress: Progress = no_progress,
 ) -> list[Panel]:
     """Decode the clip up to the last of `frames` and keep those frames' panels, in the given order."""
-    scale = ErrorScale.from_calibration(clip.detector.calibration, project.config)
-    channels, wanted, found = project.config.frames.channels, set(frames), {}
+    scale = ErrorScale.from_calibration(clip.detector.calibration, clip.detector.config)
+    channels, wanted, found = clip.detector.config.frames.channels, set(frames), {}
     for chunk in revisit(project, clip, device, progress, "gallery", recon=True):
         assert chunk.maps.recon is not None
         hits = [i for i in range(len(chunk.full)) if chunk.start + i in wanted]
@@ -159,7 +159,7 @@ def gallery(
     clip = scored_clip(project, path)
     frames = pick_frames(clip.scores, k, int(round(min_gap * clip.rate)))  # the gap in frames, as they come
     panels = collect(project, clip, frames, device, progress)
-    fc = project.config.frames
+    fc = clip.detector.config.frames
     size = f"{fc.width}×{fc.height} {'gray' if fc.channels == 1 else 'RGB'}"
     target = render(out or project.scores_dir / f"{clip.src.name}.gallery.png", panels, clip, size)
     return Gallery(target, frames, [p.time for p in panels], [p.score for p in panels])

@@ -114,7 +114,7 @@ def revisit(
     from .inference import DECODING_THREADS, for_inference, scoring_threads, torch_threads
     from .prefetch import prefetch
 
-    device, cfg, n = device or torch.device("cpu"), project.config, len(clip.scores)
+    device, cfg, n = device or torch.device("cpu"), clip.detector.config, len(clip.scores)
     scorer = make_scorer(
         for_inference(clip.detector.vae, device), None, cfg, device, clip.detector.calibration.frame_interval
     )

@@ -28,11 +28,11 @@ from . import cache, distributed, interrupt, strategies
 from .cache import ClipMeta
 from .calibration import Footage, calibrate, check_footage, patch_error_stats
 from .normality import Calibration
-from .config import ProjectConfig
+from .config import CONFIG_NAME, ProjectConfig, disagreements, trained_in
 from .data import Split, Timing, gather
 from .detector import Detector
 from .distributed import Group
-from .errors import VidanomError
+from .errors import ConfigError, VidanomError
 from .fitting import encode, fit_mdn, fit_vae, load_checkpoint
 from .progress import Progress, no_progress
 from .inference import for_inference
@@ -371,9 +371,25 @@ def train(
         return fit_and_publish(project, metas, Plan(stage, lineage, parent, group=group), device, resume, progress)
 
 
+def parent_of(project: Project, stage: str) -> Detector:
+    """The current version, which the run (an update, or a stage that keeps its β-VAE) goes on from:
+    so it must see the inputs the version was trained on. ConfigError when vidanom.json's frame
+    settings or architecture (its LSTM-MDN's too, unless the stage fits a new one) are not the
+    version's, or its score.patch settings do not fit the version's calibration."""
+    parent = Detector.of_version(project)
+    keeps = (lambda key: trained_in(key) and not key.startswith("mdn.")) if stage == "mdn" else trained_in
+    lines = disagreements(parent.config, project.config, keeps, f"model {parent.version}")
+    if lines:
+        raise ConfigError(
+            f"{'; '.join(lines)}: this run goes on from that model and needs the settings it was trained "
+            f"with; set them back in {CONFIG_NAME}, or run 'vidanom train' to train anew with these"
+        )
+    return parent.scoring(project.config)
+
+
 def _kept_parent(project: Project, stage: str, scene: str) -> Detector:
     """The current version, whose β-VAE (and LSTM-MDN, to calibrate) the run keeps; it must know the scene."""
-    parent = Detector.load(project)
+    parent = parent_of(project, stage)
     known = parent.calibration.scenes  # the scenes a calibration can be replaced for
     if stage == "calibrate" and scene not in known:
         raise VidanomError(
@@ -418,7 +434,7 @@ def update(
     old scenes keep their score statistics. dreams=False leaves replay's dreamed clips out, to
     measure what they add. Holds the write lock and defers Ctrl-C as train does."""
     with project.writing("update"):
-        parent = Detector.load(project)
+        parent = parent_of(project, "all")
         old = list(dict.fromkeys(parent.info.get("scenes", [parent.info.get("scene", DEFAULT_SCENE)])))
         scene = scene or f"scene{len(old) + 1}"
         if paths:

@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .config import FrameConfig
+from .config import FrameConfig, ScoreConfig
 from .detector import Detector
 from .errors import VideoError
 from .project import Project
@@ -400,8 +400,8 @@ def _ended(report: DecodeReport, limit: float) -> str:
 class _LiveScorer:
     """iter_scores, fed one batch at a time, started afresh after a gap in the frame numbers."""
 
-    def __init__(self, new_scorer: Callable[[], Scorer], project: Project, cal: Any) -> None:
-        self.new_scorer, self.cal, self.sc = new_scorer, cal, project.config.score
+    def __init__(self, new_scorer: Callable[[], Scorer], sc: ScoreConfig, cal: Any) -> None:
+        self.new_scorer, self.cal, self.sc = new_scorer, cal, sc
         self.next = -1  # the frame number that continues the current run
         self._chunk: tuple[np.ndarray, np.ndarray] | None = None
         self._scores: Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None = None
@@ -462,11 +462,11 @@ class Watcher:
         self.source, self.options, self.device = source, options or WatchOptions(), device or torch.device("cpu")
         self.on_event, self.on_gap, self.on_status, self.before_batch = on_event, on_gap, on_status, before_batch
         detector = Detector.load(project)
-        cal, self.cfg = detector.calibration, project.config
+        cal, self.cfg = detector.calibration, detector.config  # the model's frame settings, the project's score
         fast = for_inference(detector.vae, self.device)
         mdn = detector.mdn.to(self.device).eval() if detector.mdn else None
         self.scorer = _LiveScorer(
-            lambda: make_scorer(fast, mdn, self.cfg, self.device, cal.frame_interval), project, cal
+            lambda: make_scorer(fast, mdn, self.cfg, self.device, cal.frame_interval), self.cfg.score, cal
         )
         self.live, self.reconnect = self.options.live(source), self.options.reconnects(source)
         self.status = WatchStatus(source, str(detector.version), cal.threshold)

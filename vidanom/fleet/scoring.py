@@ -118,8 +118,7 @@ class ClipScorer:
         key = (root, version)
         if key not in self.loaded:
             project = Project.open(Path(root))
-            detector = Detector.load(project.models_dir / version, project.config)
-            detector.check(project.config)
+            detector = Detector.for_project(project, version)
             self.loaded[key] = (project, detector)
             while len(self.loaded) > self.models:
                 self.loaded.popitem(last=False)
