@@ -149,6 +149,23 @@ def test_fleet_score_writes_each_clips_outputs_and_one_events_table(ray_session,
     assert (site / "again" / "events.csv").read_text() == before
 
 
+def test_two_clips_of_one_name_are_scored_once_each_and_skipped_after(ray_session, site: Path, clips: Clips):
+    day2 = site / "footage" / "gate" / "day2"
+    day2.mkdir()
+    shutil.copy(clips.normal_b, day2 / "anom.mp4")  # another video of the name day1 has
+    write(site / "fleet.toml", '[cameras.gate]\nproject = "projects/gate"\nscore = ["footage/gate/*/anom.mp4"]\n')
+    first = score_fleet(read_manifest(site / "fleet.toml"), Engine(workers=1))
+    assert [c.state for c in first.clips] == ["scored"] * 2, [c.error for c in first.clips]
+    keys = sorted(c.clip for c in first.clips)
+    assert keys[0] == "anom.mp4" and keys[1].startswith("anom.mp4~")
+    scores = site / "projects" / "gate" / "scores"
+    sources = {json.loads((scores / f"{k}.json").read_text())["source"] for k in keys}
+    assert sources == {str((site / "footage" / "gate" / d / "anom.mp4").resolve()) for d in ("day1", "day2")}
+    again = score_fleet(read_manifest(site / "fleet.toml"))
+    assert [c.state for c in again.clips] == ["skipped"] * 2 and sorted(c.clip for c in again.clips) == keys
+    assert {r["clip"] for r in again.events} <= set(keys)
+
+
 def test_bad_input_fails_alone_with_a_line_each(ray_session, site: Path):
     (site / "footage" / "gate" / "day1" / "notes.mp4").write_text("not a video\n")
     with open(site / "fleet.toml", "a") as f:

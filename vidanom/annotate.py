@@ -32,6 +32,7 @@ from .errors import VidanomError
 from .heatmap import ErrorScale, overlay
 from .project import Project
 from .revisit import ScoredClip, revisit, scored_clip
+from .store import ScoreStore
 from .progress import Progress, no_progress
 
 CODECS = ("libx264", "h264", "mpeg4")  # the first this FFmpeg can encode with
@@ -258,8 +259,9 @@ def annotate(
     device: torch.device | None = None,
     progress: Progress = no_progress,
 ) -> Annotated:
-    """The annotated video of a scored clip: to out, or scores/<clip>.annotated.mp4."""
+    """The annotated video of a scored clip (its video's path, or its name or key): to out, or
+    scores/KEY.annotated.mp4."""
     if out is not None:
         check_output(out)
     clip = scored_clip(project, path)
-    return render(project, clip, out or project.scores_dir / f"{clip.src.name}.annotated.mp4", device, progress)
+    return render(project, clip, out or ScoreStore.of(project).files(clip.key).annotated, device, progress)

@@ -374,11 +374,11 @@ def score(
                 spans = ", ".join(f"{s['start_time']:.1f}-{s['end_time']:.1f}s" for s in r.segments[:4])
                 more = f" (+{len(r.segments) - 4})" if len(r.segments) > 4 else ""
                 table.add_row(
-                    r.name, str(r.frames), (spans + more) or "none", f"{r.peak:.2f}", f"{r.threshold:.2f}", r.version
+                    r.key, str(r.frames), (spans + more) or "none", f"{r.peak:.2f}", f"{r.threshold:.2f}", r.version
                 )
                 if r.warning:
                     err.print(
-                        f"warning: {r.name}: {_one_line(r.warning)}", markup=False, highlight=False, soft_wrap=True
+                        f"warning: {r.key}: {_one_line(r.warning)}", markup=False, highlight=False, soft_wrap=True
                     )
     out.print(table)
     out.print(f"scores in {proj.scores_dir}")
@@ -632,7 +632,9 @@ def watch(
 @app.command()
 @cli_errors
 def plot(
-    clip: Annotated[str, typer.Argument(help="Name of a scored clip (its file name).")],
+    clip: Annotated[
+        str, typer.Argument(help="A scored clip: its name (its key where two share it), or its video's path.")
+    ],
     labels: Annotated[Path | None, typer.Option(help="Labels JSON to shade ground truth.")] = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="PNG to write.")] = None,
     project: ProjectOpt = None,

@@ -41,7 +41,7 @@ from .fitting import build_mdn, build_vae, load_checkpoint
 from .mdn import LSTMMDN
 from .project import Project
 from .replay import LatentPrior
-from .scoring import Scorer, iter_scores, make_scorer
+from .scoring import Scorer, anomalous, iter_scores, make_scorer
 from .vae import BetaVAE, patch_means
 from .video import DecodeReport, Source, find_sources, iter_timed_chunks
 
@@ -62,7 +62,7 @@ class FrameScore(NamedTuple):
     still: float  # NaN in the LSTM-MDN's warm-up
     scene: str  # the learned scene it was scored against
     score: float  # the combined score
-    anomalous: bool  # score > the threshold
+    anomalous: bool  # the verdict (scoring.anomalous: score > the threshold)
 
 
 @dataclass
@@ -257,7 +257,8 @@ class Detector:
 
         for comp, scene, score in iter_scores(self.scorer(device), timed(), cal, self.config.score):
             s = score.numpy()
-            yield ChunkScores(start, times_seen.pop(0), comp.numpy(), scenes[scene.numpy()], s, s > cal.threshold)
+            flags = anomalous(s, cal.threshold)
+            yield ChunkScores(start, times_seen.pop(0), comp.numpy(), scenes[scene.numpy()], s, flags)
             start += len(s)
 
     def score_frames(

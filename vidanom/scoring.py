@@ -262,6 +262,12 @@ class CausalMean:
         return out.to(x.dtype)
 
 
+def anomalous(scores: np.ndarray, threshold: float) -> np.ndarray:
+    """(n,) bool: the frames whose (n,) combined scores flag them anomalous. The one place that
+    decides it: everything else reads the verdicts scoring made (a CSV's `anomalous`, FrameScore)."""
+    return np.asarray(scores) > threshold
+
+
 @dataclass(frozen=True)
 class Segment:
     start: int  # first anomalous frame

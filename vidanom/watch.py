@@ -48,7 +48,7 @@ from .config import FrameConfig, ScoreConfig
 from .detector import Detector
 from .errors import VideoError
 from .project import Project
-from .scoring import Scorer, iter_scores, make_scorer
+from .scoring import Scorer, anomalous, iter_scores, make_scorer
 from .video import DecodeReport, iter_live
 
 LIVE_QUEUE = 256  # frames waiting to be scored, at most (at the model's size: 4 kB each at 64×64 gray)
@@ -144,8 +144,9 @@ class EventTracker:
         (default frames · dt) → the events that ended here."""
         out = []
         times = np.asarray(frames) * self.dt if times is None else times
-        for f, s, t in zip(frames.tolist(), scores.tolist(), np.asarray(times, np.float64).tolist()):
-            if s > self.threshold:
+        flags = anomalous(scores, self.threshold).tolist()
+        for f, s, t, flagged in zip(frames.tolist(), scores.tolist(), np.asarray(times, np.float64).tolist(), flags):
+            if flagged:
                 if self.start is None:
                     self.start, self.start_time, self.peak_score = f, t, -math.inf
                 if s > self.peak_score:

@@ -28,6 +28,7 @@ from .. import fsutil
 from ..errors import NotTrainedError, VidanomError
 from ..progress import Progress, no_progress
 from ..project import Project
+from ..store import ScoreStore
 from ..video import Source
 from .engine import Engine, Tally, failure, Throttled, capacity, run_jobs, session
 from .manifest import Camera, Manifest, clips, open_project
@@ -143,8 +144,8 @@ class ClipScorer:
             project, detector = self._model(job.project, job.version)
             out.loading = time.perf_counter() - start
             clip = score_clip(project, Source(Path(job.source), job.frames_dir), detector, self.device, progress)
-            out.state, out.frames, out.warning = "scored", clip.frames, clip.warning
-            out.events = clip_events(job.camera, project, json.loads(clip.summary.read_text()))
+            out.clip, out.state, out.frames, out.warning = clip.key, "scored", clip.frames, clip.warning
+            out.events = clip_events(job.camera, project, clip.key, json.loads(clip.summary.read_text()))
         except Exception as exc:  # noqa: BLE001 - one clip fails alone, with a line that says why
             out.error = failure(exc, "its clip")
         frames.flush("frames")
@@ -152,18 +153,16 @@ class ClipScorer:
         return out
 
 
-def clip_events(camera: str, project: Project, summary: dict[str, Any]) -> list[dict[str, Any]]:
-    """The events table's rows of one scored clip, from its JSON summary."""
-    from ..results import read_scored
-
+def clip_events(camera: str, project: Project, key: str, summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """The events table's rows of one scored clip (its key in the store), from its JSON summary."""
     segments = summary.get("segments") or []
     times = None
     if any("peak_time" not in s for s in segments):  # written before summaries kept it: from the CSV
-        times = read_scored(project, summary["clip"])[1]
+        times = ScoreStore.of(project).read(key).times
     return [
         {
             "camera": camera,
-            "clip": summary["clip"],
+            "clip": key,
             "start_time": s["start_time"],
             "end_time": s["end_time"],
             "peak_time": s["peak_time"] if times is None else round(float(times[s["peak_frame"]]), 3),
@@ -183,19 +182,20 @@ def clip_events(camera: str, project: Project, summary: dict[str, Any]) -> list[
 
 def stored(camera: str, project: Project, src: Source, version: str) -> ClipOutcome | None:
     """The clip's outcome from its stored scores if `version` scored this very file; else None."""
-    base = project.scores_dir / src.name
+    store = ScoreStore.of(project)
+    key = store.find(src)
+    if key is None:
+        return None
     try:
-        summary = json.loads(base.with_name(src.name + ".json").read_text())
-        if not isinstance(summary, dict) or not base.with_name(src.name + ".csv").is_file():
+        summary = json.loads(store.files(key).summary.read_text())
+        if not isinstance(summary, dict) or not store.files(key).csv.is_file():
             return None
         if summary.get("model_version") != version or summary.get("source") != str(src.path.resolve()):
             return None
-        events = clip_events(camera, project, summary)
+        events = clip_events(camera, project, key, summary)
     except (OSError, ValueError, KeyError, TypeError, VidanomError):
         return None  # missing, damaged or incomplete: score it (again)
-    return ClipOutcome(
-        camera, src.name, str(src.path), "skipped", version, int(summary.get("frames", 0)), events=events
-    )
+    return ClipOutcome(camera, key, str(src.path), "skipped", version, int(summary.get("frames", 0)), events=events)
 
 
 def plan(manifest: Manifest, force: bool = False) -> tuple[list[ClipJob], list[ClipOutcome], list[str]]:
