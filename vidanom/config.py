@@ -14,7 +14,7 @@ from .errors import ConfigError
 from .mdn import MDNConfig
 from .vae import VAEConfig
 
-SCHEMA_VERSION = 2  # bump when a saved project can no longer be read as it is (and migrate in _migrate)
+SCHEMA_VERSION = 3  # bump when a saved project can no longer be read as it is (and migrate in _migrate)
 CONFIG_NAME = "vidanom.json"
 GRID = 8  # the frame size is rounded to a multiple of this (the β-VAE's downsampling of its default depth)
 
@@ -95,12 +95,26 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class ScoreWeights:
+    """How much each component counts in the combined score, by its name (scoring.COMPONENTS)."""
+
+    recon: float = 1.0
+    kl: float = 1.0
+    nll: float = 0.25
+    still: float = 2.0
+
+    def ordered(self, names: tuple[str, ...]) -> tuple[float, ...]:
+        """The weights of the named components, in that order."""
+        return tuple(float(getattr(self, name)) for name in names)
+
+
+@dataclass(frozen=True)
 class ScoreConfig:
     recon_planes: str = "motion"  # whose reconstruction error counts: "motion" (differences) or "all"
     patch: int = 16  # reconstruction error is averaged over patch × patch pixels...
     patch_stride: int = 8  # ...at windows this far apart...
     top_k: int = 5  # ...and the mean of the k worst patches counts
-    weights: tuple[float, ...] = (1.0, 1.0, 0.25, 2.0)  # combined = Σ weight · term (recon, kl, nll, still)
+    weights: ScoreWeights = field(default_factory=ScoreWeights)  # combined = Σ weight · term
     shrink_seconds: float = (
         300.0  # place-by-place statistics count as much as the frame-wide ones after this much footage
     )
@@ -240,7 +254,10 @@ RULES: dict[str, Rule] = {
     "score.patch": _COUNT,
     "score.patch_stride": _COUNT,
     "score.top_k": _COUNT,
-    "score.weights": Rule(float, 0),  # each of them (see _check_weights)
+    "score.weights.recon": _NOT_NEGATIVE,
+    "score.weights.kl": _NOT_NEGATIVE,
+    "score.weights.nll": _NOT_NEGATIVE,
+    "score.weights.still": _NOT_NEGATIVE,
     "score.shrink_seconds": _NOT_NEGATIVE,
     "score.mdn_warmup": _SOME,
     "score.smooth": Rule(int, 0, note="0 or 1: no smoothing"),
@@ -258,16 +275,9 @@ def _refuse(key: str, rule: Rule, value: Any) -> ConfigError:
 def validate(cfg: ProjectConfig) -> None:
     """Refuse (ConfigError, one line naming the key and what it may be) a config with a value out
     of its range, or whose values do not fit together."""
-    for section in fields(cfg):
-        part = getattr(cfg, section.name)
-        if not hasattr(part, "__dataclass_fields__"):
-            continue
-        for item in fields(part):
-            key, value = f"{section.name}.{item.name}", getattr(part, item.name)
-            if key == "score.weights":
-                _check_weights(value)
-            elif not RULES[key].fits(value):
-                raise _refuse(key, RULES[key], value)
+    for key, value in _values(cfg, ""):
+        if not RULES[key].fits(value):
+            raise _refuse(key, RULES[key], value)
     f, sc = cfg.frames, cfg.score
     if sc.patch > min(f.width or f.height, f.height):
         raise ConfigError(
@@ -281,13 +291,16 @@ def validate(cfg: ProjectConfig) -> None:
         raise ConfigError(f"config does not describe a valid model: {exc}") from exc
 
 
-def _check_weights(weights: Any) -> None:
-    rule = RULES["score.weights"]
-    if not isinstance(weights, tuple) or len(weights) != 4 or not all(rule.fits(w) for w in weights):
-        shown = list(weights) if isinstance(weights, tuple) else weights
-        raise ConfigError(
-            f"score.weights must be 4 numbers (recon, kl, nll, still), each {rule.allowed()}, not {shown!r}"
-        )
+def _values(part: Any, prefix: str) -> list[tuple[str, Any]]:
+    """('section.key', value) of every value of a (nested) config dataclass, schema_version aside."""
+    out = []
+    for item in fields(part):
+        value = getattr(part, item.name)
+        if hasattr(value, "__dataclass_fields__"):
+            out += _values(value, f"{prefix}{item.name}.")
+        elif item.name != "schema_version":
+            out.append((prefix + item.name, value))
+    return out
 
 
 def to_dict(cfg: ProjectConfig) -> dict[str, Any]:
@@ -391,7 +404,20 @@ def _migrate(data: dict[str, Any]) -> dict[str, Any]:
         if "threshold_quantile" in score:
             score["false_alarms"] = round(1.0 - score.pop("threshold_quantile"), 6)
         data["schema_version"] = 2
+    if data.get("schema_version") == 2:
+        score = data.get("score")
+        if isinstance(score, dict) and isinstance(score.get("weights"), list):  # by component name, not position
+            score["weights"] = _by_name(ScoreWeights, score["weights"], "score.weights")
+        data["schema_version"] = 3
     return data
+
+
+def _by_name(cls: type, values: Any, where: str) -> dict[str, Any]:
+    """A sequence of values in the order of cls's fields (as schema 2 wrote score.weights) → by name."""
+    names = [f.name for f in fields(cls)]
+    if not isinstance(values, (list, tuple)) or len(values) != len(names):
+        raise ConfigError(f"{where} must hold {len(names)} numbers ({', '.join(names)}), not {values!r}")
+    return dict(zip(names, values))
 
 
 def read_config(path: Path) -> ProjectConfig:
@@ -403,14 +429,18 @@ def read_config(path: Path) -> ProjectConfig:
 
 
 def parse_overrides(items: list[str]) -> dict[str, dict[str, Any]]:
-    """['vae.beta=0.3', ...] → {'vae': {'beta': 0.3}}, for with_overrides (values are Python literals)."""
+    """['vae.beta=0.3', 'score.weights.kl=0.5', ...] → {'vae': {'beta': 0.3}, 'score': {'weights':
+    {'kl': 0.5}}}, for with_overrides (values are Python literals)."""
     import ast
 
     out: dict[str, dict[str, Any]] = {}
     for item in items:
         key, value = item.split("=", 1)
-        section, name = key.split(".")
-        out.setdefault(section, {})[name] = ast.literal_eval(value)
+        section, *names = key.split(".")
+        part = out.setdefault(section, {})
+        for name in names[:-1]:
+            part = part.setdefault(name, {})
+        part[names[-1]] = ast.literal_eval(value)
     return out
 
 
@@ -421,8 +451,20 @@ def fixed_steps(steps: int) -> dict[str, Any]:
 
 
 def with_overrides(cfg: ProjectConfig, **sections: dict[str, Any]) -> ProjectConfig:
-    """A copy of cfg with some fields of some sections replaced, e.g. train={'vae_steps': 2}; checked as
-    a config read from a file is (ConfigError)."""
-    out = replace(cfg, **{name: replace(getattr(cfg, name), **vals) for name, vals in sections.items() if vals})
+    """A copy of cfg with some fields of some sections replaced, e.g. train={'vae_steps': 2}; a nested
+    part by name (score={'weights': {'kl': 0.5}}) or, as schema 2 had it, by position
+    (score={'weights': (1, 0.5, 0.25, 2)}). Checked as a config read from a file is (ConfigError)."""
+    out = replace(cfg, **{name: _replaced(getattr(cfg, name), vals, name) for name, vals in sections.items() if vals})
     validate(out)
     return out
+
+
+def _replaced(part: Any, values: dict[str, Any], where: str) -> Any:
+    changes = {}
+    for name, value in values.items():
+        current = getattr(part, name)
+        if hasattr(current, "__dataclass_fields__") and not hasattr(value, "__dataclass_fields__"):
+            by_name = value if isinstance(value, dict) else _by_name(type(current), value, f"{where}.{name}")
+            value = _replaced(current, by_name, f"{where}.{name}")
+        changes[name] = value
+    return replace(part, **changes)

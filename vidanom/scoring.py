@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from .config import ProjectConfig, ScoreConfig
+from .config import ProjectConfig, ScoreConfig, ScoreWeights
 from .data import MotionPlane, as_plane, to_input
 from .mdn import LSTMMDN, State, mdn_nll
 from .vae import BetaVAE, error_map, kl_map, patch_means
@@ -204,9 +204,10 @@ def standardise(comp: torch.Tensor, cal: Calibration) -> torch.Tensor:
     return torch.cat([up, still.unsqueeze(-1)], -1).clamp_min(0.0).nan_to_num(0.0)
 
 
-def combine(smoothed: torch.Tensor, cal: Calibration, weights: tuple[float, ...]) -> torch.Tensor:
-    """(n, S, 4) smoothed components → (n, S) combined score: Σ weight · term (see standardise)."""
-    return standardise(smoothed, cal) @ torch.tensor(weights, dtype=smoothed.dtype)
+def combine(smoothed: torch.Tensor, cal: Calibration, weights: ScoreWeights) -> torch.Tensor:
+    """(n, S, 4) smoothed components → (n, S) combined score: Σ weight · term (see standardise), each
+    component's weight by its name."""
+    return standardise(smoothed, cal) @ torch.tensor(weights.ordered(COMPONENTS), dtype=smoothed.dtype)
 
 
 def scene_of(maps: Maps, cal: Calibration) -> torch.Tensor | None:
