@@ -196,19 +196,21 @@ def test_scorer_without_mdn_has_no_surprise(models, frames):
 def calibration():
     """Statistics of two scenes."""
     g = torch.Generator().manual_seed(4)
+    comp_mean, comp_low = torch.randn(2, 4, generator=g) - 4, torch.rand(2, 4, generator=g) + 0.2
     return Calibration(
-        torch.rand(2, 9, generator=g),
-        torch.rand(2, 9, generator=g) + 0.5,
-        torch.rand(2, 16, generator=g),
-        torch.rand(2, 16, generator=g) + 0.5,
-        torch.rand(2, 16, generator=g),
-        torch.rand(2, 16, generator=g) + 0.5,
-        torch.randn(2, 4, generator=g) - 4,
-        torch.rand(2, 4, generator=g) + 0.5,
-        torch.tensor([0.5, 1.5]),
-        True,
-        ["day", "night"],
-        comp_low=torch.rand(2, 4, generator=g) + 0.2,
+        err_mean=torch.rand(2, 9, generator=g),
+        err_std=torch.rand(2, 9, generator=g) + 0.5,
+        kl_mean=torch.rand(2, 16, generator=g),
+        kl_std=torch.rand(2, 16, generator=g) + 0.5,
+        nll_mean=torch.rand(2, 16, generator=g),
+        nll_std=torch.rand(2, 16, generator=g) + 0.5,
+        comp_mean=comp_mean,
+        comp_std=torch.rand(2, 4, generator=g) + 0.5,
+        comp_low=comp_low,
+        still_floor=comp_mean[:, 3] - LEGACY_STILL_MARGIN * comp_low[:, 3],
+        thresholds=torch.tensor([0.5, 1.5]),
+        has_mdn=True,
+        scenes=["day", "night"],
     )
 
 

@@ -26,7 +26,7 @@ from .config import ProjectConfig
 from .data import UNTIMED, Split, Timing
 from .errors import VidanomError
 from .mdn import LSTMMDN
-from .normality import Calibration
+from .normality import Calibration, PlaceStats, Scales
 from .scoring import STILL_UNIT, CausalMean, Maps, Scorer, combine, components, make_scorer
 from .progress import Progress, no_progress
 from .vae import BetaVAE, patch_means
@@ -193,9 +193,8 @@ class Footage:
         return sum(len(c) / f for c, f in zip(self.clips, self.fps))
 
 
-def place_statistics(scorer: Scorer, footage: Footage, cfg: ProjectConfig, scene: str, has_mdn: bool) -> Calibration:
-    """Per place statistics of the training frames, shrunk by the footage's length; components' scales
-    and threshold still unset."""
+def place_statistics(scorer: Scorer, footage: Footage, cfg: ProjectConfig) -> PlaceStats:
+    """One scene's statistics of each place on its training frames, shrunk by the footage's length."""
     err, kl, nll, pixels = RunningStats(), RunningStats(), RunningStats(), RunningStats()
     sc = cfg.score
     for clip in range(len(footage.clips)):
@@ -213,42 +212,39 @@ def place_statistics(scorer: Scorer, footage: Footage, cfg: ProjectConfig, scene
     (em, es), (km, ks) = shrink(*err.result(), w), shrink(*kl.result(), w)
     nm, ns = shrink(*nll.result(), w) if nll.n else (torch.zeros_like(km), torch.ones_like(ks))
     fm, fs = pixels.result()
-    return Calibration(
-        em[None],
-        es[None],
-        km[None],
-        ks[None],
-        nm[None],
-        ns[None],
-        torch.zeros(1, 4),
-        torch.ones(1, 4),
-        torch.zeros(1),
-        has_mdn,
-        [scene],
-        fm[None],
-        fs[None],
+    return PlaceStats(
+        err_mean=em[None],
+        err_std=es[None],
+        kl_mean=km[None],
+        kl_std=ks[None],
+        nll_mean=nm[None],
+        nll_std=ns[None],
+        frame_mean=fm[None],
+        frame_std=fs[None],
     )
 
 
-def held_scores(scorer: Scorer, footage: Footage, cal: Calibration, cfg: ProjectConfig) -> list[torch.Tensor]:
-    """The held-out blocks' combined scores, after setting in cal the components' medians and scales
-    and the still floor (the threshold's rule, from below) on the held-out frames."""
+def held_scores(
+    scorer: Scorer, footage: Footage, places: PlaceStats, cfg: ProjectConfig
+) -> tuple[Scales, list[torch.Tensor]]:
+    """The components' medians and scales and the still floor (the threshold's rule, from below) on
+    the held-out frames, and the held-out blocks' combined scores in those scales."""
     smoothed: dict[int, torch.Tensor] = {}
     for clip in sorted({c for c, _, _ in footage.split.runs(held=True)}):
         smoother = CausalMean(cfg.score.smooth)
         smoothed[clip] = torch.cat(
-            [smoother(components(m, cal, cfg.score)) for _, m in _clip_maps(scorer, footage, clip)]
+            [smoother(components(m, places, cfg.score)) for _, m in _clip_maps(scorer, footage, clip)]
         )[:, 0]
     held = torch.cat([smoothed[c][a:b] for c, a, b in footage.split.runs(held=True)])
     median, low, high = split_scales(held)
     still = held[:, 3][~held[:, 3].isnan()]
-    cal.still_floor = torch.zeros(1)  # without an LSTM-MDN stillness stays NaN and adds nothing
+    still_floor = torch.zeros(1)  # without an LSTM-MDN stillness stays NaN and adds nothing
     if len(still):  # the threshold's rule, from below
-        cal.still_floor = torch.tensor([-upper_threshold(-still, cfg.score.false_alarms)])
+        still_floor = torch.tensor([-upper_threshold(-still, cfg.score.false_alarms)])
         low[3] = STILL_UNIT
-    cal.comp_mean, cal.comp_low, cal.comp_std = median[None], low[None], high[None]
-    combined = {c: combine(v[:, None], cal, cfg.score.weights)[:, 0] for c, v in smoothed.items()}
-    return [combined[c][a:b] for c, a, b in held_blocks(footage.split)]
+    scales = Scales(comp_mean=median[None], comp_std=high[None], comp_low=low[None], still_floor=still_floor)
+    combined = {c: combine(v[:, None], scales, cfg.score.weights)[:, 0] for c, v in smoothed.items()}
+    return scales, [combined[c][a:b] for c, a, b in held_blocks(footage.split)]
 
 
 def split_scales(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -278,14 +274,20 @@ def calibrate(
     from .inference import for_inference
 
     scorer = make_scorer(for_inference(vae, device), mdn, cfg, device, footage.timing.ref_dt)
-    cal = place_statistics(scorer, footage, cfg, scene, mdn is not None)
-    cal.frame_interval = footage.timing.ref_dt
+    places = place_statistics(scorer, footage, cfg)
+    scales, blocks = held_scores(scorer, footage, places, cfg)
     target = cfg.score.false_alarms
-    blocks = held_scores(scorer, footage, cal, cfg)
     threshold, rate = choose_threshold(blocks, target)
-    cal.thresholds, cal.false_alarms = torch.tensor([threshold]), torch.tensor([rate])
     footage.warnings += trust_warnings(footage.seconds, sum(len(b) for b in blocks), rate, target)
-    return cal
+    return Calibration.of(
+        places,
+        scales,
+        thresholds=torch.tensor([threshold]),
+        has_mdn=mdn is not None,
+        scenes=[scene],
+        false_alarms=torch.tensor([rate]),
+        frame_interval=footage.timing.ref_dt,
+    )
 
 
 def trust_warnings(seconds: float, held: int, rate: float, target: float) -> list[str]:

@@ -1,11 +1,13 @@
 """The Calibration: what normal footage looks like to a trained model, one row per scene it has
-learned. A record only: calibration.py computes it, scoring.py scores frames against it.
+learned, and its parts (PlaceStats, Scales). Records only: calibration.py computes them, scoring.py
+scores frames against them.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import Any
 
 import torch
 
@@ -13,14 +15,10 @@ import torch
 LEGACY_STILL_MARGIN = 4.0
 
 
-@dataclass
-class Calibration:
-    """What normal footage looks like to the model, one row per scene it has learned.
-
-    Every scene keeps its own position-wise statistics: a frame is scored against the scene it shows,
-    so learning a night scene does not redefine "normal" for the day scene (standardising both
-    against pooled statistics cost the day scene most of its AUROC).
-    """
+@dataclass(frozen=True, kw_only=True)
+class PlaceStats:
+    """Per scene and place, what the training frames look like to the model (shrunk towards the
+    frame-wide statistics as far as the footage is short): what components() z-scores against."""
 
     err_mean: torch.Tensor  # (S, P) per scene and patch position: mean error over the patch
     err_std: torch.Tensor
@@ -28,26 +26,44 @@ class Calibration:
     kl_std: torch.Tensor
     nll_mean: torch.Tensor  # (S, cells) zeros when there is no MDN
     nll_std: torch.Tensor
-    comp_mean: torch.Tensor  # (S, 4) median of recon, kl, nll, still (smoothed) on the scene's held-out frames
-    comp_std: torch.Tensor  # (S, 4) their spread above the median; inf where the scene has none: it adds nothing
-    thresholds: torch.Tensor  # (S,) each scene's threshold on its held-out frames
-    has_mdn: bool
-    scenes: list[str]
     # per scene and pixel, mean and std of the training frames (C·H·W of them, in [0, 1]): which scene a
     # frame shows is told by its pixels, which no update moves (None in calibrations made before)
     frame_mean: torch.Tensor | None = None  # (S, C·H·W)
     frame_std: torch.Tensor | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Scales:
+    """Per scene, what the held-out frames' components are measured in: what standardise() uses."""
+
+    comp_mean: torch.Tensor  # (S, 4) median of recon, kl, nll, still (smoothed) on the scene's held-out frames
+    comp_std: torch.Tensor  # (S, 4) their spread above the median; inf where the scene has none: it adds nothing
+    comp_low: torch.Tensor  # (S, 4) their spread below the median; for still, its unit
+    still_floor: torch.Tensor  # (S,) stillness counts below this: set on the held-out frames by the threshold's rule
+
+
+@dataclass(frozen=True, kw_only=True)
+class Calibration(PlaceStats, Scales):
+    """What normal footage looks like to the model, one row per scene it has learned: its place
+    statistics, the scales of its components, and its threshold. Built whole once its parts are
+    known (calibration.calibrate, merged, from_dict), never changed.
+
+    Every scene keeps its own position-wise statistics: a frame is scored against the scene it shows,
+    so learning a night scene does not redefine "normal" for the day scene (standardising both
+    against pooled statistics cost the day scene most of its AUROC).
+    """
+
+    thresholds: torch.Tensor  # (S,) each scene's threshold on its held-out frames
+    has_mdn: bool
+    scenes: list[str]
     false_alarms: torch.Tensor | None = None  # (S,) the share of new normal frames expected over the threshold
     frame_interval: float | None = None  # the usual seconds between training frames: motion is scaled by it
-    comp_low: torch.Tensor | None = None  # (S, 4) the components' spread below the median; for still, its unit
-    # (S,) stillness counts below this: set on the held-out frames by the threshold's rule, from below
-    still_floor: torch.Tensor | None = None
 
-    def __post_init__(self) -> None:
-        if self.comp_low is None:  # made before the two sides had their own scales
-            self.comp_low = self.comp_std.clone()
-        if self.still_floor is None:  # made before: the same rule as then
-            self.still_floor = self.comp_mean[:, 3] - LEGACY_STILL_MARGIN * self.comp_low[:, 3]
+    @classmethod
+    def of(cls, places: PlaceStats, scales: Scales, **rest: Any) -> Calibration:
+        """The calibration of these parts, with its thresholds, has_mdn, scenes (and the rest)."""
+        parts = {f.name: getattr(part, f.name) for part in (places, scales) for f in fields(part)}
+        return cls(**parts, **rest)
 
     @property
     def threshold(self) -> float:
@@ -73,6 +89,10 @@ class Calibration:
                     if d.get(k) is not None
                 },
             }
+        if d.get("comp_low") is None:  # made before the two sides had their own scales
+            d = {**d, "comp_low": d["comp_std"].clone()}
+        if d.get("still_floor") is None:  # made before: the same rule as then
+            d = {**d, "still_floor": d["comp_mean"][:, 3] - LEGACY_STILL_MARGIN * d["comp_low"][:, 3]}
         return cls(**d)
 
     def merged(self, old: Calibration, keep: list[str]) -> Calibration:

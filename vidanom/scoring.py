@@ -30,7 +30,7 @@ from .mdn import LSTMMDN, State, mdn_nll
 from .vae import BetaVAE, error_map, kl_map, patch_means
 
 if TYPE_CHECKING:
-    from .normality import Calibration
+    from .normality import Calibration, PlaceStats, Scales
 
 # the components of a frame's score: the first three count where they are higher than on normal
 # frames; "still" where it is lower: in a frozen picture nothing changes anywhere, and every cell is
@@ -174,7 +174,7 @@ def top_mean(x: torch.Tensor, k: int) -> torch.Tensor:
     return x.topk(min(k, x.shape[-1]), dim=-1).values.mean(-1)
 
 
-def components(maps: Maps, cal: Calibration, sc: ScoreConfig) -> torch.Tensor:
+def components(maps: Maps, cal: PlaceStats, sc: ScoreConfig) -> torch.Tensor:
     """Maps of n frames → (n, S, 4) components recon, kl, nll, still against each of S scenes.
 
     recon, kl, nll: the worst places of the frame (the top_k patches, the worst cell, the top_k
@@ -193,18 +193,17 @@ def components(maps: Maps, cal: Calibration, sc: ScoreConfig) -> torch.Tensor:
     return torch.stack([recon, kl, nll, still], 2)
 
 
-def standardise(comp: torch.Tensor, cal: Calibration) -> torch.Tensor:
+def standardise(comp: torch.Tensor, cal: Scales) -> torch.Tensor:
     """(n, S, 4) components → (n, S, 4) terms: how far recon, kl and nll lie above normal, in units
     of their spread above the median on held-out normal frames (0 below it), and how far still lies
     below the scene's still_floor, in its comp_low (STILL_UNIT). A missing (NaN) component gives 0.
     """
-    assert cal.comp_low is not None and cal.still_floor is not None  # set by Calibration.__post_init__
     up = (comp[..., :3] - cal.comp_mean[..., :3]) / cal.comp_std[..., :3]
     still = (cal.still_floor - comp[..., 3]) / cal.comp_low[..., 3]
     return torch.cat([up, still.unsqueeze(-1)], -1).clamp_min(0.0).nan_to_num(0.0)
 
 
-def combine(smoothed: torch.Tensor, cal: Calibration, weights: ScoreWeights) -> torch.Tensor:
+def combine(smoothed: torch.Tensor, cal: Scales, weights: ScoreWeights) -> torch.Tensor:
     """(n, S, 4) smoothed components → (n, S) combined score: Σ weight · term (see standardise), each
     component's weight by its name."""
     return standardise(smoothed, cal) @ torch.tensor(weights.ordered(COMPONENTS), dtype=smoothed.dtype)

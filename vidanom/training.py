@@ -17,7 +17,7 @@ import shutil
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -87,19 +87,31 @@ def extract(
 # -- what a run fits -------------------------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainResult:
+    """What a train or update run published: made once the version is in place."""
+
     version: str
     clips: int
     frames: int
-    seconds: float
-    vae: dict[str, float] = field(default_factory=dict)
-    mdn: dict[str, float] = field(default_factory=dict)
-    threshold: float = 0.0
-    scene: str = ""
-    psnr: float | None = None  # of the reconstructed held-out frames, in dB
-    false_alarms: float | None = None  # the share of new normal frames expected over the threshold
-    warnings: list[str] = field(default_factory=list)
+    seconds: float  # the run's, from its start to the version's publication
+    vae: dict[str, float]  # the β-VAE stage's held-out loss, PSNR and steps ({} where the stage kept it)
+    mdn: dict[str, float]  # the LSTM-MDN stage's ({} where it was kept or none was fitted)
+    threshold: float
+    scene: str
+    psnr: float | None  # of the reconstructed held-out frames, in dB
+    false_alarms: float | None  # the share of new normal frames expected over the threshold
+    warnings: list[str]
+
+
+@dataclass(frozen=True)
+class Fitted:
+    """The models a run fitted (or kept), and what their stages measured."""
+
+    vae: BetaVAE
+    mdn: LSTMMDN | None
+    vae_stats: dict[str, float]
+    mdn_stats: dict[str, float]
 
 
 @dataclass
@@ -215,6 +227,7 @@ def _follow_drift(cfg: ProjectConfig, hooks: Hooks | None, vae: BetaVAE, cal: Ca
     old = hooks.old_scenes if hooks is not None else None
     if old is None or old.prior is None:
         return cal
+    err_mean, err_std = cal.err_mean.clone(), cal.err_std.clone()
     for i, scene in enumerate(old.prior.scenes):
         if scene not in cal.scenes:
             continue
@@ -222,9 +235,9 @@ def _follow_drift(cfg: ProjectConfig, hooks: Hooks | None, vae: BetaVAE, cal: Ca
         samples = [old(DRIFT_BATCH, g, scene=i) for _ in range(DRIFT_SAMPLES // DRIFT_BATCH)]
         (old_mean, old_std), (new_mean, new_std) = (patch_error_stats(v, samples, cfg) for v in (old.vae, vae))
         row = cal.scenes.index(scene)
-        cal.err_mean[row] += new_mean - old_mean
-        cal.err_std[row] *= new_std / old_std
-    return cal
+        err_mean[row] += new_mean - old_mean
+        err_std[row] *= new_std / old_std
+    return replace(cal, err_mean=err_mean, err_std=err_std)
 
 
 def _sample_inputs(cfg: ProjectConfig, footage: Footage, count: int, device: torch.device) -> Iterator[torch.Tensor]:
@@ -279,58 +292,69 @@ def fit_and_publish(
     }
     footage = _footage(project, metas, progress)  # refuses too little footage before anything is written
     distributed.on_main(plan.group, lambda: project.begin_run(identity, resume))
-    result = TrainResult("", len(metas), sum(m.frames for m in metas), 0.0, scene=plan.lineage["scene"])
-    vae, result.vae = _fit_vae_stage(project, plan, footage, device, resume, progress)
-    mdn, result.mdn = _fit_mdn_stage(project, plan, vae, footage, device, resume, progress)
+    vae, vae_stats = _fit_vae_stage(project, plan, footage, device, resume, progress)
+    mdn, mdn_stats = _fit_mdn_stage(project, plan, vae, footage, device, resume, progress)
+    fitted = Fitted(vae, mdn, vae_stats, mdn_stats)
     return distributed.on_main(
-        plan.group, lambda: _publish(project, metas, plan, footage, vae, mdn, result, device, t0)
+        plan.group, lambda: _publish(project, plan, footage, fitted, metas=metas, device=device, started=t0)
     )
 
 
 def _publish(
     project: Project,
-    metas: list[ClipMeta],
     plan: Plan,
     footage: Footage,
-    vae: BetaVAE,
-    mdn: LSTMMDN | None,
-    result: TrainResult,
+    fitted: Fitted,
+    *,
+    metas: list[ClipMeta],
     device: torch.device,
-    t0: float,
+    started: float,
 ) -> TrainResult:
     """Calibrate the fitted models and publish them as the project's new version."""
-    cfg, part = project.config, project.partial_dir
+    cfg, part, vae, mdn = project.config, project.partial_dir, fitted.vae, fitted.mdn
     cal = calibrate(vae, mdn, footage, cfg, device, plan.lineage["scene"])
     if plan.parent is not None and plan.stage not in KEEPS_VAE:  # old scenes keep the statistics they were learned with
         cal = _follow_drift(cfg, plan.hooks, vae, cal.merged(plan.parent.calibration, plan.lineage["scenes"]))
     elif plan.parent is not None:
         cal = cal.merged(plan.parent.calibration, plan.lineage["scenes"])
     prior, ewc = _scene_state(project, plan, vae, footage, device)
-    result.threshold, result.warnings = cal.threshold, footage.warnings
-    result.false_alarms = float(cal.false_alarms.max()) if cal.false_alarms is not None else None
-    result.psnr = result.vae.get("psnr") if result.vae else plan.lineage.get("psnr")
+    false_alarms = float(cal.false_alarms.max()) if cal.false_alarms is not None else None
+    psnr = fitted.vae_stats.get("psnr") if fitted.vae_stats else plan.lineage.get("psnr")
+    frames = sum(m.frames for m in metas)
     info = {
         **plan.lineage,
         "stage": plan.stage,
         "clips": [m.name for m in metas],
-        "frames": result.frames,
+        "frames": frames,
         "seconds_of_footage": round(footage.seconds, 1),
         "held_out_frames": int(len(footage.split.index(True))),
         "dreamed_frames": sum(len(d) for d in (plan.hooks.dreams if plan.hooks else [])),
         "has_mdn": mdn is not None,
         "threshold": cal.threshold,
-        "expected_false_alarms": result.false_alarms,
-        "psnr": result.psnr,
-        "warnings": result.warnings,
+        "expected_false_alarms": false_alarms,
+        "psnr": psnr,
+        "warnings": footage.warnings,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        "vae": result.vae,
-        "mdn": result.mdn,
+        "vae": fitted.vae_stats,
+        "mdn": fitted.mdn_stats,
     }
-    result.seconds = info["train_seconds"] = round(time.time() - t0, 1)
+    seconds = info["train_seconds"] = round(time.time() - started, 1)
     detector = Detector(cfg, vae, mdn, cal, prior, ewc, info)
-    result.version = project.publish_version(detector.save, info)
+    version = project.publish_version(detector.save, info)
     shutil.rmtree(part, ignore_errors=True)
-    return result
+    return TrainResult(
+        version=version,
+        clips=len(metas),
+        frames=frames,
+        seconds=seconds,
+        vae=fitted.vae_stats,
+        mdn=fitted.mdn_stats,
+        threshold=cal.threshold,
+        scene=plan.lineage["scene"],
+        psnr=psnr,
+        false_alarms=false_alarms,
+        warnings=footage.warnings,
+    )
 
 
 # -- train and update ----------------------------------------------------------------------------------
