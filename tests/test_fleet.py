@@ -13,6 +13,7 @@ import shutil
 import signal
 import subprocess
 import sys
+from dataclasses import astuple
 from pathlib import Path
 
 import pytest
@@ -164,6 +165,10 @@ def test_two_clips_of_one_name_are_scored_once_each_and_skipped_after(ray_sessio
     again = score_fleet(read_manifest(site / "fleet.toml"))
     assert [c.state for c in again.clips] == ["skipped"] * 2 and sorted(c.clip for c in again.clips) == keys
     assert {r["clip"] for r in again.events} <= set(keys)
+    ((camera, scored, skipped, failed, frames, events),) = [astuple(t) for t in first.totals()]
+    assert (camera, scored, skipped, failed) == ("gate", 2, 0, 0) and first.rate is not None and first.rate > 0
+    assert frames == sum(c.frames for c in first.clips) > 0 and events == len(first.events)
+    assert [astuple(t)[1:4] for t in again.totals()] == [(0, 2, 0)] and again.rate is None
 
 
 def test_bad_input_fails_alone_with_a_line_each(ray_session, site: Path):

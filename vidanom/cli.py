@@ -850,14 +850,11 @@ def fleet_score(
     with _progress() as progress:
         r = score_fleet(_manifest(manifest), engine, force, output, progress)
     table = Table("camera", "scored", "skipped", "failed", "frames", "events")
-    for camera in dict.fromkeys(c.camera for c in r.clips):
-        mine = [c for c in r.clips if c.camera == camera]
-        counts = [str(sum(c.state == s for c in mine)) for s in ("scored", "skipped", "failed")]
-        table.add_row(camera, *counts, str(sum(c.frames for c in mine)), str(sum(len(c.events) for c in mine)))
+    for t in r.totals():
+        table.add_row(t.camera, *map(str, (t.scored, t.skipped, t.failed, t.frames, t.events)))
     out.print(table)
-    scored = [c for c in r.clips if c.state == "scored"]
-    rate = f" ({sum(c.frames for c in scored) / r.seconds:.0f} frames/s)" if scored and r.seconds > 0 else ""
-    out.print(f"{len(scored)} clip(s) scored by {r.workers} worker(s) in {r.seconds:.1f} s{rate}")
+    rate = "" if r.rate is None else f" ({r.rate:.0f} frames/s)"
+    out.print(f"{len(r.scored)} clip(s) scored by {r.workers} worker(s) in {r.seconds:.1f} s{rate}")
     out.print(f"{len(r.events)} event(s) in {r.csv} and {r.json}", markup=False, highlight=False)
     for c in r.clips:
         if c.warning:

@@ -76,6 +76,18 @@ class ClipOutcome:
     worker: str = ""  # host:pid of the worker that scored it
 
 
+@dataclass(frozen=True)
+class CameraTotals:
+    """What a fleet score did for one camera."""
+
+    camera: str
+    scored: int  # clips
+    skipped: int  # already scored by the camera's current version
+    failed: int
+    frames: int  # of the clips scored or skipped
+    events: int
+
+
 @dataclass
 class FleetScores:
     clips: list[ClipOutcome]
@@ -89,6 +101,26 @@ class FleetScores:
     @property
     def failed(self) -> list[ClipOutcome]:
         return [c for c in self.clips if c.state == "failed"]
+
+    @property
+    def scored(self) -> list[ClipOutcome]:
+        return [c for c in self.clips if c.state == "scored"]
+
+    @property
+    def rate(self) -> float | None:
+        """Frames scored a second over the run (None when nothing was scored)."""
+        frames = sum(c.frames for c in self.scored)
+        return frames / self.seconds if frames and self.seconds > 0 else None
+
+    def totals(self) -> list[CameraTotals]:
+        """Per camera, in the manifest's order."""
+        out = []
+        for camera in dict.fromkeys(c.camera for c in self.clips):
+            mine = [c for c in self.clips if c.camera == camera]
+            scored, skipped, failed = (sum(c.state == s for c in mine) for s in ("scored", "skipped", "failed"))
+            frames, events = sum(c.frames for c in mine), sum(len(c.events) for c in mine)
+            out.append(CameraTotals(camera, scored, skipped, failed, frames, events))
+        return out
 
 
 # -- in a worker -----------------------------------------------------------------------------------
