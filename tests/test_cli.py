@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -304,12 +305,13 @@ def test_bad_stage_is_refused(project):
     assert res.exit_code != 0 and "--stage" in res.output and "Traceback" not in res.output
 
 
-def test_busy_project_refuses_a_second_training_and_a_dead_holders_lock_is_taken_over(project, clips, monkeypatch):
+def test_busy_project_refuses_a_second_training_and_a_dead_holders_lock_is_taken_over(project, clips):
     lock = project / "lock"
     lock.write_text(json.dumps({"pid": os.getpid(), "command": "train", "started": 0}))
-    monkeypatch.setattr(Project.writing.__wrapped__, "__defaults__", (0.0,))  # do not wait 5 s for it
     for cmd in (("train", clips.normal_a, *TRAIN), ("update", clips.normal_a, *TRAIN)):
-        line = assert_clean_error(invoke(*cmd, "-p", project), exit_code=3, match="project is busy")
+        started = time.monotonic()
+        line = assert_clean_error(invoke(*cmd, "--wait", "0.5", "-p", project), exit_code=3, match="project is busy")
+        assert 0.5 <= time.monotonic() - started < 5.0  # it waited as long as it was told, not the default
         assert f"'vidanom train' (pid {os.getpid()})" in line
     assert lock.exists()  # someone else's lock is left alone
     res = invoke("extract", clips.normal_a, "-p", project)  # extracting takes no lock: it goes on meanwhile
@@ -435,3 +437,16 @@ def test_ctrl_c_tells_how_to_resume_what_can_be_resumed(trained_project, clips, 
     assert res.exit_code == 130, res.output
     resumable = command[0] != "score"
     assert res.stderr.strip() == (RESUMABLE if resumable else "interrupted")
+
+
+def test_the_lock_wait_s_default_is_the_library_s():
+    import inspect
+
+    from vidanom import training
+    from vidanom.cli import train, update
+    from vidanom.project import LOCK_WAIT
+
+    for command in (train, update):
+        assert inspect.signature(command).parameters["wait"].default == LOCK_WAIT
+    for function in (training.train, training.update, Project.writing, Project.lock):
+        assert inspect.signature(function).parameters["wait"].default == LOCK_WAIT

@@ -26,7 +26,7 @@ import torch
 from conftest import ANOMALY, Clips, anomalous_frames, invoke, make_project, square_frames, tiny_config, write_video
 from PIL import Image
 
-from vidanom import results
+from vidanom import fsutil, results
 from vidanom.detector import Detector
 from vidanom.config import CONFIG_NAME, to_dict
 from vidanom.errors import VidanomError
@@ -370,7 +370,7 @@ def test_disk_full_is_a_clean_error_and_leaves_old_files(scored, clips, monkeypa
     def full(path, data):
         raise OSError(28, "No space left on device", str(path))
 
-    monkeypatch.setattr(results.fsutil, "write_text", full)
+    monkeypatch.setattr(fsutil, "write_text", full)
     line = assert_clean_error(invoke("score", clips.anomalous, *CPU, "-p", scored), match="No space left on device")
     assert "anom.mp4" in line
     assert (scored / "scores" / "anom.mp4.json").read_bytes() == before
@@ -406,13 +406,10 @@ def test_a_write_never_goes_straight_to_its_final_name(scored, clips, tmp_path, 
 # -- the write lock ------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def no_lock_wait(monkeypatch):
-    monkeypatch.setattr(Project.lock.__wrapped__, "__defaults__", (0.3,))  # do not wait 5 s for a busy project
-    monkeypatch.setattr(Project.writing.__wrapped__, "__defaults__", (0.3,))
+WAIT = ("--wait", "0.3")  # do not wait 5 s for a busy project
 
 
-def test_readers_and_scorers_ignore_the_lock_and_trainers_are_refused_by_name(scored, clips, tmp_path, no_lock_wait):
+def test_readers_and_scorers_ignore_the_lock_and_trainers_are_refused_by_name(scored, clips, tmp_path):
     sleeper = subprocess.Popen(["sleep", "60"])
     try:
         (scored / "lock").write_text(json.dumps({"pid": sleeper.pid, "command": "train", "started": time.time()}))
@@ -427,7 +424,7 @@ def test_readers_and_scorers_ignore_the_lock_and_trainers_are_refused_by_name(sc
         ):  # while a model trains
             res = invoke(*cmd, "-p", scored)
             assert res.exit_code == 0, res.output
-        for cmd in (("update", clips.normal_a, *CPU), ("train", *CPU)):
+        for cmd in (("update", clips.normal_a, *CPU, *WAIT), ("train", *CPU, *WAIT)):
             line = assert_clean_error(invoke(*cmd, "-p", scored), exit_code=3, match="project is busy")
             assert f"'vidanom train' (pid {sleeper.pid})" in line
         assert json.loads((scored / "lock").read_text())["pid"] == sleeper.pid  # a live holder's lock stays
@@ -439,10 +436,10 @@ def test_readers_and_scorers_ignore_the_lock_and_trainers_are_refused_by_name(sc
     assert not (scored / "lock").exists()
 
 
-def test_an_unreadable_lock_is_waited_for_then_taken_over_when_old(scored, clips, no_lock_wait):
+def test_an_unreadable_lock_is_waited_for_then_taken_over_when_old(scored, clips):
     lock = scored / "lock"
     lock.write_text("")  # as a process killed between creating and writing it would leave it
-    train = ("train", "--steps", "4", *CPU, "-p", scored)
+    train = ("train", "--steps", "4", *CPU, *WAIT, "-p", scored)
     assert_clean_error(invoke(*train), exit_code=3, match="project is busy")
     old = time.time() - 60
     os.utime(lock, (old, old))
@@ -651,7 +648,7 @@ def check_consistent(root: Path, clips: Clips, v1: dict[str, str]) -> str:
     return current
 
 
-def test_sigkill_at_any_moment_of_train_loses_nothing(scored, clips, tmp_path, no_lock_wait):
+def test_sigkill_at_any_moment_of_train_loses_nothing(scored, clips, tmp_path):
     """`python -m vidanom train` in a subprocess, frozen (SIGSTOP) at moments seen from the files it writes:
     a copy of the project taken while it is frozen is what a SIGKILL at that moment leaves. At the last
     moment, while it publishes the new version, it gets a real SIGKILL."""
@@ -695,7 +692,7 @@ def test_sigkill_at_any_moment_of_train_loses_nothing(scored, clips, tmp_path, n
                 ):
                     res = invoke(*cmd, "-p", scored)
                     assert res.exit_code == 0, res.output
-                line = assert_clean_error(invoke("train", "--steps", "4", *CPU, "-p", scored), exit_code=3)
+                line = assert_clean_error(invoke("train", "--steps", "4", *CPU, *WAIT, "-p", scored), exit_code=3)
                 assert f"'vidanom train' (pid {proc.pid})" in line
             proc.send_signal(signal.SIGCONT)
         proc.wait(timeout=60)

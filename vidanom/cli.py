@@ -30,6 +30,9 @@ ProjectOpt = Annotated[
     typer.Option("--project", "-p", help="Project folder (default: $VIDANOM_PROJECT, else the current folder)."),
 ]
 DeviceOpt = Annotated[str, typer.Option(help="auto, cpu or cuda.")]
+WaitOpt = Annotated[
+    float, typer.Option(min=0.0, help="Seconds to wait for a project another train or update is writing to.")
+]
 
 
 try:  # typer vendors click since 0.2x; its own exceptions (Exit, BadParameter...) pass through
@@ -250,6 +253,7 @@ def train(
     seed: Annotated[int | None, typer.Option(help="Random seed (overrides the config).")] = None,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted training run.")] = False,
     scene: Annotated[str, typer.Option(help="Scene the videos show.")] = "default",
+    wait: WaitOpt = 5.0,  # project.LOCK_WAIT, not imported here: it brings in torch
     project: ProjectOpt = None,
 ) -> None:
     """Train the β-VAE, then the LSTM-MDN, on normal video, and calibrate the threshold.
@@ -276,11 +280,12 @@ def train(
         overrides["seed"] = seed
     proj.config = with_overrides(proj.config, train=overrides)
     group = from_env()
+    run = {"stage": stage, "device": _device(device), "resume": resume, "scene": scene, "group": group, "wait": wait}
     if group is not None and not group.main:  # rank 0 reports for all of them
-        train_model(proj, videos or [], stage, _device(device), resume, scene, no_progress, group)
+        train_model(proj, videos or [], progress=no_progress, **run)
         return
     with _progress() as progress:
-        result = train_model(proj, videos or [], stage, _device(device), resume, scene, progress, group)
+        result = train_model(proj, videos or [], progress=progress, **run)
     _print_trained(
         result, f"model {result.version}: {result.clips} clips, {result.frames} frames, {result.seconds:.0f} s"
     )
@@ -314,6 +319,7 @@ def update(
     ] = None,
     device: DeviceOpt = "auto",
     resume: Annotated[bool, typer.Option(help="Continue an interrupted update.")] = False,
+    wait: WaitOpt = 5.0,  # project.LOCK_WAIT, not imported here: it brings in torch
     project: ProjectOpt = None,
 ) -> None:
     """Learn a new normal scene without forgetting the ones the model knows (generative replay).
@@ -333,7 +339,17 @@ def update(
     if steps is not None:
         proj.config = with_overrides(proj.config, train=fixed_steps(steps))
     with _progress() as progress:
-        r = update_model(proj, videos or [], scene, strategy, replay_ratio, _device(device), resume, progress)
+        r = update_model(
+            proj,
+            videos or [],
+            scene,
+            strategy=strategy,
+            replay_ratio=replay_ratio,
+            device=_device(device),
+            resume=resume,
+            progress=progress,
+            wait=wait,
+        )
     _print_trained(
         r,
         f"model {r.version}: learned scene '{r.scene}' from {r.clips} clips ({r.frames} frames) "

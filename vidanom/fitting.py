@@ -144,6 +144,7 @@ def _checkpoint_on_interrupt(path: Path | None, state: Callable[[], dict[str, An
 def _fit(
     task: str,
     model: BetaVAE | LSTMMDN,
+    *,
     opt: torch.optim.Optimizer,
     tc: TrainConfig,
     steps: int,
@@ -246,6 +247,7 @@ def fit_vae(
     split: Split,
     cfg: ProjectConfig,
     device: torch.device,
+    *,
     progress: Progress = no_progress,
     ckpt: Path | None = None,
     start: dict[str, Any] | None = None,
@@ -291,15 +293,15 @@ def fit_vae(
     state = _fit(
         "vae",
         vae,
-        opt,
-        tc,
-        steps,
-        step,
-        lambda: vae_holdout(vae, held, cfg.frames.channels),
-        progress,
-        ckpt,
-        start,
-        group,
+        opt=opt,
+        tc=tc,
+        steps=steps,
+        step=step,
+        evaluate=lambda: vae_holdout(vae, held, cfg.frames.channels),
+        progress=progress,
+        ckpt=ckpt,
+        start=start,
+        group=group,
     )
     return {**vae_holdout(vae, held, cfg.frames.channels), "steps": state.step}
 
@@ -355,6 +357,7 @@ def fit_mdn(
     held: list[torch.Tensor],
     cfg: ProjectConfig,
     device: torch.device,
+    *,
     progress: Progress = no_progress,
     ckpt: Path | None = None,
     start: dict[str, Any] | None = None,
@@ -385,5 +388,17 @@ def fit_mdn(
         torch.nn.utils.clip_grad_norm_(mdn.parameters(), 1.0)
         return {"nll": loss.item()}
 
-    state = _fit("mdn", mdn, opt, tc, steps, step, lambda: mdn_holdout(mdn, *held_batch), progress, ckpt, start, group)
+    state = _fit(
+        "mdn",
+        mdn,
+        opt=opt,
+        tc=tc,
+        steps=steps,
+        step=step,
+        evaluate=lambda: mdn_holdout(mdn, *held_batch),
+        progress=progress,
+        ckpt=ckpt,
+        start=start,
+        group=group,
+    )
     return {"nll": mdn_holdout(mdn, *held_batch)["loss"], "steps": state.step}

@@ -33,6 +33,7 @@ from .errors import LockError, NotTrainedError, ProjectError
 
 ENV_VAR = "VIDANOM_PROJECT"
 STALE_UNREADABLE_LOCK = 10.0  # seconds after which a lock file without a readable PID counts as stale
+LOCK_WAIT = 5.0  # seconds a train or update waits for a project another one is writing to
 
 
 @contextmanager
@@ -131,7 +132,7 @@ class Project:
     # -- the write lock ---------------------------------------------------------------------------
 
     @contextmanager
-    def writing(self, command: str, wait: float = 5.0) -> Iterator[None]:
+    def writing(self, command: str, wait: float = LOCK_WAIT) -> Iterator[None]:
         """Hold the write lock for `command` and defer Ctrl-C to the end of the current optimiser
         step (see interrupt): what every train and update runs under, from the CLI or a library."""
         from . import interrupt
@@ -140,7 +141,7 @@ class Project:
             yield
 
     @contextmanager
-    def lock(self, command: str, wait: float = 5.0) -> Iterator[None]:
+    def lock(self, command: str, wait: float = LOCK_WAIT) -> Iterator[None]:
         """Hold the project's write lock; wait up to `wait` seconds, take over a dead process's lock.
 
         The lock file appears with its content in one step (a hard link of a written temporary

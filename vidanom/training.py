@@ -37,7 +37,7 @@ from .fitting import encode, fit_mdn, fit_vae, load_checkpoint
 from .progress import Progress, no_progress
 from .inference import for_inference
 from .mdn import LSTMMDN
-from .project import Project
+from .project import LOCK_WAIT, Project
 from .strategies import Hooks
 from .vae import BetaVAE
 from .video import Source, find_sources, first_frame_size
@@ -179,12 +179,12 @@ def _fit_vae_stage(
         footage.split,
         cfg,
         device,
-        progress,
-        ckpt,
-        start,
-        hooks.extra,
-        hooks.penalty,
-        hooks.share,
+        progress=progress,
+        ckpt=ckpt,
+        start=start,
+        extra=hooks.extra,
+        penalty=hooks.penalty,
+        extra_share=hooks.share,
         timing=footage.timing,
         group=plan.group,
     )
@@ -213,7 +213,7 @@ def _fit_mdn_stage(
     train = [latents[c][:, a:b] for c, a, b in footage.split.runs()] + dreamed
     held = [latents[c][:, a:b] for c, a, b in footage.split.runs(held=True)]
     ckpt = part / "mdn.pt" if distributed.is_main(plan.group) else None
-    return mdn, fit_mdn(mdn, train, held, cfg, device, progress, ckpt, start, group=plan.group)
+    return mdn, fit_mdn(mdn, train, held, cfg, device, progress=progress, ckpt=ckpt, start=start, group=plan.group)
 
 
 def _follow_drift(cfg: ProjectConfig, hooks: Hooks | None, vae: BetaVAE, cal: Calibration) -> Calibration:
@@ -363,26 +363,29 @@ def _publish(
 def train(
     project: Project,
     paths: list[Path] | None = None,
+    *,
     stage: str = "all",
     device: torch.device | None = None,
     resume: bool = False,
     scene: str = DEFAULT_SCENE,
     progress: Progress = no_progress,
     group: Group | None = None,
+    wait: float = LOCK_WAIT,
 ) -> TrainResult:
     """Extract new clips, then fit the β-VAE and/or LSTM-MDN on every cached clip of the scene, calibrate,
     and publish the model as a new version (stage "mdn": a new LSTM-MDN on the current version's β-VAE;
     "calibrate": the current models, recalibrated with the project's score settings, e.g. a new
     score.false_alarms; other scenes keep their calibration).
 
-    Holds the project's write lock (a second train or update waits 5 s, then raises LockError) and
+    Holds the project's write lock (a second train or update waits `wait` s, then raises LockError) and
     stops at the end of an optimiser step on Ctrl-C, with a checkpoint that `resume=True` continues.
     group: the processes torchrun started to fit this model together (distributed.from_env()), each
     calling train() alike; rank 0 alone takes the lock and writes, every rank returns the result.
     """
     if stage not in STAGES:
         raise VidanomError(f"stage must be one of {', '.join(STAGES)}, not '{stage}'")
-    with distributed.joined(group, device or torch.device("cpu")) as device, _writing(project, "train", group):
+    joined = distributed.joined(group, device or torch.device("cpu"))
+    with joined as device, _writing(project, "train", group, wait):
         parent = _kept_parent(project, stage, scene) if stage in KEEPS_VAE else None
         if paths:
             frames = distributed.on_main(group, lambda: _extract_frames(project, paths, scene, progress))
@@ -429,15 +432,15 @@ def _extract_frames(project: Project, paths: list[Path], scene: str, progress: P
 
 
 @contextmanager
-def _writing(project: Project, command: str, group: Group | None) -> Iterator[None]:
+def _writing(project: Project, command: str, group: Group | None, wait: float) -> Iterator[None]:
     """Project.writing (the lock, Ctrl-C deferred to the end of a step) on rank 0; the other ranks
     defer Ctrl-C alone, once rank 0 holds the lock (or fail with its LockError)."""
     if group is None:
-        with project.writing(command):
+        with project.writing(command, wait):
             yield
         return
     with ExitStack() as stack:
-        distributed.on_main(group, lambda: stack.enter_context(project.writing(command)))
+        distributed.on_main(group, lambda: stack.enter_context(project.writing(command, wait)))
         if not group.main:
             stack.enter_context(interrupt.deferred())
         yield
@@ -447,17 +450,19 @@ def update(
     project: Project,
     paths: list[Path] | None = None,
     scene: str | None = None,
+    *,
     strategy: str = "replay",
     replay_ratio: float | None = None,
     device: torch.device | None = None,
     resume: bool = False,
     progress: Progress = no_progress,
     dreams: bool = True,
+    wait: float = LOCK_WAIT,
 ) -> TrainResult:
     """Learn a new normal scene from `paths` without reading earlier scenes' frames (see strategies);
     old scenes keep their score statistics. dreams=False leaves replay's dreamed clips out, to
     measure what they add. Holds the write lock and defers Ctrl-C as train does."""
-    with project.writing("update"):
+    with project.writing("update", wait):
         parent = parent_of(project, "all")
         old = list(dict.fromkeys(parent.info.get("scenes", [parent.info.get("scene", DEFAULT_SCENE)])))
         scene = scene or f"scene{len(old) + 1}"
@@ -468,14 +473,14 @@ def update(
         hooks = strategies.plan(
             strategy,
             parent.vae,
-            parent.mdn,
-            prior,
-            parent.ewc,
-            project.config,
-            scene,
-            sum(m.frames for m in metas),
-            replay_ratio,
-            dreams,
+            mdn=parent.mdn,
+            prior=prior,
+            ewc=parent.ewc,
+            cfg=project.config,
+            scene=scene,
+            new_frames=sum(m.frames for m in metas),
+            replay_ratio=replay_ratio,
+            dreams=dreams,
         )
         plan = Plan(
             "all" if parent.mdn is not None else "vae",
