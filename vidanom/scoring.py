@@ -1,18 +1,20 @@
-"""Per-frame anomaly scores, their calibration on normal data, and anomalous segments.
+"""Per-frame anomaly scores against a model's calibration on normal footage, and anomalous segments.
 
-Each frame gets three components, all local and all standardised against what the model does on
-normal footage, position by position:
+Each frame gets four components (COMPONENTS), all local; the first three are standardised against
+what the model does on normal footage, place by place:
   recon  the mean of the top_k largest patch errors, each z-scored against the error of the same
-         patch position on training frames (patches 16×16, 8 apart), of the motion planes only by
-         default: on Ped1 the appearance plane's error scores 0.65 AUROC, the motion planes' 0.78;
-         top-5 patches instead of the single worst add 0.02
+         patch position on training frames, of the motion planes only by default (see components)
   kl     the worst latent cell of the per-cell z-scored KL
-  nll    the worst latent cell of the z-scored LSTM-MDN negative log-likelihood of this frame's
-         latent given the clip so far (NaN for a clip's first `warmup` frames: too little past)
-The combined score is Σ weight · (component − mean) / std with mean and std taken on held-out
-normal frames, causally smoothed; the threshold is a quantile of it on those same frames. All of
-these statistics are kept per scene, and a frame is scored against the scene it shows: the one
-whose training frames its pixels lie closest to (see scene_of).
+  nll    the mean of the top_k worst cells of the z-scored LSTM-MDN negative log-likelihood of this
+         frame's latent given the clip so far (NaN for a clip's first `warmup` frames: too little past)
+  still  log(1 + the top_k cells' surprise over the mixture's most likely prediction): near zero
+         where nothing changes as predicted, as in a frozen picture (NaN in the warm-up, as nll)
+The combined score (combine) is Σ weight · term over the causally smoothed components: recon, kl and
+nll count by how far they lie above their median on held-out normal frames, in their spread above
+it; still by how far it lies below the stillest held-out frames (see standardise). The threshold is
+set on the held-out frames' combined scores (calibration.choose_threshold), and one function,
+anomalous, compares a score with it. All statistics are kept per scene, and a frame is scored
+against the scene it shows: the one whose training frames its pixels lie closest to (see scene_of).
 """
 
 from __future__ import annotations
@@ -227,10 +229,10 @@ def scene_of(maps: Maps, cal: Calibration) -> torch.Tensor | None:
 def pick_scene(
     comp: torch.Tensor, combined: torch.Tensor, scene: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per frame, the components (n, 3), combined score (n,) and index (n,) of its scene: the one
+    """Per frame, the components (n, 4), combined score (n,) and index (n,) of its scene: the one
     given, or without one the scene that explains the frame best (the lowest score).
 
-    (n, S, 3), (n, S), (n,) or None. Telling the scene by its pixels (scene_of) is the better rule: a
+    (n, S, 4), (n, S), (n,) or None. Telling the scene by its pixels (scene_of) is the better rule: a
     scene whose errors vary widely otherwise "explains" a quiet scene's frames, anomalies included.
     """
     if scene is None:
