@@ -1018,9 +1018,5 @@ def fleet_watch(
     _fail(problems + [f"camera {s.camera}: {s.error}" for s in states if s.error])
 
 
-def run() -> None:  # pragma: no cover - the console script entry point
-    app()
-
-
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(app())
