@@ -28,11 +28,11 @@ from vidanom.fleet.watching import watch_fleet
 from vidanom.project import Project
 from vidanom.watch import WatchOptions, watch
 
-pytest.importorskip("ray", reason="the fleet runs on Ray: pip install 'vidanom[ray]'")
+pytestmark = pytest.mark.usefixtures("ray_installed")
 
 
 @pytest.fixture(scope="module")
-def ray_session():
+def ray_session(ray_installed):
     environ = dict(os.environ)
     with session(Engine(local_cpus=2)) as ray:
         yield ray
