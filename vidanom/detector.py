@@ -242,7 +242,7 @@ class Detector:
     def score_chunks(
         self, chunks: Iterable[tuple[np.ndarray, np.ndarray | None]], device: torch.device | None = None
     ) -> Iterator[ChunkScores]:
-        """Score the chunks of one clip, in order: (frames (n, H, W, C) uint8 at the config's size,
+        """Score the chunks of one clip, in order: (frames (n, H, W, C) uint8 at the model's size,
         times (n,) in seconds or None) → ChunkScores, streaming."""
         cal, start, times_seen = self.calibration, 0, []
         scenes = np.asarray(cal.scenes)
@@ -264,7 +264,7 @@ class Detector:
     def score_frames(
         self, frames: np.ndarray, times: np.ndarray | None = None, device: torch.device | None = None
     ) -> ChunkScores:
-        """Score the frames of one clip in memory: (n, H, W, C) uint8 at the config's frame size."""
+        """Score the frames of one clip in memory: (n, H, W, C) uint8 at the model's frame size (config.frames)."""
         fc = self.config.frames
         if frames.ndim != 4 or frames.shape[1:] != (fc.height, fc.width, fc.channels) or frames.dtype != np.uint8:
             raise ConfigError(

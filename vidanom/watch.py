@@ -184,7 +184,7 @@ class EventTracker:
 @dataclass
 class _Frame:
     index: int  # frame number in the stream, after the stride, dropped frames included
-    pixels: np.ndarray  # (h, w, C) uint8 at the project's size
+    pixels: np.ndarray  # (h, w, C) uint8 at the model's size
     arrived: float  # time.monotonic() when it was decoded
     time: float  # seconds from the stream's first frame, from its timestamp (see video.iter_live)
 
@@ -532,7 +532,7 @@ class Watcher:
         return fresh
 
     def _step(self, batch: list[_Frame], feed: _Feed) -> None:
-        """Score one batch of frames (n at the project's size), report the events that ended in it."""
+        """Score one batch of frames (n at the model's size), report the events that ended in it."""
         status = self.status
         if self.tracker is None:  # the rate is known once the stream is open
             status.fps = self.cfg.frames.rate(feed.report.fps)
