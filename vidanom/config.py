@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from collections.abc import Callable
 from typing import Any
 
 from .data import MOTION_KINDS, MotionPlane
@@ -275,7 +275,7 @@ def _refuse(key: str, rule: Rule, value: Any) -> ConfigError:
 def validate(cfg: ProjectConfig) -> None:
     """Refuse (ConfigError, one line naming the key and what it may be) a config with a value out
     of its range, or whose values do not fit together."""
-    for key, value in _values(cfg, ""):
+    for key, value in flat(cfg).items():
         if not RULES[key].fits(value):
             raise _refuse(key, RULES[key], value)
     f, sc = cfg.frames, cfg.score
@@ -321,17 +321,7 @@ CALIBRATED_WITH = (
 
 def flat(cfg: ProjectConfig) -> dict[str, Any]:
     """'section.key' → value of every value of a config ('score.weights.kl' for a nested one)."""
-    out: dict[str, Any] = {}
-
-    def walk(prefix: str, data: dict[str, Any]) -> None:
-        for key, value in data.items():
-            if isinstance(value, dict):
-                walk(f"{prefix}{key}.", value)
-            elif key != "schema_version":
-                out[prefix + key] = value
-
-    walk("", to_dict(cfg))
-    return out
+    return dict(_values(cfg, ""))
 
 
 def trained_in(key: str) -> bool:
