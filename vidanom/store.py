@@ -71,9 +71,8 @@ class ScoreStore:
         return cls(project.scores_dir)
 
     def files(self, key: str) -> ClipFiles:
-        base = self.folder / key
         return ClipFiles(
-            key, *(base.with_name(key + ext) for ext in (".csv", ".json", ".png", ".annotated.mp4", ".gallery.png"))
+            key, *(self.folder / (key + ext) for ext in (".csv", ".json", ".png", ".annotated.mp4", ".gallery.png"))
         )
 
     def keys(self) -> list[str]:
@@ -101,7 +100,7 @@ class ScoreStore:
         return None
 
     def _hashed(self, src: Source) -> str:
-        return f"{src.name}~{hashlib.sha1(_path(src).encode()).hexdigest()[:HASH]}"
+        return _keyed(src.name, _path(src))
 
     def _claim(self, key: str) -> Path:
         return self.folder / f".{key}.source"
@@ -126,7 +125,7 @@ class ScoreStore:
         owner = self._owner(key)
         if _HASHED.fullmatch(key) or owner is None:
             return key
-        return f"{key}~{hashlib.sha1(owner.encode()).hexdigest()[:HASH]}"
+        return _keyed(key, owner)
 
     def named(self, name: str) -> list[str]:
         """The keys of the stored clips a person may mean by a name: those of that clip name, or the
@@ -200,6 +199,11 @@ class ScoreStore:
 
 def _path(src: Source) -> str:
     return str(src.path.resolve())
+
+
+def _keyed(name: str, source: str) -> str:
+    """The key of a second source of a name: the name and a short hash of the source's path."""
+    return f"{name}~{hashlib.sha1(source.encode()).hexdigest()[:HASH]}"
 
 
 def _name(key: str) -> str:
