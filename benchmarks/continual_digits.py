@@ -135,7 +135,7 @@ def run_strategy(
         task_cfg = with_overrides(cfg, train={"seed": cfg.train.seed + i})  # fresh batches and noise for every task
         scene = f"task{i + 1}"
         hooks = (
-            strategies.plan(name, vae, None, prior, ewc, task_cfg, scene, 0)
+            strategies.plan(name, vae, mdn=None, prior=prior, ewc=ewc, cfg=task_cfg, scene=scene, new_frames=0)
             if name != "joint" and prior is not None
             else None
         )

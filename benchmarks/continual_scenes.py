@@ -115,7 +115,7 @@ def main() -> None:
             shutil.copytree(base.root, root)
             project = Project.open(root)
             name = "replay" if strategy == "replay-no-dream" else strategy
-            training.update(project, [b_train], "B", name, dreams=strategy != "replay-no-dream")
+            training.update(project, [b_train], "B", strategy=name, dreams=strategy != "replay-no-dream")
         seconds = time.time() - t0
         rows[strategy] = (scene_auroc(project, a_test, a_labels), scene_auroc(project, b_test, b_labels), seconds)
     table = Table(title="Scene A (UCSD Ped1) then scene B (synthetic night plaza): micro AUROC per scene")

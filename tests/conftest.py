@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import time
 from collections.abc import Callable, Iterator
+from typing import NoReturn
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -175,6 +176,59 @@ def tiny_config(**sections: dict) -> ProjectConfig:
     return with_overrides(base, **sections)
 
 
+# -- optional dependencies: a loud skip where one is missing, a failure where it is required ----------
+
+# what the tests that skip need, and how to get it
+DEPENDENCIES = {
+    "gstreamer": "GStreamer's RTSP server for the system Python (the RTSP tests)",
+    "chromium": "Chromium (the report's browser tests)",
+    "ray": "Ray (the fleet's tests): pip install 'vidanom[ray]'",
+}
+
+
+def required() -> set[str]:
+    """The dependencies that must be there: .ci/run names those it installed in $VIDANOM_REQUIRE."""
+    return {d.strip() for d in os.environ.get("VIDANOM_REQUIRE", "").split(",") if d.strip()}
+
+
+def missing(dependency: str, why: str) -> NoReturn:
+    """Skip the test, saying why; fail it where the dependency is required (a skipped test must never
+    hide a broken install)."""
+    if dependency in required():
+        pytest.fail(f"{why} (VIDANOM_REQUIRE says {dependency} was installed)", pytrace=False)
+    pytest.skip(f"[{dependency}] {why}")
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Say loudly, at the end, how many tests did not run and why: a skip is not a pass."""
+    skipped = terminalreporter.stats.get("skipped", [])
+    if not skipped:
+        return
+    reasons: dict[str, int] = {}
+    for report in skipped:
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        reason = reason.removeprefix("Skipped: ")
+        reasons[reason] = reasons.get(reason, 0) + 1
+    terminalreporter.section(f"{len(skipped)} TEST(S) SKIPPED: they did not run", sep="!", yellow=True, bold=True)
+    for reason, count in sorted(reasons.items(), key=lambda item: -item[1]):
+        terminalreporter.line(f"{count:4d} skipped: {reason}", yellow=True, bold=True)
+    names = sorted({d for d in DEPENDENCIES if any(r.startswith(f"[{d}]") for r in reasons)})
+    if names:
+        terminalreporter.line(
+            "install " + "; ".join(DEPENDENCIES[d] for d in names) + " to run them (.ci/run does, where it can)",
+            yellow=True,
+        )
+
+
+@pytest.fixture(scope="session")
+def ray_installed() -> None:
+    """Skip (or fail, where it is required) where Ray is not installed."""
+    import importlib.util
+
+    if importlib.util.find_spec("ray") is None:
+        missing("ray", "the fleet runs on Ray: pip install 'vidanom[ray]'")
+
+
 runner = CliRunner()
 
 
@@ -265,15 +319,15 @@ def next_line(proc: subprocess.Popen, pipe, timeout: float) -> str:
 
 @pytest.fixture(scope="session")
 def gstreamer() -> None:
-    """Skip where GStreamer's RTSP server cannot run."""
+    """Skip (or fail, where it is required) where GStreamer's RTSP server cannot run."""
     if not Path(SYSTEM_PYTHON).exists():
-        pytest.skip(f"no {SYSTEM_PYTHON} to run GStreamer's RTSP server ({RTSP_INSTALL})")
+        missing("gstreamer", f"no {SYSTEM_PYTHON} to run GStreamer's RTSP server ({RTSP_INSTALL})")
     probe = subprocess.run(
         [SYSTEM_PYTHON, str(RTSP_SERVER), "--check"], capture_output=True, text=True, timeout=60, env=_server_env()
     )
     if probe.returncode != 0:
         why = (probe.stderr.strip().splitlines() or ["?"])[-1]
-        pytest.skip(f"{why}; to run the RTSP tests: {RTSP_INSTALL}")
+        missing("gstreamer", f"{why}; to run the RTSP tests: {RTSP_INSTALL}")
 
 
 class RtspServer:
@@ -388,7 +442,7 @@ def _accepts(port: int) -> bool:
 def broker(tmp_path: Path) -> Iterator[Broker]:
     """A started mosquitto on a free loopback port; skipped, saying how to install it, where it is missing."""
     if MOSQUITTO is None:
-        pytest.skip(f"MQTT tests need Debian's mosquitto broker, which is not installed: {MOSQUITTO_INSTALL}")
+        missing("mosquitto", f"MQTT tests need Debian's mosquitto broker, which is not installed: {MOSQUITTO_INSTALL}")
     pytest.importorskip("paho.mqtt.client", reason="the MQTT output needs paho-mqtt: pip install paho-mqtt")
     folder = tmp_path / "mosquitto"
     folder.mkdir()

@@ -18,7 +18,7 @@ from PIL import Image
 from vidanom import annotate, gallery, heatmap, plot
 from vidanom.project import Project
 from vidanom.revisit import scored_clip
-from vidanom.calibration import Calibration
+from vidanom.normality import Calibration
 
 CPU = ("--device", "cpu")
 
@@ -260,8 +260,21 @@ def test_heatmap_measures_each_place_against_its_own_normal():
     cfg = tiny_config(frames={"width": 16, "height": 16}, score={"patch": 8, "patch_stride": 4})
     mean, std = torch.full((1, 9), 0.01), torch.full((1, 9), 0.001)
     mean[0, 0] = 1.0
+    zero = torch.zeros(1, 1)
     cal = Calibration(
-        mean, std, *[torch.zeros(1, 1)] * 4, torch.zeros(1, 4), torch.ones(1, 4), torch.zeros(1), False, ["default"]
+        err_mean=mean,
+        err_std=std,
+        kl_mean=zero,
+        kl_std=zero,
+        nll_mean=zero,
+        nll_std=zero,
+        comp_mean=torch.zeros(1, 4),
+        comp_std=torch.ones(1, 4),
+        comp_low=torch.ones(1, 4),
+        still_floor=torch.zeros(1),
+        thresholds=torch.zeros(1),
+        has_mdn=False,
+        scenes=["default"],
     )
     scale = heatmap.ErrorScale.from_calibration(cal, cfg)
     per_patch = (mean + 3 * std)[0].view(3, 3)

@@ -7,11 +7,13 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import VFR_PTS_MS, square_frames, write_vfr, write_video
+from conftest import VFR_PTS_MS, invoke, make_project, square_frames, tiny_config, write_vfr, write_video
 
 from vidanom import cache
 from vidanom.config import FrameConfig
 from vidanom.errors import VideoError
+from vidanom.project import Project
+from vidanom.training import extract
 from vidanom.video import Source, iter_chunks
 
 FC = FrameConfig(width=32, height=24, channels=1)
@@ -58,13 +60,19 @@ def test_extract_twice_does_not_decode_again(clips, tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([raw.name, f"{meta.key}.t", f"{meta.key}.json"])
 
 
-def test_same_clip_as_another_scene_is_relabelled_without_decoding(clips, tmp_path, monkeypatch):
-    meta, _ = cache.extract(tmp_path, Source(clips.normal_a), FC, "day")
-    monkeypatch.setattr(cache, "iter_timed_chunks", None)  # calling it would fail
-    relabelled, new = cache.extract(tmp_path, Source(clips.normal_a), FC, "night")
-    assert not new and relabelled.scene == "night" and relabelled.key == meta.key
-    assert [m.key for m in cache.clips(tmp_path, FC, "night")] == [meta.key]
-    assert cache.clips(tmp_path, FC, "day") == []
+def test_a_clip_cached_as_one_scene_is_refused_as_another_before_anything_is_extracted(clips, project):
+    first = invoke("extract", clips.normal_a, "--scene", "day", "-p", project)
+    assert first.exit_code == 0, first.output
+    before = sorted(p.name for p in (project / "cache").iterdir())
+    res = invoke("extract", clips.folder, "--scene", "night", "-p", project)  # normal_a and normal_b
+    assert res.exit_code == 2 and res.stderr.startswith("error: normal_a.mp4 is already cached as scene 'day'")
+    assert len(res.stderr.strip().splitlines()) == 1
+    assert sorted(p.name for p in (project / "cache").iterdir()) == before  # normal_b was not extracted either
+    frames = Project.open(project).config.frames
+    assert [m.name for m in cache.clips(project / "cache", frames, "day")] == ["normal_a.mp4"]
+    assert cache.clips(project / "cache", frames, "night") == []
+    again = invoke("extract", clips.folder, "--scene", "day", "-p", project)  # its own scene: fine
+    assert again.exit_code == 0 and "normal_a.mp4" in again.stdout and "already cached" in again.stdout
 
 
 def test_other_frame_settings_or_a_changed_file_are_extracted_anew(clips, tmp_path):
@@ -135,3 +143,17 @@ def test_a_cache_written_before_times_were_kept_still_loads(clips, tmp_path):
     np.testing.assert_allclose(cache.load_times(tmp_path, old), np.arange(meta.frames) * 2 / 25.0)
     again, new = cache.extract(tmp_path, Source(clips.normal_a), fc, "default")
     assert not new and again == old  # not decoded again
+
+
+def test_two_first_extracts_at_once_agree_on_the_frame_size(clips, tmp_path):
+    """frames.width 0 is set by the first clip extracted; a second extract that began before it was set
+    (it read width 0 too) takes that width rather than writing its own, so that neither cache is lost."""
+    root = make_project(tmp_path / "p", tiny_config(frames={"width": 0}))
+    frames, _ = square_frames(24, 4, 20, 1.0, 8)
+    wide = write_video(tmp_path / "wide.mp4", np.concatenate([frames, frames], 2))  # 128×48, not 64×48
+    first, second = Project.open(root), Project.open(root)  # two commands, both before either extracted
+    extract(first, [clips.normal_a])
+    extract(second, [wide])
+    on_disk = Project.open(root).config.frames
+    assert on_disk.width == first.config.frames.width == second.config.frames.width == 40  # 64×48 at 32 rows
+    assert [m.name for m in cache.clips(root / "cache", on_disk)] == ["normal_a.mp4", "wide.mp4"]

@@ -208,3 +208,20 @@ def test_calibrate_takes_place_statistics_from_training_frames_and_scales_from_h
     )
     assert cal.false_alarms is not None and 0 <= float(cal.false_alarms[0]) <= 1
     assert any("only 12 s" in w for w in footage.warnings)
+
+
+def test_a_calibration_and_a_train_result_are_built_whole_and_never_changed(trained_project):
+    import dataclasses
+
+    from vidanom.detector import Detector
+    from vidanom.normality import Calibration
+    from vidanom.training import TrainResult
+
+    cal = Detector.load(trained_project).calibration
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cal.thresholds = torch.zeros(1)  # type: ignore[misc]
+    with pytest.raises(TypeError):  # every part is named and none is left to fill in later
+        Calibration(cal.err_mean, cal.err_std)  # type: ignore[misc]
+    required = {f.name for f in dataclasses.fields(TrainResult) if f.default is dataclasses.MISSING}
+    assert required == {f.name for f in dataclasses.fields(TrainResult)}  # no placeholder defaults
+    assert TrainResult.__dataclass_params__.frozen  # type: ignore[attr-defined]

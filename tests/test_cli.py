@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ import typer
 from conftest import ANOMALY, invoke, make_project, tiny_config
 from sklearn.metrics import roc_auc_score
 
-from vidanom.cli import app
+from vidanom.cli import RESUMABLE, app
 from vidanom.config import CONFIG_NAME, ProjectConfig, SCHEMA_VERSION, read_config, to_dict
 from vidanom.project import Project
 from vidanom.detector import Detector
@@ -285,14 +286,15 @@ def test_hand_edited_config_with_a_wrong_type_is_a_clean_error(project):
     data = to_dict(tiny_config())
     data["frames"]["width"] = "wide"
     (project / CONFIG_NAME).write_text(json.dumps(data))
-    assert_clean_error(invoke("status", "-p", project), match="wrong type")
+    assert_clean_error(invoke("status", "-p", project), match="frames.width must be a whole number")
 
 
-def test_config_changed_after_training_is_a_clean_error(trained_project, clips):
+def test_a_frame_size_changed_after_training_scores_as_trained_and_other_patches_are_refused(trained_project, clips):
     data = to_dict(tiny_config(frames={"width": 64}))
     (trained_project / CONFIG_NAME).write_text(json.dumps(data))
-    assert_clean_error(invoke("score", clips.anomalous, "-p", trained_project), match="no longer matches")
-    assert list((trained_project / "scores").iterdir()) == []
+    res = invoke("score", clips.anomalous, "-p", trained_project)
+    assert res.exit_code == 0 and "frames.width is 64 in vidanom.json, 32 in model v0001" in res.stderr
+    assert len(read_csv(trained_project / "scores" / "anom.mp4.csv")) == 48  # at the model's 32×32
     data = to_dict(tiny_config(score={"patch": 4}))  # the calibration's patch statistics no longer fit
     (trained_project / CONFIG_NAME).write_text(json.dumps(data))
     assert_clean_error(invoke("score", clips.anomalous, "-p", trained_project), match="score.patch")
@@ -303,12 +305,13 @@ def test_bad_stage_is_refused(project):
     assert res.exit_code != 0 and "--stage" in res.output and "Traceback" not in res.output
 
 
-def test_busy_project_refuses_a_second_training_and_a_dead_holders_lock_is_taken_over(project, clips, monkeypatch):
+def test_busy_project_refuses_a_second_training_and_a_dead_holders_lock_is_taken_over(project, clips):
     lock = project / "lock"
     lock.write_text(json.dumps({"pid": os.getpid(), "command": "train", "started": 0}))
-    monkeypatch.setattr(Project.writing.__wrapped__, "__defaults__", (0.0,))  # do not wait 5 s for it
     for cmd in (("train", clips.normal_a, *TRAIN), ("update", clips.normal_a, *TRAIN)):
-        line = assert_clean_error(invoke(*cmd, "-p", project), exit_code=3, match="project is busy")
+        started = time.monotonic()
+        line = assert_clean_error(invoke(*cmd, "--wait", "0.5", "-p", project), exit_code=3, match="project is busy")
+        assert 0.5 <= time.monotonic() - started < 5.0  # it waited as long as it was told, not the default
         assert f"'vidanom train' (pid {os.getpid()})" in line
     assert lock.exists()  # someone else's lock is left alone
     res = invoke("extract", clips.normal_a, "-p", project)  # extracting takes no lock: it goes on meanwhile
@@ -406,3 +409,44 @@ def test_no_steps_is_a_clean_error(trained_project, clips, command):
     res = invoke(command, clips.normal_a, "--steps", "0", "--device", "cpu", "-p", trained_project)
     assert res.exit_code == 2 and "--steps" in res.output and "Traceback" not in res.output
     assert Project.open(trained_project).current_version() == "v0001"
+
+
+# -- Ctrl-C --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "command, module, function",
+    [
+        (("train",), "vidanom.training", "train"),
+        (("update",), "vidanom.training", "update"),
+        (("fleet", "train", "MANIFEST"), "vidanom.fleet.training", "train_fleet"),
+        (("score", "VIDEO"), "vidanom.results", "score"),
+    ],
+)
+def test_ctrl_c_tells_how_to_resume_what_can_be_resumed(trained_project, clips, command, module, function, monkeypatch):
+    import importlib
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(importlib.import_module(module), function, interrupted)
+    manifest = trained_project.parent / "fleet.toml"
+    manifest.write_text(f'[cameras.cam]\nproject = "{trained_project.name}"\n')
+    args = [{"MANIFEST": manifest, "VIDEO": clips.anomalous}.get(a, a) for a in command]
+    res = invoke(*args, *(() if command[0] == "fleet" else ("-p", trained_project)))
+    assert res.exit_code == 130, res.output
+    resumable = command[0] != "score"
+    assert res.stderr.strip() == (RESUMABLE if resumable else "interrupted")
+
+
+def test_the_lock_wait_s_default_is_the_library_s():
+    import inspect
+
+    from vidanom import training
+    from vidanom.cli import train, update
+    from vidanom.project import LOCK_WAIT
+
+    for command in (train, update):
+        assert inspect.signature(command).parameters["wait"].default == LOCK_WAIT
+    for function in (training.train, training.update, Project.writing, Project.lock):
+        assert inspect.signature(function).parameters["wait"].default == LOCK_WAIT

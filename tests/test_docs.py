@@ -33,3 +33,17 @@ def test_the_readme_python_example_runs(
     out = capsys.readouterr().out
     assert "v0001" in out and "new_clip.mp4" in out and "anomalous at" in out
     assert (tmp_path / "cam1" / "scores" / "new_clip.mp4.csv").exists()
+
+
+def test_the_version_is_written_in_one_place():
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10: the test extra brings tomli
+        import tomli as tomllib
+
+    import vidanom
+
+    pyproject = tomllib.loads((README.parent / "pyproject.toml").read_text())
+    assert "version" not in pyproject["project"] and "version" in pyproject["project"]["dynamic"]
+    assert pyproject["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "vidanom.__version__"}
+    assert re.fullmatch(r"\d+\.\d+\.\d+", vidanom.__version__)

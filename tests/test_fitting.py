@@ -115,7 +115,23 @@ def test_train_reports_psnr_and_false_alarms_and_warns_about_short_footage(proje
 def test_a_long_enough_recording_trains_without_the_short_footage_warning(tmp_path, clips, monkeypatch):
     from vidanom import calibration
 
-    monkeypatch.setattr(calibration, "MIN_SECONDS", 5.0)  # 8 s of footage is then enough
     root = make_project(tmp_path / "p")
+    monkeypatch.setattr(calibration, "MIN_SECONDS", 5.0)  # 8 s of footage is then enough
     res = invoke("train", clips.folder, "--steps", "8", *CPU, "-p", root)
-    assert res.exit_code == 0 and "normal footage:" not in res.stderr
+    assert res.exit_code == 0, res.output
+    info = json.loads((root / "models" / "v0001" / "version.json").read_text())
+    seconds, held, rate = info["seconds_of_footage"], info["held_out_frames"], info["expected_false_alarms"]
+    # what train warned of is what the library's rules give for this footage, and those rules do warn
+    # of this footage's length where a minute is the least
+    expected = calibration.trust_warnings(seconds, held, rate, 0.01)
+    assert info["warnings"] == expected
+    assert [line for line in res.stderr.splitlines() if line.startswith("warning:")] == [
+        f"warning: {w}" for w in expected
+    ]
+    monkeypatch.setattr(calibration, "MIN_SECONDS", 60.0)
+    assert calibration.trust_warnings(seconds, held, rate, 0.01) == [
+        f"only {seconds:.0f} s of normal footage: "
+        "too little to promise a false-alarm rate; "
+        "train on a few minutes or more",
+        *expected,
+    ]

@@ -13,6 +13,7 @@ import shutil
 import signal
 import subprocess
 import sys
+from dataclasses import astuple
 from pathlib import Path
 
 import pytest
@@ -27,11 +28,11 @@ from vidanom.fleet.watching import watch_fleet
 from vidanom.project import Project
 from vidanom.watch import WatchOptions, watch
 
-pytest.importorskip("ray", reason="the fleet runs on Ray: pip install 'vidanom[ray]'")
+pytestmark = pytest.mark.usefixtures("ray_installed")
 
 
 @pytest.fixture(scope="module")
-def ray_session():
+def ray_session(ray_installed):
     environ = dict(os.environ)
     with session(Engine(local_cpus=2)) as ray:
         yield ray
@@ -147,6 +148,27 @@ def test_fleet_score_writes_each_clips_outputs_and_one_events_table(ray_session,
     r = score_fleet(read_manifest(site / "fleet.toml"), Engine(workers=1), force=True, out=site / "again")
     assert [c.state for c in r.clips] == ["scored"] * 4 and r.workers == 1
     assert (site / "again" / "events.csv").read_text() == before
+
+
+def test_two_clips_of_one_name_are_scored_once_each_and_skipped_after(ray_session, site: Path, clips: Clips):
+    day2 = site / "footage" / "gate" / "day2"
+    day2.mkdir()
+    shutil.copy(clips.normal_b, day2 / "anom.mp4")  # another video of the name day1 has
+    write(site / "fleet.toml", '[cameras.gate]\nproject = "projects/gate"\nscore = ["footage/gate/*/anom.mp4"]\n')
+    first = score_fleet(read_manifest(site / "fleet.toml"), Engine(workers=1))
+    assert [c.state for c in first.clips] == ["scored"] * 2, [c.error for c in first.clips]
+    keys = sorted(c.clip for c in first.clips)
+    assert keys[0] == "anom.mp4" and keys[1].startswith("anom.mp4~")
+    scores = site / "projects" / "gate" / "scores"
+    sources = {json.loads((scores / f"{k}.json").read_text())["source"] for k in keys}
+    assert sources == {str((site / "footage" / "gate" / d / "anom.mp4").resolve()) for d in ("day1", "day2")}
+    again = score_fleet(read_manifest(site / "fleet.toml"))
+    assert [c.state for c in again.clips] == ["skipped"] * 2 and sorted(c.clip for c in again.clips) == keys
+    assert {r["clip"] for r in again.events} <= set(keys)
+    ((camera, scored, skipped, failed, frames, events),) = [astuple(t) for t in first.totals()]
+    assert (camera, scored, skipped, failed) == ("gate", 2, 0, 0) and first.rate is not None and first.rate > 0
+    assert frames == sum(c.frames for c in first.clips) > 0 and events == len(first.events)
+    assert [astuple(t)[1:4] for t in again.totals()] == [(0, 2, 0)] and again.rate is None
 
 
 def test_bad_input_fails_alone_with_a_line_each(ray_session, site: Path):

@@ -16,7 +16,7 @@ from urllib.parse import unquote, urlsplit
 
 import numpy as np
 import pytest
-from conftest import Clips, invoke, private_copy, square_frames, write_video
+from conftest import Clips, invoke, missing, private_copy, square_frames, write_video
 from test_report import HOSTILE, Page, segments_of
 
 from vidanom.project import Project
@@ -40,10 +40,13 @@ def _browser() -> str | None:
     return next((path for path in map(shutil.which, BROWSERS) if path), None)
 
 
-pytestmark = pytest.mark.skipif(
-    _browser() is None,
-    reason="Chromium is not installed: 'apt-get install chromium' (.ci/run does it where apt is available)",
-)
+@pytest.fixture(scope="session")
+def chromium() -> None:
+    if _browser() is None:
+        missing("chromium", "Chromium is not installed: 'apt-get install chromium' (.ci/run does it where it can)")
+
+
+pytestmark = pytest.mark.usefixtures("chromium")
 
 
 def browse(page: Path, profile: Path, *args: str, fragment: str = "") -> str:

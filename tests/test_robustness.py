@@ -23,10 +23,10 @@ import av
 import numpy as np
 import pytest
 import torch
-from conftest import ANOMALY, Clips, anomalous_frames, invoke, square_frames, tiny_config, write_video
+from conftest import ANOMALY, Clips, anomalous_frames, invoke, make_project, square_frames, tiny_config, write_video
 from PIL import Image
 
-from vidanom import results
+from vidanom import fsutil, results
 from vidanom.detector import Detector
 from vidanom.config import CONFIG_NAME, to_dict
 from vidanom.errors import VidanomError
@@ -163,6 +163,21 @@ def test_one_frame_video_scores_with_a_warning_and_plots_and_evaluates(scored, t
     assert json.loads(res.stdout)["frames"] == 1 + 48
 
 
+@pytest.mark.parametrize("frames", [1, 5, 17])
+def test_too_little_footage_to_train_on_is_a_clean_error_saying_how_much_is_needed(trained_project, tmp_path, frames):
+    short = write_video(tmp_path / "short.mp4", square_frames(frames, 4, 20, 1.0, 8)[0])
+    before = digest(trained_project / "models")
+    fresh = make_project(tmp_path / "fresh")
+    for command, root in ((("train", short), fresh), (("update", short, "--scene", "short"), trained_project)):
+        res = invoke(*command, "--steps", "4", *CPU, "-p", root)
+        line = assert_clean_error(res, match=f"only {frames} frame(s) of normal footage")
+        assert "at least 18 frames (0.7 s at 25 fps)" in line, line
+    assert digest(trained_project / "models") == before
+    long_enough = write_video(tmp_path / "enough.mp4", square_frames(18, 4, 20, 1.0, 8)[0])
+    res = invoke("train", long_enough, "--steps", "4", *CPU, "-p", make_project(tmp_path / "enough"))
+    assert res.exit_code == 0, res.output
+
+
 def test_truncated_mp4_scores_what_decodes_or_is_a_clean_error(scored, tmp_path):
     frames = anomalous_frames()
     # the index (moov) first: the first half of the frames survive the cut
@@ -280,6 +295,18 @@ def test_corrupted_config_is_a_clean_error(project):
     assert_clean_error(invoke("status", "-p", project), match="cannot read config")
 
 
+def test_a_config_value_out_of_range_is_a_clean_error_naming_it(trained_project, clips):
+    data = json.loads((trained_project / CONFIG_NAME).read_text())
+    data["score"]["batch_size"] = 0
+    (trained_project / CONFIG_NAME).write_text(json.dumps(data))
+    line = assert_clean_error(invoke("score", clips.anomalous, *CPU, "-p", trained_project), match="score.batch_size")
+    assert "1 or more" in line and "not 0" in line
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    watch = [sys.executable, "-m", "vidanom", "watch", str(clips.anomalous), "--device", "cpu"]
+    proc = subprocess.run([*watch, "-p", str(trained_project)], capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 2 and proc.stderr.startswith("error: score.batch_size must be"), proc.stderr
+
+
 def test_stored_scores_that_do_not_match_are_a_clean_error(scored, tmp_path):
     csv = scored / "scores" / "anom.mp4.csv"
     csv.write_text("\n".join(csv.read_text().splitlines()[:10]))  # a CSV from another run than the JSON
@@ -343,7 +370,7 @@ def test_disk_full_is_a_clean_error_and_leaves_old_files(scored, clips, monkeypa
     def full(path, data):
         raise OSError(28, "No space left on device", str(path))
 
-    monkeypatch.setattr(results.fsutil, "write_text", full)
+    monkeypatch.setattr(fsutil, "write_text", full)
     line = assert_clean_error(invoke("score", clips.anomalous, *CPU, "-p", scored), match="No space left on device")
     assert "anom.mp4" in line
     assert (scored / "scores" / "anom.mp4.json").read_bytes() == before
@@ -379,13 +406,10 @@ def test_a_write_never_goes_straight_to_its_final_name(scored, clips, tmp_path, 
 # -- the write lock ------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def no_lock_wait(monkeypatch):
-    monkeypatch.setattr(Project.lock.__wrapped__, "__defaults__", (0.3,))  # do not wait 5 s for a busy project
-    monkeypatch.setattr(Project.writing.__wrapped__, "__defaults__", (0.3,))
+WAIT = ("--wait", "0.3")  # do not wait 5 s for a busy project
 
 
-def test_readers_and_scorers_ignore_the_lock_and_trainers_are_refused_by_name(scored, clips, tmp_path, no_lock_wait):
+def test_readers_and_scorers_ignore_the_lock_and_trainers_are_refused_by_name(scored, clips, tmp_path):
     sleeper = subprocess.Popen(["sleep", "60"])
     try:
         (scored / "lock").write_text(json.dumps({"pid": sleeper.pid, "command": "train", "started": time.time()}))
@@ -400,7 +424,7 @@ def test_readers_and_scorers_ignore_the_lock_and_trainers_are_refused_by_name(sc
         ):  # while a model trains
             res = invoke(*cmd, "-p", scored)
             assert res.exit_code == 0, res.output
-        for cmd in (("update", clips.normal_a, *CPU), ("train", *CPU)):
+        for cmd in (("update", clips.normal_a, *CPU, *WAIT), ("train", *CPU, *WAIT)):
             line = assert_clean_error(invoke(*cmd, "-p", scored), exit_code=3, match="project is busy")
             assert f"'vidanom train' (pid {sleeper.pid})" in line
         assert json.loads((scored / "lock").read_text())["pid"] == sleeper.pid  # a live holder's lock stays
@@ -412,10 +436,10 @@ def test_readers_and_scorers_ignore_the_lock_and_trainers_are_refused_by_name(sc
     assert not (scored / "lock").exists()
 
 
-def test_an_unreadable_lock_is_waited_for_then_taken_over_when_old(scored, clips, no_lock_wait):
+def test_an_unreadable_lock_is_waited_for_then_taken_over_when_old(scored, clips):
     lock = scored / "lock"
     lock.write_text("")  # as a process killed between creating and writing it would leave it
-    train = ("train", "--steps", "4", *CPU, "-p", scored)
+    train = ("train", "--steps", "4", *CPU, *WAIT, "-p", scored)
     assert_clean_error(invoke(*train), exit_code=3, match="project is busy")
     old = time.time() - 60
     os.utime(lock, (old, old))
@@ -624,7 +648,7 @@ def check_consistent(root: Path, clips: Clips, v1: dict[str, str]) -> str:
     return current
 
 
-def test_sigkill_at_any_moment_of_train_loses_nothing(scored, clips, tmp_path, no_lock_wait):
+def test_sigkill_at_any_moment_of_train_loses_nothing(scored, clips, tmp_path):
     """`python -m vidanom train` in a subprocess, frozen (SIGSTOP) at moments seen from the files it writes:
     a copy of the project taken while it is frozen is what a SIGKILL at that moment leaves. At the last
     moment, while it publishes the new version, it gets a real SIGKILL."""
@@ -668,7 +692,7 @@ def test_sigkill_at_any_moment_of_train_loses_nothing(scored, clips, tmp_path, n
                 ):
                     res = invoke(*cmd, "-p", scored)
                     assert res.exit_code == 0, res.output
-                line = assert_clean_error(invoke("train", "--steps", "4", *CPU, "-p", scored), exit_code=3)
+                line = assert_clean_error(invoke("train", "--steps", "4", *CPU, *WAIT, "-p", scored), exit_code=3)
                 assert f"'vidanom train' (pid {proc.pid})" in line
             proc.send_signal(signal.SIGCONT)
         proc.wait(timeout=60)

@@ -8,8 +8,8 @@ import torch
 
 from vidanom import fitting
 from vidanom.mdn import LSTMMDN, MDNConfig, mdn_nll
-from vidanom.config import ScoreConfig
-from vidanom.calibration import LEGACY_STILL_MARGIN, Calibration
+from vidanom.config import ScoreConfig, ScoreWeights
+from vidanom.normality import LEGACY_STILL_MARGIN, Calibration
 from vidanom.scoring import (
     CausalMean,
     combine,
@@ -196,24 +196,26 @@ def test_scorer_without_mdn_has_no_surprise(models, frames):
 def calibration():
     """Statistics of two scenes."""
     g = torch.Generator().manual_seed(4)
+    comp_mean, comp_low = torch.randn(2, 4, generator=g) - 4, torch.rand(2, 4, generator=g) + 0.2
     return Calibration(
-        torch.rand(2, 9, generator=g),
-        torch.rand(2, 9, generator=g) + 0.5,
-        torch.rand(2, 16, generator=g),
-        torch.rand(2, 16, generator=g) + 0.5,
-        torch.rand(2, 16, generator=g),
-        torch.rand(2, 16, generator=g) + 0.5,
-        torch.randn(2, 4, generator=g) - 4,
-        torch.rand(2, 4, generator=g) + 0.5,
-        torch.tensor([0.5, 1.5]),
-        True,
-        ["day", "night"],
-        comp_low=torch.rand(2, 4, generator=g) + 0.2,
+        err_mean=torch.rand(2, 9, generator=g),
+        err_std=torch.rand(2, 9, generator=g) + 0.5,
+        kl_mean=torch.rand(2, 16, generator=g),
+        kl_std=torch.rand(2, 16, generator=g) + 0.5,
+        nll_mean=torch.rand(2, 16, generator=g),
+        nll_std=torch.rand(2, 16, generator=g) + 0.5,
+        comp_mean=comp_mean,
+        comp_std=torch.rand(2, 4, generator=g) + 0.5,
+        comp_low=comp_low,
+        still_floor=comp_mean[:, 3] - LEGACY_STILL_MARGIN * comp_low[:, 3],
+        thresholds=torch.tensor([0.5, 1.5]),
+        has_mdn=True,
+        scenes=["day", "night"],
     )
 
 
 def test_components_and_combine_against_hand_computation(models, frames, calibration):
-    cal, weights = calibration, (1.0, 0.5, 2.0, 0.7)
+    cal, weights = calibration, ScoreWeights(recon=1.0, kl=0.5, nll=2.0, still=0.7)
     sc = ScoreConfig(patch=8, patch_stride=4, top_k=3, weights=weights)
     err, kl, nll, excess = run_scorer(models, frames, size=N)
     comp = components(Maps(err, kl, nll, excess), cal, sc)
@@ -233,7 +235,7 @@ def test_components_and_combine_against_hand_computation(models, frames, calibra
         top = np.sort(np.maximum(excess[8:].numpy(), 0.0), 1)[:, -3:].mean(1)
         np.testing.assert_allclose(comp[8:, s, 3].numpy(), np.log1p(top), rtol=1e-5, atol=1e-6)
         assert torch.isnan(comp[:8, s, 3]).all()
-    ref = np.nansum(reference_standardise(comp, cal) * np.array(weights), 2)  # a missing component adds nothing
+    ref = np.nansum(reference_standardise(comp, cal) * np.array([1.0, 0.5, 2.0, 0.7]), 2)  # a NaN adds nothing
     combined = combine(comp, cal, weights)
     np.testing.assert_allclose(combined.numpy(), ref, rtol=1e-5, atol=1e-5)
     best, score, scene = pick_scene(comp, combined, None)  # without Gaussians: the scene of the lowest score
@@ -312,7 +314,7 @@ def test_calibration_threshold_and_merge(calibration):
     assert merged.comp_low[0, 1:].isinf().all() and merged.comp_low[0, 0] == calibration.comp_low[0, 0]
     comp = torch.tensor([[[5.0, 50.0, float("nan"), -50.0], [5.0, 50.0, 50.0, -50.0]]])
     z_recon = (5.0 - calibration.comp_mean[0, 0]) / calibration.comp_std[0, 0]
-    torch.testing.assert_close(combine(comp, merged, (1.0, 1.0, 1.0, 1.0))[0, 0], z_recon)
+    torch.testing.assert_close(combine(comp, merged, ScoreWeights(1.0, 1.0, 1.0, 1.0))[0, 0], z_recon)
     assert mine.merged(calibration, ["dawn"]) is mine
     relearned = Calibration.from_dict(mine.to_dict() | {"scenes": ["day"]})
     assert relearned.merged(calibration, ["day", "night"]).scenes == ["night", "day"]  # the new "day" wins
@@ -322,7 +324,7 @@ def test_iter_scores_in_chunks_equals_one_pass(models, frames, calibration):
     def run(size: int):
         scorer = Scorer(models[0], models[1], LAG, torch.device("cpu"))
         chunks = (frames[s : s + size] for s in range(0, N, size))
-        sc = ScoreConfig(patch=8, patch_stride=4, top_k=2, weights=(1.0, 0.5, 1.0, 2.0), smooth=4)
+        sc = ScoreConfig(patch=8, patch_stride=4, top_k=2, weights=ScoreWeights(1.0, 0.5, 1.0, 2.0), smooth=4)
         out = list(iter_scores(scorer, chunks, calibration, sc))
         return tuple(torch.cat([o[i] for o in out]) for i in range(3))
 

@@ -18,12 +18,13 @@ from conftest import tiny_config
 
 from vidanom import results
 from vidanom.detector import Detector
-from vidanom.fitting import no_progress
+from vidanom.progress import no_progress
 from vidanom.config import FrameConfig, ProjectConfig, with_overrides
 from vidanom.errors import VideoError
 from vidanom.inference import SubPixelConvTranspose, for_inference, scoring_threads, torch_threads
 from vidanom.prefetch import prefetch
 from vidanom.project import Project
+from vidanom.store import ScoreStore
 from vidanom.scoring import iter_scores, make_scorer
 from vidanom.vae import BetaVAE
 from vidanom.video import DecodeReport, Source, iter_chunks
@@ -227,7 +228,7 @@ def test_torch_threads_restores_the_count():
 
 
 def csv_writer_reference(comps, scenes, scores, flags, times) -> str:
-    """What results._write_csv wrote with csv.writer, row by row."""
+    """What scoring wrote with csv.writer, row by row, before it formatted the rows itself."""
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(["frame", "time", "recon", "kl", "nll", "still", "scene", "score", "anomalous"])
@@ -261,8 +262,9 @@ def test_csv_is_byte_for_byte_what_csv_writer_wrote(tmp_path, n, dt):
         comps[3, 0], comps[4, 1], comps[5, 0] = np.inf, -np.inf, -0.0
     flags = scores > 1.0
     scenes = rng.choice(["default", "night-2", "moved_cam.b"], n).tolist()
-    results._write_csv(tmp_path / "s.csv", comps, scenes, scores, flags, times)
-    assert (tmp_path / "s.csv").read_bytes() == csv_writer_reference(comps, scenes, scores, flags, times).encode()
+    store = ScoreStore(tmp_path)
+    store.write("s", {}, times=times, components=comps, scenes=scenes, scores=scores, flags=flags)
+    assert store.files("s").csv.read_bytes() == csv_writer_reference(comps, scenes, scores, flags, times).encode()
 
 
 # -- scoring through all of it ---------------------------------------------------------------------
@@ -274,7 +276,7 @@ def test_scoring_equals_plain_streaming_with_the_original_models(trained_project
     vae, mdn, cal = detector.vae, detector.mdn, detector.calibration
     cfg = project.config
     threads = torch.get_num_threads()
-    (times, comps, _, scores), report = results._score_arrays(
+    (times, comps, _, scores, _), report = results._score_arrays(
         detector, Source(clips.anomalous), torch.device("cpu"), no_progress
     )
     assert torch.get_num_threads() == threads

@@ -12,11 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import anomalous_frames, write_vfr
+from conftest import anomalous_frames, make_project, tiny_config, write_vfr
 
 from vidanom import annotate, gallery, plot, results
 from vidanom.project import Project
 from vidanom.revisit import scored_clip
+from vidanom.training import train
 from vidanom.watch import WatchOptions, watch
 
 CPU = torch.device("cpu")
@@ -105,7 +106,7 @@ def test_an_avi_with_dropped_slots_is_scored_at_its_true_length(project, tmp_pat
     (result,) = results.score(project, video, CPU)
     summary = json.loads(result.summary.read_text())
     assert summary["duration"] == pytest.approx(121 / 30, abs=1e-3)  # not 12 frames / 30 fps = 0.4 s
-    assert summary["warning"] is None  # the empty slots are not an early end
+    assert summary["frames"] == len(slots) and summary["warning"] is None  # every frame came: no early end
     with open(result.csv) as f:
         times = [float(r["time"]) for r in csv.DictReader(f)]
     np.testing.assert_allclose(times, np.array(slots) / 30, atol=5e-4)
@@ -119,3 +120,16 @@ def test_the_timeline_frame_axis_follows_the_times():
     assert plot._interp(np.array([3.0, 3.5]), fs, xs).tolist() == pytest.approx([0.8, 1.4])
     assert plot._interp(np.array([-1.0, 3.04]), xs, fs).tolist() == pytest.approx([-10, 30])  # beyond both ends
     assert plot._interp(0.8, xs, fs) == pytest.approx(3.0)  # a scalar, as matplotlib may pass
+
+
+def test_one_frame_rate_everywhere_the_scored_frames_rate(tmp_path, clips):
+    """With frames.stride 2 a 25 fps file's scored frames come at 12.5 a second: the result, the
+    summary, the stored clip and a watch of it all say so."""
+    project = Project.open(make_project(tmp_path / "p", tiny_config(frames={"stride": 2})))
+    train(project, [clips.folder], device=CPU)
+    (result,) = results.score(project, clips.anomalous, CPU)
+    summary = json.loads(result.summary.read_text())
+    seen: list = []
+    status = watch(project, str(clips.anomalous), WatchOptions(), on_status=seen.append, device=CPU)
+    assert result.fps == summary["fps"] == scored_clip(project, clips.anomalous).fps == status.fps == 12.5
+    assert result.frames == len(anomalous_frames()) // 2

@@ -18,7 +18,7 @@ from vidanom.dream import dream_clip
 from vidanom.mdn import LSTMMDN
 from vidanom.project import Project
 from vidanom.replay import PriorReplay
-from vidanom.calibration import Calibration
+from vidanom.normality import Calibration
 from vidanom.vae import BetaVAE
 
 TRAIN = ("--steps", "8", "--device", "cpu")
@@ -173,6 +173,15 @@ def test_ewc_takes_its_strength_from_the_config_also_once_a_fisher_is_stored(tra
     detector = Detector.load(Project.open(trained_project))
     assert detector.ewc is not None and detector.ewc["strength"] == tiny_config().train.ewc_strength
     cfg = with_overrides(tiny_config(), train={"ewc_strength": 7.5})
-    hooks = strategies.plan("ewc", detector.vae, detector.mdn, detector.prior, detector.ewc, cfg, "moved", 10)
+    hooks = strategies.plan(
+        "ewc",
+        detector.vae,
+        mdn=detector.mdn,
+        prior=detector.prior,
+        ewc=detector.ewc,
+        cfg=cfg,
+        scene="moved",
+        new_frames=10,
+    )
     assert hooks.penalty.strength == 7.5  # not the strength stored with the Fisher information
     assert all(torch.equal(hooks.penalty.fisher[k], v) for k, v in detector.ewc["fisher"].items())

@@ -23,7 +23,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.3.3"
+__version__ = "0.3.3"  # the one place the version is written (pyproject.toml reads it)
 
 _EXPORTS = {
     "Project": "project",

@@ -32,7 +32,8 @@ from .errors import VidanomError
 from .heatmap import ErrorScale, overlay
 from .project import Project
 from .revisit import ScoredClip, revisit, scored_clip
-from .fitting import Progress, no_progress
+from .store import ScoreStore
+from .progress import Progress, no_progress
 
 CODECS = ("libx264", "h264", "mpeg4")  # the first this FFmpeg can encode with
 CONTAINERS = {
@@ -217,7 +218,7 @@ def render(
     project: Project, clip: ScoredClip, out: Path, device: torch.device | None = None, progress: Progress = no_progress
 ) -> Annotated:
     """Write the annotated video of a scored clip to out (see the module docstring)."""
-    scale = ErrorScale.from_calibration(clip.detector.calibration, project.config)
+    scale = ErrorScale.from_calibration(clip.detector.calibration, clip.detector.config)
     flags, rate = clip.flags, _rate(clip)
     with ExitStack() as stack:
         encode, strip, size = None, None, (0, 0)
@@ -258,8 +259,9 @@ def annotate(
     device: torch.device | None = None,
     progress: Progress = no_progress,
 ) -> Annotated:
-    """The annotated video of a scored clip: to out, or scores/<clip>.annotated.mp4."""
+    """The annotated video of a scored clip (its video's path, or its name or key): to out, or
+    scores/KEY.annotated.mp4."""
     if out is not None:
         check_output(out)
     clip = scored_clip(project, path)
-    return render(project, clip, out or project.scores_dir / f"{clip.src.name}.annotated.mp4", device, progress)
+    return render(project, clip, out or ScoreStore.of(project).files(clip.key).annotated, device, progress)

@@ -16,6 +16,7 @@ import numpy as np
 
 from . import fsutil
 from .config import FrameConfig
+from .errors import VidanomError
 from .video import DecodeReport, Source, iter_timed_chunks
 
 CHUNK = 256  # frames decoded and written at a time
@@ -56,17 +57,29 @@ def find(cache_dir: Path, key: str) -> ClipMeta | None:
         return None  # damaged: extract again
 
 
+def check_scene(cache_dir: Path, src: Source, fc: FrameConfig, scene: str) -> ClipMeta | None:
+    """The cached clip of src (None if it is not cached yet); VidanomError if it is cached as another
+    scene: a clip belongs to one scene, and quietly moving it would take it out of the footage its
+    first scene was trained and is recalibrated on."""
+    key = cache_key(src, fc)
+    meta = find(cache_dir, key)
+    if meta is not None and meta.scene != scene:
+        raise VidanomError(
+            f"{src.name} is already cached as scene '{meta.scene}' ({cache_dir / key}.*); a clip belongs to one "
+            f"scene: name '{meta.scene}', or delete its cache files to extract it as '{scene}'"
+        )
+    return meta
+
+
 def extract(
     cache_dir: Path, src: Source, fc: FrameConfig, scene: str, on_frames: Callable[[int], None] | None = None
 ) -> tuple[ClipMeta, bool]:
-    """Decode src into the cache unless it is there already. Returns (meta, newly_extracted)."""
-    key = cache_key(src, fc)
-    meta = find(cache_dir, key)
+    """Decode src into the cache unless it is there already. Returns (meta, newly_extracted).
+    Raises VidanomError if it is cached as another scene (see check_scene)."""
+    meta = check_scene(cache_dir, src, fc, scene)
     if meta is not None:
-        if meta.scene != scene:  # the same footage named as another scene: relabel, no decoding
-            meta = ClipMeta(**{**asdict(meta), "scene": scene})
-            fsutil.write_json(cache_dir / f"{key}.json", asdict(meta))
         return meta, False
+    key = cache_key(src, fc)
     report = DecodeReport()
     with (
         fsutil.atomic_path(cache_dir / f"{key}.u8") as tmp,

@@ -24,9 +24,11 @@ from torch.distributions import Binomial
 from . import interrupt
 from .config import ProjectConfig
 from .data import UNTIMED, Split, Timing
+from .errors import VidanomError
 from .mdn import LSTMMDN
+from .normality import Calibration, PlaceStats, Scales
 from .scoring import STILL_UNIT, CausalMean, Maps, Scorer, combine, components, make_scorer
-from .fitting import Progress, no_progress
+from .progress import Progress, no_progress
 from .vae import BetaVAE, patch_means
 
 MIN_SECONDS = 60.0  # less normal footage than this cannot support a promised false-alarm rate
@@ -38,8 +40,6 @@ CONFIDENCE = 0.9
 # the least spread of a component: each is made of z-scores, whose spread a few seconds of held-out
 # footage (a handful of nearly alike frames) can put near zero
 MIN_SCALE = 0.1
-# calibrations made before still_floor: stillness counted this many of its lower scales below its median
-LEGACY_STILL_MARGIN = 4.0
 
 
 class RunningStats:
@@ -82,97 +82,6 @@ def shrink(mean: torch.Tensor, std: torch.Tensor, weight: float) -> tuple[torch.
 def shrink_weight(seconds: float, prior_seconds: float) -> float:
     """How much the per-place statistics count after `seconds` of footage: seconds / (seconds + prior)."""
     return seconds / (seconds + prior_seconds) if seconds + prior_seconds > 0 else 1.0
-
-
-@dataclass
-class Calibration:
-    """What normal footage looks like to the model, one row per scene it has learned.
-
-    Every scene keeps its own position-wise statistics: a frame is scored against the scene it shows,
-    so learning a night scene does not redefine "normal" for the day scene (standardising both
-    against pooled statistics cost the day scene most of its AUROC).
-    """
-
-    err_mean: torch.Tensor  # (S, P) per scene and patch position: mean error over the patch
-    err_std: torch.Tensor
-    kl_mean: torch.Tensor  # (S, cells)
-    kl_std: torch.Tensor
-    nll_mean: torch.Tensor  # (S, cells) zeros when there is no MDN
-    nll_std: torch.Tensor
-    comp_mean: torch.Tensor  # (S, 4) median of recon, kl, nll, still (smoothed) on the scene's held-out frames
-    comp_std: torch.Tensor  # (S, 4) their spread above the median; inf where the scene has none: it adds nothing
-    thresholds: torch.Tensor  # (S,) each scene's threshold on its held-out frames
-    has_mdn: bool
-    scenes: list[str]
-    # per scene and pixel, mean and std of the training frames (C·H·W of them, in [0, 1]): which scene a
-    # frame shows is told by its pixels, which no update moves (None in calibrations made before)
-    frame_mean: torch.Tensor | None = None  # (S, C·H·W)
-    frame_std: torch.Tensor | None = None
-    false_alarms: torch.Tensor | None = None  # (S,) the share of new normal frames expected over the threshold
-    frame_interval: float | None = None  # the usual seconds between training frames: motion is scaled by it
-    comp_low: torch.Tensor | None = None  # (S, 4) the components' spread below the median; for still, its unit
-    # (S,) stillness counts below this: set on the held-out frames by the threshold's rule, from below
-    still_floor: torch.Tensor | None = None
-
-    def __post_init__(self) -> None:
-        if self.comp_low is None:  # made before the two sides had their own scales
-            self.comp_low = self.comp_std.clone()
-        if self.still_floor is None:  # made before: the same rule as then
-            self.still_floor = self.comp_mean[:, 3] - LEGACY_STILL_MARGIN * self.comp_low[:, 3]
-
-    @property
-    def threshold(self) -> float:
-        """One threshold for every scene: no scene's normal frames flag more often than it chose."""
-        return float(self.thresholds.max())
-
-    def to_dict(self) -> dict:
-        return dict(self.__dict__)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> Calibration:
-        if "threshold" in d:  # written before statistics were kept per scene: one scene, 1-D tensors
-            threshold = torch.tensor([float(d["threshold"])])
-            d = {k: v[None] if isinstance(v, torch.Tensor) else v for k, v in d.items() if k != "threshold"}
-            d.update(thresholds=threshold, scenes=["default"])
-        if d["comp_mean"].shape[-1] == 3:  # made before stillness was a component: it adds nothing
-            pad = {"comp_mean": 0.0, "comp_std": math.inf, "comp_low": math.inf}
-            d = {
-                **d,
-                **{
-                    k: torch.cat([d[k], torch.full((len(d[k]), 1), v)], 1)
-                    for k, v in pad.items()
-                    if d.get(k) is not None
-                },
-            }
-        return cls(**d)
-
-    def merged(self, old: Calibration, keep: list[str]) -> Calibration:
-        """These statistics plus the stored ones of the old scenes in `keep` that were not learned anew.
-
-        Old scenes keep only their reconstruction statistics. Their KL and NLL statistics belonged
-        to the encoder and LSTM-MDN before this update: both move when a new scene is learned, and on
-        Ped1 → night plaza the stale KL statistics put old-scene z-scores near 60 instead of 2 and
-        turned scene A's AUROC from 0.84 to 0.17. Dreamed clips, too unlike real frames in KL
-        (z near 170), cannot recalibrate them either; the motion error's statistics stay valid
-        (scene A 0.85 after the update).
-        """
-        rows = [i for i, s in enumerate(old.scenes) if s in keep and s not in self.scenes]
-        if not rows:
-            return self
-        carried = {k: old.__dict__[k][rows].clone() for k in ("comp_std", "comp_low")}
-        for v in carried.values():
-            v[:, 1:] = float("inf")  # kl, nll and still: standardised to zero, they add nothing
-        cat = {
-            k: torch.cat([carried[k] if k in carried else old.__dict__[k][rows], v])
-            for k, v in self.__dict__.items()
-            if isinstance(v, torch.Tensor) and isinstance(old.__dict__.get(k), torch.Tensor)
-        }
-        return Calibration(
-            **cat,
-            has_mdn=self.has_mdn,
-            scenes=[old.scenes[i] for i in rows] + self.scenes,
-            frame_interval=self.frame_interval,
-        )
 
 
 # -- the threshold -------------------------------------------------------------------------------
@@ -222,6 +131,25 @@ def held_blocks(split: Split) -> list[tuple[int, int, int]]:
     return [(c, s, min(s + size, b)) for c, a, b in runs for s in range(a, b, size)]
 
 
+def check_footage(footage: Footage, holdout: float, block_seconds: float) -> None:
+    """Refuse (VidanomError) footage too short to train on and still hold out frames for the
+    threshold: it must give at least two held-out blocks and a training run of two frames."""
+    if _enough(footage.split):
+        return
+    fps = footage.fps[0] if footage.fps else 25.0
+    need = next(n for n in range(2, 1_000_000) if _enough(Split.blocks([n], [fps], holdout, block_seconds)))
+    frames = sum(footage.split.lengths)
+    raise VidanomError(
+        f"only {frames} frame(s) of normal footage ({footage.seconds:.1f} s): training needs at least {need} "
+        f"frames ({need / fps:.1f} s at {fps:g} fps) to hold some out for the threshold, and a few minutes "
+        "to promise a false-alarm rate; train on longer footage"
+    )
+
+
+def _enough(split: Split) -> bool:
+    return len(held_blocks(split)) >= 2 and any(b - a >= 2 for _, a, b in split.runs())
+
+
 # -- calibrating ---------------------------------------------------------------------------------
 
 
@@ -265,9 +193,8 @@ class Footage:
         return sum(len(c) / f for c, f in zip(self.clips, self.fps))
 
 
-def place_statistics(scorer: Scorer, footage: Footage, cfg: ProjectConfig, scene: str, has_mdn: bool) -> Calibration:
-    """Per place statistics of the training frames, shrunk by the footage's length; components' scales
-    and threshold still unset."""
+def place_statistics(scorer: Scorer, footage: Footage, cfg: ProjectConfig) -> PlaceStats:
+    """One scene's statistics of each place on its training frames, shrunk by the footage's length."""
     err, kl, nll, pixels = RunningStats(), RunningStats(), RunningStats(), RunningStats()
     sc = cfg.score
     for clip in range(len(footage.clips)):
@@ -285,42 +212,39 @@ def place_statistics(scorer: Scorer, footage: Footage, cfg: ProjectConfig, scene
     (em, es), (km, ks) = shrink(*err.result(), w), shrink(*kl.result(), w)
     nm, ns = shrink(*nll.result(), w) if nll.n else (torch.zeros_like(km), torch.ones_like(ks))
     fm, fs = pixels.result()
-    return Calibration(
-        em[None],
-        es[None],
-        km[None],
-        ks[None],
-        nm[None],
-        ns[None],
-        torch.zeros(1, 4),
-        torch.ones(1, 4),
-        torch.zeros(1),
-        has_mdn,
-        [scene],
-        fm[None],
-        fs[None],
+    return PlaceStats(
+        err_mean=em[None],
+        err_std=es[None],
+        kl_mean=km[None],
+        kl_std=ks[None],
+        nll_mean=nm[None],
+        nll_std=ns[None],
+        frame_mean=fm[None],
+        frame_std=fs[None],
     )
 
 
-def held_scores(scorer: Scorer, footage: Footage, cal: Calibration, cfg: ProjectConfig) -> list[torch.Tensor]:
-    """The held-out blocks' combined scores, after setting in cal the components' medians and scales
-    and the still floor (the threshold's rule, from below) on the held-out frames."""
+def held_scores(
+    scorer: Scorer, footage: Footage, places: PlaceStats, cfg: ProjectConfig
+) -> tuple[Scales, list[torch.Tensor]]:
+    """The components' medians and scales and the still floor (the threshold's rule, from below) on
+    the held-out frames, and the held-out blocks' combined scores in those scales."""
     smoothed: dict[int, torch.Tensor] = {}
     for clip in sorted({c for c, _, _ in footage.split.runs(held=True)}):
         smoother = CausalMean(cfg.score.smooth)
         smoothed[clip] = torch.cat(
-            [smoother(components(m, cal, cfg.score)) for _, m in _clip_maps(scorer, footage, clip)]
+            [smoother(components(m, places, cfg.score)) for _, m in _clip_maps(scorer, footage, clip)]
         )[:, 0]
     held = torch.cat([smoothed[c][a:b] for c, a, b in footage.split.runs(held=True)])
     median, low, high = split_scales(held)
     still = held[:, 3][~held[:, 3].isnan()]
-    cal.still_floor = torch.zeros(1)  # without an LSTM-MDN stillness stays NaN and adds nothing
+    still_floor = torch.zeros(1)  # without an LSTM-MDN stillness stays NaN and adds nothing
     if len(still):  # the threshold's rule, from below
-        cal.still_floor = torch.tensor([-upper_threshold(-still, cfg.score.false_alarms)])
+        still_floor = torch.tensor([-upper_threshold(-still, cfg.score.false_alarms)])
         low[3] = STILL_UNIT
-    cal.comp_mean, cal.comp_low, cal.comp_std = median[None], low[None], high[None]
-    combined = {c: combine(v[:, None], cal, cfg.score.weights)[:, 0] for c, v in smoothed.items()}
-    return [combined[c][a:b] for c, a, b in held_blocks(footage.split)]
+    scales = Scales(comp_mean=median[None], comp_std=high[None], comp_low=low[None], still_floor=still_floor)
+    combined = {c: combine(v[:, None], scales, cfg.score.weights)[:, 0] for c, v in smoothed.items()}
+    return scales, [combined[c][a:b] for c, a, b in held_blocks(footage.split)]
 
 
 def split_scales(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -350,14 +274,20 @@ def calibrate(
     from .inference import for_inference
 
     scorer = make_scorer(for_inference(vae, device), mdn, cfg, device, footage.timing.ref_dt)
-    cal = place_statistics(scorer, footage, cfg, scene, mdn is not None)
-    cal.frame_interval = footage.timing.ref_dt
+    places = place_statistics(scorer, footage, cfg)
+    scales, blocks = held_scores(scorer, footage, places, cfg)
     target = cfg.score.false_alarms
-    blocks = held_scores(scorer, footage, cal, cfg)
     threshold, rate = choose_threshold(blocks, target)
-    cal.thresholds, cal.false_alarms = torch.tensor([threshold]), torch.tensor([rate])
     footage.warnings += trust_warnings(footage.seconds, sum(len(b) for b in blocks), rate, target)
-    return cal
+    return Calibration.of(
+        places,
+        scales,
+        thresholds=torch.tensor([threshold]),
+        has_mdn=mdn is not None,
+        scenes=[scene],
+        false_alarms=torch.tensor([rate]),
+        frame_interval=footage.timing.ref_dt,
+    )
 
 
 def trust_warnings(seconds: float, held: int, rate: float, target: float) -> list[str]:

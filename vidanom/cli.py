@@ -30,6 +30,9 @@ ProjectOpt = Annotated[
     typer.Option("--project", "-p", help="Project folder (default: $VIDANOM_PROJECT, else the current folder)."),
 ]
 DeviceOpt = Annotated[str, typer.Option(help="auto, cpu or cuda.")]
+WaitOpt = Annotated[
+    float, typer.Option(min=0.0, help="Seconds to wait for a project another train or update is writing to.")
+]
 
 
 try:  # typer vendors click since 0.2x; its own exceptions (Exit, BadParameter...) pass through
@@ -88,25 +91,29 @@ def _describe(exc: Exception) -> tuple[str, int]:
     ), 1
 
 
-def cli_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+def cli_errors(fn: Callable[..., Any] | None = None, *, interrupted: str = "interrupted") -> Callable[..., Any]:
     """Turn every error and Ctrl-C into one line on stderr and an exit code (no traceback).
 
     Exit codes: 2 for usage and input errors (and files that cannot be read or written), 3 for a
     project busy with another command, 130 for Ctrl-C, 1 for anything unexpected (a bug).
     `vidanom --debug` (or VIDANOM_DEBUG=1) lets the exception and its traceback through instead.
+    interrupted: what Ctrl-C prints (RESUMABLE for the commands that --resume continues); used as
+    `@cli_errors` or `@cli_errors(interrupted=RESUMABLE)`.
     """
+    if fn is None:
+        return functools.partial(cli_errors, interrupted=interrupted)
+    command = fn
 
-    @functools.wraps(fn)
+    @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            return fn(*args, **kwargs)
+            return command(*args, **kwargs)
         except _PASS_THROUGH:
             raise
         except KeyboardInterrupt:
             if _debug():
                 raise
-            message = RESUMABLE if fn.__name__ in ("train", "update") else "interrupted"
-            err.print(message, markup=False, highlight=False, soft_wrap=True)
+            err.print(interrupted, markup=False, highlight=False, soft_wrap=True)
             raise typer.Exit(130) from None
         except Exception as exc:  # noqa: BLE001 - the CLI's last line of defence against tracebacks
             if _debug():
@@ -229,7 +236,7 @@ def extract(
 
 
 @app.command()
-@cli_errors
+@cli_errors(interrupted=RESUMABLE)
 def train(
     videos: Annotated[list[Path] | None, typer.Argument(help="Normal videos to add (optional).")] = None,
     steps: Annotated[
@@ -246,6 +253,7 @@ def train(
     seed: Annotated[int | None, typer.Option(help="Random seed (overrides the config).")] = None,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted training run.")] = False,
     scene: Annotated[str, typer.Option(help="Scene the videos show.")] = "default",
+    wait: WaitOpt = 5.0,  # project.LOCK_WAIT, not imported here: it brings in torch
     project: ProjectOpt = None,
 ) -> None:
     """Train the β-VAE, then the LSTM-MDN, on normal video, and calibrate the threshold.
@@ -259,7 +267,7 @@ def train(
     """
     from .config import fixed_steps, with_overrides
     from .distributed import from_env
-    from .fitting import no_progress
+    from .progress import no_progress
     from .training import STAGES, train as train_model
 
     if stage not in STAGES:
@@ -272,11 +280,12 @@ def train(
         overrides["seed"] = seed
     proj.config = with_overrides(proj.config, train=overrides)
     group = from_env()
+    run = {"stage": stage, "device": _device(device), "resume": resume, "scene": scene, "group": group, "wait": wait}
     if group is not None and not group.main:  # rank 0 reports for all of them
-        train_model(proj, videos or [], stage, _device(device), resume, scene, no_progress, group)
+        train_model(proj, videos or [], progress=no_progress, **run)
         return
     with _progress() as progress:
-        result = train_model(proj, videos or [], stage, _device(device), resume, scene, progress, group)
+        result = train_model(proj, videos or [], progress=progress, **run)
     _print_trained(
         result, f"model {result.version}: {result.clips} clips, {result.frames} frames, {result.seconds:.0f} s"
     )
@@ -296,7 +305,7 @@ def _print_trained(result: Any, head: str) -> None:
 
 
 @app.command()
-@cli_errors
+@cli_errors(interrupted=RESUMABLE)
 def update(
     videos: Annotated[list[Path] | None, typer.Argument(help="Normal videos of the new scene.")] = None,
     scene: Annotated[str | None, typer.Option(help="Name of the new scene (default: scene<N>).")] = None,
@@ -310,6 +319,7 @@ def update(
     ] = None,
     device: DeviceOpt = "auto",
     resume: Annotated[bool, typer.Option(help="Continue an interrupted update.")] = False,
+    wait: WaitOpt = 5.0,  # project.LOCK_WAIT, not imported here: it brings in torch
     project: ProjectOpt = None,
 ) -> None:
     """Learn a new normal scene without forgetting the ones the model knows (generative replay).
@@ -329,7 +339,17 @@ def update(
     if steps is not None:
         proj.config = with_overrides(proj.config, train=fixed_steps(steps))
     with _progress() as progress:
-        r = update_model(proj, videos or [], scene, strategy, replay_ratio, _device(device), resume, progress)
+        r = update_model(
+            proj,
+            videos or [],
+            scene,
+            strategy=strategy,
+            replay_ratio=replay_ratio,
+            device=_device(device),
+            resume=resume,
+            progress=progress,
+            wait=wait,
+        )
     _print_trained(
         r,
         f"model {r.version}: learned scene '{r.scene}' from {r.clips} clips ({r.frames} frames) "
@@ -370,11 +390,11 @@ def score(
                 spans = ", ".join(f"{s['start_time']:.1f}-{s['end_time']:.1f}s" for s in r.segments[:4])
                 more = f" (+{len(r.segments) - 4})" if len(r.segments) > 4 else ""
                 table.add_row(
-                    r.name, str(r.frames), (spans + more) or "none", f"{r.peak:.2f}", f"{r.threshold:.2f}", r.version
+                    r.key, str(r.frames), (spans + more) or "none", f"{r.peak:.2f}", f"{r.threshold:.2f}", r.version
                 )
                 if r.warning:
                     err.print(
-                        f"warning: {r.name}: {_one_line(r.warning)}", markup=False, highlight=False, soft_wrap=True
+                        f"warning: {r.key}: {_one_line(r.warning)}", markup=False, highlight=False, soft_wrap=True
                     )
     out.print(table)
     out.print(f"scores in {proj.scores_dir}")
@@ -766,7 +786,9 @@ def _outputs_line(stats: dict[str, Any], short: bool = False) -> str:
 @app.command()
 @cli_errors
 def plot(
-    clip: Annotated[str, typer.Argument(help="Name of a scored clip (its file name).")],
+    clip: Annotated[
+        str, typer.Argument(help="A scored clip: its name (its key where two share it), or its video's path.")
+    ],
     labels: Annotated[Path | None, typer.Option(help="Labels JSON to shade ground truth.")] = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="PNG to write.")] = None,
     project: ProjectOpt = None,
@@ -820,50 +842,53 @@ def status(project: ProjectOpt = None) -> None:
 
     Example: vidanom status -p cam1
     """
-    from . import cache
-    from .results import scored_clips
-    from .config import to_dict
+    from .status import project_status
 
-    proj = _open(project)
-    out.print(f"[bold]project[/bold] {proj.root.resolve()}")
-    cfg = to_dict(proj.config)
-    out.print(f"config (schema {cfg['schema_version']}):")
-    for section, values in cfg.items():
+    s = project_status(_open(project))
+    out.print(f"[bold]project[/bold] {s.root}")
+    out.print(f"config (schema {s.config['schema_version']}):")
+    for section, values in s.config.items():
         if isinstance(values, dict):
             out.print(f"  {section}: " + ", ".join(f"{k}={v}" for k, v in values.items()), markup=False)
-    clips = cache.clips(proj.cache_dir, proj.config.frames)
-    out.print(
-        f"cached clips: {len(clips)} ({sum(c.frames for c in clips)} frames, "
-        f"{cache.size_bytes(proj.cache_dir) / 1e6:.1f} MB)"
-    )
-    current = proj.current_version()
+    out.print(f"cached clips: {s.cached_clips} ({s.cached_frames} frames, {s.cache_bytes / 1e6:.1f} MB)")
     t = Table("version", "scene", "parent", "how", "frames", "PSNR dB", "threshold (false alarms)")
-    for v in proj.versions():
-        name = v.get("version", "?")
-        fa, psnr = v.get("expected_false_alarms"), v.get("psnr")
-        how = v.get("strategy", "") + ("" if v.get("stage") == "all" else f"/{v.get('stage', '')}")
+    for v in s.versions:
+        fa = "" if v.false_alarms is None else f" ({100 * v.false_alarms:.1f}%)"
         t.add_row(
-            f"[bold]{name}*[/bold]" if name == current else name,
-            v.get("scene", ""),
-            str(v.get("parent") or "-"),
-            how,
-            str(v.get("frames", "")),
-            "-" if psnr is None else f"{psnr:.1f}",
-            f"{v.get('threshold', 0):.2f}" + ("" if fa is None else f" ({100 * fa:.1f}%)"),
+            f"[bold]{v.name}*[/bold]" if v.current else v.name,
+            v.scene,
+            v.parent or "-",
+            v.how,
+            "" if v.frames is None else str(v.frames),
+            "-" if v.psnr is None else f"{v.psnr:.1f}",
+            f"{v.threshold:.2f}{fa}",
         )
-    if current:
-        t.caption = f"* current version: {current}"
-    out.print(t if proj.versions() else "models: none yet (run 'vidanom train VIDEO...')")
-    run = proj.interrupted_run()
-    if run is not None:
-        what = ("train" if run.get("strategy") == "train" else "update") if run else "training"
-        scene = f" of scene '{run['scene']}'" if run.get("scene") else ""
-        out.print(f"an interrupted {what} run{scene} can be continued: the same command with --resume", markup=False)
-    scored = scored_clips(proj)
-    out.print(
-        f"scored clips: {len(scored)}"
-        + (f" ({', '.join(scored[:8])}{' ...' if len(scored) > 8 else ''})" if scored else "")
+    if s.current:
+        t.caption = f"* current version: {s.current}"
+    out.print(t if s.versions else "models: none yet (run 'vidanom train VIDEO...')")
+    _disagreements(
+        s.trained_otherwise, "the model scores as it was trained; 'vidanom train' trains anew with vidanom.json's"
     )
+    _disagreements(
+        s.calibrated_otherwise,
+        "its threshold was set for the model's; 'vidanom train --stage calibrate' sets one for vidanom.json's",
+    )
+    for problem in s.problems:
+        err.print(f"warning: {_one_line(problem)}", markup=False, highlight=False, soft_wrap=True)
+    if s.interrupted is not None:
+        scene = f" of scene '{s.interrupted.scene}'" if s.interrupted.scene else ""
+        out.print(
+            f"an interrupted {s.interrupted.command} run{scene} can be continued: the same command with --resume",
+            markup=False,
+        )
+    shown = f" ({', '.join(s.scored[:8])}{' ...' if len(s.scored) > 8 else ''})" if s.scored else ""
+    out.print(f"scored clips: {len(s.scored)}{shown}", markup=False)
+
+
+def _disagreements(lines: list[str], then: str) -> None:
+    """Where vidanom.json and the current model disagree, and what that means."""
+    if lines:
+        out.print("vidanom.json and the current model disagree: " + "; ".join(lines) + f" ({then})", markup=False)
 
 
 # -- fleet: many cameras on Ray -------------------------------------------------------------------
@@ -920,7 +945,7 @@ def _fail(lines: list[str]) -> None:
 
 
 @fleet.command(name="train")
-@cli_errors
+@cli_errors(interrupted=RESUMABLE)
 def fleet_train(
     manifest: ManifestArg,
     steps: Annotated[
@@ -979,14 +1004,11 @@ def fleet_score(
     with _progress() as progress:
         r = score_fleet(_manifest(manifest), engine, force, output, progress)
     table = Table("camera", "scored", "skipped", "failed", "frames", "events")
-    for camera in dict.fromkeys(c.camera for c in r.clips):
-        mine = [c for c in r.clips if c.camera == camera]
-        counts = [str(sum(c.state == s for c in mine)) for s in ("scored", "skipped", "failed")]
-        table.add_row(camera, *counts, str(sum(c.frames for c in mine)), str(sum(len(c.events) for c in mine)))
+    for t in r.totals():
+        table.add_row(t.camera, *map(str, (t.scored, t.skipped, t.failed, t.frames, t.events)))
     out.print(table)
-    scored = [c for c in r.clips if c.state == "scored"]
-    rate = f" ({sum(c.frames for c in scored) / r.seconds:.0f} frames/s)" if scored and r.seconds > 0 else ""
-    out.print(f"{len(scored)} clip(s) scored by {r.workers} worker(s) in {r.seconds:.1f} s{rate}")
+    rate = "" if r.rate is None else f" ({r.rate:.0f} frames/s)"
+    out.print(f"{len(r.scored)} clip(s) scored by {r.workers} worker(s) in {r.seconds:.1f} s{rate}")
     out.print(f"{len(r.events)} event(s) in {r.csv} and {r.json}", markup=False, highlight=False)
     for c in r.clips:
         if c.warning:
@@ -1175,10 +1197,6 @@ def fleet_watch(
         for warning in (st.get("outputs") or {}).get("warnings", []):
             _say(f"camera {s.camera}: warning: {warning}")
     _fail(problems + [f"camera {s.camera}: {s.error}" for s in states if s.error])
-
-
-def run() -> None:  # pragma: no cover - the console script entry point
-    app()
 
 
 if __name__ == "__main__":  # pragma: no cover

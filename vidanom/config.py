@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -12,7 +14,7 @@ from .errors import ConfigError
 from .mdn import MDNConfig
 from .vae import VAEConfig
 
-SCHEMA_VERSION = 2  # bump when a saved project can no longer be read as it is (and migrate in _migrate)
+SCHEMA_VERSION = 3  # bump when a saved project can no longer be read as it is (and migrate in _migrate)
 CONFIG_NAME = "vidanom.json"
 GRID = 8  # the frame size is rounded to a multiple of this (the β-VAE's downsampling of its default depth)
 
@@ -44,6 +46,11 @@ class FrameConfig:
 
     def motion_plane(self) -> MotionPlane:
         return MotionPlane(self.motion_lag, self.motion, self.motion_gain, self.motion_blur)
+
+    def rate(self, nominal: float) -> float:
+        """The frame rate every output reports (CSV and summary, ClipScores, watch): of the frames
+        kept, the file's nominal rate over the stride."""
+        return nominal / self.stride
 
 
 @dataclass(frozen=True)
@@ -88,12 +95,26 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class ScoreWeights:
+    """How much each component counts in the combined score, by its name (scoring.COMPONENTS)."""
+
+    recon: float = 1.0
+    kl: float = 1.0
+    nll: float = 0.25
+    still: float = 2.0
+
+    def ordered(self, names: tuple[str, ...]) -> tuple[float, ...]:
+        """The weights of the named components, in that order."""
+        return tuple(float(getattr(self, name)) for name in names)
+
+
+@dataclass(frozen=True)
 class ScoreConfig:
     recon_planes: str = "motion"  # whose reconstruction error counts: "motion" (differences) or "all"
     patch: int = 16  # reconstruction error is averaged over patch × patch pixels...
     patch_stride: int = 8  # ...at windows this far apart...
     top_k: int = 5  # ...and the mean of the k worst patches counts
-    weights: tuple[float, ...] = (1.0, 1.0, 0.25, 2.0)  # combined = Σ weight · term (recon, kl, nll, still)
+    weights: ScoreWeights = field(default_factory=ScoreWeights)  # combined = Σ weight · term
     shrink_seconds: float = (
         300.0  # place-by-place statistics count as much as the frame-wide ones after this much footage
     )
@@ -140,27 +161,127 @@ def _build(cls: type, data: Any, where: str) -> Any:
         default = getattr(cls(), name)
         if hasattr(default, "__dataclass_fields__"):
             value = _build(type(default), value, f"{where}.{name}" if where else name)
-        elif isinstance(default, tuple):
-            value = tuple(value)
+        elif isinstance(default, tuple) and isinstance(value, list):
+            value = tuple(value)  # anything else is left for validate to refuse by name
         kwargs[name] = value
     return cls(**kwargs)
 
 
+@dataclass(frozen=True)
+class Rule:
+    """What one config value may be; the error that refuses another value says it."""
+
+    kind: type  # int, float, bool, str, or tuple (of ints: a list in the JSON)
+    low: float | None = None  # the least value allowed...
+    high: float | None = None  # ...and the largest
+    open: bool = False  # low and high themselves are not allowed
+    choices: tuple[Any, ...] = ()
+    odd: bool = False
+    note: str = ""  # what a special value means, e.g. "0: from the video"
+
+    def allowed(self) -> str:
+        """The values allowed, in words: 'a whole number of 1 or more', 'one of 1, 3'..."""
+        if self.choices:
+            return "one of " + ", ".join(repr(c) if isinstance(c, str) else str(c) for c in self.choices)
+        if self.kind is bool:
+            return "true or false"
+        what = {int: "a whole number", float: "a number", tuple: "a list of whole numbers"}[self.kind]
+        if self.odd:
+            what = "an odd whole number"
+        if self.kind is tuple:
+            return f"{what}, each of {self.low:g} or more"
+        if self.low is not None and self.high is not None:
+            span = f"between {self.low:g} and {self.high:g}" + (" (exclusive)" if self.open else "")
+        elif self.low is not None:
+            span = f"above {self.low:g}" if self.open else f"of {self.low:g} or more"
+        else:
+            span = ""
+        return " ".join(part for part in (what, span) if part) + (f" ({self.note})" if self.note else "")
+
+    def fits(self, value: Any) -> bool:
+        if self.choices:
+            return any(value == c and type(value) is type(c) for c in self.choices)
+        if self.kind is tuple:
+            return isinstance(value, tuple) and bool(value) and all(Rule(int, self.low).fits(v) for v in value)
+        if self.kind is bool or isinstance(value, bool):  # True is an int to Python, not to a config
+            return isinstance(value, bool) and self.kind is bool
+        if not isinstance(value, int if self.kind is int else (int, float)) or not math.isfinite(value):
+            return False
+        low_ok = self.low is None or (value > self.low if self.open else value >= self.low)
+        high_ok = self.high is None or (value < self.high if self.open else value <= self.high)
+        return low_ok and high_ok and (not self.odd or value % 2 == 1)
+
+
+_COUNT, _SOME = Rule(int, 1), Rule(int, 0)  # a whole number of at least 1, at least 0
+_POSITIVE, _NOT_NEGATIVE = Rule(float, 0, open=True), Rule(float, 0)
+# every value of the config: a new key needs a rule here (tests/test_config.py checks that each has one)
+RULES: dict[str, Rule] = {
+    "frames.width": Rule(int, 0, note="0: from the first clip's aspect ratio"),
+    "frames.height": _COUNT,
+    "frames.channels": Rule(int, choices=(1, 3)),
+    "frames.stride": _COUNT,
+    "frames.motion_lag": _SOME,
+    "frames.motion": Rule(str, choices=MOTION_KINDS),
+    "frames.motion_gain": _POSITIVE,
+    "frames.motion_blur": Rule(int, 1, odd=True),
+    "frames.decode_timeout": _POSITIVE,
+    "vae.hidden": Rule(tuple, 1),
+    "vae.latent_channels": _COUNT,
+    "vae.beta": _NOT_NEGATIVE,
+    "vae.coords": Rule(bool),
+    "mdn.hidden": _COUNT,
+    "mdn.mixtures": _COUNT,
+    "mdn.cell_embedding": _SOME,
+    "mdn.delta": Rule(bool),
+    "mdn.residual": Rule(bool),
+    "train.vae_steps": _COUNT,
+    "train.vae_epochs": _NOT_NEGATIVE,
+    "train.vae_max_steps": _COUNT,
+    "train.mdn_steps": _COUNT,
+    "train.eval_every": _COUNT,
+    "train.patience": _COUNT,
+    "train.max_minutes": Rule(float, 0, note="0: no time limit"),
+    "train.batch_size": _COUNT,
+    "train.lr": _POSITIVE,
+    "train.seq_len": _COUNT,
+    "train.holdout": Rule(float, 0, 1, open=True),
+    "train.block_seconds": _POSITIVE,
+    "train.replay_distill": Rule(float, 0, note="0: off"),
+    "train.ewc_strength": _NOT_NEGATIVE,
+    "train.dream_temperature": _POSITIVE,
+    "train.seed": _SOME,
+    "score.recon_planes": Rule(str, choices=("motion", "all")),
+    "score.patch": _COUNT,
+    "score.patch_stride": _COUNT,
+    "score.top_k": _COUNT,
+    "score.weights.recon": _NOT_NEGATIVE,
+    "score.weights.kl": _NOT_NEGATIVE,
+    "score.weights.nll": _NOT_NEGATIVE,
+    "score.weights.still": _NOT_NEGATIVE,
+    "score.shrink_seconds": _NOT_NEGATIVE,
+    "score.mdn_warmup": _SOME,
+    "score.smooth": Rule(int, 0, note="0 or 1: no smoothing"),
+    "score.false_alarms": Rule(float, 0, 0.5, open=True),
+    "score.min_segment": _COUNT,
+    "score.batch_size": _COUNT,
+}
+
+
+def _refuse(key: str, rule: Rule, value: Any) -> ConfigError:
+    shown = list(value) if isinstance(value, tuple) else value  # as the JSON file has it
+    return ConfigError(f"{key} must be {rule.allowed()}, not {shown!r}")
+
+
 def validate(cfg: ProjectConfig) -> None:
-    f = cfg.frames
-    if f.channels not in (1, 3):
-        raise ConfigError(f"frames.channels must be 1 (gray) or 3 (RGB), not {f.channels}")
-    if min(f.height, f.stride) < 1 or f.width < 0 or f.motion_lag < 0:
+    """Refuse (ConfigError, one line naming the key and what it may be) a config with a value out
+    of its range, or whose values do not fit together."""
+    for key, value in flat(cfg).items():
+        if not RULES[key].fits(value):
+            raise _refuse(key, RULES[key], value)
+    f, sc = cfg.frames, cfg.score
+    if sc.patch > min(f.width or f.height, f.height):
         raise ConfigError(
-            "frames.height and stride must be positive, width positive or 0 (from the video) "
-            "and motion_lag not negative"
-        )
-    if not f.decode_timeout > 0:
-        raise ConfigError("frames.decode_timeout must be a positive number of seconds")
-    if f.motion not in MOTION_KINDS or not f.motion_gain > 0 or f.motion_blur < 1 or f.motion_blur % 2 == 0:
-        raise ConfigError(
-            f"frames.motion must be one of {', '.join(MOTION_KINDS)}, motion_gain positive and "
-            "motion_blur an odd number of pixels"
+            f"score.patch must fit the frame ({min(f.width or f.height, f.height)} pixels or fewer), not {sc.patch}"
         )
     try:
         from .vae import BetaVAE  # a cheap check of the architecture's divisibility rules
@@ -168,26 +289,74 @@ def validate(cfg: ProjectConfig) -> None:
         BetaVAE(replace(cfg, frames=f.resolved(f.height, f.height)).vae_config())
     except ValueError as exc:
         raise ConfigError(f"config does not describe a valid model: {exc}") from exc
-    t = cfg.train
-    if not 0 < t.holdout < 1 or not t.block_seconds > 0:
-        raise ConfigError("train.holdout must lie between 0 and 1 and train.block_seconds be positive")
-    if min(t.vae_steps, t.mdn_steps, t.eval_every, t.patience, t.batch_size, t.seq_len) < 1:
-        raise ConfigError("train.vae_steps, mdn_steps, eval_every, patience, batch_size and seq_len must be positive")
-    if t.vae_max_steps < 1 or t.vae_epochs < 0:
-        raise ConfigError("train.vae_max_steps must be positive and train.vae_epochs not negative")
-    sc = cfg.score
-    if not (1 <= sc.patch <= min(f.width or f.height, f.height) and sc.patch_stride >= 1 and sc.top_k >= 1):
-        raise ConfigError("score.patch must fit the frame, and score.patch_stride and top_k must be positive")
-    if sc.recon_planes not in ("motion", "all"):
-        raise ConfigError("score.recon_planes must be 'motion' or 'all'")
-    if len(sc.weights) != 4:
-        raise ConfigError("score.weights must hold 4 numbers: recon, kl, nll, still")
-    if not 0 < sc.false_alarms < 0.5 or sc.shrink_seconds < 0:
-        raise ConfigError("score.false_alarms must lie between 0 and 0.5, score.shrink_seconds not be negative")
+
+
+def _values(part: Any, prefix: str) -> list[tuple[str, Any]]:
+    """('section.key', value) of every value of a (nested) config dataclass, schema_version aside."""
+    out = []
+    for item in fields(part):
+        value = getattr(part, item.name)
+        if hasattr(value, "__dataclass_fields__"):
+            out += _values(value, f"{prefix}{item.name}.")
+        elif item.name != "schema_version":
+            out.append((prefix + item.name, value))
+    return out
 
 
 def to_dict(cfg: ProjectConfig) -> dict[str, Any]:
     return asdict(cfg)
+
+
+# -- what a model keeps of the config it was trained with ------------------------------------------
+
+# how long to wait for a decoder, and how hard to pull the latents together while training: neither
+# shapes a trained model's inputs nor is part of its architecture
+NOT_TRAINED_IN = ("frames.decode_timeout", "vae.beta")
+# the score settings a model's calibration was made with: its threshold holds for these
+CALIBRATED_WITH = (
+    *("recon_planes", "patch", "patch_stride", "top_k", "weights", "shrink_seconds", "mdn_warmup", "smooth"),
+    "false_alarms",
+)
+
+
+def flat(cfg: ProjectConfig) -> dict[str, Any]:
+    """'section.key' → value of every value of a config ('score.weights.kl' for a nested one)."""
+    return dict(_values(cfg, ""))
+
+
+def trained_in(key: str) -> bool:
+    """Whether a config value is part of what a model was trained as: whatever shapes its inputs
+    (frames) and its architecture (vae, mdn). A model scores with its own."""
+    return key.split(".")[0] in ("frames", "vae", "mdn") and key not in NOT_TRAINED_IN
+
+
+def calibrated_with(key: str) -> bool:
+    """Whether a model's threshold was set for this score value (set anew by `train --stage calibrate`)."""
+    section, _, rest = key.partition(".")
+    return section == "score" and rest.split(".")[0] in CALIBRATED_WITH
+
+
+def disagreements(
+    model: ProjectConfig, project: ProjectConfig, which: Callable[[str], bool], name: str = "the model"
+) -> list[str]:
+    """'key is X in vidanom.json, Y in model v0003' for every value `which` picks on which the two differ."""
+    mine, theirs = flat(model), flat(project)
+    return [
+        f"{key} is {_shown(theirs[key])} in {CONFIG_NAME}, {_shown(mine[key])} in {name}"
+        for key in mine
+        if which(key) and key in theirs and mine[key] != theirs[key]
+    ]
+
+
+def _shown(value: Any) -> str:
+    return json.dumps(list(value) if isinstance(value, tuple) else value)
+
+
+def scoring_config(model: ProjectConfig, project: ProjectConfig) -> ProjectConfig:
+    """The config a model scores a project's footage with: its own for everything it was trained as
+    (trained_in), the project's for how to score (`score`) and how long to wait for a decoder."""
+    frames = replace(model.frames, decode_timeout=project.frames.decode_timeout)
+    return replace(model, frames=frames, score=project.score)
 
 
 def from_dict(data: Any) -> ProjectConfig:
@@ -225,7 +394,20 @@ def _migrate(data: dict[str, Any]) -> dict[str, Any]:
         if "threshold_quantile" in score:
             score["false_alarms"] = round(1.0 - score.pop("threshold_quantile"), 6)
         data["schema_version"] = 2
+    if data.get("schema_version") == 2:
+        score = data.get("score")
+        if isinstance(score, dict) and isinstance(score.get("weights"), list):  # by component name, not position
+            score["weights"] = _by_name(ScoreWeights, score["weights"], "score.weights")
+        data["schema_version"] = 3
     return data
+
+
+def _by_name(cls: type, values: Any, where: str) -> dict[str, Any]:
+    """A sequence of values in the order of cls's fields (as schema 2 wrote score.weights) → by name."""
+    names = [f.name for f in fields(cls)]
+    if not isinstance(values, (list, tuple)) or len(values) != len(names):
+        raise ConfigError(f"{where} must hold {len(names)} numbers ({', '.join(names)}), not {values!r}")
+    return dict(zip(names, values))
 
 
 def read_config(path: Path) -> ProjectConfig:
@@ -237,14 +419,18 @@ def read_config(path: Path) -> ProjectConfig:
 
 
 def parse_overrides(items: list[str]) -> dict[str, dict[str, Any]]:
-    """['vae.beta=0.3', ...] → {'vae': {'beta': 0.3}}, for with_overrides (values are Python literals)."""
+    """['vae.beta=0.3', 'score.weights.kl=0.5', ...] → {'vae': {'beta': 0.3}, 'score': {'weights':
+    {'kl': 0.5}}}, for with_overrides (values are Python literals)."""
     import ast
 
     out: dict[str, dict[str, Any]] = {}
     for item in items:
         key, value = item.split("=", 1)
-        section, name = key.split(".")
-        out.setdefault(section, {})[name] = ast.literal_eval(value)
+        section, *names = key.split(".")
+        part = out.setdefault(section, {})
+        for name in names[:-1]:
+            part = part.setdefault(name, {})
+        part[names[-1]] = ast.literal_eval(value)
     return out
 
 
@@ -255,8 +441,20 @@ def fixed_steps(steps: int) -> dict[str, Any]:
 
 
 def with_overrides(cfg: ProjectConfig, **sections: dict[str, Any]) -> ProjectConfig:
-    """A copy of cfg with some fields of some sections replaced, e.g. train={'vae_steps': 2}; checked as
-    a config read from a file is (ConfigError)."""
-    out = replace(cfg, **{name: replace(getattr(cfg, name), **vals) for name, vals in sections.items() if vals})
+    """A copy of cfg with some fields of some sections replaced, e.g. train={'vae_steps': 2}; a nested
+    part by name (score={'weights': {'kl': 0.5}}) or, as schema 2 had it, by position
+    (score={'weights': (1, 0.5, 0.25, 2)}). Checked as a config read from a file is (ConfigError)."""
+    out = replace(cfg, **{name: _replaced(getattr(cfg, name), vals, name) for name, vals in sections.items() if vals})
     validate(out)
     return out
+
+
+def _replaced(part: Any, values: dict[str, Any], where: str) -> Any:
+    changes = {}
+    for name, value in values.items():
+        current = getattr(part, name)
+        if hasattr(current, "__dataclass_fields__") and not hasattr(value, "__dataclass_fields__"):
+            by_name = value if isinstance(value, dict) else _by_name(type(current), value, f"{where}.{name}")
+            value = _replaced(current, by_name, f"{where}.{name}")
+        changes[name] = value
+    return replace(part, **changes)

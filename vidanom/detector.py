@@ -15,8 +15,9 @@ existed hold the same in six files; they are read as they are.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -24,20 +25,30 @@ import numpy as np
 import torch
 
 from . import fsutil
-from .calibration import Calibration
-from .config import ProjectConfig, from_dict, read_config, to_dict
+from .normality import Calibration
+from .config import (
+    CONFIG_NAME,
+    ProjectConfig,
+    disagreements,
+    from_dict,
+    read_config,
+    scoring_config,
+    to_dict,
+    trained_in,
+)
 from .errors import ConfigError, ProjectError
 from .fitting import build_mdn, build_vae, load_checkpoint
 from .mdn import LSTMMDN
 from .project import Project
 from .replay import LatentPrior
-from .scoring import Scorer, iter_scores, make_scorer
+from .scoring import Scorer, anomalous, iter_scores, make_scorer
 from .vae import BetaVAE, patch_means
 from .video import DecodeReport, Source, find_sources, iter_timed_chunks
 
 MODEL_FILE = "model.pt"
 FORMAT = 1  # of model.pt; bump when it can no longer be read as it is
 LEGACY_FILES = ("vae.pt", "mdn.pt", "calibration.pt", "ewc.pt", "prior.pt")  # with version.json
+log = logging.getLogger("vidanom")
 
 
 class FrameScore(NamedTuple):
@@ -51,7 +62,7 @@ class FrameScore(NamedTuple):
     still: float  # NaN in the LSTM-MDN's warm-up
     scene: str  # the learned scene it was scored against
     score: float  # the combined score
-    anomalous: bool  # score > the threshold
+    anomalous: bool  # the verdict (scoring.anomalous: score > the threshold)
 
 
 @dataclass
@@ -81,7 +92,9 @@ class ChunkScores:
 class Detector:
     """One model version: everything to score footage, and to learn a new scene from."""
 
-    config: ProjectConfig  # what the models were trained with; scoring settings may be the project's now
+    # what the models were trained with (the model file's); a project's score settings and decode time
+    # limit when it scores a project's footage (for_project)
+    config: ProjectConfig
     vae: BetaVAE
     mdn: LSTMMDN | None
     calibration: Calibration
@@ -117,14 +130,19 @@ class Detector:
         fsutil.save_torch(path / MODEL_FILE if path.is_dir() else path, self.to_dict())
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], config: ProjectConfig | None = None) -> Detector:
+    def from_dict(cls, data: dict[str, Any], project_config: ProjectConfig | None = None) -> Detector:
+        """The model of a model file's data; project_config: the config of a version written before
+        model files held the config they were trained with (six files), which is its project's."""
         if not isinstance(data, dict) or "vae" not in data:
             raise ProjectError("not a vidanom model file: it is damaged; train again or restore it")
         if int(data.get("format", 0)) > FORMAT:
             raise ProjectError("the model was written by a newer vidanom; upgrade vidanom to read it")
         try:
+            config = from_dict(data["config"]) if data.get("config") is not None else project_config
+            if config is None:
+                raise KeyError("config")
             return cls(
-                config or from_dict(data["config"]),
+                config,
                 build_vae(data["vae"]),
                 build_mdn(data["mdn"]) if data.get("mdn") else None,
                 Calibration.from_dict(data["calibration"]),
@@ -136,32 +154,50 @@ class Detector:
             raise ProjectError(f"the model is damaged ({type(exc).__name__}: {exc}); train again") from exc
 
     @classmethod
-    def load(cls, where: str | Path | Project, config: ProjectConfig | None = None) -> Detector:
-        """The model in a model file, a version folder, or a project (its current version, checked
-        against the project's config and scored with its current scoring settings)."""
-        if isinstance(where, Project) or (Path(where) / "vidanom.json").is_file():
-            project = where if isinstance(where, Project) else Project.open(Path(where))
-            detector = cls.load(project.require_version(), project.config)
-            detector.check(project.config)
-            return detector
-        path = Path(where)
+    def load(cls, where: str | Path | Project) -> Detector:
+        """The model in a model file or a version folder, as it was trained; or a project's current
+        version, to score the project's footage with (see for_project)."""
+        if isinstance(where, Project) or (Path(where) / CONFIG_NAME).is_file():
+            return cls.for_project(where if isinstance(where, Project) else Project.open(Path(where)))
+        return cls._read(Path(where), None)
+
+    @classmethod
+    def of_version(cls, project: Project, version: str | None = None) -> Detector:
+        """A version of the project (default: its current one) as it was trained."""
+        return cls._read(project.require_version() if version is None else project.models_dir / version, project.config)
+
+    @classmethod
+    def for_project(cls, project: Project, version: str | None = None) -> Detector:
+        """A version of the project (default: its current one), to score the project's footage: as it
+        was trained (the frame settings and architecture of its model file), with the project's score
+        settings (config.scoring_config). Logs a warning for each setting of vidanom.json that the
+        model was trained otherwise with; raises ConfigError when the project's score.patch settings
+        do not fit the model's calibration."""
+        detector = cls.of_version(project, version)
+        name = f"model {detector.version}"
+        for line in disagreements(detector.config, project.config, trained_in, name):
+            log.warning(f"{line}: scored as the model was trained; 'vidanom train' trains anew with {CONFIG_NAME}'s")
+        return detector.scoring(project.config)
+
+    @classmethod
+    def _read(cls, path: Path, project_config: ProjectConfig | None) -> Detector:
         if path.is_dir() and not (path / MODEL_FILE).exists():
-            return cls._legacy(path, config)
+            return cls._legacy(path, project_config)
         file = path / MODEL_FILE if path.is_dir() else path
         if not file.exists():
             raise ProjectError(f"no model at {path}: pass a model file, a version folder or a project")
         try:
-            return cls.from_dict(load_checkpoint(file), config)
+            return cls.from_dict(load_checkpoint(file), project_config)
         except ProjectError as exc:
             raise ProjectError(f"{file}: {exc}") from exc
 
     @classmethod
     def _legacy(cls, version: Path, config: ProjectConfig | None) -> Detector:
         """A version written as six files (vae.pt, mdn.pt, calibration.pt, ewc.pt, prior.pt,
-        version.json), read as it is; its config is its project's."""
+        version.json), read as it is; its config is its project's (the file holds none)."""
         if not (version / "vae.pt").exists():
             raise ProjectError(f"no model in {version}: it holds neither {MODEL_FILE} nor vae.pt")
-        config = config or read_config(version.parent.parent / "vidanom.json")
+        config = config or read_config(version.parent.parent / CONFIG_NAME)
         part = {name: load_checkpoint(version / name) for name in LEGACY_FILES if (version / name).exists()}
         try:
             info = json.loads((version / "version.json").read_text())
@@ -180,15 +216,10 @@ class Detector:
             config,
         )
 
-    def check(self, config: ProjectConfig) -> None:
-        """Refuse a config that no longer describes this model (frame size, channels, architecture, patches)."""
-        from dataclasses import replace
-
-        if self.vae.cfg != config.vae_config():
-            raise ConfigError(
-                "the project's config no longer matches its trained model (frame size, channels or "
-                "architecture changed); train from scratch with 'vidanom train --stage all'"
-            )
+    def scoring(self, project: ProjectConfig) -> Detector:
+        """This model with a project's score settings (config.scoring_config). Raises ConfigError
+        when the project's patches are not those of the model's calibration."""
+        config = scoring_config(self.config, project)
         sc, fc = config.score, config.frames
         positions = patch_means(torch.zeros(1, fc.height, fc.width), sc.patch, sc.patch_stride).shape[1]
         if self.calibration.err_mean.shape[-1] != positions:
@@ -196,7 +227,7 @@ class Detector:
                 f"model {self.version} was calibrated on other patches than score.patch = "
                 f"{sc.patch}, score.patch_stride = {sc.patch_stride} give; set them back or train again"
             )
-        self.config = replace(self.config, score=config.score)
+        return replace(self, config=config)
 
     # -- scoring -------------------------------------------------------------------------------------
 
@@ -211,7 +242,7 @@ class Detector:
     def score_chunks(
         self, chunks: Iterable[tuple[np.ndarray, np.ndarray | None]], device: torch.device | None = None
     ) -> Iterator[ChunkScores]:
-        """Score the chunks of one clip, in order: (frames (n, H, W, C) uint8 at the config's size,
+        """Score the chunks of one clip, in order: (frames (n, H, W, C) uint8 at the model's size,
         times (n,) in seconds or None) → ChunkScores, streaming."""
         cal, start, times_seen = self.calibration, 0, []
         scenes = np.asarray(cal.scenes)
@@ -226,13 +257,14 @@ class Detector:
 
         for comp, scene, score in iter_scores(self.scorer(device), timed(), cal, self.config.score):
             s = score.numpy()
-            yield ChunkScores(start, times_seen.pop(0), comp.numpy(), scenes[scene.numpy()], s, s > cal.threshold)
+            flags = anomalous(s, cal.threshold)
+            yield ChunkScores(start, times_seen.pop(0), comp.numpy(), scenes[scene.numpy()], s, flags)
             start += len(s)
 
     def score_frames(
         self, frames: np.ndarray, times: np.ndarray | None = None, device: torch.device | None = None
     ) -> ChunkScores:
-        """Score the frames of one clip in memory: (n, H, W, C) uint8 at the config's frame size."""
+        """Score the frames of one clip in memory: (n, H, W, C) uint8 at the model's frame size (config.frames)."""
         fc = self.config.frames
         if frames.ndim != 4 or frames.shape[1:] != (fc.height, fc.width, fc.channels) or frames.dtype != np.uint8:
             raise ConfigError(

@@ -45,10 +45,10 @@ from .data import (
 )
 from .errors import ProjectError, VidanomError
 from .mdn import LSTMMDN, MDNConfig, mdn_nll
+from .progress import Progress, no_progress
 from .replay import batch_parts
 from .vae import BetaVAE, VAEConfig, vae_loss
 
-Progress = Callable[[str, int, int, dict[str, Any]], None]  # (task, done, total or 0, what to show)
 ExtraBatch = Callable[[int, torch.Generator], torch.Tensor]  # (batch size, generator) → replayed inputs
 Penalty = Callable[[torch.Generator], torch.Tensor]  # an extra loss term (EWC, replay's distillation)
 INFER_BATCH = 256
@@ -56,10 +56,6 @@ VAL_FRAMES = 512  # held-out frames the β-VAE is evaluated on
 VAL_WINDOWS = 32  # held-out windows (of every cell) the LSTM-MDN is evaluated on
 MDN_WINDOWS = 8  # windows per LSTM-MDN batch; each brings every cell of the grid
 MIN_GAIN = 1e-3  # a held-out loss better by less than this share does not count as progress
-
-
-def no_progress(task: str, done: int, total: int, info: dict[str, Any]) -> None:
-    """The progress callback of a caller that shows none (tests, benchmarks, library use)."""
 
 
 def resolve_device(name: str) -> torch.device:
@@ -148,6 +144,7 @@ def _checkpoint_on_interrupt(path: Path | None, state: Callable[[], dict[str, An
 def _fit(
     task: str,
     model: BetaVAE | LSTMMDN,
+    *,
     opt: torch.optim.Optimizer,
     tc: TrainConfig,
     steps: int,
@@ -250,6 +247,7 @@ def fit_vae(
     split: Split,
     cfg: ProjectConfig,
     device: torch.device,
+    *,
     progress: Progress = no_progress,
     ckpt: Path | None = None,
     start: dict[str, Any] | None = None,
@@ -295,15 +293,15 @@ def fit_vae(
     state = _fit(
         "vae",
         vae,
-        opt,
-        tc,
-        steps,
-        step,
-        lambda: vae_holdout(vae, held, cfg.frames.channels),
-        progress,
-        ckpt,
-        start,
-        group,
+        opt=opt,
+        tc=tc,
+        steps=steps,
+        step=step,
+        evaluate=lambda: vae_holdout(vae, held, cfg.frames.channels),
+        progress=progress,
+        ckpt=ckpt,
+        start=start,
+        group=group,
     )
     return {**vae_holdout(vae, held, cfg.frames.channels), "steps": state.step}
 
@@ -359,6 +357,7 @@ def fit_mdn(
     held: list[torch.Tensor],
     cfg: ProjectConfig,
     device: torch.device,
+    *,
     progress: Progress = no_progress,
     ckpt: Path | None = None,
     start: dict[str, Any] | None = None,
@@ -389,5 +388,17 @@ def fit_mdn(
         torch.nn.utils.clip_grad_norm_(mdn.parameters(), 1.0)
         return {"nll": loss.item()}
 
-    state = _fit("mdn", mdn, opt, tc, steps, step, lambda: mdn_holdout(mdn, *held_batch), progress, ckpt, start, group)
+    state = _fit(
+        "mdn",
+        mdn,
+        opt=opt,
+        tc=tc,
+        steps=steps,
+        step=step,
+        evaluate=lambda: mdn_holdout(mdn, *held_batch),
+        progress=progress,
+        ckpt=ckpt,
+        start=start,
+        group=group,
+    )
     return {"nll": mdn_holdout(mdn, *held_batch)["loss"], "steps": state.step}

@@ -77,3 +77,28 @@ def write_json(path: Path, data: Any) -> None:
 def save_torch(path: Path, obj: Any) -> None:
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
+
+
+def create_once(path: Path, text: str) -> bool:
+    """Create path holding text unless it exists, in one step (a hard link of a written temporary
+    file: no reader ever sees it empty); whether this call created it. Of several processes that
+    try at once, exactly one does."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _create_temporary(path)
+    try:
+        tmp.write_text(text)
+        try:
+            os.link(tmp, path)
+            return True
+        except FileExistsError:
+            return False
+        except OSError:  # a file system without hard links: exclusive creation, then the text
+            try:
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                return False
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
+            return True
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -20,7 +20,8 @@ from .errors import VidanomError
 from .heatmap import SPAN, ErrorScale, overlay
 from .project import Project
 from .revisit import ScoredClip, revisit, scored_clip
-from .fitting import Progress, no_progress
+from .store import ScoreStore
+from .progress import Progress, no_progress
 
 MAX_K = 64
 
@@ -48,6 +49,7 @@ class Panel:
     frame: int
     time: float  # seconds
     score: float
+    anomalous: bool  # as scoring flagged it
     original: np.ndarray  # (H, W, 3) uint8 at the source's resolution
     reconstruction: np.ndarray  # (H, W, 3) uint8: the VAE's reconstruction (made at the model's size)
     heatmap: np.ndarray  # (H, W, 3) uint8: the original with the error overlaid
@@ -67,8 +69,8 @@ def collect(
     progress: Progress = no_progress,
 ) -> list[Panel]:
     """Decode the clip up to the last of `frames` and keep those frames' panels, in the given order."""
-    scale = ErrorScale.from_calibration(clip.detector.calibration, project.config)
-    channels, wanted, found = project.config.frames.channels, set(frames), {}
+    scale = ErrorScale.from_calibration(clip.detector.calibration, clip.detector.config)
+    channels, wanted, found = clip.detector.config.frames.channels, set(frames), {}
     for chunk in revisit(project, clip, device, progress, "gallery", recon=True):
         assert chunk.maps.recon is not None
         hits = [i for i in range(len(chunk.full)) if chunk.start + i in wanted]
@@ -79,7 +81,9 @@ def collect(
             t = chunk.start + i
             recon = _resized(chunk.maps.recon[i, :channels], chunk.full.shape[1:3])  # the appearance planes
             heat = overlay(torch.from_numpy(chunk.full[i]), levels[j], scale.lut).numpy()
-            found[t] = Panel(t, float(clip.times[t]), float(clip.scores[t]), chunk.full[i].copy(), recon, heat)
+            found[t] = Panel(
+                t, float(clip.times[t]), float(clip.scores[t]), bool(clip.flags[t]), chunk.full[i].copy(), recon, heat
+            )
         if len(found) == len(wanted):
             break  # the rest of the clip is not needed (closing revisit stops the decoder)
     return [found[f] for f in frames]
@@ -104,7 +108,7 @@ def render(path: Path, panels: list[Panel], clip: ScoredClip, model_size: str) -
             loc="left",
             fontsize=10,
             fontweight="bold",
-            color="tab:red" if p.score > clip.threshold else "black",
+            color="tab:red" if p.anomalous else "black",
         )
         row[1].set_title(f"reconstruction (the model sees {model_size})", fontsize=9)
         row[2].set_title("error heatmap", fontsize=9)
@@ -123,9 +127,7 @@ def render(path: Path, panels: list[Panel], clip: ScoredClip, model_size: str) -
     )
     bar.minorticks_off()
     bar.set_label("reconstruction error, in multiples of what normal footage reaches there", fontsize=8)
-    fig.suptitle(
-        f"{clip.src.name}: the {len(panels)} most anomalous frames (threshold {clip.threshold:.2f})", fontsize=11
-    )
+    fig.suptitle(f"{clip.key}: the {len(panels)} most anomalous frames (threshold {clip.threshold:.2f})", fontsize=11)
     with fsutil.atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
     return path
@@ -149,7 +151,7 @@ def gallery(
     progress: Progress = no_progress,
 ) -> Gallery:
     """The gallery of a scored clip's k most anomalous frames, at least min_gap seconds apart: to out,
-    or scores/<clip>.gallery.png."""
+    or scores/KEY.gallery.png. path: the clip's video, or its name or key."""
     if not 1 <= k <= MAX_K:
         raise VidanomError(f"-k must be between 1 and {MAX_K}, not {k}")
     if not min_gap >= 0:
@@ -159,7 +161,7 @@ def gallery(
     clip = scored_clip(project, path)
     frames = pick_frames(clip.scores, k, int(round(min_gap * clip.rate)))  # the gap in frames, as they come
     panels = collect(project, clip, frames, device, progress)
-    fc = project.config.frames
+    fc = clip.detector.config.frames
     size = f"{fc.width}×{fc.height} {'gray' if fc.channels == 1 else 'RGB'}"
-    target = render(out or project.scores_dir / f"{clip.src.name}.gallery.png", panels, clip, size)
+    target = render(out or ScoreStore.of(project).files(clip.key).gallery, panels, clip, size)
     return Gallery(target, frames, [p.time for p in panels], [p.score for p in panels])

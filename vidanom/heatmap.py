@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import ProjectConfig
-from .calibration import Calibration
+from .normality import Calibration
 
 COLORMAP = "inferno"
 MAX_ALPHA = 0.8  # the hottest pixels still show a little of the frame beneath

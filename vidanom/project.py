@@ -11,7 +11,8 @@
     lock                PID and command of the process training or updating the project
 
 Only training and updating take the lock: extracting and scoring write each file atomically, so
-they run beside each other, and beside a training, in as many processes as wanted.
+they run beside each other, and beside a training, in as many processes as wanted (the frame size
+that the first extract of a project with frames.width 0 sets is written under a brief flock).
 """
 
 from __future__ import annotations
@@ -27,11 +28,12 @@ from pathlib import Path
 from typing import Any
 
 from . import fsutil
-from .config import CONFIG_NAME, FrameConfig, ProjectConfig, read_config, to_dict, validate
+from .config import CONFIG_NAME, ProjectConfig, read_config, to_dict, validate
 from .errors import LockError, NotTrainedError, ProjectError
 
 ENV_VAR = "VIDANOM_PROJECT"
 STALE_UNREADABLE_LOCK = 10.0  # seconds after which a lock file without a readable PID counts as stale
+LOCK_WAIT = 5.0  # seconds a train or update waits for a project another one is writing to
 
 
 @contextmanager
@@ -110,17 +112,27 @@ class Project:
     def save_config(self) -> None:
         fsutil.write_json(self.root / CONFIG_NAME, to_dict(self.config))
 
-    def set_frames(self, frames: FrameConfig) -> None:
-        """Store a resolved frame size: in the config on disk (with nothing else that a command may
-        have changed for its own run only) and in this one."""
-        on_disk = read_config(self.root / CONFIG_NAME)
-        self.config = replace(self.config, frames=frames)
-        fsutil.write_json(self.root / CONFIG_NAME, to_dict(replace(on_disk, frames=frames)))
+    def resolve_width(self, source_width: int, source_height: int) -> None:
+        """Set a frames.width of 0 from a clip's size (FrameConfig.resolved), in this config and in the
+        one on disk (with nothing else that a command may have changed for its own run only).
+
+        Extracting takes no lock, so this happens under an flock of the project folder: of two
+        commands that both read width 0, the second takes the width the first wrote (its frames,
+        cached at another width, would otherwise be left out of every later run).
+        """
+        with _folder_mutex(self.root):
+            on_disk = read_config(self.root / CONFIG_NAME)
+            width = on_disk.frames.width or self.config.frames.resolved(source_width, source_height).width
+            if not on_disk.frames.width:
+                fsutil.write_json(
+                    self.root / CONFIG_NAME, to_dict(replace(on_disk, frames=replace(on_disk.frames, width=width)))
+                )
+        self.config = replace(self.config, frames=replace(self.config.frames, width=width))
 
     # -- the write lock ---------------------------------------------------------------------------
 
     @contextmanager
-    def writing(self, command: str, wait: float = 5.0) -> Iterator[None]:
+    def writing(self, command: str, wait: float = LOCK_WAIT) -> Iterator[None]:
         """Hold the write lock for `command` and defer Ctrl-C to the end of the current optimiser
         step (see interrupt): what every train and update runs under, from the CLI or a library."""
         from . import interrupt
@@ -129,7 +141,7 @@ class Project:
             yield
 
     @contextmanager
-    def lock(self, command: str, wait: float = 5.0) -> Iterator[None]:
+    def lock(self, command: str, wait: float = LOCK_WAIT) -> Iterator[None]:
         """Hold the project's write lock; wait up to `wait` seconds, take over a dead process's lock.
 
         The lock file appears with its content in one step (a hard link of a written temporary

@@ -7,7 +7,6 @@ model trains (each uses the version current when it started; every file is writt
 
 from __future__ import annotations
 
-import csv
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,19 +15,21 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import fsutil, metrics, plot
+from . import metrics, plot
 from .detector import Detector
-from .errors import LabelsError, VidanomError
-from .fitting import Progress, no_progress
+from .errors import LabelsError
+from .progress import Progress, no_progress
 from .project import Project
 from .scoring import segments
+from .store import ScoreStore
 from .video import DecodeReport, Source, find_sources
 
 
-@dataclass
+@dataclass(frozen=True)
 class ClipScores:
-    name: str
-    fps: float
+    name: str  # the clip's file (or folder) name
+    key: str  # what its results are stored under: the name, unless another source of that name has it
+    fps: float  # of the scored frames (FrameConfig.rate)
     frames: int
     threshold: float
     version: str
@@ -56,12 +57,12 @@ def score(
 def _score_arrays(
     detector: Detector, src: Source, device: torch.device | None, progress: Progress
 ) -> tuple[list[np.ndarray], DecodeReport]:
-    """Times (n,), components (n, 3), scene names (n,), scores (n,) of one clip's frames, scored while
-    it decodes; only a few numbers per frame are kept."""
+    """Times (n,), components (n, 4), scene names (n,), scores (n,) and verdicts (n,) of one clip's
+    frames, scored while it decodes; only a few numbers per frame are kept."""
     report = DecodeReport()
-    parts: list[list[np.ndarray]] = [[], [], [], []]
+    parts: list[list[np.ndarray]] = [[], [], [], [], []]
     for chunk in detector.score_source(src, device, report):
-        for part, values in zip(parts, (chunk.times, chunk.components, chunk.scenes, chunk.scores)):
+        for part, values in zip(parts, (chunk.times, chunk.components, chunk.scenes, chunk.scores, chunk.anomalous)):
             part.append(values)
         progress(f"score {src.name}", chunk.start + len(chunk.scores), 0, {})
     return [np.concatenate(p) for p in parts], report
@@ -75,9 +76,8 @@ def score_clip(
     progress: Progress = no_progress,
 ) -> ClipScores:
     """Score one clip and write its CSV, JSON summary and timeline PNG into the project's scores/."""
-    (times, comps, scenes, scores), report = _score_arrays(detector, src, device, progress)
-    sc, threshold = detector.config.score, detector.threshold
-    flags = scores > threshold
+    (times, comps, scenes, scores, flags), report = _score_arrays(detector, src, device, progress)
+    sc, threshold, fps = detector.config.score, detector.threshold, detector.config.frames.rate(report.fps)
     edges = np.append(times, report.duration)  # the time of frame i, and of the clip's end at n
     segs = [
         {
@@ -96,7 +96,7 @@ def score_clip(
         "clip": src.name,
         "source": str(src.path.resolve()),
         "frames": int(len(scores)),
-        "fps": report.fps / detector.config.frames.stride,
+        "fps": fps,
         "duration": round(report.duration, 3),
         "model_version": detector.version,
         "threshold": threshold,
@@ -106,54 +106,32 @@ def score_clip(
         "warning": warning,
         "scene_frames": dict(zip(*map(np.ndarray.tolist, np.unique(scenes, return_counts=True)))),
     }
-    base = project.scores_dir / src.name
-    csv_path, json_path, png = (base.with_name(base.name + ext) for ext in (".csv", ".json", ".png"))
-    _write_csv(csv_path, comps, scenes.tolist(), scores, flags, times)
-    fsutil.write_json(json_path, summary)
+    store = ScoreStore.of(project)
+    key = store.key_for(src)
+    files = store.write(key, summary, times=times, components=comps, scenes=scenes.tolist(), scores=scores, flags=flags)
     plot.timeline(
-        png,
+        files.timeline,
         scores,
         threshold,
         times,
         [(int(s["start_frame"]), int(s["end_frame"])) for s in segs],
-        title=src.name,
+        title=key,
         duration=report.duration,
     )
     return ClipScores(
         src.name,
-        report.fps,
+        key,
+        fps,
         len(scores),
         threshold,
         str(detector.version),
         segs,
         float(scores.max()),
-        csv_path,
-        json_path,
-        png,
+        files.csv,
+        files.summary,
+        files.timeline,
         warning,
     )
-
-
-def _write_csv(
-    path: Path, comps: np.ndarray, scenes: list[str], scores: np.ndarray, flags: np.ndarray, times: np.ndarray
-) -> None:
-    """One row per frame, as csv.writer would write it (\\r\\n line ends; scene names are checked
-    to need no quoting). times: (n,) seconds."""
-    header = "frame,time,recon,kl,nll,still,scene,score,anomalous\r\n"
-    n = len(scores)
-    nll, still = (["" if v != v else f"{v:.5g}" for v in comps[:, j].tolist()] for j in (2, 3))  # NaN: empty
-    rows = zip(
-        range(n),
-        times.tolist(),
-        comps[:, 0].tolist(),
-        comps[:, 1].tolist(),
-        nll,
-        still,
-        scenes,
-        scores.tolist(),
-        flags.astype(np.int64).tolist(),
-    )
-    fsutil.write_text(path, header + "".join(map("%d,%.3f,%.5g,%.5g,%s,%s,%s,%.5g,%d\r\n".__mod__, rows)))
 
 
 def _score_warning(report: DecodeReport, frames: int, has_mdn: bool, warmup: int) -> str | None:
@@ -172,38 +150,20 @@ def _score_warning(report: DecodeReport, frames: int, has_mdn: bool, warmup: int
 
 def read_scored(project: Project, clip: str) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """Stored combined scores (n,), frame times (n,) in seconds and summary of a scored clip (by its
-    file name). A summary written before durations were kept gets one: frames / fps."""
-    base = project.scores_dir / clip
-    try:
-        summary = json.loads(base.with_name(clip + ".json").read_text())
-        with open(base.with_name(clip + ".csv")) as f:
-            rows = [(float(r["score"]), float(r["time"])) for r in csv.DictReader(f)]
-        table = np.array(rows, dtype=np.float64).reshape(-1, 2)
-    except (OSError, json.JSONDecodeError, KeyError, ValueError, TypeError) as exc:
-        raise VidanomError(f"no stored scores for clip '{clip}'; run 'vidanom score {clip}' first") from exc
-    scores, times = table[:, 0].copy(), table[:, 1].copy()
-    if not isinstance(summary, dict) or summary.get("frames") != len(scores) or not scores.size:
-        raise VidanomError(
-            f"the stored scores of clip '{clip}' are incomplete or damaged; score it again with 'vidanom score {clip}'"
-        )
-    if "duration" not in summary:
-        try:
-            summary["duration"] = len(scores) / float(summary["fps"])
-        except (KeyError, TypeError, ValueError, ZeroDivisionError) as exc:
-            raise VidanomError(
-                f"the stored summary of clip '{clip}' is damaged; score it again with 'vidanom score {clip}'"
-            ) from exc
-    return scores, times, summary
+    key, see store.ScoreStore)."""
+    stored = ScoreStore.of(project).read(clip)
+    return stored.scores, stored.times, stored.summary
 
 
 def read_scores(project: Project, clip: str) -> tuple[np.ndarray, dict[str, Any]]:
-    """Stored combined scores (n,) and summary of a scored clip (by its file name)."""
+    """Stored combined scores (n,) and summary of a scored clip (by its key)."""
     scores, _, summary = read_scored(project, clip)
     return scores, summary
 
 
 def scored_clips(project: Project) -> list[str]:
-    return sorted(p.name[:-5] for p in project.scores_dir.glob("*.json") if not p.name.startswith("."))
+    """The keys of the project's scored clips (see store.ScoreStore)."""
+    return ScoreStore.of(project).keys()
 
 
 def read_labels(path: Path) -> dict[str, list[tuple[int, int]]]:
@@ -232,38 +192,60 @@ def label_vector(ranges: list[tuple[int, int]], n: int, clip: str) -> np.ndarray
 
 
 def plot_clip(project: Project, clip: str, labels: Path | None = None, out: Path | None = None) -> Path:
-    scores, times, summary = read_scored(project, clip)
+    """Redraw a scored clip's timeline (named as store.ScoreStore.lookup takes it), with ground truth
+    from a labels file (its entry for the clip's key or name)."""
+    store = ScoreStore.of(project)
+    key = store.lookup(clip)
+    stored = store.read(key)
     truth = None
     if labels is not None:
         table = read_labels(labels)
-        if clip not in table:
+        entry = next((n for n in (key, store.alias(key), stored.summary.get("clip")) if n in table), None)
+        if entry is None:
             raise LabelsError(f"labels file {labels} has no entry for '{clip}'")
-        truth = label_vector(table[clip], len(scores), clip)
-    path = out or project.scores_dir / f"{clip}.png"
-    segs = [(s["start_frame"], s["end_frame"]) for s in summary["segments"]]
+        truth = label_vector(table[entry], len(stored.scores), entry)
+    path = out or store.files(key).timeline
+    segs = [(s["start_frame"], s["end_frame"]) for s in stored.summary["segments"]]
     plot.timeline(
-        path, scores, summary["threshold"], times, segs, truth=truth, title=clip, duration=float(summary["duration"])
+        path,
+        stored.scores,
+        stored.summary["threshold"],
+        stored.times,
+        segs,
+        truth=truth,
+        title=key,
+        duration=float(stored.summary["duration"]),
     )
     return path
 
 
 def evaluate(project: Project, labels: Path) -> dict[str, Any]:
-    """Frame-level micro metrics over every labelled, scored clip, plus per-clip AUROC."""
+    """Frame-level micro metrics over every labelled, scored clip, plus per-clip AUROC. A clip is
+    labelled by its name, or by its key or alias where two scored clips share a name."""
     table = read_labels(labels)
-    scored = set(scored_clips(project))
-    names = [n for n in sorted(table) if n in scored]
-    if not names:
+    store = ScoreStore.of(project)
+    keys: dict[str, str] = {}
+    for name in sorted(table):
+        found = store.named(name)
+        if len(found) > 1:
+            raise LabelsError(
+                f"labels file {labels} names '{name}', which {len(found)} scored clips share; "
+                f"label each by its own name: {', '.join(store.alias(k) for k in found)}"
+            )
+        if found:
+            keys[name] = found[0]
+    if not keys:
         raise LabelsError(
             f"none of the {len(table)} clips in {labels} has been scored; run 'vidanom score VIDEO...' on them first"
         )
     ys, ss, per_clip = [], [], {}
-    for name in names:
-        s, _ = read_scores(project, name)
+    for name, key in keys.items():
+        s = store.read(key).scores
         y = label_vector(table[name], len(s), name)
         ys.append(y)
         ss.append(s)
         if 0 < y.sum() < len(y):
             per_clip[name] = metrics.auroc(y, s)
     result = metrics.summary(np.concatenate(ys), np.concatenate(ss))
-    missing = sorted(set(table) - scored)
-    return {**result, "clips": len(names), "missing": missing, "per_clip_auroc": per_clip}
+    missing = sorted(set(table) - set(keys))
+    return {**result, "clips": len(keys), "missing": missing, "per_clip_auroc": per_clip}

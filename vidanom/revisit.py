@@ -17,23 +17,25 @@ import torch
 
 from .errors import VidanomError, VideoError
 from .detector import Detector
-from .results import read_scored, read_scores
 from .project import Project
 from .scoring import Maps, make_scorer
-from .fitting import Progress, no_progress
+from .store import ScoreStore
+from .progress import Progress, no_progress
 from .video import DecodeReport, Source, find_sources, iter_full_chunks
 
 FULL_CHUNK = 8  # frames per chunk of the second pass: 8 RGB frames of 1080p are 50 MB
 
 
-@dataclass
+@dataclass(frozen=True)
 class ScoredClip:
     """One clip, its stored scores and the model that made them."""
 
     src: Source
+    key: str  # what its results are stored under (store.ScoreStore)
     scores: np.ndarray  # (n,) combined score per scored frame
+    flags: np.ndarray  # (n,) bool: the frames scoring flagged anomalous
     threshold: float
-    fps: float  # scored frames per second (the source's nominal rate / frames.stride)
+    fps: float  # scored frames per second (FrameConfig.rate)
     segments: list[tuple[int, int]]  # detected segments [start, end) in frames
     detector: Detector  # the current version, which made the scores
     times: np.ndarray  # (n,) each scored frame's time in seconds, as stored
@@ -46,11 +48,6 @@ class ScoredClip:
         step = float(np.median(np.diff(self.times))) if len(self.times) > 1 else 0.0
         return 1.0 / step if step > 0 else self.fps
 
-    @property
-    def flags(self) -> np.ndarray:
-        """(n,) bool: the frames flagged anomalous (score above the threshold)."""
-        return self.scores > self.threshold
-
 
 def one_source(path: Path) -> Source:
     """The single clip named by path (a video file or a folder of frames)."""
@@ -60,31 +57,32 @@ def one_source(path: Path) -> Source:
     return sources[0]
 
 
-def scored_clip(project: Project, path: Path) -> ScoredClip:
-    """The clip at path (or the scored clip of that name) with its stored scores, which must come
-    from the current model."""
-    if not path.exists():  # a scored clip's name, e.g. after scoring a whole folder: its summary knows the file
-        try:
-            path = Path(read_scores(project, path.name)[1]["source"])
-        except (VidanomError, KeyError):
-            pass  # one_source says that nothing is there
-    src = one_source(path)
+def scored_clip(project: Project, clip: Path) -> ScoredClip:
+    """The clip named by the path of its video or as the store's lookup takes it (a scored clip's
+    name, key or alias), with its stored scores, which must come from the current model."""
+    store = ScoreStore.of(project)
+    if not clip.exists() and not store.named(str(clip)):
+        one_source(clip)  # says that nothing is there
+    key = store.lookup(clip)
+    stored = store.read(key)
+    src = one_source(clip if clip.exists() else Path(stored.summary["source"]))
     detector = Detector.load(project)
-    scores, times, summary = read_scored(project, src.name)
+    summary = stored.summary
     if summary.get("model_version") != detector.version:
         raise VidanomError(
-            f"the stored scores of {src.name} come from model {summary.get('model_version')}, "
-            f"not the current {detector.version}; score it again with 'vidanom score {path}'"
+            f"the stored scores of {key} come from model {summary.get('model_version')}, "
+            f"not the current {detector.version}; score it again with 'vidanom score {src.path}'"
         )
-    segments = [(int(s["start_frame"]), int(s["end_frame"])) for s in summary.get("segments", [])]
     return ScoredClip(
         src,
-        scores,
+        key,
+        stored.scores,
+        stored.flags,
         float(summary["threshold"]),
         float(summary["fps"]),
-        segments,
+        [(int(s["start_frame"]), int(s["end_frame"])) for s in summary.get("segments", [])],
         detector,
-        times,
+        stored.times,
         float(summary["duration"]),
     )
 
@@ -114,7 +112,7 @@ def revisit(
     from .inference import DECODING_THREADS, for_inference, scoring_threads, torch_threads
     from .prefetch import prefetch
 
-    device, cfg, n = device or torch.device("cpu"), project.config, len(clip.scores)
+    device, cfg, n = device or torch.device("cpu"), clip.detector.config, len(clip.scores)
     scorer = make_scorer(
         for_inference(clip.detector.vae, device), None, cfg, device, clip.detector.calibration.frame_interval
     )

@@ -1,18 +1,20 @@
-"""Per-frame anomaly scores, their calibration on normal data, and anomalous segments.
+"""Per-frame anomaly scores against a model's calibration on normal footage, and anomalous segments.
 
-Each frame gets three components, all local and all standardised against what the model does on
-normal footage, position by position:
+Each frame gets four components (COMPONENTS), all local; the first three are standardised against
+what the model does on normal footage, place by place:
   recon  the mean of the top_k largest patch errors, each z-scored against the error of the same
-         patch position on training frames (patches 16×16, 8 apart), of the motion planes only by
-         default: on Ped1 the appearance plane's error scores 0.65 AUROC, the motion planes' 0.78;
-         top-5 patches instead of the single worst add 0.02
+         patch position on training frames, of the motion planes only by default (see components)
   kl     the worst latent cell of the per-cell z-scored KL
-  nll    the worst latent cell of the z-scored LSTM-MDN negative log-likelihood of this frame's
-         latent given the clip so far (NaN for a clip's first `warmup` frames: too little past)
-The combined score is Σ weight · (component − mean) / std with mean and std taken on held-out
-normal frames, causally smoothed; the threshold is a quantile of it on those same frames. All of
-these statistics are kept per scene, and a frame is scored against the scene it shows: the one
-whose training frames its pixels lie closest to (see scene_of).
+  nll    the mean of the top_k worst cells of the z-scored LSTM-MDN negative log-likelihood of this
+         frame's latent given the clip so far (NaN for a clip's first `warmup` frames: too little past)
+  still  log(1 + the top_k cells' surprise over the mixture's most likely prediction): near zero
+         where nothing changes as predicted, as in a frozen picture (NaN in the warm-up, as nll)
+The combined score (combine) is Σ weight · term over the causally smoothed components: recon, kl and
+nll count by how far they lie above their median on held-out normal frames, in their spread above
+it; still by how far it lies below the stillest held-out frames (see standardise). The threshold is
+set on the held-out frames' combined scores (calibration.choose_threshold), and one function,
+anomalous, compares a score with it. All statistics are kept per scene, and a frame is scored
+against the scene it shows: the one whose training frames its pixels lie closest to (see scene_of).
 """
 
 from __future__ import annotations
@@ -24,13 +26,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from .config import ProjectConfig, ScoreConfig
+from .config import ProjectConfig, ScoreConfig, ScoreWeights
 from .data import MotionPlane, as_plane, to_input
 from .mdn import LSTMMDN, State, mdn_nll
 from .vae import BetaVAE, error_map, kl_map, patch_means
 
 if TYPE_CHECKING:
-    from .calibration import Calibration
+    from .normality import Calibration, PlaceStats, Scales
 
 # the components of a frame's score: the first three count where they are higher than on normal
 # frames; "still" where it is lower: in a frozen picture nothing changes anywhere, and every cell is
@@ -174,7 +176,7 @@ def top_mean(x: torch.Tensor, k: int) -> torch.Tensor:
     return x.topk(min(k, x.shape[-1]), dim=-1).values.mean(-1)
 
 
-def components(maps: Maps, cal: Calibration, sc: ScoreConfig) -> torch.Tensor:
+def components(maps: Maps, cal: PlaceStats, sc: ScoreConfig) -> torch.Tensor:
     """Maps of n frames → (n, S, 4) components recon, kl, nll, still against each of S scenes.
 
     recon, kl, nll: the worst places of the frame (the top_k patches, the worst cell, the top_k
@@ -193,20 +195,20 @@ def components(maps: Maps, cal: Calibration, sc: ScoreConfig) -> torch.Tensor:
     return torch.stack([recon, kl, nll, still], 2)
 
 
-def standardise(comp: torch.Tensor, cal: Calibration) -> torch.Tensor:
+def standardise(comp: torch.Tensor, cal: Scales) -> torch.Tensor:
     """(n, S, 4) components → (n, S, 4) terms: how far recon, kl and nll lie above normal, in units
     of their spread above the median on held-out normal frames (0 below it), and how far still lies
     below the scene's still_floor, in its comp_low (STILL_UNIT). A missing (NaN) component gives 0.
     """
-    assert cal.comp_low is not None and cal.still_floor is not None  # set by Calibration.__post_init__
     up = (comp[..., :3] - cal.comp_mean[..., :3]) / cal.comp_std[..., :3]
     still = (cal.still_floor - comp[..., 3]) / cal.comp_low[..., 3]
     return torch.cat([up, still.unsqueeze(-1)], -1).clamp_min(0.0).nan_to_num(0.0)
 
 
-def combine(smoothed: torch.Tensor, cal: Calibration, weights: tuple[float, ...]) -> torch.Tensor:
-    """(n, S, 4) smoothed components → (n, S) combined score: Σ weight · term (see standardise)."""
-    return standardise(smoothed, cal) @ torch.tensor(weights, dtype=smoothed.dtype)
+def combine(smoothed: torch.Tensor, cal: Scales, weights: ScoreWeights) -> torch.Tensor:
+    """(n, S, 4) smoothed components → (n, S) combined score: Σ weight · term (see standardise), each
+    component's weight by its name."""
+    return standardise(smoothed, cal) @ torch.tensor(weights.ordered(COMPONENTS), dtype=smoothed.dtype)
 
 
 def scene_of(maps: Maps, cal: Calibration) -> torch.Tensor | None:
@@ -227,10 +229,10 @@ def scene_of(maps: Maps, cal: Calibration) -> torch.Tensor | None:
 def pick_scene(
     comp: torch.Tensor, combined: torch.Tensor, scene: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per frame, the components (n, 3), combined score (n,) and index (n,) of its scene: the one
+    """Per frame, the components (n, 4), combined score (n,) and index (n,) of its scene: the one
     given, or without one the scene that explains the frame best (the lowest score).
 
-    (n, S, 3), (n, S), (n,) or None. Telling the scene by its pixels (scene_of) is the better rule: a
+    (n, S, 4), (n, S), (n,) or None. Telling the scene by its pixels (scene_of) is the better rule: a
     scene whose errors vary widely otherwise "explains" a quiet scene's frames, anomalies included.
     """
     if scene is None:
@@ -260,6 +262,12 @@ class CausalMean:
         out = (csum[ends] - csum[starts]) / (count[ends] - count[starts])  # 0/0: NaN
         self.tail = full[len(full) - min(len(full), self.window - 1) :]
         return out.to(x.dtype)
+
+
+def anomalous(scores: np.ndarray, threshold: float) -> np.ndarray:
+    """(n,) bool: the frames whose (n,) combined scores flag them anomalous. The one place that
+    decides it: everything else reads the verdicts scoring made (a CSV's `anomalous`, FrameScore)."""
+    return np.asarray(scores) > threshold
 
 
 @dataclass(frozen=True)

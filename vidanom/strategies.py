@@ -61,6 +61,7 @@ class Hooks:
 def plan(
     strategy: str,
     vae: BetaVAE,
+    *,
     mdn: LSTMMDN | None,
     prior: LatentPrior | None,
     ewc: dict[str, Any] | None,

@@ -17,7 +17,7 @@ import shutil
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,16 +26,18 @@ import torch
 
 from . import cache, distributed, interrupt, strategies
 from .cache import ClipMeta
-from .calibration import Calibration, Footage, calibrate, patch_error_stats
-from .config import ProjectConfig
+from .calibration import Footage, calibrate, check_footage, patch_error_stats
+from .normality import Calibration
+from .config import CONFIG_NAME, ProjectConfig, disagreements, trained_in
 from .data import Split, Timing, gather
 from .detector import Detector
 from .distributed import Group
-from .errors import VidanomError
-from .fitting import Progress, encode, fit_mdn, fit_vae, load_checkpoint, no_progress
+from .errors import ConfigError, VidanomError
+from .fitting import encode, fit_mdn, fit_vae, load_checkpoint
+from .progress import Progress, no_progress
 from .inference import for_inference
 from .mdn import LSTMMDN
-from .project import Project
+from .project import LOCK_WAIT, Project
 from .strategies import Hooks
 from .vae import BetaVAE
 from .video import Source, find_sources, first_frame_size
@@ -58,6 +60,7 @@ def extract(
 ) -> list[tuple[ClipMeta, bool]]:
     """Cache the frames of every clip named by paths; clips already cached are not decoded again.
 
+    A clip cached as another scene is refused (VidanomError) before any is extracted.
     Needs no lock: every clip's cache is written atomically, so extracting and scoring in other
     processes go on meanwhile. The first clip of a project sets its frame size (its aspect ratio).
     """
@@ -66,7 +69,9 @@ def extract(
     out = []
     sources = find_sources(paths)
     if sources and not project.config.frames.width:
-        project.set_frames(project.config.frames.resolved(*first_frame_size(sources[0], project.config.frames)))
+        project.resolve_width(*first_frame_size(sources[0], project.config.frames))
+    for src in sources:  # all of them, before any is extracted
+        cache.check_scene(project.cache_dir, src, project.config.frames, scene)
     for i, src in enumerate(sources):
         done = [0]
 
@@ -82,19 +87,31 @@ def extract(
 # -- what a run fits -------------------------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainResult:
+    """What a train or update run published: made once the version is in place."""
+
     version: str
     clips: int
     frames: int
-    seconds: float
-    vae: dict[str, float] = field(default_factory=dict)
-    mdn: dict[str, float] = field(default_factory=dict)
-    threshold: float = 0.0
-    scene: str = ""
-    psnr: float | None = None  # of the reconstructed held-out frames, in dB
-    false_alarms: float | None = None  # the share of new normal frames expected over the threshold
-    warnings: list[str] = field(default_factory=list)
+    seconds: float  # the run's, from its start to the version's publication
+    vae: dict[str, float]  # the β-VAE stage's held-out loss, PSNR and steps ({} where the stage kept it)
+    mdn: dict[str, float]  # the LSTM-MDN stage's ({} where it was kept or none was fitted)
+    threshold: float
+    scene: str
+    psnr: float | None  # of the reconstructed held-out frames, in dB
+    false_alarms: float | None  # the share of new normal frames expected over the threshold
+    warnings: list[str]
+
+
+@dataclass(frozen=True)
+class Fitted:
+    """The models a run fitted (or kept), and what their stages measured."""
+
+    vae: BetaVAE
+    mdn: LSTMMDN | None
+    vae_stats: dict[str, float]
+    mdn_stats: dict[str, float]
 
 
 @dataclass
@@ -122,7 +139,9 @@ def _footage(project: Project, metas: list[ClipMeta], progress: Progress) -> Foo
     times = [cache.load_times(project.cache_dir, m) for m in metas]
     fps = [m.fps / m.stride for m in metas]
     split = Split.blocks([len(c) for c in clips], fps, tc.holdout, tc.block_seconds)
-    return Footage(clips, fps, split, Timing(times, usual_interval(times)), progress=progress)
+    footage = Footage(clips, fps, split, Timing(times, usual_interval(times)), progress=progress)
+    check_footage(footage, tc.holdout, tc.block_seconds)
+    return footage
 
 
 def usual_interval(times: list[np.ndarray]) -> float | None:
@@ -160,12 +179,12 @@ def _fit_vae_stage(
         footage.split,
         cfg,
         device,
-        progress,
-        ckpt,
-        start,
-        hooks.extra,
-        hooks.penalty,
-        hooks.share,
+        progress=progress,
+        ckpt=ckpt,
+        start=start,
+        extra=hooks.extra,
+        penalty=hooks.penalty,
+        extra_share=hooks.share,
         timing=footage.timing,
         group=plan.group,
     )
@@ -194,7 +213,7 @@ def _fit_mdn_stage(
     train = [latents[c][:, a:b] for c, a, b in footage.split.runs()] + dreamed
     held = [latents[c][:, a:b] for c, a, b in footage.split.runs(held=True)]
     ckpt = part / "mdn.pt" if distributed.is_main(plan.group) else None
-    return mdn, fit_mdn(mdn, train, held, cfg, device, progress, ckpt, start, group=plan.group)
+    return mdn, fit_mdn(mdn, train, held, cfg, device, progress=progress, ckpt=ckpt, start=start, group=plan.group)
 
 
 def _follow_drift(cfg: ProjectConfig, hooks: Hooks | None, vae: BetaVAE, cal: Calibration) -> Calibration:
@@ -208,6 +227,7 @@ def _follow_drift(cfg: ProjectConfig, hooks: Hooks | None, vae: BetaVAE, cal: Ca
     old = hooks.old_scenes if hooks is not None else None
     if old is None or old.prior is None:
         return cal
+    err_mean, err_std = cal.err_mean.clone(), cal.err_std.clone()
     for i, scene in enumerate(old.prior.scenes):
         if scene not in cal.scenes:
             continue
@@ -215,9 +235,9 @@ def _follow_drift(cfg: ProjectConfig, hooks: Hooks | None, vae: BetaVAE, cal: Ca
         samples = [old(DRIFT_BATCH, g, scene=i) for _ in range(DRIFT_SAMPLES // DRIFT_BATCH)]
         (old_mean, old_std), (new_mean, new_std) = (patch_error_stats(v, samples, cfg) for v in (old.vae, vae))
         row = cal.scenes.index(scene)
-        cal.err_mean[row] += new_mean - old_mean
-        cal.err_std[row] *= new_std / old_std
-    return cal
+        err_mean[row] += new_mean - old_mean
+        err_std[row] *= new_std / old_std
+    return replace(cal, err_mean=err_mean, err_std=err_std)
 
 
 def _sample_inputs(cfg: ProjectConfig, footage: Footage, count: int, device: torch.device) -> Iterator[torch.Tensor]:
@@ -270,60 +290,71 @@ def fit_and_publish(
         "vae": asdict(cfg.vae_config()),
         "mdn": asdict(cfg.mdn_config()),
     }
+    footage = _footage(project, metas, progress)  # refuses too little footage before anything is written
     distributed.on_main(plan.group, lambda: project.begin_run(identity, resume))
-    footage = _footage(project, metas, progress)
-    result = TrainResult("", len(metas), sum(m.frames for m in metas), 0.0, scene=plan.lineage["scene"])
-    vae, result.vae = _fit_vae_stage(project, plan, footage, device, resume, progress)
-    mdn, result.mdn = _fit_mdn_stage(project, plan, vae, footage, device, resume, progress)
+    vae, vae_stats = _fit_vae_stage(project, plan, footage, device, resume, progress)
+    mdn, mdn_stats = _fit_mdn_stage(project, plan, vae, footage, device, resume, progress)
+    fitted = Fitted(vae, mdn, vae_stats, mdn_stats)
     return distributed.on_main(
-        plan.group, lambda: _publish(project, metas, plan, footage, vae, mdn, result, device, t0)
+        plan.group, lambda: _publish(project, plan, footage, fitted, metas=metas, device=device, started=t0)
     )
 
 
 def _publish(
     project: Project,
-    metas: list[ClipMeta],
     plan: Plan,
     footage: Footage,
-    vae: BetaVAE,
-    mdn: LSTMMDN | None,
-    result: TrainResult,
+    fitted: Fitted,
+    *,
+    metas: list[ClipMeta],
     device: torch.device,
-    t0: float,
+    started: float,
 ) -> TrainResult:
     """Calibrate the fitted models and publish them as the project's new version."""
-    cfg, part = project.config, project.partial_dir
+    cfg, part, vae, mdn = project.config, project.partial_dir, fitted.vae, fitted.mdn
     cal = calibrate(vae, mdn, footage, cfg, device, plan.lineage["scene"])
     if plan.parent is not None and plan.stage not in KEEPS_VAE:  # old scenes keep the statistics they were learned with
         cal = _follow_drift(cfg, plan.hooks, vae, cal.merged(plan.parent.calibration, plan.lineage["scenes"]))
     elif plan.parent is not None:
         cal = cal.merged(plan.parent.calibration, plan.lineage["scenes"])
     prior, ewc = _scene_state(project, plan, vae, footage, device)
-    result.threshold, result.warnings = cal.threshold, footage.warnings
-    result.false_alarms = float(cal.false_alarms.max()) if cal.false_alarms is not None else None
-    result.psnr = result.vae.get("psnr") if result.vae else plan.lineage.get("psnr")
+    false_alarms = float(cal.false_alarms.max()) if cal.false_alarms is not None else None
+    psnr = fitted.vae_stats.get("psnr") if fitted.vae_stats else plan.lineage.get("psnr")
+    frames = sum(m.frames for m in metas)
     info = {
         **plan.lineage,
         "stage": plan.stage,
         "clips": [m.name for m in metas],
-        "frames": result.frames,
+        "frames": frames,
         "seconds_of_footage": round(footage.seconds, 1),
         "held_out_frames": int(len(footage.split.index(True))),
         "dreamed_frames": sum(len(d) for d in (plan.hooks.dreams if plan.hooks else [])),
         "has_mdn": mdn is not None,
         "threshold": cal.threshold,
-        "expected_false_alarms": result.false_alarms,
-        "psnr": result.psnr,
-        "warnings": result.warnings,
+        "expected_false_alarms": false_alarms,
+        "psnr": psnr,
+        "warnings": footage.warnings,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        "vae": result.vae,
-        "mdn": result.mdn,
+        "vae": fitted.vae_stats,
+        "mdn": fitted.mdn_stats,
     }
-    result.seconds = info["train_seconds"] = round(time.time() - t0, 1)
+    seconds = info["train_seconds"] = round(time.time() - started, 1)
     detector = Detector(cfg, vae, mdn, cal, prior, ewc, info)
-    result.version = project.publish_version(detector.save, info)
+    version = project.publish_version(detector.save, info)
     shutil.rmtree(part, ignore_errors=True)
-    return result
+    return TrainResult(
+        version=version,
+        clips=len(metas),
+        frames=frames,
+        seconds=seconds,
+        vae=fitted.vae_stats,
+        mdn=fitted.mdn_stats,
+        threshold=cal.threshold,
+        scene=plan.lineage["scene"],
+        psnr=psnr,
+        false_alarms=false_alarms,
+        warnings=footage.warnings,
+    )
 
 
 # -- train and update ----------------------------------------------------------------------------------
@@ -332,26 +363,29 @@ def _publish(
 def train(
     project: Project,
     paths: list[Path] | None = None,
+    *,
     stage: str = "all",
     device: torch.device | None = None,
     resume: bool = False,
     scene: str = DEFAULT_SCENE,
     progress: Progress = no_progress,
     group: Group | None = None,
+    wait: float = LOCK_WAIT,
 ) -> TrainResult:
     """Extract new clips, then fit the β-VAE and/or LSTM-MDN on every cached clip of the scene, calibrate,
     and publish the model as a new version (stage "mdn": a new LSTM-MDN on the current version's β-VAE;
     "calibrate": the current models, recalibrated with the project's score settings, e.g. a new
     score.false_alarms; other scenes keep their calibration).
 
-    Holds the project's write lock (a second train or update waits 5 s, then raises LockError) and
+    Holds the project's write lock (a second train or update waits `wait` s, then raises LockError) and
     stops at the end of an optimiser step on Ctrl-C, with a checkpoint that `resume=True` continues.
     group: the processes torchrun started to fit this model together (distributed.from_env()), each
     calling train() alike; rank 0 alone takes the lock and writes, every rank returns the result.
     """
     if stage not in STAGES:
         raise VidanomError(f"stage must be one of {', '.join(STAGES)}, not '{stage}'")
-    with distributed.joined(group, device or torch.device("cpu")) as device, _writing(project, "train", group):
+    joined = distributed.joined(group, device or torch.device("cpu"))
+    with joined as device, _writing(project, "train", group, wait):
         parent = _kept_parent(project, stage, scene) if stage in KEEPS_VAE else None
         if paths:
             frames = distributed.on_main(group, lambda: _extract_frames(project, paths, scene, progress))
@@ -364,9 +398,25 @@ def train(
         return fit_and_publish(project, metas, Plan(stage, lineage, parent, group=group), device, resume, progress)
 
 
+def parent_of(project: Project, stage: str) -> Detector:
+    """The current version, which the run (an update, or a stage that keeps its β-VAE) goes on from:
+    so it must see the inputs the version was trained on. ConfigError when vidanom.json's frame
+    settings or architecture (its LSTM-MDN's too, unless the stage fits a new one) are not the
+    version's, or its score.patch settings do not fit the version's calibration."""
+    parent = Detector.of_version(project)
+    keeps = (lambda key: trained_in(key) and not key.startswith("mdn.")) if stage == "mdn" else trained_in
+    lines = disagreements(parent.config, project.config, keeps, f"model {parent.version}")
+    if lines:
+        raise ConfigError(
+            f"{'; '.join(lines)}: this run goes on from that model and needs the settings it was trained "
+            f"with; set them back in {CONFIG_NAME}, or run 'vidanom train' to train anew with these"
+        )
+    return parent.scoring(project.config)
+
+
 def _kept_parent(project: Project, stage: str, scene: str) -> Detector:
     """The current version, whose β-VAE (and LSTM-MDN, to calibrate) the run keeps; it must know the scene."""
-    parent = Detector.load(project)
+    parent = parent_of(project, stage)
     known = parent.calibration.scenes  # the scenes a calibration can be replaced for
     if stage == "calibrate" and scene not in known:
         raise VidanomError(
@@ -382,15 +432,15 @@ def _extract_frames(project: Project, paths: list[Path], scene: str, progress: P
 
 
 @contextmanager
-def _writing(project: Project, command: str, group: Group | None) -> Iterator[None]:
+def _writing(project: Project, command: str, group: Group | None, wait: float) -> Iterator[None]:
     """Project.writing (the lock, Ctrl-C deferred to the end of a step) on rank 0; the other ranks
     defer Ctrl-C alone, once rank 0 holds the lock (or fail with its LockError)."""
     if group is None:
-        with project.writing(command):
+        with project.writing(command, wait):
             yield
         return
     with ExitStack() as stack:
-        distributed.on_main(group, lambda: stack.enter_context(project.writing(command)))
+        distributed.on_main(group, lambda: stack.enter_context(project.writing(command, wait)))
         if not group.main:
             stack.enter_context(interrupt.deferred())
         yield
@@ -400,18 +450,20 @@ def update(
     project: Project,
     paths: list[Path] | None = None,
     scene: str | None = None,
+    *,
     strategy: str = "replay",
     replay_ratio: float | None = None,
     device: torch.device | None = None,
     resume: bool = False,
     progress: Progress = no_progress,
     dreams: bool = True,
+    wait: float = LOCK_WAIT,
 ) -> TrainResult:
     """Learn a new normal scene from `paths` without reading earlier scenes' frames (see strategies);
     old scenes keep their score statistics. dreams=False leaves replay's dreamed clips out, to
     measure what they add. Holds the write lock and defers Ctrl-C as train does."""
-    with project.writing("update"):
-        parent = Detector.load(project)
+    with project.writing("update", wait):
+        parent = parent_of(project, "all")
         old = list(dict.fromkeys(parent.info.get("scenes", [parent.info.get("scene", DEFAULT_SCENE)])))
         scene = scene or f"scene{len(old) + 1}"
         if paths:
@@ -421,14 +473,14 @@ def update(
         hooks = strategies.plan(
             strategy,
             parent.vae,
-            parent.mdn,
-            prior,
-            parent.ewc,
-            project.config,
-            scene,
-            sum(m.frames for m in metas),
-            replay_ratio,
-            dreams,
+            mdn=parent.mdn,
+            prior=prior,
+            ewc=parent.ewc,
+            cfg=project.config,
+            scene=scene,
+            new_frames=sum(m.frames for m in metas),
+            replay_ratio=replay_ratio,
+            dreams=dreams,
         )
         plan = Plan(
             "all" if parent.mdn is not None else "vae",

@@ -49,12 +49,12 @@ import numpy as np
 import torch
 
 from .backoff import Backoff
-from .config import FrameConfig
+from .config import FrameConfig, ScoreConfig
 from .detector import Detector
 from .errors import VideoError
 from .events.tracker import EventTracker
 from .project import Project
-from .scoring import Scorer, iter_scores, make_scorer
+from .scoring import Scorer, anomalous, iter_scores, make_scorer
 from .video import DecodeReport, iter_live
 
 if TYPE_CHECKING:
@@ -128,7 +128,7 @@ class WatchStatus:
 @dataclass
 class _Frame:
     index: int  # frame number in the stream, after the stride, dropped frames included
-    pixels: np.ndarray  # (h, w, C) uint8 at the project's size
+    pixels: np.ndarray  # (h, w, C) uint8 at the model's size
     arrived: float  # time.monotonic() when it was decoded
     time: float  # seconds from the stream's first frame, from its timestamp (see video.iter_live)
 
@@ -352,8 +352,8 @@ def _ended(report: DecodeReport, limit: float) -> str:
 class _LiveScorer:
     """iter_scores, fed one batch at a time, started afresh after a gap in the frame numbers."""
 
-    def __init__(self, new_scorer: Callable[[], Scorer], project: Project, cal: Any) -> None:
-        self.new_scorer, self.cal, self.sc = new_scorer, cal, project.config.score
+    def __init__(self, new_scorer: Callable[[], Scorer], sc: ScoreConfig, cal: Any) -> None:
+        self.new_scorer, self.cal, self.sc = new_scorer, cal, sc
         self.next = -1  # the frame number that continues the current run
         self._chunk: tuple[np.ndarray, np.ndarray] | None = None
         self._scores: Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None = None
@@ -424,11 +424,11 @@ class Watcher:
         self.on_event, self.on_gap, self.on_status, self.before_batch = on_event, on_gap, on_status, before_batch
         self.on_health = on_health
         detector = Detector.load(project)
-        cal, self.cfg = detector.calibration, project.config
+        cal, self.cfg = detector.calibration, detector.config  # the model's frame settings, the project's score
         fast = for_inference(detector.vae, self.device)
         mdn = detector.mdn.to(self.device).eval() if detector.mdn else None
         self.scorer = _LiveScorer(
-            lambda: make_scorer(fast, mdn, self.cfg, self.device, cal.frame_interval), project, cal
+            lambda: make_scorer(fast, mdn, self.cfg, self.device, cal.frame_interval), self.cfg.score, cal
         )
         self.live, self.reconnect = self.options.live(source), self.options.reconnects(source)
         self.status = WatchStatus(source, str(detector.version), cal.threshold, camera=camera or camera_name(source))
@@ -506,10 +506,10 @@ class Watcher:
         return fresh
 
     def _step(self, batch: list[_Frame], feed: _Feed) -> None:
-        """Score one batch of frames (n at the project's size), report the events that ended in it."""
+        """Score one batch of frames (n at the model's size), report the events that ended in it."""
         status = self.status
         if self.tracker is None:  # the rate is known once the stream is open
-            status.fps = feed.report.fps / self.cfg.frames.stride
+            status.fps = self.cfg.frames.rate(feed.report.fps)
             self.tracker = EventTracker(status.threshold, self.cfg.score.min_segment, 1 / status.fps)
             self.wall0 = self._anchor(batch[0])
             if self.outputs is not None:

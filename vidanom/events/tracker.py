@@ -7,6 +7,8 @@ from typing import Any
 
 import numpy as np
 
+from ..scoring import anomalous
+
 
 class EventTracker:
     """Anomalous events found frame by frame: an event starts at a frame whose score is above the
@@ -29,8 +31,9 @@ class EventTracker:
         (default frames · dt) → the events that ended here."""
         out = []
         times = np.asarray(frames) * self.dt if times is None else times
-        for f, s, t in zip(frames.tolist(), scores.tolist(), np.asarray(times, np.float64).tolist()):
-            if s > self.threshold:
+        flags = anomalous(scores, self.threshold).tolist()
+        for f, s, t, flagged in zip(frames.tolist(), scores.tolist(), np.asarray(times, np.float64).tolist(), flags):
+            if flagged:
                 if self.start is None:
                     self.start, self.start_time, self.peak_score = f, t, -math.inf
                 if s > self.peak_score:

@@ -164,10 +164,11 @@ def expand(patterns: tuple[str, ...], base: Path) -> tuple[list[Path], list[str]
 
 
 def clips(camera: Camera, base: Path) -> tuple[list[Source], list[str]]:
-    """The clips a camera's score patterns name, and a line per problem (a pattern naming nothing, a
-    folder without videos, two clips of one name, whose scores would overwrite each other)."""
+    """The clips a camera's score patterns name (each once; two of one name in two folders are two
+    clips, whose results the store keeps apart), and a line per problem (a pattern naming nothing, a
+    folder without videos)."""
     paths, problems = expand(camera.score, base)
-    sources: dict[str, Source] = {}
+    sources: dict[Path, Source] = {}
     for path in paths:
         try:
             found = find_sources([path])
@@ -175,12 +176,7 @@ def clips(camera: Camera, base: Path) -> tuple[list[Source], list[str]]:
             problems.append(str(exc))
             continue
         for src in found:
-            if src.name in sources and sources[src.name].path != src.path:
-                problems.append(
-                    f"two clips are named {src.name} ({sources[src.name].path}, {src.path}); the second is left out"
-                )
-            else:
-                sources[src.name] = src
+            sources.setdefault(src.path.resolve(), src)
     return list(sources.values()), problems
 
 

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from .. import cache
 from ..errors import VidanomError
-from ..fitting import Progress, no_progress
+from ..progress import Progress, no_progress
 from .manifest import Camera, Manifest, clips, expand, open_project
 from .scoring import stored
 

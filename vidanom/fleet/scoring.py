@@ -26,8 +26,9 @@ from typing import Any
 
 from .. import fsutil
 from ..errors import NotTrainedError, VidanomError
-from ..fitting import Progress, no_progress
+from ..progress import Progress, no_progress
 from ..project import Project
+from ..store import ScoreStore
 from ..video import Source
 from .engine import Engine, Tally, failure, Throttled, capacity, run_jobs, session
 from .manifest import Camera, Manifest, clips, open_project
@@ -75,6 +76,18 @@ class ClipOutcome:
     worker: str = ""  # host:pid of the worker that scored it
 
 
+@dataclass(frozen=True)
+class CameraTotals:
+    """What a fleet score did for one camera."""
+
+    camera: str
+    scored: int  # clips
+    skipped: int  # already scored by the camera's current version
+    failed: int
+    frames: int  # of the clips scored or skipped
+    events: int
+
+
 @dataclass
 class FleetScores:
     clips: list[ClipOutcome]
@@ -88,6 +101,26 @@ class FleetScores:
     @property
     def failed(self) -> list[ClipOutcome]:
         return [c for c in self.clips if c.state == "failed"]
+
+    @property
+    def scored(self) -> list[ClipOutcome]:
+        return [c for c in self.clips if c.state == "scored"]
+
+    @property
+    def rate(self) -> float | None:
+        """Frames scored a second over the run (None when nothing was scored)."""
+        frames = sum(c.frames for c in self.scored)
+        return frames / self.seconds if frames and self.seconds > 0 else None
+
+    def totals(self) -> list[CameraTotals]:
+        """Per camera, in the manifest's order."""
+        out = []
+        for camera in dict.fromkeys(c.camera for c in self.clips):
+            mine = [c for c in self.clips if c.camera == camera]
+            scored, skipped, failed = (sum(c.state == s for c in mine) for s in ("scored", "skipped", "failed"))
+            frames, events = sum(c.frames for c in mine), sum(len(c.events) for c in mine)
+            out.append(CameraTotals(camera, scored, skipped, failed, frames, events))
+        return out
 
 
 # -- in a worker -----------------------------------------------------------------------------------
@@ -118,8 +151,7 @@ class ClipScorer:
         key = (root, version)
         if key not in self.loaded:
             project = Project.open(Path(root))
-            detector = Detector.load(project.models_dir / version, project.config)
-            detector.check(project.config)
+            detector = Detector.for_project(project, version)
             self.loaded[key] = (project, detector)
             while len(self.loaded) > self.models:
                 self.loaded.popitem(last=False)
@@ -144,8 +176,8 @@ class ClipScorer:
             project, detector = self._model(job.project, job.version)
             out.loading = time.perf_counter() - start
             clip = score_clip(project, Source(Path(job.source), job.frames_dir), detector, self.device, progress)
-            out.state, out.frames, out.warning = "scored", clip.frames, clip.warning
-            out.events = clip_events(job.camera, project, json.loads(clip.summary.read_text()))
+            out.clip, out.state, out.frames, out.warning = clip.key, "scored", clip.frames, clip.warning
+            out.events = clip_events(job.camera, project, clip.key, json.loads(clip.summary.read_text()))
         except Exception as exc:  # noqa: BLE001 - one clip fails alone, with a line that says why
             out.error = failure(exc, "its clip")
         frames.flush("frames")
@@ -153,18 +185,16 @@ class ClipScorer:
         return out
 
 
-def clip_events(camera: str, project: Project, summary: dict[str, Any]) -> list[dict[str, Any]]:
-    """The events table's rows of one scored clip, from its JSON summary."""
-    from ..results import read_scored
-
+def clip_events(camera: str, project: Project, key: str, summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """The events table's rows of one scored clip (its key in the store), from its JSON summary."""
     segments = summary.get("segments") or []
     times = None
     if any("peak_time" not in s for s in segments):  # written before summaries kept it: from the CSV
-        times = read_scored(project, summary["clip"])[1]
+        times = ScoreStore.of(project).read(key).times
     return [
         {
             "camera": camera,
-            "clip": summary["clip"],
+            "clip": key,
             "start_time": s["start_time"],
             "end_time": s["end_time"],
             "peak_time": s["peak_time"] if times is None else round(float(times[s["peak_frame"]]), 3),
@@ -184,19 +214,20 @@ def clip_events(camera: str, project: Project, summary: dict[str, Any]) -> list[
 
 def stored(camera: str, project: Project, src: Source, version: str) -> ClipOutcome | None:
     """The clip's outcome from its stored scores if `version` scored this very file; else None."""
-    base = project.scores_dir / src.name
+    store = ScoreStore.of(project)
+    key = store.find(src)
+    if key is None:
+        return None
     try:
-        summary = json.loads(base.with_name(src.name + ".json").read_text())
-        if not isinstance(summary, dict) or not base.with_name(src.name + ".csv").is_file():
+        summary = json.loads(store.files(key).summary.read_text())
+        if not isinstance(summary, dict) or not store.files(key).csv.is_file():
             return None
         if summary.get("model_version") != version or summary.get("source") != str(src.path.resolve()):
             return None
-        events = clip_events(camera, project, summary)
+        events = clip_events(camera, project, key, summary)
     except (OSError, ValueError, KeyError, TypeError, VidanomError):
         return None  # missing, damaged or incomplete: score it (again)
-    return ClipOutcome(
-        camera, src.name, str(src.path), "skipped", version, int(summary.get("frames", 0)), events=events
-    )
+    return ClipOutcome(camera, key, str(src.path), "skipped", version, int(summary.get("frames", 0)), events=events)
 
 
 def plan(manifest: Manifest, force: bool = False) -> tuple[list[ClipJob], list[ClipOutcome], list[str]]:

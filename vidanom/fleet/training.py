@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import VidanomError
-from ..fitting import Progress, no_progress
+from ..progress import Progress, no_progress
 from .engine import Engine, Tally, failure, capacity, run_jobs, session
 from .manifest import Manifest, expand, open_project
 
@@ -80,7 +80,7 @@ def train_camera(job: TrainJob, device: str, threads: int, tally: Any = None) ->
         if job.steps is not None:
             project.config = with_overrides(project.config, train=fixed_steps(job.steps))
         paths = [Path(v) for v in job.videos]
-        r = train(project, paths, "all", torch.device(device), job.resume, job.scene, progress)
+        r = train(project, paths, device=torch.device(device), resume=job.resume, scene=job.scene, progress=progress)
         out.version, out.clips, out.frames, out.seconds = r.version, r.clips, r.frames, r.seconds
         out.threshold, out.false_alarms, out.warnings = r.threshold, r.false_alarms, r.warnings
     except Exception as exc:  # noqa: BLE001 - one camera fails alone, with a line that says why

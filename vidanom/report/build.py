@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 from .. import fsutil
 from ..errors import VidanomError
 from ..project import Project
-from ..fitting import Progress, no_progress
+from ..progress import Progress, no_progress
 from .stored import Stored, StoredClip, read_stored
 
 THUMB_WIDTH = 320  # pixels, at most: a thumbnail is never wider, and never enlarged
@@ -280,7 +280,7 @@ def _draw_thumbnails(project: Project, source: Path, wanted: dict[int, Path], jo
     from ..revisit import revisit, scored_clip
 
     clip = scored_clip(project, source)  # checks the scores come from the current model
-    scale = ErrorScale.from_calibration(clip.detector.calibration, project.config)
+    scale = ErrorScale.from_calibration(clip.detector.calibration, clip.detector.config)
     left = dict(wanted)
     with closing(revisit(project, clip, job.device, job.progress, "report: images of")) as chunks:
         for chunk in chunks:

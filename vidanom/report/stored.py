@@ -1,7 +1,7 @@
 """What the report reads of a project: its scored clips and its model versions.
 
-read_stored is the one place that knows how scoring stores its results; the rest of the report
-works on the dataclasses below, so a new storage layout needs only this function re-pointed.
+read_stored reads them through the store (vidanom.store), which alone knows how scoring stores
+its results; the rest of the report works on the dataclasses below.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from ..project import Project
 class StoredClip:
     """One scored clip as scoring left it."""
 
-    name: str  # the clip's file name, as scoring named it
+    name: str  # the clip's key: its file name, unless another source of that name has it (store.ScoreStore)
     summary: dict[str, Any]  # its JSON summary: source, frames, duration, threshold, segments, model_version...
     scores: np.ndarray  # (n,) combined score per frame
     times: np.ndarray  # (n,) each frame's time in seconds
@@ -40,18 +40,21 @@ class Stored:
 
 
 def read_stored(project: Project) -> Stored:
-    """The project's scored clips (in name order) and model versions; unreadable clips become problems."""
-    from .. import results  # imported here: it pulls in torch and the models
+    """The project's scored clips (in key order) and model versions; unreadable clips become problems."""
+    from ..store import ScoreStore  # imported here: it pulls in torch and the models
 
+    store = ScoreStore.of(project)
     clips, problems = [], []
-    for name in results.scored_clips(project):
-        files = [project.scores_dir / f"{name}{suffix}" for suffix in (".csv", ".json", ".png", ".annotated.mp4")]
+    for key in store.keys():
+        files = store.files(key)
         try:
-            scores, times, summary = results.read_scored(project, name)
-            scored_at = max(f.stat().st_mtime for f in files[:2])
+            stored = store.read(key)
+            scored_at = max(f.stat().st_mtime for f in (files.csv, files.summary))
         except (VidanomError, OSError) as exc:
             problems.append(str(exc))
             continue
-        clips.append(StoredClip(name, summary, scores, times, scored_at, files[2], files[3]))
+        clips.append(
+            StoredClip(key, stored.summary, stored.scores, stored.times, scored_at, files.timeline, files.annotated)
+        )
     versions = {str(v.get("version")): v for v in project.versions()}
     return Stored(clips, versions, project.current_version(), problems)

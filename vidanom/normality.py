@@ -1,0 +1,124 @@
+"""The Calibration: what normal footage looks like to a trained model, one row per scene it has
+learned, and its parts (PlaceStats, Scales). Records only: calibration.py computes them, scoring.py
+scores frames against them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+from typing import Any
+
+import torch
+
+# calibrations made before still_floor: stillness counted this many of its lower scales below its median
+LEGACY_STILL_MARGIN = 4.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class PlaceStats:
+    """Per scene and place, what the training frames look like to the model (shrunk towards the
+    frame-wide statistics as far as the footage is short): what components() z-scores against."""
+
+    err_mean: torch.Tensor  # (S, P) per scene and patch position: mean error over the patch
+    err_std: torch.Tensor
+    kl_mean: torch.Tensor  # (S, cells)
+    kl_std: torch.Tensor
+    nll_mean: torch.Tensor  # (S, cells) zeros when there is no MDN
+    nll_std: torch.Tensor
+    # per scene and pixel, mean and std of the training frames (C·H·W of them, in [0, 1]): which scene a
+    # frame shows is told by its pixels, which no update moves (None in calibrations made before)
+    frame_mean: torch.Tensor | None = None  # (S, C·H·W)
+    frame_std: torch.Tensor | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Scales:
+    """Per scene, what the held-out frames' components are measured in: what standardise() uses."""
+
+    comp_mean: torch.Tensor  # (S, 4) median of recon, kl, nll, still (smoothed) on the scene's held-out frames
+    comp_std: torch.Tensor  # (S, 4) their spread above the median; inf where the scene has none: it adds nothing
+    comp_low: torch.Tensor  # (S, 4) their spread below the median; for still, its unit
+    still_floor: torch.Tensor  # (S,) stillness counts below this: set on the held-out frames by the threshold's rule
+
+
+@dataclass(frozen=True, kw_only=True)
+class Calibration(PlaceStats, Scales):
+    """What normal footage looks like to the model, one row per scene it has learned: its place
+    statistics, the scales of its components, and its threshold. Built whole once its parts are
+    known (calibration.calibrate, merged, from_dict), never changed.
+
+    Every scene keeps its own position-wise statistics: a frame is scored against the scene it shows,
+    so learning a night scene does not redefine "normal" for the day scene (standardising both
+    against pooled statistics cost the day scene most of its AUROC).
+    """
+
+    thresholds: torch.Tensor  # (S,) each scene's threshold on its held-out frames
+    has_mdn: bool
+    scenes: list[str]
+    false_alarms: torch.Tensor | None = None  # (S,) the share of new normal frames expected over the threshold
+    frame_interval: float | None = None  # the usual seconds between training frames: motion is scaled by it
+
+    @classmethod
+    def of(cls, places: PlaceStats, scales: Scales, **rest: Any) -> Calibration:
+        """The calibration of these parts, with its thresholds, has_mdn, scenes (and the rest)."""
+        parts = {f.name: getattr(part, f.name) for part in (places, scales) for f in fields(part)}
+        return cls(**parts, **rest)
+
+    @property
+    def threshold(self) -> float:
+        """One threshold for every scene: no scene's normal frames flag more often than it chose."""
+        return float(self.thresholds.max())
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Calibration:
+        if "threshold" in d:  # written before statistics were kept per scene: one scene, 1-D tensors
+            threshold = torch.tensor([float(d["threshold"])])
+            d = {k: v[None] if isinstance(v, torch.Tensor) else v for k, v in d.items() if k != "threshold"}
+            d.update(thresholds=threshold, scenes=["default"])
+        if d["comp_mean"].shape[-1] == 3:  # made before stillness was a component: it adds nothing
+            pad = {"comp_mean": 0.0, "comp_std": math.inf, "comp_low": math.inf}
+            d = {
+                **d,
+                **{
+                    k: torch.cat([d[k], torch.full((len(d[k]), 1), v)], 1)
+                    for k, v in pad.items()
+                    if d.get(k) is not None
+                },
+            }
+        if d.get("comp_low") is None:  # made before the two sides had their own scales
+            d = {**d, "comp_low": d["comp_std"].clone()}
+        if d.get("still_floor") is None:  # made before: the same rule as then
+            d = {**d, "still_floor": d["comp_mean"][:, 3] - LEGACY_STILL_MARGIN * d["comp_low"][:, 3]}
+        return cls(**d)
+
+    def merged(self, old: Calibration, keep: list[str]) -> Calibration:
+        """These statistics plus the stored ones of the old scenes in `keep` that were not learned anew.
+
+        Old scenes keep only their reconstruction statistics. Their KL and NLL statistics belonged
+        to the encoder and LSTM-MDN before this update: both move when a new scene is learned, and on
+        Ped1 → night plaza the stale KL statistics put old-scene z-scores near 60 instead of 2 and
+        turned scene A's AUROC from 0.84 to 0.17. Dreamed clips, too unlike real frames in KL
+        (z near 170), cannot recalibrate them either; the motion error's statistics stay valid
+        (scene A 0.85 after the update).
+        """
+        rows = [i for i, s in enumerate(old.scenes) if s in keep and s not in self.scenes]
+        if not rows:
+            return self
+        carried = {k: old.__dict__[k][rows].clone() for k in ("comp_std", "comp_low")}
+        for v in carried.values():
+            v[:, 1:] = float("inf")  # kl, nll and still: standardised to zero, they add nothing
+        cat = {
+            k: torch.cat([carried[k] if k in carried else old.__dict__[k][rows], v])
+            for k, v in self.__dict__.items()
+            if isinstance(v, torch.Tensor) and isinstance(old.__dict__.get(k), torch.Tensor)
+        }
+        return Calibration(
+            **cat,
+            has_mdn=self.has_mdn,
+            scenes=[old.scenes[i] for i in rows] + self.scenes,
+            frame_interval=self.frame_interval,
+        )
