@@ -54,7 +54,7 @@ from .detector import Detector
 from .errors import VideoError
 from .events.tracker import EventTracker
 from .project import Project
-from .scoring import Scorer, anomalous, iter_scores, make_scorer
+from .scoring import Scorer, iter_scores, make_scorer
 from .video import DecodeReport, iter_live
 
 if TYPE_CHECKING:
