@@ -35,6 +35,7 @@ import argparse
 import csv
 import hashlib
 import json
+import shutil
 import os
 import tempfile
 import time
@@ -202,6 +203,7 @@ def train(root: Path, cfg: ProjectConfig, videos: list[Path], result: Result) ->
     if (root / "models" / "current").exists():
         project = Project.open(root)
     else:
+        shutil.rmtree(root, ignore_errors=True)  # an interrupted run's project starts over: its time is the whole
         project = Project.init(root, cfg)
         t0 = time.time()
         training.train(project, videos)
