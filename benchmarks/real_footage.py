@@ -35,8 +35,8 @@ import argparse
 import csv
 import hashlib
 import json
-import shutil
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Callable
