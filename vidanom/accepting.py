@@ -56,7 +56,7 @@ from .training import (
     parent_of,
     usual_interval,
 )
-from .video import Source, find_sources
+from .video import find_sources
 
 
 @dataclass(frozen=True)
@@ -153,8 +153,6 @@ def event_stretch(payload: dict[str, Any]) -> Stretch:
     """The stretch of an event as `watch` (or `fleet watch`) reports it: in its clip (with --clips),
     else in the watched file. VidanomError for a health record, or an event of a live stream
     without a clip (its frames are gone)."""
-    from .watch import is_stream
-
     if payload.get("kind", "event") != "event":
         raise VidanomError(f"only events can be accepted, not a '{payload.get('kind')}' record")
     try:
@@ -168,7 +166,7 @@ def event_stretch(payload: dict[str, Any]) -> Stretch:
     if isinstance(clip, str) and Path(clip).exists():
         offset = float(payload.get("clip_start_time") or 0.0)  # the clip's first frame, in the watch's times
         return Stretch(Path(clip), max(0.0, start - offset), end - offset, Path(clip).name, number)
-    if isinstance(source, str) and not is_stream(source) and Path(source).exists():
+    if isinstance(source, str) and Path(source).is_file():  # a watched file (not a URL, nor a camera)
         return Stretch(Path(source), start, end, Path(source).name, number)
     raise VidanomError(
         f"event {number or '?'} of {source} has no video on disk to learn from: watch a stream with "
@@ -292,7 +290,7 @@ def _extract(project: Project, accepted: list[Stretch], scene: str, progress: Pr
     margin, fc, out = project.config.accept.margin, project.config.frames, []
     for i, s in enumerate(accepted):
         progress("accept: extract", i, len(accepted), {"clip": s.clip})
-        (src,) = find_sources([s.source]) or [Source(s.source)]
+        src = find_sources([s.source])[0]  # a video file, or a folder of frames
         provenance = {**s.provenance(), "margin": margin}
         meta, _ = cache.extract_span(project.cache_dir, src, fc, scene, (s.start - margin, s.end + margin), provenance)
         out.append(meta)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -331,7 +332,7 @@ class Project:
     def use_version(self, name: str, wait: float = LOCK_WAIT) -> str | None:
         """Make an existing version current again (undo an accept or an update); returns the version
         that was current. Takes the write lock: no train or update publishes meanwhile."""
-        if not (self.models_dir / name / "version.json").is_file():
+        if not re.fullmatch(r"v[0-9]+", name) or not (self.models_dir / name / "version.json").is_file():
             known = ", ".join(str(v.get("version")) for v in self.versions()) or "none yet"
             raise ProjectError(f"no model version '{name}' in this project (its versions: {known})")
         with self.lock("use", wait):
