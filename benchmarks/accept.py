@@ -4,6 +4,7 @@ costs, and what a zone to ignore does. Everything through the library, with the 
 
     python benchmarks/accept.py                        # both cameras, ~40 minutes on 2 shared cores
     python benchmarks/accept.py --only avenue --work /tmp/acc
+    python benchmarks/accept.py --only avenue --work /tmp/acc --parts zone   # only the zone (see below)
 
 Per camera: train on a short normal recording, short enough that new normal footage of the same camera
 raises false events; score new normal footage, cut in two parts; accept every false event of the first
@@ -188,6 +189,7 @@ def copied(src: Path, dst: Path) -> Project:
 @dataclass
 class Row:
     camera: str
+    parts: tuple[str, ...] = ()  # what was measured (PARTS)
     train_seconds: float = 0.0
     accepted_events: int = 0
     accepted_seconds: float = 0.0
@@ -202,14 +204,28 @@ class Row:
     labelled_before: tuple[float | None, float | None] = (None, None)
     labelled_after: tuple[float | None, float | None] = (None, None)
     stretch_seconds: float = 0.0  # one accept of a STRETCH_SECONDS stretch
-    retrain_seconds: float = 0.0  # a full retrain on the training footage and that stretch
+    retrain_seconds: float | None = None  # a full retrain on the training footage and that stretch (if run)
     zone_inside: float | None = None  # share of the made stretch flagged with a zone over it
     zone_beside: float | None = None  # ... with the same zone beside it
 
 
-def run(camera: Camera, work: Path) -> Row:
-    row = Row(camera.name)
+PARTS = ("accept", "stretch", "retrain", "zone")
+
+
+def run(camera: Camera, work: Path, *, parts: tuple[str, ...] = PARTS) -> Row:
+    row = Row(camera.name, parts)
     base, row.train_seconds = trained(work / camera.name / "base", camera.train)
+    if "accept" in parts:
+        false_events(row, base, camera, work)
+    if "stretch" in parts:
+        time_one_stretch(row, base, camera, work, retrain="retrain" in parts)
+    if "zone" in parts:
+        zone(row, base, camera, work)
+    return row
+
+
+def false_events(row: Row, base: Project, camera: Camera, work: Path) -> None:
+    """Accept every false event of the first part in one update; score everything before and after."""
     project = copied(base.root, work / camera.name / "accepted")
     row.first = score_normal(project, camera.first)
     row.before = score_normal(project, camera.second)
@@ -231,18 +247,18 @@ def run(camera: Camera, work: Path) -> Row:
     row.first_after = score_normal(project, camera.first)
     row.made_after = score_labelled(project, camera.made)
     row.labelled_after = score_labelled(project, camera.labelled)
-    time_one_stretch(row, base, camera, work)
-    zone(row, base, camera, work)
-    return row
 
 
-def time_one_stretch(row: Row, base: Project, camera: Camera, work: Path) -> None:
-    """One accept of a STRETCH_SECONDS stretch of the first part, against a full retrain on the same footage."""
+def time_one_stretch(row: Row, base: Project, camera: Camera, work: Path, *, retrain: bool) -> None:
+    """One accept of a STRETCH_SECONDS stretch of the first part, against a full retrain on the same
+    footage (unless retrain is False)."""
     project = copied(base.root, work / camera.name / "stretch")
     (r,) = results.score(project, camera.first[0])
     t0 = time.time()
     accepting.accept(project, r.key, start=0.0, end=min(STRETCH_SECONDS, float(r.frames) / r.fps))
     row.stretch_seconds = time.time() - t0
+    if not retrain:
+        return
     t0 = time.time()
     training.train(project)  # every cached clip of the scene: the training footage and the accepted stretch
     row.retrain_seconds = time.time() - t0
@@ -307,24 +323,34 @@ def table(rows: list[Row]) -> Table:
     t.add_column("")
     for r in rows:
         t.add_column(r.camera, justify="right")
+    accept, stretch, zoned = "accept", "stretch", "zone"
     lines = {
-        "first part: false events (flagged frames)": lambda r: events(r.first),
-        "accepted: events, seconds": lambda r: f"{r.accepted_events}, {r.accepted_seconds:.1f} s",
-        "accept: time (steps)": lambda r: f"{r.accept_seconds:.0f} s ({r.accept_steps})",
-        "first part after: false events (flagged)": lambda r: events(r.first_after),
-        "second part before: false events (flagged)": lambda r: events(r.before),
-        "second part after: false events (flagged)": lambda r: events(r.after),
-        "made fast/frozen: AUROC before -> after": lambda r: change(r.made_before, r.made_after, 0),
-        "made fast/frozen: flagged before -> after": lambda r: change(r.made_before, r.made_after, 1),
-        "labelled test clips: AUROC before -> after": lambda r: change(r.labelled_before, r.labelled_after, 0),
-        "labelled test clips: flagged before -> after": lambda r: change(r.labelled_before, r.labelled_after, 1),
-        f"accept of one {STRETCH_SECONDS:g}-s stretch": lambda r: f"{r.stretch_seconds:.0f} s",
-        "full retrain on the same footage": lambda r: f"{r.retrain_seconds:.0f} s",
-        "first training": lambda r: f"{r.train_seconds:.0f} s",
-        "region 3x fast: flagged, zone over it / beside it": lambda r: f"{pct(r.zone_inside)} / {pct(r.zone_beside)}",
+        "first part: false events (flagged frames)": (accept, lambda r: events(r.first)),
+        "accepted: events, seconds": (accept, lambda r: f"{r.accepted_events}, {r.accepted_seconds:.1f} s"),
+        "accept: time (steps)": (accept, lambda r: f"{r.accept_seconds:.0f} s ({r.accept_steps})"),
+        "first part after: false events (flagged)": (accept, lambda r: events(r.first_after)),
+        "second part before: false events (flagged)": (accept, lambda r: events(r.before)),
+        "second part after: false events (flagged)": (accept, lambda r: events(r.after)),
+        "made fast/frozen: AUROC before -> after": (accept, lambda r: change(r.made_before, r.made_after, 0)),
+        "made fast/frozen: flagged before -> after": (accept, lambda r: change(r.made_before, r.made_after, 1)),
+        "labelled test clips: AUROC before -> after": (
+            accept,
+            lambda r: change(r.labelled_before, r.labelled_after, 0),
+        ),
+        "labelled test clips: flagged before -> after": (
+            accept,
+            lambda r: change(r.labelled_before, r.labelled_after, 1),
+        ),
+        f"accept of one {STRETCH_SECONDS:g}-s stretch": (stretch, lambda r: f"{r.stretch_seconds:.0f} s"),
+        "full retrain on the same footage": ("retrain", lambda r: f"{r.retrain_seconds or 0:.0f} s"),
+        "first training": ("", lambda r: f"{r.train_seconds:.0f} s"),
+        "region 3x fast: flagged, zone over it / beside it": (
+            zoned,
+            lambda r: f"{pct(r.zone_inside)} / {pct(r.zone_beside)}",
+        ),
     }
-    for name, value in lines.items():
-        t.add_row(name, *(value(r) for r in rows))
+    for name, (part, value) in lines.items():
+        t.add_row(name, *(value(r) if not part or part in r.parts else "not run" for r in rows))
     return t
 
 
@@ -334,12 +360,13 @@ def main() -> None:
     ap.add_argument("--only", default="avenue,ped1", help="comma-separated, of avenue, ped1")
     ap.add_argument("--work", type=Path, help="folder for clips and projects (trained ones are reused)")
     ap.add_argument("--json", type=Path, help="write the results here")
+    ap.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated, of {', '.join(PARTS)}")
     args = ap.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="vidanom-accept-"))
     cameras = {"avenue": avenue, "ped1": ped1}
     rows = []
     for name in args.only.split(","):
-        rows.append(run(cameras[name](args.data, work), work))
+        rows.append(run(cameras[name](args.data, work), work, parts=tuple(args.parts.split(","))))
         Console().print(table(rows))
     if args.json:
         args.json.write_text(json.dumps([r.__dict__ for r in rows], default=lambda o: o.__dict__, indent=2))
