@@ -2,7 +2,7 @@
 costs, and what a zone to ignore does. Everything through the library, with the defaults, on real footage
 (../shared/data, see its README):
 
-    python benchmarks/accept.py                        # both cameras, ~40 minutes on 2 shared cores
+    python benchmarks/accept.py                        # both cameras: hours on 2 shared cores (training)
     python benchmarks/accept.py --only avenue --work /tmp/acc
     python benchmarks/accept.py --only avenue --work /tmp/acc --parts zone   # only the zone (see below)
 

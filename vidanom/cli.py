@@ -882,9 +882,9 @@ def accept(
     """Say that what raised an alarm is normal: the model learns it in a short update.
 
     The stretch (with accept.margin seconds either side) joins the scene's normal footage; the model
-    learns it beside the footage it knows, is recalibrated, and becomes a new version. Rescoring the
-    clip no longer flags it, and the next stretch of its kind far less. Several events are learned in
-    one update. 'vidanom use VERSION' makes the version before it current again.
+    learns it beside the footage it knows, is recalibrated, and becomes a new version; rescore the clip
+    to check what changed (README, 'Correct the alarms'). Several events are learned in one update.
+    'vidanom use VERSION' makes the version before it current again.
 
     Example: vidanom accept clip.mp4 --event 2 --event 3
     """
