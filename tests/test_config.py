@@ -219,6 +219,14 @@ BAD_VALUES = {
     "score.false_alarms": 0.5,
     "score.min_segment": 0,
     "score.batch_size": 0,
+    "score.mask.width": -1,
+    "score.mask.height": 1.5,
+    "score.mask.polygons": [[[0, 0], [10, 0]]],  # two points are no polygon
+    "accept.margin": -1.0,
+    "accept.share": 1.0,
+    "accept.epochs": 0.0,
+    "accept.min_steps": 0,
+    "accept.max_steps": "many",
 }
 
 

@@ -48,6 +48,7 @@ from .mdn import LSTMMDN, MDNConfig, mdn_nll
 from .progress import Progress, no_progress
 from .replay import batch_parts
 from .vae import BetaVAE, VAEConfig, vae_loss
+from .zones import Zones
 
 ExtraBatch = Callable[[int, torch.Generator], torch.Tensor]  # (batch size, generator) → replayed inputs
 Penalty = Callable[[torch.Generator], torch.Tensor]  # an extra loss term (EWC, replay's distillation)
@@ -274,6 +275,8 @@ def fit_vae(
     held = held_inputs(clips, split, motion, VAL_FRAMES, timing)
     vae.to(device)
     net, share = distributed.wrap(vae, group, device), distributed.part(group, tc.batch_size)
+    zones = Zones.of(cfg.score.mask, vae.cfg.height, vae.cfg.width, vae.cfg.downsample)  # no capacity spent there
+    weight = None if zones is None else zones.pixels.to(device)
 
     def step(i: int) -> dict[str, float]:
         g = step_generator(tc.seed, 0, i, distributed.rank(group))
@@ -283,7 +286,7 @@ def fit_vae(
             x = torch.cat([x, extra(n_extra, g)])
         x = x.to(device)
         recon, mu, logvar = net(x, generator=g)
-        loss, rec, kl = vae_loss(x, recon, mu, logvar, vae.cfg.beta)
+        loss, rec, kl = vae_loss(x, recon, mu, logvar, vae.cfg.beta, weight)
         if penalty is not None:
             loss = loss + penalty(g)
         loss.backward()

@@ -28,6 +28,7 @@ class VersionRow:
     psnr: float | None  # of its reconstructed held-out frames, in dB
     threshold: float
     false_alarms: float | None  # the share of new normal frames expected over the threshold
+    accepted: tuple[str, ...] = ()  # what an accept learned as normal: 'clip event N (from-to s)' each
 
 
 @dataclass(frozen=True)
@@ -103,6 +104,11 @@ def _row(info: dict[str, Any], current: str | None) -> VersionRow:
         info.get("psnr"),
         float(info.get("threshold", 0.0)),
         info.get("expected_false_alarms"),
+        tuple(
+            f"{a.get('clip')}{' event ' + str(a['event']) if a.get('event') else ''} "
+            f"({float(a.get('from', 0)):.1f}-{float(a.get('to', 0)):.1f} s)"
+            for a in info.get("accepted") or []
+        ),
     )
 
 

@@ -126,7 +126,7 @@ class Plan:
 
 
 def _training_clips(project: Project, scene: str) -> list[ClipMeta]:
-    metas = cache.clips(project.cache_dir, project.config.frames, scene)
+    metas = cache.clips(project.cache_dir, project.config.frames, scene, project.accepted_keys())
     if not metas:
         raise VidanomError(f"no training clips for scene '{scene}'; pass videos: 'vidanom train VIDEO...'")
     return metas
