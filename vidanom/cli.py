@@ -235,6 +235,22 @@ def extract(
         out.print(f"{meta.name}: {meta.frames} frames at {meta.fps:g} fps, {note}")
 
 
+KeepFramesOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--keep-frames",
+        min=0,
+        metavar="N",
+        help="Keep about N frames of each scene's footage with the model (overrides train.keep_frames; 0: none, "
+        "the default), so that later updates calibrate old scenes anew on them instead of carrying their "
+        "statistics through the models' drift (this run only; set train.keep_frames to keep them from run to run). "
+        "They cost 4 KB a 64x64 gray frame per scene in every version's folder, and they are footage: the people the "
+        "camera saw, kept as long as the project.",
+        show_default=False,
+    ),
+]
+
+
 @app.command()
 @cli_errors(interrupted=RESUMABLE)
 def train(
@@ -253,6 +269,7 @@ def train(
     seed: Annotated[int | None, typer.Option(help="Random seed (overrides the config).")] = None,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted training run.")] = False,
     scene: Annotated[str, typer.Option(help="Scene the videos show.")] = "default",
+    keep_frames: KeepFramesOpt = None,
     wait: WaitOpt = 5.0,  # project.LOCK_WAIT, not imported here: it brings in torch
     project: ProjectOpt = None,
 ) -> None:
@@ -278,6 +295,8 @@ def train(
         overrides.update(fixed_steps(steps))
     if seed is not None:
         overrides["seed"] = seed
+    if keep_frames is not None:
+        overrides["keep_frames"] = keep_frames
     proj.config = with_overrides(proj.config, train=overrides)
     group = from_env()
     run = {"stage": stage, "device": _device(device), "resume": resume, "scene": scene, "group": group, "wait": wait}
@@ -319,6 +338,7 @@ def update(
     ] = None,
     device: DeviceOpt = "auto",
     resume: Annotated[bool, typer.Option(help="Continue an interrupted update.")] = False,
+    keep_frames: KeepFramesOpt = None,
     wait: WaitOpt = 5.0,  # project.LOCK_WAIT, not imported here: it brings in torch
     project: ProjectOpt = None,
 ) -> None:
@@ -326,6 +346,9 @@ def update(
 
     Replay mixes samples of the old scenes, decoded by the previous model, into every batch and holds
     the model to the previous one's outputs on them (config train.replay_distill; 0 turns that off).
+    Every other scene stays scored with all four components: its calibration is carried through the
+    models' drift on its replayed frames, or measured anew on the frames kept of it (--keep-frames);
+    'vidanom status' shows which.
 
     Example: vidanom update ~/after_camera_move/*.mp4 --scene moved
     """
@@ -336,8 +359,10 @@ def update(
     if from_env() is not None:
         raise VidanomError("update trains in one process; run it without torchrun (train runs under torchrun)")
     proj = _open(project)
-    if steps is not None:
-        proj.config = with_overrides(proj.config, train=fixed_steps(steps))
+    overrides: dict[str, Any] = fixed_steps(steps) if steps is not None else {}
+    if keep_frames is not None:
+        overrides["keep_frames"] = keep_frames
+    proj.config = with_overrides(proj.config, train=overrides)
     with _progress() as progress:
         r = update_model(
             proj,
@@ -1051,6 +1076,8 @@ def status(project: ProjectOpt = None) -> None:
     if s.current:
         t.caption = f"* current version: {s.current}"
     out.print(t if s.versions else "models: none yet (run 'vidanom train VIDEO...')")
+    if s.scenes:
+        out.print(_scene_table(s.scenes, s.current))
     for v in s.versions:
         if v.accepted:
             out.print(f"{v.name} accepted as normal: {'; '.join(v.accepted)}", markup=False, highlight=False)
@@ -1073,6 +1100,32 @@ def status(project: ProjectOpt = None) -> None:
         )
     shown = f" ({', '.join(s.scored[:8])}{' ...' if len(s.scored) > 8 else ''})" if s.scored else ""
     out.print(f"scored clips: {len(s.scored)}{shown}", markup=False)
+
+
+def _scene_table(scenes: list[Any], version: str | None) -> Table:
+    """Each scene of the current model: what it is scored with, what its calibration rests on, how sure it is."""
+    t = Table("scene", "scored with", "calibrated on", "threshold (false alarms)", "sure", title=f"scenes of {version}")
+    for row in scenes:
+        fa = "" if row.false_alarms is None else f" ({100 * row.false_alarms:.1f}%)"
+        sure = "" if row.sure is None else f"{100 * row.sure:.0f}%"
+        t.add_row(row.name, ", ".join(row.components), _calibrated_on(row), f"{row.threshold:.2f}{fa}", sure)
+    t.caption = (
+        "sure: that the threshold flags at most score.false_alarms of the scene's new normal frames, from its "
+        "held-out frames; drift: how far updates moved the scene's statistics since they were measured, in its spreads"
+    )
+    return t
+
+
+def _calibrated_on(row: Any) -> str:
+    if row.on == "unknown":
+        return "unknown (a model of an earlier release)"
+    frames = "" if row.frames is None else f"{row.frames} + {row.held_out} held-out frames of "
+    what = f"{frames}{row.measured_on or row.on}"
+    if row.on != "carried":
+        return what
+    drift = ", ".join(f"{k} {v:.2f}" for k, v in row.drift.items())
+    since = f" in {row.since}" if row.since else ""
+    return f"{what}{since}, carried through {row.updates} update(s) (drift {drift})"
 
 
 def _disagreements(lines: list[str], then: str) -> None:

@@ -80,6 +80,9 @@ class TrainConfig:
     vae_epochs: float = 100.0
     vae_max_steps: int = 12000
     mdn_steps: int = 2000  # optimiser steps of the LSTM-MDN at most
+    # an update's budget: passes over its new footage at the part of each batch it fills (fitting.update_budget),
+    # the LSTM-MDN as many steps (at most mdn_steps); 0: vae_steps (as --steps sets it)
+    update_epochs: float = 30.0
     eval_every: int = 100  # steps between evaluations on the held-out frames (and checkpoints)
     patience: int = 6  # evaluations without a better held-out loss before a stage stops early
     max_minutes: float = 0.0  # also stop each stage after this long (0: no time limit)
@@ -91,6 +94,9 @@ class TrainConfig:
     replay_distill: float = 1.0  # weight of replay's distillation terms (vidanom.replay.ReplayDistillation); 0 = off
     ewc_strength: float = 100.0  # λ of the EWC penalty, for 'update --strategy ewc'
     dream_temperature: float = 1.0  # of the LSTM-MDN's rollouts that replay old scenes on update
+    # frames of each scene's footage kept with the model, to calibrate the scene anew after later updates
+    # (vidanom.kept); 0: none, and an update carries old scenes' calibrations through the models' drift
+    keep_frames: int = 0
     seed: int = 0
 
 
@@ -282,6 +288,7 @@ RULES: dict[str, Rule] = {
     "train.vae_epochs": _NOT_NEGATIVE,
     "train.vae_max_steps": _COUNT,
     "train.mdn_steps": _COUNT,
+    "train.update_epochs": Rule(float, 0, note="0: vae_steps"),
     "train.eval_every": _COUNT,
     "train.patience": _COUNT,
     "train.max_minutes": Rule(float, 0, note="0: no time limit"),
@@ -293,6 +300,7 @@ RULES: dict[str, Rule] = {
     "train.replay_distill": Rule(float, 0, note="0: off"),
     "train.ewc_strength": _NOT_NEGATIVE,
     "train.dream_temperature": _POSITIVE,
+    "train.keep_frames": Rule(int, 0, note="0: none"),
     "train.seed": _SOME,
     "score.recon_planes": Rule(str, choices=("motion", "all")),
     "score.patch": _COUNT,
@@ -504,7 +512,7 @@ def parse_overrides(items: list[str]) -> dict[str, dict[str, Any]]:
 def fixed_steps(steps: int) -> dict[str, Any]:
     """The train overrides that give each stage a budget of this many optimiser steps (early stopping
     may end it sooner), whatever the footage's length: `with_overrides(cfg, train=fixed_steps(n))`."""
-    return {"vae_steps": steps, "vae_epochs": 0.0, "mdn_steps": steps}
+    return {"vae_steps": steps, "vae_epochs": 0.0, "update_epochs": 0.0, "mdn_steps": steps}
 
 
 def with_overrides(cfg: ProjectConfig, **sections: dict[str, Any]) -> ProjectConfig:

@@ -217,6 +217,13 @@ def standardise(comp: torch.Tensor, cal: Scales) -> torch.Tensor:
     return torch.cat([up, still.unsqueeze(-1)], -1).clamp_min(0.0).nan_to_num(0.0)
 
 
+def counted(cal: Scales, row: int, weights: ScoreWeights) -> list[str]:
+    """The components that count in scene `row`'s score: a weight above 0 and a finite scale (a
+    calibration of an earlier release kept only recon of the scenes an update did not learn)."""
+    scale = torch.cat([cal.comp_std[row, :3], cal.comp_low[row, 3:]])
+    return [c for c, w, s in zip(COMPONENTS, weights.ordered(COMPONENTS), scale.tolist()) if w > 0 and np.isfinite(s)]
+
+
 def combine(smoothed: torch.Tensor, cal: Scales, weights: ScoreWeights) -> torch.Tensor:
     """(n, S, 4) smoothed components → (n, S) combined score: Σ weight · term (see standardise), each
     component's weight by its name."""
