@@ -165,6 +165,7 @@ def tiny_config(**sections: dict) -> ProjectConfig:
         train={
             "vae_steps": 8,
             "vae_epochs": 0.0,
+            "update_epochs": 0.0,
             "mdn_steps": 8,
             "eval_every": 4,
             "batch_size": 16,

@@ -193,6 +193,7 @@ BAD_VALUES = {
     "train.vae_epochs": -1.0,
     "train.vae_max_steps": 0,
     "train.mdn_steps": 2.5,
+    "train.update_epochs": -1.0,
     "train.eval_every": 0,
     "train.patience": 0,
     "train.max_minutes": -1.0,
@@ -204,6 +205,7 @@ BAD_VALUES = {
     "train.replay_distill": -1.0,
     "train.ewc_strength": -1.0,
     "train.dream_temperature": 0.0,
+    "train.keep_frames": 1.5,
     "train.seed": -1,
     "score.recon_planes": "some",
     "score.patch": 0,
@@ -219,6 +221,14 @@ BAD_VALUES = {
     "score.false_alarms": 0.5,
     "score.min_segment": 0,
     "score.batch_size": 0,
+    "score.mask.width": -1,
+    "score.mask.height": 1.5,
+    "score.mask.polygons": [[[0, 0], [10, 0]]],  # two points are no polygon
+    "accept.margin": -1.0,
+    "accept.share": 1.0,
+    "accept.epochs": 0.0,
+    "accept.min_steps": 0,
+    "accept.max_steps": "many",
 }
 
 

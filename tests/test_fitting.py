@@ -51,6 +51,15 @@ def test_long_footage_gets_passes_over_its_frames_within_the_bounds(frames, step
     assert fitting.vae_budget(replace(tc, vae_epochs=0.0), frames) == 3000  # fixed_steps' budget
 
 
+@pytest.mark.parametrize("frames,share,steps", [(960, 0.5, 900), (960, 0.0, 500), (64000, 0.5, 12000)])
+def test_an_update_gets_passes_over_its_new_frames_at_their_part_of_the_batch(frames, share, steps):
+    # 30 passes: 960 frames at 32 a batch (half of it replayed) is 900 steps; at 64 a batch 450, raised
+    # to the least (500); 64000 frames 60000, cut to the most (12000)
+    tc = TrainConfig(vae_steps=3000, update_epochs=30.0, vae_max_steps=12000, batch_size=64)
+    assert fitting.update_budget(tc, frames, share) == steps
+    assert fitting.update_budget(replace(tc, update_epochs=0.0), frames, share) == 3000  # fixed_steps' budget
+
+
 def test_training_stops_early_and_keeps_the_best_weights(monkeypatch):
     cfg = with_overrides(tiny_config(), train={"vae_steps": 200, "eval_every": 2, "patience": 3})
     losses = iter([5.0, 4.0, 4.5, 4.2, 3.0, 6.0, 6.0, 6.0])  # held-out losses, evaluation by evaluation

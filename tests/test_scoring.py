@@ -299,25 +299,27 @@ def test_scene_of_picks_the_scene_whose_frames_it_lies_closest_to(calibration):
     assert scene_of(maps, calibration) is None  # no frame statistics stored: the caller falls back
 
 
-def test_calibration_threshold_and_merge(calibration):
+def test_calibration_threshold_and_the_scenes_of_an_update(calibration):
+    from conftest import tiny_config
+
+    from vidanom import carry
+
     assert calibration.threshold == 1.5  # no scene's normal frames may flag more than its quantile
     mine = Calibration.from_dict(
         {k: v[1:] if isinstance(v, torch.Tensor) else v for k, v in calibration.to_dict().items()}
         | {"scenes": ["dawn"]}
     )
-    merged = mine.merged(calibration, ["day", "dawn"])  # "night" was dropped from the lineage
-    assert merged.scenes == ["day", "dawn"]
+    vae = BetaVAE(tiny_config().vae_config())
+    merged, _ = carry.after_update(None, vae, calibration, mine, ["day", "dawn"], tiny_config())
+    assert merged.scenes == ["day", "dawn"]  # "night" was dropped from the lineage
     torch.testing.assert_close(merged.err_mean, torch.stack([calibration.err_mean[0], calibration.err_mean[1]]))
-    # the old scene is scored by its reconstruction alone: its KL and NLL statistics went stale
-    assert merged.comp_std[0, 0] == calibration.comp_std[0, 0] and merged.comp_std[0, 1:].isinf().all()
-    torch.testing.assert_close(merged.comp_std[1], calibration.comp_std[1])
-    assert merged.comp_low[0, 1:].isinf().all() and merged.comp_low[0, 0] == calibration.comp_low[0, 0]
-    comp = torch.tensor([[[5.0, 50.0, float("nan"), -50.0], [5.0, 50.0, 50.0, -50.0]]])
-    z_recon = (5.0 - calibration.comp_mean[0, 0]) / calibration.comp_std[0, 0]
-    torch.testing.assert_close(combine(comp, merged, ScoreWeights(1.0, 1.0, 1.0, 1.0))[0, 0], z_recon)
-    assert mine.merged(calibration, ["dawn"]) is mine
+    # the old scene is scored with every component, as it was measured
+    for key in ("comp_mean", "comp_std", "comp_low", "still_floor", "thresholds"):
+        torch.testing.assert_close(getattr(merged, key), getattr(calibration, key)[:2])
     relearned = Calibration.from_dict(mine.to_dict() | {"scenes": ["day"]})
-    assert relearned.merged(calibration, ["day", "night"]).scenes == ["night", "day"]  # the new "day" wins
+    again, _ = carry.after_update(None, vae, calibration, relearned, ["night", "day"], tiny_config())
+    assert again.scenes == ["night", "day"]
+    torch.testing.assert_close(again.err_mean[1], relearned.err_mean[0])  # the new "day" wins
 
 
 def test_iter_scores_in_chunks_equals_one_pass(models, frames, calibration):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import json
 from pathlib import Path
 
@@ -17,8 +16,6 @@ from vidanom.detector import Detector
 from vidanom.dream import dream_clip
 from vidanom.mdn import LSTMMDN
 from vidanom.project import Project
-from vidanom.replay import PriorReplay
-from vidanom.normality import Calibration
 from vidanom.vae import BetaVAE
 
 TRAIN = ("--steps", "8", "--device", "cpu")
@@ -69,46 +66,16 @@ def test_old_scenes_keep_their_statistics_and_frames_are_scored_by_their_own_sce
     assert res.exit_code == 0, res.output
     old, new = (Detector.load(trained_project / "models" / v).calibration for v in ("v0001", "v0002"))
     assert old.scenes == ["default"] and new.scenes == ["default", "moved"]
-    for key in ("kl_mean", "comp_mean", "thresholds", "frame_mean", "frame_std"):
-        torch.testing.assert_close(getattr(new, key)[0], getattr(old, key)[0])  # carried over as learned
-    assert new.comp_std[0, 0] == old.comp_std[0, 0] and new.comp_std[0, 1:].isinf().all()
-    # the reconstruction statistics followed the model's drift, measured on replayed samples
-    assert not torch.equal(new.err_mean[0], old.err_mean[0]) and (new.err_std[0] > 0).all()
+    for key in ("comp_mean", "comp_std", "comp_low", "thresholds", "frame_mean", "frame_std", "nll_mean", "err_std"):
+        torch.testing.assert_close(getattr(new, key)[0], getattr(old, key)[0])  # kept as measured
+    # the error and KL means followed the β-VAE's drift (vidanom.carry)
+    assert not torch.equal(new.err_mean[0], old.err_mean[0]) and not torch.equal(new.kl_mean[0], old.kl_mean[0])
     assert not torch.equal(new.err_mean[1], old.err_mean[0])
     assert new.threshold == max(new.thresholds.tolist())
     for clip, scene in ((clips.normal_a, "default"), (scene_b / "b1.mp4", "moved")):
         assert invoke("score", clip, "--device", "cpu", "-p", trained_project).exit_code == 0
         summary = json.loads((trained_project / "scores" / f"{clip.name}.json").read_text())
         assert max(summary["scene_frames"], key=summary["scene_frames"].get) == scene, summary["scene_frames"]
-
-
-def test_drift_of_old_scene_statistics_is_measured_on_their_replayed_samples(trained_project):
-    project = Project.open(trained_project)
-    detector = Detector.load(project)
-    vae, cal, prior = detector.vae, detector.calibration, detector.prior
-    two = cal.merged(Calibration.from_dict(cal.to_dict() | {"scenes": ["new"]}), ["default", "new"])
-    hooks = strategies.Hooks("replay", old_scenes=PriorReplay(vae, 1, prior))
-
-    def follow(model: BetaVAE) -> Calibration:
-        return training._follow_drift(
-            project.config,
-            hooks,
-            model,
-            Calibration.from_dict(
-                {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in two.to_dict().items()}
-            ),
-        )
-
-    same = follow(vae)  # an update that changed nothing moves nothing
-    torch.testing.assert_close(same.err_mean, two.err_mean)
-    torch.testing.assert_close(same.err_std, two.err_std)
-    worse = copy.deepcopy(vae)
-    with torch.no_grad():
-        worse.decoder[-1].bias[1:] += 0.05  # now every replayed motion pixel is off by 0.05
-    moved = follow(worse)
-    row = two.scenes.index("default")
-    torch.testing.assert_close(moved.err_mean[row], two.err_mean[row] + 0.05**2, rtol=0.02, atol=2e-4)
-    torch.testing.assert_close(moved.err_mean[1 - row], two.err_mean[1 - row])  # only replayed scenes move
 
 
 def test_a_scene_name_that_cannot_be_stored_is_refused(trained_project, scene_b):

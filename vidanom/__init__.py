@@ -9,6 +9,8 @@ The public API (everything else is private by convention and may change):
     for clip in vidanom.score(project, Path("new_clip.mp4")):  # CSV, JSON and PNG into the project
         print(clip.name, clip.segments)
     vidanom.evaluate(project, Path("labels.json"))             # frame-level micro AUROC and friends
+    vidanom.accept(project, "new_clip.mp4", events=[2])        # a false alarm: learn that it is normal
+    project.use_version("v0001")                              # undo: an earlier version current again
 
     detector = vidanom.Detector.load(project)                 # the current model, in memory
     for frame in detector.score_video("clip.mp4"):            # streaming per-frame records
@@ -36,6 +38,9 @@ _EXPORTS = {
     "score": "results",
     "ClipScores": "results",
     "evaluate": "results",
+    "accept": "accepting",
+    "accept_events": "accepting",
+    "AcceptResult": "accepting",
     "ProjectConfig": "config",
     "VidanomError": "errors",
     "VideoError": "errors",
@@ -46,6 +51,7 @@ _EXPORTS = {
     "LockError": "errors",
 }
 __all__ = [
+    "AcceptResult",
     "ClipScores",
     "ConfigError",
     "Detector",
@@ -59,6 +65,8 @@ __all__ = [
     "TrainResult",
     "VidanomError",
     "VideoError",
+    "accept",
+    "accept_events",
     "evaluate",
     "extract",
     "score",
@@ -67,6 +75,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    from .accepting import AcceptResult, accept, accept_events
     from .config import ProjectConfig
     from .detector import Detector, FrameScore
     from .errors import ConfigError, LabelsError, LockError, NotTrainedError, ProjectError, VidanomError, VideoError

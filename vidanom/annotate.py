@@ -27,7 +27,7 @@ from typing import cast
 import numpy as np
 import torch
 
-from . import fsutil
+from . import fsutil, zones
 from .errors import VidanomError
 from .heatmap import ErrorScale, overlay
 from .project import Project
@@ -219,7 +219,7 @@ def render(
 ) -> Annotated:
     """Write the annotated video of a scored clip to out (see the module docstring)."""
     scale = ErrorScale.from_calibration(clip.detector.calibration, clip.detector.config)
-    flags, rate = clip.flags, _rate(clip)
+    flags, rate, mask = clip.flags, _rate(clip), clip.detector.config.score.mask
     with ExitStack() as stack:
         encode, strip, size = None, None, (0, 0)
         for chunk in revisit(project, clip, device, progress, "annotate"):
@@ -242,7 +242,7 @@ def render(
                 if flags[t]:
                     frame = _mark(overlay(frame, levels[i], scale.lut))
                 assert strip is not None  # made with the encoder, at the first chunk
-                encode(strip.draw(frame.numpy(), t))
+                encode(strip.draw(zones.draw(frame.numpy(), mask), t))
     odd = size[0] % 2 or size[1] % 2
     note = (
         f"{size[1]}x{size[0]} is odd: padded by one pixel to {size[1] + size[1] % 2}x{size[0] + size[0] % 2}"

@@ -11,6 +11,7 @@ import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -36,6 +37,10 @@ class ClipMeta:
     stride: int
     truncated: bool = False  # decoding broke off before the end of the file
     duration: float | None = None  # seconds (None in a cache written before times were kept)
+    # a stretch a person accepted as normal (vidanom accept): where its first frame lies in its source,
+    # in seconds, and where it came from (clip, times, event); None for a whole clip
+    offset: float = 0.0
+    accepted: dict[str, Any] | None = None
 
 
 def cache_key(src: Source, fc: FrameConfig) -> str:
@@ -112,6 +117,54 @@ def extract(
     return meta, True
 
 
+def extract_span(
+    cache_dir: Path, src: Source, fc: FrameConfig, scene: str, span: tuple[float, float], accepted: dict[str, Any]
+) -> tuple[ClipMeta, bool]:
+    """Cache the frames of src whose times lie in span = [start, end) seconds as a clip of its own
+    (a stretch accepted as normal, with its provenance `accepted`), unless it is cached already.
+    Decodes src up to the span's end only. Returns (meta, newly_extracted); VidanomError when no
+    frame lies in the span."""
+    start, end = span
+    key = f"{cache_key(src, fc)}-{hashlib.sha1(f'{start:.3f}-{end:.3f}'.encode()).hexdigest()[:8]}"
+    meta = find(cache_dir, key)
+    if meta is not None:
+        return meta, False
+    report, first, count, last = DecodeReport(), None, 0, start
+    with fsutil.atomic_path(cache_dir / f"{key}.u8") as tmp, open(tmp, "wb") as out:
+        with fsutil.atomic_path(cache_dir / f"{key}.t") as ttmp, open(ttmp, "wb") as tout:
+            chunks = iter_timed_chunks(src, fc, CHUNK, report)
+            for chunk, times in chunks:
+                inside = (times >= start) & (times < end)
+                if inside.any():
+                    first = float(times[inside][0]) if first is None else first
+                    out.write(np.ascontiguousarray(chunk[inside]).tobytes())
+                    tout.write(np.ascontiguousarray(times[inside] - first, "<f8").tobytes())
+                    count, last = count + int(inside.sum()), float(times[inside][-1])
+                if times[-1] >= end:
+                    chunks.close()  # the rest of the clip is not needed
+                    break
+            if first is None:
+                raise VidanomError(f"no frame of {src.name} lies between {start:.2f} s and {end:.2f} s")
+    step = (last - first) / (count - 1) if count > 1 else fc.stride / report.fps
+    meta = ClipMeta(
+        key,
+        f"{src.name}@{first:.1f}-{last + step:.1f}s",
+        str(src.path.resolve()),
+        scene,
+        count,
+        report.fps,
+        fc.height,
+        fc.width,
+        fc.channels,
+        fc.stride,
+        duration=last - first + step,
+        offset=first,
+        accepted=accepted,
+    )
+    fsutil.write_json(cache_dir / f"{key}.json", asdict(meta))
+    return meta, True
+
+
 def load(cache_dir: Path, meta: ClipMeta) -> np.ndarray:
     """The clip's frames, memory-mapped: (frames, H, W, C) uint8."""
     shape = (meta.frames, meta.height, meta.width, meta.channels)
@@ -130,8 +183,12 @@ def load_times(cache_dir: Path, meta: ClipMeta) -> np.ndarray:
     return np.arange(meta.frames) * (meta.stride / meta.fps)
 
 
-def clips(cache_dir: Path, fc: FrameConfig, scene: str | None = None) -> list[ClipMeta]:
-    """Cached clips that match the frame settings, optionally of one scene, in name order."""
+def clips(
+    cache_dir: Path, fc: FrameConfig, scene: str | None = None, accepted: set[str] | None = None
+) -> list[ClipMeta]:
+    """Cached clips that match the frame settings, optionally of one scene, in name order; with
+    `accepted`, the accepted stretches among them only if their keys are in it (those a model
+    version accepted: see Project.accepted_keys)."""
     out = []
     for path in sorted(cache_dir.glob("*.json")):
         meta = find(cache_dir, path.stem)
@@ -141,6 +198,8 @@ def clips(cache_dir: Path, fc: FrameConfig, scene: str | None = None) -> list[Cl
             fc.channels,
             fc.stride,
         ):
+            continue
+        if meta.accepted is not None and accepted is not None and meta.key not in accepted:
             continue
         if scene is None or meta.scene == scene:
             out.append(meta)

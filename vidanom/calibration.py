@@ -175,6 +175,9 @@ class Footage:
     warnings: list[str] = field(default_factory=list)
     progress: Progress = no_progress  # told of the frames calibrate has gone through
     done: int = 0
+    # the seconds of training footage these frames stand for, where they are a sample of it (kept.py):
+    # the place statistics shrink by the footage's length, not the sample's
+    represents: float | None = None
 
     @property
     def total(self) -> int:
@@ -186,6 +189,8 @@ class Footage:
 
     @property
     def training_seconds(self) -> float:
+        if self.represents is not None:
+            return self.represents
         return sum((b - a) / self.fps[c] for c, a, b in self.split.runs())
 
     @property
@@ -288,6 +293,13 @@ def calibrate(
         false_alarms=torch.tensor([rate]),
         frame_interval=footage.timing.ref_dt,
     )
+
+
+def threshold_sureness(held: int, target: float) -> float:
+    """How sure a threshold set on `held` held-out frames is to flag at most `target` of new normal
+    frames: CONFIDENCE once there are enough of them, else how sure their largest score is to lie
+    above the target quantile (see confident_rank)."""
+    return min(CONFIDENCE, 1.0 - (1.0 - target) ** held)
 
 
 def trust_warnings(seconds: float, held: int, rate: float, target: float) -> list[str]:

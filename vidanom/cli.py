@@ -235,6 +235,22 @@ def extract(
         out.print(f"{meta.name}: {meta.frames} frames at {meta.fps:g} fps, {note}")
 
 
+KeepFramesOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--keep-frames",
+        min=0,
+        metavar="N",
+        help="Keep about N frames of each scene's footage with the model (overrides train.keep_frames; 0: none, "
+        "the default), so that later updates calibrate old scenes anew on them instead of carrying their "
+        "statistics through the models' drift (this run only; set train.keep_frames to keep them from run to run). "
+        "They cost 4 KB a 64x64 gray frame per scene in every version's folder, and they are footage: the people the "
+        "camera saw, kept as long as the project.",
+        show_default=False,
+    ),
+]
+
+
 @app.command()
 @cli_errors(interrupted=RESUMABLE)
 def train(
@@ -253,6 +269,7 @@ def train(
     seed: Annotated[int | None, typer.Option(help="Random seed (overrides the config).")] = None,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted training run.")] = False,
     scene: Annotated[str, typer.Option(help="Scene the videos show.")] = "default",
+    keep_frames: KeepFramesOpt = None,
     wait: WaitOpt = 5.0,  # project.LOCK_WAIT, not imported here: it brings in torch
     project: ProjectOpt = None,
 ) -> None:
@@ -278,6 +295,8 @@ def train(
         overrides.update(fixed_steps(steps))
     if seed is not None:
         overrides["seed"] = seed
+    if keep_frames is not None:
+        overrides["keep_frames"] = keep_frames
     proj.config = with_overrides(proj.config, train=overrides)
     group = from_env()
     run = {"stage": stage, "device": _device(device), "resume": resume, "scene": scene, "group": group, "wait": wait}
@@ -319,6 +338,7 @@ def update(
     ] = None,
     device: DeviceOpt = "auto",
     resume: Annotated[bool, typer.Option(help="Continue an interrupted update.")] = False,
+    keep_frames: KeepFramesOpt = None,
     wait: WaitOpt = 5.0,  # project.LOCK_WAIT, not imported here: it brings in torch
     project: ProjectOpt = None,
 ) -> None:
@@ -326,6 +346,9 @@ def update(
 
     Replay mixes samples of the old scenes, decoded by the previous model, into every batch and holds
     the model to the previous one's outputs on them (config train.replay_distill; 0 turns that off).
+    Every other scene stays scored with all four components: its calibration is carried through the
+    models' drift on its replayed frames, or measured anew on the frames kept of it (--keep-frames);
+    'vidanom status' shows which.
 
     Example: vidanom update ~/after_camera_move/*.mp4 --scene moved
     """
@@ -336,8 +359,10 @@ def update(
     if from_env() is not None:
         raise VidanomError("update trains in one process; run it without torchrun (train runs under torchrun)")
     proj = _open(project)
-    if steps is not None:
-        proj.config = with_overrides(proj.config, train=fixed_steps(steps))
+    overrides: dict[str, Any] = fixed_steps(steps) if steps is not None else {}
+    if keep_frames is not None:
+        overrides["keep_frames"] = keep_frames
+    proj.config = with_overrides(proj.config, train=overrides)
     with _progress() as progress:
         r = update_model(
             proj,
@@ -384,9 +409,11 @@ def score(
         check_request(videos, annotate)  # before scoring, not after
     table = Table("clip", "frames", "anomalous segments", "peak score", "threshold", "model")
     detector = Detector.load(proj)  # the version current now, for every clip, whatever a training publishes
+    scored = []
     with _progress() as progress, _muted():  # r.warning says it all
         for video in videos:
             for r in score_clips(proj, video, _device(device), progress, detector):
+                scored.append(r)
                 spans = ", ".join(f"{s['start_time']:.1f}-{s['end_time']:.1f}s" for s in r.segments[:4])
                 more = f" (+{len(r.segments) - 4})" if len(r.segments) > 4 else ""
                 table.add_row(
@@ -397,9 +424,27 @@ def score(
                         f"warning: {r.key}: {_one_line(r.warning)}", markup=False, highlight=False, soft_wrap=True
                     )
     out.print(table)
+    _accept_lines(proj, scored, project)
     out.print(f"scores in {proj.scores_dir}")
     if annotate is not None:
         _annotate(proj, videos[0], annotate, device)
+
+
+def _accept_lines(proj: Any, scored: list[Any], given: Path | None) -> None:
+    """For each event, the command that says it is normal (in the project as the user named it)."""
+    from .accepting import accept_command, clip_name
+    from .store import ScoreStore
+
+    store = ScoreStore.of(proj)
+    for r in scored:
+        for number, s in enumerate(r.segments, 1):
+            command = accept_command(clip_name(store, r.key), number, given)
+            out.print(
+                f"{r.key} event {number} at {s['start_time']:.1f}-{s['end_time']:.1f} s; it is normal? {command}",
+                markup=False,
+                highlight=False,
+                soft_wrap=True,  # a command to copy: never broken across lines
+            )
 
 
 def _annotate(proj: Any, video: Path, output: Path | None, device: str) -> None:
@@ -837,6 +882,171 @@ def eval_(
 
 @app.command()
 @cli_errors
+def accept(
+    clip: Annotated[
+        str | None, typer.Argument(help="A scored clip: its name as 'score' lists it, or its video's path.")
+    ] = None,
+    event: Annotated[
+        list[int] | None,
+        typer.Option("--event", "-e", help="An event's number, as 'score' lists them; repeat it to accept several."),
+    ] = None,
+    start: Annotated[float | None, typer.Option("--from", help="Or a stretch: from this second of the clip...")] = None,
+    end: Annotated[float | None, typer.Option("--to", help="...to this one.")] = None,
+    events_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--events",
+            metavar="FILE",
+            help="Or the events in a file of JSON lines as 'watch' or 'fleet watch' print them ('-': stdin).",
+        ),
+    ] = None,
+    device: DeviceOpt = "auto",
+    wait: WaitOpt = 5.0,  # project.LOCK_WAIT, not imported here: it brings in torch
+    project: ProjectOpt = None,
+) -> None:
+    """Say that what raised an alarm is normal: the model learns it in a short update.
+
+    The stretch (with accept.margin seconds either side) joins the scene's normal footage; the model
+    learns it beside the footage it knows, is recalibrated, and becomes a new version; rescore the clip
+    to check what changed (README, 'Correct the alarms'). Several events are learned in one update.
+    'vidanom use VERSION' makes the version before it current again.
+
+    Example: vidanom accept clip.mp4 --event 2 --event 3
+    """
+    from .accepting import accept as accept_clip, accept_events
+
+    if (clip is None) == (events_file is None):
+        raise VidanomError("name a scored CLIP (with --event N or --from T0 --to T1), or --events FILE; not both")
+    proj = _open(project)
+    run: dict[str, Any] = {"device": _device(device), "wait": wait}
+    with _progress() as progress:
+        if events_file is not None:
+            r = accept_events(proj, _event_lines(events_file), progress=progress, **run)
+        else:
+            assert clip is not None
+            r = accept_clip(proj, clip, events=event or [], start=start, end=end, progress=progress, **run)
+    what = "; ".join(
+        f"{a['clip']} {'event ' + str(a['event']) + ' ' if a.get('event') else ''}({a['from']:.1f}-{a['to']:.1f} s)"
+        for a in r.accepted
+    )
+    fa = "" if r.false_alarms is None else f" (expected to flag {100 * r.false_alarms:.1f}% of new normal footage)"
+    out.print(
+        f"model {r.version}: accepted {what} as normal in scene '{r.scene}' ({r.frames} frames with the margins), "
+        f"{r.steps} steps in {r.seconds:.0f} s; threshold {r.threshold:.2f}{fa}",
+        markup=False,
+        highlight=False,
+    )
+    for warning in r.warnings:
+        _say(f"warning: {_one_line(warning)}")
+    if r.parent:
+        out.print(f"to undo: vidanom use {r.parent}", markup=False, highlight=False, soft_wrap=True)
+
+
+def _event_lines(path: Path) -> list[dict[str, Any]]:
+    """The events in a file of JSON lines (or stdin, '-'); other records (health) are left out."""
+    text = sys.stdin.read() if str(path) == "-" else path.read_text()
+    events = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError:
+            raise VidanomError(f"line {number} of {path} is not JSON: pass the lines 'vidanom watch' prints") from None
+        if isinstance(item, dict) and item.get("kind", "event") == "event":
+            events.append(item)
+    if not events:
+        raise VidanomError(f"{path} holds no event to accept")
+    return events
+
+
+@app.command()
+@cli_errors
+def use(
+    version: Annotated[str, typer.Argument(help="The version to make current, e.g. v0003 ('status' lists them).")],
+    wait: WaitOpt = 5.0,
+    project: ProjectOpt = None,
+) -> None:
+    """Make a model version current again, e.g. to undo an accept or an update.
+
+    The versions after it stay on disk ('vidanom use' one of them to go back); what they accepted
+    leaves the scene's normal footage while they are not current.
+
+    Example: vidanom use v0003
+    """
+    proj = _open(project)
+    before = proj.use_version(version, wait)
+    out.print(f"model {version} is current (it was {before or 'none'})", markup=False, highlight=False)
+
+
+mask = typer.Typer(no_args_is_help=True, rich_markup_mode=None)
+app.add_typer(mask, name="mask")
+
+
+@mask.callback()
+def mask_main() -> None:
+    """Zones of the picture to ignore: what happens inside them never raises a frame's score.
+
+    Example: vidanom mask add 0,0 200,0 200,40 0,40
+    """
+
+
+@mask.command(name="add")
+@cli_errors
+def mask_add(
+    points: Annotated[list[str], typer.Argument(help="The polygon's corners X,Y in the camera's pixels (3 or more).")],
+    size: Annotated[
+        str | None,
+        typer.Option(help="The camera's frame WIDTHxHEIGHT (default: that of the project's clips)."),
+    ] = None,
+    project: ProjectOpt = None,
+) -> None:
+    """Add a zone to ignore: a polygon in the camera's own pixels, kept in vidanom.json.
+
+    Set before training, the model spends no capacity on it either; added later, run 'vidanom
+    train --stage calibrate' to set the threshold for it. 'gallery', 'annotate' and 'report' draw it.
+
+    Example: vidanom mask add 0,0 200,0 200,40 0,40
+    """
+    from .zones import add_zone, parse_point, parse_size
+
+    proj = _open(project)
+    m = add_zone(proj, [parse_point(p) for p in points], parse_size(size) if size else None)
+    out.print(
+        f"{len(m.polygons)} zone(s) to ignore on the camera's {m.width}x{m.height} frame", markup=False, highlight=False
+    )
+
+
+@mask.command(name="list")
+@cli_errors
+def mask_list(project: ProjectOpt = None) -> None:
+    """List the zones to ignore.
+
+    Example: vidanom mask list
+    """
+    m = _open(project).config.score.mask
+    if not m.polygons:
+        out.print("no zones to ignore")
+        return
+    out.print(f"zones to ignore, in the camera's {m.width}x{m.height} pixels:", markup=False)
+    for i, polygon in enumerate(m.polygons, 1):
+        out.print(f"  {i}: " + " ".join(f"{x:g},{y:g}" for x, y in polygon), markup=False, highlight=False)
+
+
+@mask.command(name="clear")
+@cli_errors
+def mask_clear(project: ProjectOpt = None) -> None:
+    """Remove every zone to ignore.
+
+    Example: vidanom mask clear
+    """
+    from .zones import clear_zones
+
+    out.print(f"removed {clear_zones(_open(project))} zone(s)")
+
+
+@app.command()
+@cli_errors
 def status(project: ProjectOpt = None) -> None:
     """Show the project's config, clips, model versions, threshold and scored clips.
 
@@ -866,6 +1076,13 @@ def status(project: ProjectOpt = None) -> None:
     if s.current:
         t.caption = f"* current version: {s.current}"
     out.print(t if s.versions else "models: none yet (run 'vidanom train VIDEO...')")
+    if s.scenes:
+        out.print(_scene_table(s.scenes, s.current))
+    for v in s.versions:
+        if v.accepted:
+            out.print(f"{v.name} accepted as normal: {'; '.join(v.accepted)}", markup=False, highlight=False)
+    if len(s.versions) > 1:
+        out.print("'vidanom use VERSION' makes another version current (undo)", markup=False, highlight=False)
     _disagreements(
         s.trained_otherwise, "the model scores as it was trained; 'vidanom train' trains anew with vidanom.json's"
     )
@@ -883,6 +1100,32 @@ def status(project: ProjectOpt = None) -> None:
         )
     shown = f" ({', '.join(s.scored[:8])}{' ...' if len(s.scored) > 8 else ''})" if s.scored else ""
     out.print(f"scored clips: {len(s.scored)}{shown}", markup=False)
+
+
+def _scene_table(scenes: list[Any], version: str | None) -> Table:
+    """Each scene of the current model: what it is scored with, what its calibration rests on, how sure it is."""
+    t = Table("scene", "scored with", "calibrated on", "threshold (false alarms)", "sure", title=f"scenes of {version}")
+    for row in scenes:
+        fa = "" if row.false_alarms is None else f" ({100 * row.false_alarms:.1f}%)"
+        sure = "" if row.sure is None else f"{100 * row.sure:.0f}%"
+        t.add_row(row.name, ", ".join(row.components), _calibrated_on(row), f"{row.threshold:.2f}{fa}", sure)
+    t.caption = (
+        "sure: that the threshold flags at most score.false_alarms of the scene's new normal frames, from its "
+        "held-out frames; drift: how far updates moved the scene's statistics since they were measured, in its spreads"
+    )
+    return t
+
+
+def _calibrated_on(row: Any) -> str:
+    if row.on == "unknown":
+        return "unknown (a model of an earlier release)"
+    frames = "" if row.frames is None else f"{row.frames} + {row.held_out} held-out frames of "
+    what = f"{frames}{row.measured_on or row.on}"
+    if row.on != "carried":
+        return what
+    drift = ", ".join(f"{k} {v:.2f}" for k, v in row.drift.items())
+    since = f" in {row.since}" if row.since else ""
+    return f"{what}{since}, carried through {row.updates} update(s) (drift {drift})"
 
 
 def _disagreements(lines: list[str], then: str) -> None:

@@ -80,6 +80,9 @@ class TrainConfig:
     vae_epochs: float = 100.0
     vae_max_steps: int = 12000
     mdn_steps: int = 2000  # optimiser steps of the LSTM-MDN at most
+    # an update's budget: passes over its new footage at the part of each batch it fills (fitting.update_budget),
+    # the LSTM-MDN as many steps (at most mdn_steps); 0: vae_steps (as --steps sets it)
+    update_epochs: float = 30.0
     eval_every: int = 100  # steps between evaluations on the held-out frames (and checkpoints)
     patience: int = 6  # evaluations without a better held-out loss before a stage stops early
     max_minutes: float = 0.0  # also stop each stage after this long (0: no time limit)
@@ -91,6 +94,9 @@ class TrainConfig:
     replay_distill: float = 1.0  # weight of replay's distillation terms (vidanom.replay.ReplayDistillation); 0 = off
     ewc_strength: float = 100.0  # λ of the EWC penalty, for 'update --strategy ewc'
     dream_temperature: float = 1.0  # of the LSTM-MDN's rollouts that replay old scenes on update
+    # frames of each scene's footage kept with the model, to calibrate the scene anew after later updates
+    # (vidanom.kept); 0: none, and an update carries old scenes' calibrations through the models' drift
+    keep_frames: int = 0
     seed: int = 0
 
 
@@ -109,6 +115,16 @@ class ScoreWeights:
 
 
 @dataclass(frozen=True)
+class MaskConfig:
+    """Zones of the picture to ignore (see zones): polygons in the camera's own pixels, of a frame of
+    width × height (the camera's resolution when they were drawn; frames of another size are scaled)."""
+
+    width: int = 0  # 0 while there is no zone
+    height: int = 0
+    polygons: tuple[tuple[tuple[float, float], ...], ...] = ()  # each at least three (x, y) points
+
+
+@dataclass(frozen=True)
 class ScoreConfig:
     recon_planes: str = "motion"  # whose reconstruction error counts: "motion" (differences) or "all"
     patch: int = 16  # reconstruction error is averaged over patch × patch pixels...
@@ -123,6 +139,18 @@ class ScoreConfig:
     false_alarms: float = 0.01  # the share of normal frames the threshold may flag, estimated on held-out footage
     min_segment: int = 3  # shorter runs of anomalous frames are not reported as segments
     batch_size: int = 128  # frames per inference batch
+    mask: MaskConfig = field(default_factory=MaskConfig)  # what happens inside these zones raises no score
+
+
+@dataclass(frozen=True)
+class AcceptConfig:
+    """How `vidanom accept` folds a stretch a person says is normal into the model (see accept)."""
+
+    margin: float = 1.5  # seconds of footage kept either side of the stretch
+    share: float = 0.5  # of the scene's frames in each batch, the share of accepted frames
+    epochs: float = 30.0  # passes over the accepted frames: the update's step budget grows with them...
+    min_steps: int = 200  # ...from at least this many optimiser steps...
+    max_steps: int = 2000  # ...to at most this many (of the β-VAE, and of the LSTM-MDN up to train.mdn_steps)
 
 
 @dataclass(frozen=True)
@@ -133,6 +161,7 @@ class ProjectConfig:
     mdn: MDNOptions = field(default_factory=MDNOptions)
     train: TrainConfig = field(default_factory=TrainConfig)
     score: ScoreConfig = field(default_factory=ScoreConfig)
+    accept: AcceptConfig = field(default_factory=AcceptConfig)
 
     @property
     def in_channels(self) -> int:
@@ -162,16 +191,26 @@ def _build(cls: type, data: Any, where: str) -> Any:
         if hasattr(default, "__dataclass_fields__"):
             value = _build(type(default), value, f"{where}.{name}" if where else name)
         elif isinstance(default, tuple) and isinstance(value, list):
-            value = tuple(value)  # anything else is left for validate to refuse by name
+            value = _frozen(value)  # anything else is left for validate to refuse by name
         kwargs[name] = value
     return cls(**kwargs)
+
+
+def _frozen(value: Any) -> Any:
+    """Lists (nested: a polygon's points) as tuples, as a frozen config holds them."""
+    return tuple(_frozen(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+def _plain(value: Any) -> Any:
+    """Tuples (nested) as lists, as the JSON file has them."""
+    return [_plain(v) for v in value] if isinstance(value, (list, tuple)) else value
 
 
 @dataclass(frozen=True)
 class Rule:
     """What one config value may be; the error that refuses another value says it."""
 
-    kind: type  # int, float, bool, str, or tuple (of ints: a list in the JSON)
+    kind: type  # int, float, bool, str, tuple (of ints: a list in the JSON), or list (of polygons)
     low: float | None = None  # the least value allowed...
     high: float | None = None  # ...and the largest
     open: bool = False  # low and high themselves are not allowed
@@ -185,6 +224,8 @@ class Rule:
             return "one of " + ", ".join(repr(c) if isinstance(c, str) else str(c) for c in self.choices)
         if self.kind is bool:
             return "true or false"
+        if self.kind is list:
+            return f"a list of polygons, each a list of at least 3 [x, y] points of {self.low:g} or more"
         what = {int: "a whole number", float: "a number", tuple: "a list of whole numbers"}[self.kind]
         if self.odd:
             what = "an odd whole number"
@@ -203,6 +244,15 @@ class Rule:
             return any(value == c and type(value) is type(c) for c in self.choices)
         if self.kind is tuple:
             return isinstance(value, tuple) and bool(value) and all(Rule(int, self.low).fits(v) for v in value)
+        if self.kind is list:
+            point = Rule(float, self.low)
+            return isinstance(value, tuple) and all(
+                isinstance(p, tuple)
+                and len(p) >= 3
+                and all(isinstance(xy, tuple) and len(xy) == 2 for xy in p)
+                and all(point.fits(v) for xy in p for v in xy)
+                for p in value
+            )
         if self.kind is bool or isinstance(value, bool):  # True is an int to Python, not to a config
             return isinstance(value, bool) and self.kind is bool
         if not isinstance(value, int if self.kind is int else (int, float)) or not math.isfinite(value):
@@ -238,6 +288,7 @@ RULES: dict[str, Rule] = {
     "train.vae_epochs": _NOT_NEGATIVE,
     "train.vae_max_steps": _COUNT,
     "train.mdn_steps": _COUNT,
+    "train.update_epochs": Rule(float, 0, note="0: vae_steps"),
     "train.eval_every": _COUNT,
     "train.patience": _COUNT,
     "train.max_minutes": Rule(float, 0, note="0: no time limit"),
@@ -249,6 +300,7 @@ RULES: dict[str, Rule] = {
     "train.replay_distill": Rule(float, 0, note="0: off"),
     "train.ewc_strength": _NOT_NEGATIVE,
     "train.dream_temperature": _POSITIVE,
+    "train.keep_frames": Rule(int, 0, note="0: none"),
     "train.seed": _SOME,
     "score.recon_planes": Rule(str, choices=("motion", "all")),
     "score.patch": _COUNT,
@@ -264,12 +316,19 @@ RULES: dict[str, Rule] = {
     "score.false_alarms": Rule(float, 0, 0.5, open=True),
     "score.min_segment": _COUNT,
     "score.batch_size": _COUNT,
+    "score.mask.width": Rule(int, 0, note="the camera's, in pixels; 0: no zones"),
+    "score.mask.height": Rule(int, 0, note="the camera's, in pixels; 0: no zones"),
+    "score.mask.polygons": Rule(list, 0),
+    "accept.margin": _NOT_NEGATIVE,
+    "accept.share": Rule(float, 0, 1, open=True),
+    "accept.epochs": _POSITIVE,
+    "accept.min_steps": _COUNT,
+    "accept.max_steps": _COUNT,
 }
 
 
 def _refuse(key: str, rule: Rule, value: Any) -> ConfigError:
-    shown = list(value) if isinstance(value, tuple) else value  # as the JSON file has it
-    return ConfigError(f"{key} must be {rule.allowed()}, not {shown!r}")
+    return ConfigError(f"{key} must be {rule.allowed()}, not {_plain(value)!r}")  # as the JSON file has it
 
 
 def validate(cfg: ProjectConfig) -> None:
@@ -279,6 +338,7 @@ def validate(cfg: ProjectConfig) -> None:
         if not RULES[key].fits(value):
             raise _refuse(key, RULES[key], value)
     f, sc = cfg.frames, cfg.score
+    _check_mask(sc.mask)
     if sc.patch > min(f.width or f.height, f.height):
         raise ConfigError(
             f"score.patch must fit the frame ({min(f.width or f.height, f.height)} pixels or fewer), not {sc.patch}"
@@ -289,6 +349,21 @@ def validate(cfg: ProjectConfig) -> None:
         BetaVAE(replace(cfg, frames=f.resolved(f.height, f.height)).vae_config())
     except ValueError as exc:
         raise ConfigError(f"config does not describe a valid model: {exc}") from exc
+
+
+def _check_mask(mask: MaskConfig) -> None:
+    """Zones need the frame size they were drawn on, and must lie inside it."""
+    if not mask.polygons:
+        return
+    if not (mask.width and mask.height):
+        raise ConfigError("score.mask.width and height must be the camera's frame size (in pixels) of its polygons")
+    for i, polygon in enumerate(mask.polygons, 1):
+        for x, y in polygon:
+            if x > mask.width or y > mask.height:
+                raise ConfigError(
+                    f"score.mask.polygons: polygon {i} has the point {x:g},{y:g} outside the "
+                    f"{mask.width}x{mask.height} frame"
+                )
 
 
 def _values(part: Any, prefix: str) -> list[tuple[str, Any]]:
@@ -315,7 +390,7 @@ NOT_TRAINED_IN = ("frames.decode_timeout", "vae.beta")
 # the score settings a model's calibration was made with: its threshold holds for these
 CALIBRATED_WITH = (
     *("recon_planes", "patch", "patch_stride", "top_k", "weights", "shrink_seconds", "mdn_warmup", "smooth"),
-    "false_alarms",
+    *("false_alarms", "mask"),
 )
 
 
@@ -349,7 +424,7 @@ def disagreements(
 
 
 def _shown(value: Any) -> str:
-    return json.dumps(list(value) if isinstance(value, tuple) else value)
+    return json.dumps(_plain(value))
 
 
 def scoring_config(model: ProjectConfig, project: ProjectConfig) -> ProjectConfig:
@@ -437,7 +512,7 @@ def parse_overrides(items: list[str]) -> dict[str, dict[str, Any]]:
 def fixed_steps(steps: int) -> dict[str, Any]:
     """The train overrides that give each stage a budget of this many optimiser steps (early stopping
     may end it sooner), whatever the footage's length: `with_overrides(cfg, train=fixed_steps(n))`."""
-    return {"vae_steps": steps, "vae_epochs": 0.0, "mdn_steps": steps}
+    return {"vae_steps": steps, "vae_epochs": 0.0, "update_epochs": 0.0, "mdn_steps": steps}
 
 
 def with_overrides(cfg: ProjectConfig, **sections: dict[str, Any]) -> ProjectConfig:
@@ -456,5 +531,5 @@ def _replaced(part: Any, values: dict[str, Any], where: str) -> Any:
         if hasattr(current, "__dataclass_fields__") and not hasattr(value, "__dataclass_fields__"):
             by_name = value if isinstance(value, dict) else _by_name(type(current), value, f"{where}.{name}")
             value = _replaced(current, by_name, f"{where}.{name}")
-        changes[name] = value
+        changes[name] = _frozen(value) if isinstance(value, list) else value
     return replace(part, **changes)

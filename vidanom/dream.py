@@ -5,7 +5,7 @@ temperature), the frozen previous decoder turns every step into a frame, and the
 ordinary uint8 clip. Because it is a clip, the *new* encoder maps it into the new latent space like
 any real clip: the old dreams follow the latent space as it moves during an update. (They do not
 recalibrate the threshold: too unlike real frames in their KL, they would set it wrong; old scenes
-keep the statistics they were calibrated with, see Calibration.merged.)
+keep the statistics they were calibrated with, see carry.py.)
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import fsutil
+from . import fsutil, zones
 from .errors import VidanomError
 from .heatmap import SPAN, ErrorScale, overlay
 from .project import Project
@@ -71,6 +71,7 @@ def collect(
     """Decode the clip up to the last of `frames` and keep those frames' panels, in the given order."""
     scale = ErrorScale.from_calibration(clip.detector.calibration, clip.detector.config)
     channels, wanted, found = clip.detector.config.frames.channels, set(frames), {}
+    mask = clip.detector.config.score.mask  # the zones to ignore, drawn on the original and the heatmap
     for chunk in revisit(project, clip, device, progress, "gallery", recon=True):
         assert chunk.maps.recon is not None
         hits = [i for i in range(len(chunk.full)) if chunk.start + i in wanted]
@@ -80,10 +81,9 @@ def collect(
         for j, i in enumerate(hits):
             t = chunk.start + i
             recon = _resized(chunk.maps.recon[i, :channels], chunk.full.shape[1:3])  # the appearance planes
-            heat = overlay(torch.from_numpy(chunk.full[i]), levels[j], scale.lut).numpy()
-            found[t] = Panel(
-                t, float(clip.times[t]), float(clip.scores[t]), bool(clip.flags[t]), chunk.full[i].copy(), recon, heat
-            )
+            heat = zones.draw(overlay(torch.from_numpy(chunk.full[i]), levels[j], scale.lut).numpy(), mask)
+            original = zones.draw(chunk.full[i].copy(), mask)
+            found[t] = Panel(t, float(clip.times[t]), float(clip.scores[t]), bool(clip.flags[t]), original, recon, heat)
         if len(found) == len(wanted):
             break  # the rest of the clip is not needed (closing revisit stops the decoder)
     return [found[f] for f in frames]

@@ -46,7 +46,7 @@ class Scales:
 class Calibration(PlaceStats, Scales):
     """What normal footage looks like to the model, one row per scene it has learned: its place
     statistics, the scales of its components, and its threshold. Built whole once its parts are
-    known (calibration.calibrate, merged, from_dict), never changed.
+    known (calibration.calibrate, carry.after_update, from_dict), never changed.
 
     Every scene keeps its own position-wise statistics: a frame is scored against the scene it shows,
     so learning a night scene does not redefine "normal" for the day scene (standardising both
@@ -94,31 +94,3 @@ class Calibration(PlaceStats, Scales):
         if d.get("still_floor") is None:  # made before: the same rule as then
             d = {**d, "still_floor": d["comp_mean"][:, 3] - LEGACY_STILL_MARGIN * d["comp_low"][:, 3]}
         return cls(**d)
-
-    def merged(self, old: Calibration, keep: list[str]) -> Calibration:
-        """These statistics plus the stored ones of the old scenes in `keep` that were not learned anew.
-
-        Old scenes keep only their reconstruction statistics. Their KL and NLL statistics belonged
-        to the encoder and LSTM-MDN before this update: both move when a new scene is learned, and on
-        Ped1 → night plaza the stale KL statistics put old-scene z-scores near 60 instead of 2 and
-        turned scene A's AUROC from 0.84 to 0.17. Dreamed clips, too unlike real frames in KL
-        (z near 170), cannot recalibrate them either; the motion error's statistics stay valid
-        (scene A 0.85 after the update).
-        """
-        rows = [i for i, s in enumerate(old.scenes) if s in keep and s not in self.scenes]
-        if not rows:
-            return self
-        carried = {k: old.__dict__[k][rows].clone() for k in ("comp_std", "comp_low")}
-        for v in carried.values():
-            v[:, 1:] = float("inf")  # kl, nll and still: standardised to zero, they add nothing
-        cat = {
-            k: torch.cat([carried[k] if k in carried else old.__dict__[k][rows], v])
-            for k, v in self.__dict__.items()
-            if isinstance(v, torch.Tensor) and isinstance(old.__dict__.get(k), torch.Tensor)
-        }
-        return Calibration(
-            **cat,
-            has_mdn=self.has_mdn,
-            scenes=[old.scenes[i] for i in rows] + self.scenes,
-            frame_interval=self.frame_interval,
-        )

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -128,6 +129,16 @@ class Project:
                     self.root / CONFIG_NAME, to_dict(replace(on_disk, frames=replace(on_disk.frames, width=width)))
                 )
         self.config = replace(self.config, frames=replace(self.config.frames, width=width))
+
+    def edit_config(self, change: Callable[[ProjectConfig], ProjectConfig]) -> ProjectConfig:
+        """Rewrite vidanom.json as change(the config on disk) (checked first; ConfigError), under an
+        flock of the project folder, as resolve_width does; this project's config becomes it."""
+        with _folder_mutex(self.root):
+            config = change(read_config(self.root / CONFIG_NAME))
+            validate(config)
+            fsutil.write_json(self.root / CONFIG_NAME, to_dict(config))
+        self.config = config
+        return config
 
     # -- the write lock ---------------------------------------------------------------------------
 
@@ -298,6 +309,36 @@ class Project:
             except (OSError, json.JSONDecodeError):
                 continue
         return out
+
+    def lineage(self, version: str | None = None) -> list[dict[str, Any]]:
+        """The version.json of a version (default: the current one) and of its parent, its parent's
+        parent... newest first; [] before the first version."""
+        chain: list[dict[str, Any]] = []
+        name = version or self.current_version()
+        while name and name not in [c.get("version") for c in chain]:
+            try:
+                info = json.loads((self.models_dir / name / "version.json").read_text())
+            except (OSError, json.JSONDecodeError):
+                break
+            chain.append({"version": name, **info})
+            name = info.get("parent")
+        return chain
+
+    def accepted_keys(self) -> set[str]:
+        """The cache keys of the stretches accepted as normal by the current version or one it came
+        from: the scene's footage holds these, not those of a version that is no longer current."""
+        return {str(a["key"]) for info in self.lineage() for a in info.get("accepted") or [] if "key" in a}
+
+    def use_version(self, name: str, wait: float = LOCK_WAIT) -> str | None:
+        """Make an existing version current again (undo an accept or an update); returns the version
+        that was current. Takes the write lock: no train or update publishes meanwhile."""
+        if not re.fullmatch(r"v[0-9]+", name) or not (self.models_dir / name / "version.json").is_file():
+            known = ", ".join(str(v.get("version")) for v in self.versions()) or "none yet"
+            raise ProjectError(f"no model version '{name}' in this project (its versions: {known})")
+        with self.lock("use", wait):
+            before = self.current_version()
+            fsutil.write_text(self.models_dir / "current", name + "\n")
+        return before
 
     def next_version_name(self) -> str:
         numbers = [int(d.name[1:]) for d in self.models_dir.glob("v[0-9]*") if d.name[1:].isdigit()]

@@ -30,6 +30,7 @@ from .config import ProjectConfig, ScoreConfig, ScoreWeights
 from .data import MotionPlane, as_plane, to_input
 from .mdn import LSTMMDN, State, mdn_nll
 from .vae import BetaVAE, error_map, kl_map, patch_means
+from .zones import Zones
 
 if TYPE_CHECKING:
     from .normality import Calibration, PlaceStats, Scales
@@ -55,6 +56,7 @@ class Maps:
     excess: torch.Tensor | None = None  # (n, rows·cols) the NLL over that of the predicted mixture's mode
     frame: torch.Tensor | None = None  # (n, C·H·W) the frame planes in [0, 1]: which scene it shows
     recon: torch.Tensor | None = None  # (n, C_in, H, W) the VAE's reconstruction, if Scorer.keep_recon
+    zones: Zones | None = None  # the zones to ignore (err is already weighted by them; see components)
 
 
 def make_scorer(
@@ -67,6 +69,7 @@ def make_scorer(
         vae, mdn, cfg.frames.motion_plane(), device, cfg.score.mdn_warmup, cfg.frames.channels if motion_only else 0
     )
     scorer.ref_dt = ref_dt
+    scorer.zones = Zones.of(cfg.score.mask, vae.cfg.height, vae.cfg.width, vae.cfg.downsample)
     return scorer
 
 
@@ -96,6 +99,7 @@ class Scorer:
         # motion planes are scaled by the time they span (data.motion_scale); None: never scaled
         self.ref_dt: float | None = None
         self._times: torch.Tensor | None = None  # the last `lag` times of the previous chunk
+        self.zones: Zones | None = None  # what happens inside these is ignored (see zones)
 
     def _gaps(self, times: np.ndarray | None, n: int) -> torch.Tensor | None:
         """(n,) seconds from each frame to the frame `lag` before it (None without times or lag)."""
@@ -127,6 +131,8 @@ class Scorer:
             )
         recon, mu, logvar = self.vae(x, sample=False)
         err = error_map(x[:, self.recon_from :], recon[:, self.recon_from :])
+        if self.zones is not None:
+            err = self.zones.errors(err)
         kl = kl_map(mu, logvar).flatten(1)
         nll, excess = torch.full_like(kl, float("nan")), torch.full_like(kl, float("nan"))
         if self.mdn is not None:
@@ -141,6 +147,7 @@ class Scorer:
             excess.cpu(),
             x[:, : cur.shape[-1]].flatten(1).cpu(),
             recon.cpu() if self.keep_recon else None,
+            self.zones,
         )
 
     def _surprise(self, mu: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -188,10 +195,15 @@ def components(maps: Maps, cal: PlaceStats, sc: ScoreConfig) -> torch.Tensor:
     """
     patches = patch_means(maps.err, sc.patch, sc.patch_stride)[:, None]  # (n, 1, P)
     recon = top_mean((patches - cal.err_mean) / cal.err_std, sc.top_k)
-    kl = ((maps.kl[:, None] - cal.kl_mean) / cal.kl_std).amax(2)
-    nll = top_mean((maps.nll[:, None] - cal.nll_mean) / cal.nll_std, sc.top_k)  # NaN stays NaN
+    kl_z = (maps.kl[:, None] - cal.kl_mean) / cal.kl_std
+    nll_z = (maps.nll[:, None] - cal.nll_mean) / cal.nll_std  # NaN stays NaN
     excess = maps.excess if maps.excess is not None else torch.full_like(maps.nll, float("nan"))
-    still = top_mean(excess.clamp_min(0.0), sc.top_k).log1p()[:, None].expand_as(recon)
+    excess = excess.clamp_min(0.0)
+    if maps.zones is not None:  # the zones to ignore, before the worst places are taken (err: in Scorer.maps)
+        kl_z, nll_z, excess = maps.zones.places(kl_z), maps.zones.places(nll_z), maps.zones.surprise(excess)
+    kl = kl_z.amax(2)
+    nll = top_mean(nll_z, sc.top_k)
+    still = top_mean(excess, sc.top_k).log1p()[:, None].expand_as(recon)
     return torch.stack([recon, kl, nll, still], 2)
 
 
@@ -203,6 +215,13 @@ def standardise(comp: torch.Tensor, cal: Scales) -> torch.Tensor:
     up = (comp[..., :3] - cal.comp_mean[..., :3]) / cal.comp_std[..., :3]
     still = (cal.still_floor - comp[..., 3]) / cal.comp_low[..., 3]
     return torch.cat([up, still.unsqueeze(-1)], -1).clamp_min(0.0).nan_to_num(0.0)
+
+
+def counted(cal: Scales, row: int, weights: ScoreWeights) -> list[str]:
+    """The components that count in scene `row`'s score: a weight above 0 and a finite scale (a
+    calibration of an earlier release kept only recon of the scenes an update did not learn)."""
+    scale = torch.cat([cal.comp_std[row, :3], cal.comp_low[row, 3:]])
+    return [c for c, w, s in zip(COMPONENTS, weights.ordered(COMPONENTS), scale.tolist()) if w > 0 and np.isfinite(s)]
 
 
 def combine(smoothed: torch.Tensor, cal: Scales, weights: ScoreWeights) -> torch.Tensor:

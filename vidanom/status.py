@@ -7,12 +7,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import cache
-from .config import calibrated_with, disagreements, to_dict, trained_in
+from .config import ScoreConfig, calibrated_with, disagreements, to_dict, trained_in
 from .errors import VidanomError
 from .project import Project
+
+if TYPE_CHECKING:
+    from .normality import Calibration
 
 
 @dataclass(frozen=True)
@@ -28,6 +31,26 @@ class VersionRow:
     psnr: float | None  # of its reconstructed held-out frames, in dB
     threshold: float
     false_alarms: float | None  # the share of new normal frames expected over the threshold
+    accepted: tuple[str, ...] = ()  # what an accept learned as normal: 'clip event N (from-to s)' each
+
+
+@dataclass(frozen=True)
+class SceneRow:
+    """One scene of the current model: what its frames are scored with, and what its calibration
+    rests on (carry.measured, carry.carried_basis), so how sure it is."""
+
+    name: str
+    components: list[str]  # those that count in its score (a model of an earlier release: recon alone)
+    on: str  # "footage", "kept frames" (measured in this version), "carried" or "unknown"
+    measured_on: str | None  # where carried: what it was last measured on, in version `since`
+    frames: int | None  # training frames it was last measured on
+    held_out: int | None  # held-out frames its scales and threshold were set on
+    updates: int  # updates it was carried through since it was last measured
+    since: str | None
+    drift: dict[str, float]  # how far those updates moved its statistics, summed, per component (carry.Drift)
+    threshold: float
+    false_alarms: float | None  # the share of its new normal frames expected over its threshold
+    sure: float | None  # how sure its threshold is to flag at most the target share (calibration.threshold_sureness)
 
 
 @dataclass(frozen=True)
@@ -51,6 +74,7 @@ class ProjectStatus:
     trained_otherwise: list[str]  # input settings and architecture (it scores as it was trained)
     calibrated_otherwise: list[str]  # score settings its threshold was set for
     problems: list[str]  # what could not be read (the current model)
+    scenes: list[SceneRow]  # the current model's
     interrupted: Interrupted | None
     scored: list[str]  # the scored clips' names
 
@@ -65,6 +89,7 @@ def project_status(project: Project) -> ProjectStatus:
     trained: list[str] = []
     calibrated: list[str] = []
     problems: list[str] = []
+    scenes: list[SceneRow] = []
     if current is not None:
         try:
             model = Detector.of_version(project)
@@ -74,6 +99,7 @@ def project_status(project: Project) -> ProjectStatus:
             name = f"model {current}"
             trained = disagreements(model.config, project.config, trained_in, name)
             calibrated = disagreements(model.config, project.config, calibrated_with, name)
+            scenes = scene_rows(model.calibration, model.info, model.scoring(project.config).config.score)
     return ProjectStatus(
         project.root.resolve(),
         to_dict(project.config),
@@ -85,9 +111,41 @@ def project_status(project: Project) -> ProjectStatus:
         trained,
         calibrated,
         problems,
+        scenes,
         _interrupted(project),
         scored_clips(project),
     )
+
+
+def scene_rows(cal: Calibration, info: dict[str, Any], score: ScoreConfig) -> list[SceneRow]:
+    """Each scene of a model's calibration (and its version.json's "calibration", where it has one)."""
+    from .calibration import threshold_sureness
+    from .scoring import counted
+
+    basis = info.get("calibration") or {}
+    out = []
+    for row, name in enumerate(cal.scenes):
+        b = basis.get(name) or {"on": "footage" if name == info.get("scene") else "unknown"}
+        held = b.get("held_out")
+        if held is None and name == info.get("scene"):  # a version from before scenes had their record
+            held = info.get("held_out_frames")
+        out.append(
+            SceneRow(
+                name,
+                counted(cal, row, score.weights),
+                str(b.get("on", "unknown")),
+                b.get("measured_on"),
+                b.get("frames"),
+                held,
+                int(b.get("updates") or 0),
+                b.get("since"),
+                {k: float(v) for k, v in (b.get("drift_total") or {}).items()},
+                float(cal.thresholds[row]),
+                None if cal.false_alarms is None else float(cal.false_alarms[row]),
+                None if held is None else threshold_sureness(int(held), score.false_alarms),
+            )
+        )
+    return out
 
 
 def _row(info: dict[str, Any], current: str | None) -> VersionRow:
@@ -103,6 +161,11 @@ def _row(info: dict[str, Any], current: str | None) -> VersionRow:
         info.get("psnr"),
         float(info.get("threshold", 0.0)),
         info.get("expected_false_alarms"),
+        tuple(
+            f"{a.get('clip')}{' event ' + str(a['event']) if a.get('event') else ''} "
+            f"({float(a.get('from', 0)):.1f}-{float(a.get('to', 0)):.1f} s)"
+            for a in info.get("accepted") or []
+        ),
     )
 
 

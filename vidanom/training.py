@@ -24,16 +24,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import cache, distributed, interrupt, strategies
+from . import cache, carry, distributed, interrupt, kept, strategies
 from .cache import ClipMeta
-from .calibration import Footage, calibrate, check_footage, patch_error_stats
+from .calibration import Footage, calibrate, check_footage
 from .normality import Calibration
 from .config import CONFIG_NAME, ProjectConfig, disagreements, trained_in
 from .data import Split, Timing, gather
 from .detector import Detector
 from .distributed import Group
 from .errors import ConfigError, VidanomError
-from .fitting import encode, fit_mdn, fit_vae, load_checkpoint
+from .fitting import encode, fit_mdn, fit_vae, load_checkpoint, update_budget
 from .progress import Progress, no_progress
 from .inference import for_inference
 from .mdn import LSTMMDN
@@ -45,7 +45,6 @@ from .video import Source, find_sources, first_frame_size
 DEFAULT_SCENE = "default"
 EWC_SAMPLES = 256  # training frames the Fisher information is estimated on
 PRIOR_SAMPLES = 4096  # training frames a scene's latent Gaussian is fitted to
-DRIFT_SAMPLES, DRIFT_BATCH = 2048, 256  # replayed samples per old scene that measure how its errors moved
 # what a run fits: the β-VAE, the LSTM-MDN (on the current β-VAE), both, or neither ("calibrate": the
 # current models recalibrated on their scene's cached clips, after score settings changed)
 STAGES = ("vae", "mdn", "all", "calibrate")
@@ -123,10 +122,11 @@ class Plan:
     parent: Detector | None = None  # the version it starts from (update, or a stage in KEEPS_VAE)
     hooks: Hooks | None = None  # the update strategy's replay, penalty and dreams
     group: Group | None = None  # the processes that fit it together (torchrun), None for this one alone
+    steps: int | None = None  # the β-VAE's budget (None: fitting.vae_budget of the footage); the LSTM-MDN's at most
 
 
 def _training_clips(project: Project, scene: str) -> list[ClipMeta]:
-    metas = cache.clips(project.cache_dir, project.config.frames, scene)
+    metas = cache.clips(project.cache_dir, project.config.frames, scene, project.accepted_keys())
     if not metas:
         raise VidanomError(f"no training clips for scene '{scene}'; pass videos: 'vidanom train VIDEO...'")
     return metas
@@ -185,6 +185,7 @@ def _fit_vae_stage(
         extra=hooks.extra,
         penalty=hooks.penalty,
         extra_share=hooks.share,
+        steps=plan.steps,
         timing=footage.timing,
         group=plan.group,
     )
@@ -213,31 +214,53 @@ def _fit_mdn_stage(
     train = [latents[c][:, a:b] for c, a, b in footage.split.runs()] + dreamed
     held = [latents[c][:, a:b] for c, a, b in footage.split.runs(held=True)]
     ckpt = part / "mdn.pt" if distributed.is_main(plan.group) else None
-    return mdn, fit_mdn(mdn, train, held, cfg, device, progress=progress, ckpt=ckpt, start=start, group=plan.group)
+    steps = None if plan.steps is None else min(cfg.train.mdn_steps, plan.steps)
+    return mdn, fit_mdn(
+        mdn, train, held, cfg, device, progress=progress, ckpt=ckpt, start=start, steps=steps, group=plan.group
+    )
 
 
-def _follow_drift(cfg: ProjectConfig, hooks: Hooks | None, vae: BetaVAE, cal: Calibration) -> Calibration:
-    """Move each old scene's reconstruction statistics by as much as the model's error on that scene's
-    replayed samples moved from the previous model to this one.
+def _calibrations(
+    project: Project, plan: Plan, footage: Footage, fitted: Fitted, device: torch.device
+) -> tuple[Calibration, dict[str, kept.KeptScene], dict[str, Any]]:
+    """Every scene's calibration for the fitted models, the frames kept for the next run, and what
+    each scene's calibration rests on (version.json's "calibration").
 
-    The stored statistics describe the previous model's errors; an update changes them even where it
-    still reconstructs the old scene (on Ped1 → night plaza, scene-A statistics recomputed on real
-    scene-A frames gave 0.805 AUROC where the stored ones gave 0.76-0.78; shifted this way, 0.79-0.80).
+    The run's scene is calibrated on its footage; every other scene the parent knew, on the frames
+    kept of it where there are some (train.keep_frames), else carried from the parent's calibration,
+    whole, through the β-VAE's drift on its replayed frames (carry.py).
     """
-    old = hooks.old_scenes if hooks is not None else None
-    if old is None or old.prior is None:
-        return cal
-    err_mean, err_std = cal.err_mean.clone(), cal.err_std.clone()
-    for i, scene in enumerate(old.prior.scenes):
-        if scene not in cal.scenes:
-            continue
-        g = torch.Generator().manual_seed(cfg.train.seed + i)
-        samples = [old(DRIFT_BATCH, g, scene=i) for _ in range(DRIFT_SAMPLES // DRIFT_BATCH)]
-        (old_mean, old_std), (new_mean, new_std) = (patch_error_stats(v, samples, cfg) for v in (old.vae, vae))
-        row = cal.scenes.index(scene)
-        err_mean[row] += new_mean - old_mean
-        err_std[row] *= new_std / old_std
-    return replace(cal, err_mean=err_mean, err_std=err_std)
+    cfg, scene, scenes = project.config, plan.lineage["scene"], plan.lineage["scenes"]
+    parent = plan.parent
+    before = kept.load(project.models_dir / parent.version) if parent is not None and parent.version else {}
+    others = {s: k for s, k in before.items() if s in scenes and s != scene}
+    fresh = [calibrate(fitted.vae, fitted.mdn, footage, cfg, device, scene)]
+    fresh += [calibrate(fitted.vae, fitted.mdn, k.footage(), cfg, device, s) for s, k in others.items()]
+    mine = kept.keep(footage, cfg.train.keep_frames)
+    # kept only while the project keeps frames: with train.keep_frames 0 the new version holds no footage
+    frames = {**others, **({scene: mine} if mine is not None else {})} if cfg.train.keep_frames else {}
+    cal = carry.stacked([carry.rows(c, c.scenes) for c in fresh])
+    held = int(len(footage.split.index(True)))
+    basis = {scene: carry.measured("footage", len(footage.split.index()), held)}
+    basis.update({s: carry.measured("kept frames", *k.counts()) for s, k in others.items()})
+    if parent is None:
+        return cal, frames, basis
+    old = None if plan.stage in KEEPS_VAE else _models_of(project, parent)
+    cal, drifts = carry.after_update(old, fitted.vae, parent.calibration, cal, scenes, cfg)
+    if plan.stage == "mdn":  # an LSTM-MDN fitted anew on this scene: the others' surprise is unknown to it
+        cal = carry.without_surprise(cal, [s for s in cal.scenes if s != scene and s not in others])
+    previous = parent.info.get("calibration") or {}
+    for drift in drifts:
+        basis[drift.scene] = carry.carried_basis(previous.get(drift.scene), drift, parent.version)
+    for s in cal.scenes:  # kept as they were (models unchanged, or a calibration from before scenes' bases)
+        basis.setdefault(s, previous.get(s) or {"on": "unknown"})
+    return cal, frames, basis
+
+
+def _models_of(project: Project, parent: Detector) -> carry.Models:
+    """The parent version's β-VAE as it was published (the run trained the one it loaded in place)."""
+    stored = Detector.of_version(project, parent.version) if parent.version else parent
+    return carry.Models(stored.vae, stored.prior or parent.prior)
 
 
 def _sample_inputs(cfg: ProjectConfig, footage: Footage, count: int, device: torch.device) -> Iterator[torch.Tensor]:
@@ -312,11 +335,7 @@ def _publish(
 ) -> TrainResult:
     """Calibrate the fitted models and publish them as the project's new version."""
     cfg, part, vae, mdn = project.config, project.partial_dir, fitted.vae, fitted.mdn
-    cal = calibrate(vae, mdn, footage, cfg, device, plan.lineage["scene"])
-    if plan.parent is not None and plan.stage not in KEEPS_VAE:  # old scenes keep the statistics they were learned with
-        cal = _follow_drift(cfg, plan.hooks, vae, cal.merged(plan.parent.calibration, plan.lineage["scenes"]))
-    elif plan.parent is not None:
-        cal = cal.merged(plan.parent.calibration, plan.lineage["scenes"])
+    cal, kept_frames, basis = _calibrations(project, plan, footage, fitted, device)
     prior, ewc = _scene_state(project, plan, vae, footage, device)
     false_alarms = float(cal.false_alarms.max()) if cal.false_alarms is not None else None
     psnr = fitted.vae_stats.get("psnr") if fitted.vae_stats else plan.lineage.get("psnr")
@@ -334,13 +353,19 @@ def _publish(
         "expected_false_alarms": false_alarms,
         "psnr": psnr,
         "warnings": footage.warnings,
+        "calibration": basis,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "vae": fitted.vae_stats,
         "mdn": fitted.mdn_stats,
     }
     seconds = info["train_seconds"] = round(time.time() - started, 1)
     detector = Detector(cfg, vae, mdn, cal, prior, ewc, info)
-    version = project.publish_version(detector.save, info)
+
+    def write(folder: Path) -> None:
+        detector.save(folder)
+        kept.save(folder, kept_frames)
+
+    version = project.publish_version(write, info)
     shutil.rmtree(part, ignore_errors=True)
     return TrainResult(
         version=version,
@@ -459,15 +484,17 @@ def update(
     dreams: bool = True,
     wait: float = LOCK_WAIT,
 ) -> TrainResult:
-    """Learn a new normal scene from `paths` without reading earlier scenes' frames (see strategies);
-    old scenes keep their score statistics. dreams=False leaves replay's dreamed clips out, to
-    measure what they add. Holds the write lock and defers Ctrl-C as train does."""
+    """Learn a normal scene from `paths` (a new one, or more footage of one the model knows) without
+    reading other scenes' frames (see strategies), in a budget of steps that grows with the footage
+    passed (fitting.update_budget); every other scene is calibrated for the new models (see
+    _calibrations). A scene the model knows is learned from all its cached clips. dreams=False leaves
+    replay's dreamed clips out, to measure what they add. Holds the write lock and defers Ctrl-C as
+    train does."""
     with project.writing("update", wait):
         parent = parent_of(project, "all")
         old = list(dict.fromkeys(parent.info.get("scenes", [parent.info.get("scene", DEFAULT_SCENE)])))
         scene = scene or f"scene{len(old) + 1}"
-        if paths:
-            extract(project, paths, scene, progress)
+        new = [m for m, _ in extract(project, paths, scene, progress)] if paths else []
         metas = _training_clips(project, scene)
         prior = parent.prior or _standard_prior(parent, old)
         hooks = strategies.plan(
@@ -482,6 +509,7 @@ def update(
             replay_ratio=replay_ratio,
             dreams=dreams,
         )
+        fresh = sum(m.frames for m in (new or metas))  # what the update learns: the footage passed
         plan = Plan(
             "all" if parent.mdn is not None else "vae",
             {
@@ -493,6 +521,7 @@ def update(
             },
             parent,
             hooks,
+            steps=update_budget(project.config.train, round(fresh * (1 - project.config.train.holdout)), hooks.share),
         )
         return fit_and_publish(project, metas, plan, device or torch.device("cpu"), resume, progress)
 

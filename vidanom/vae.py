@@ -114,15 +114,22 @@ def error_map(x: torch.Tensor, recon: torch.Tensor) -> torch.Tensor:
 
 
 def vae_loss(
-    x: torch.Tensor, recon: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, beta: float
+    x: torch.Tensor,
+    recon: torch.Tensor,
+    mu: torch.Tensor,
+    logvar: torch.Tensor,
+    beta: float,
+    weight: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-image loss = reconstruction + β·KL, averaged over the batch.
 
     Reconstruction is the summed squared error (a Gaussian likelihood with unit-free variance),
-    KL is summed over every latent cell, so β keeps one meaning at any frame size.
+    KL is summed over every latent cell, so β keeps one meaning at any frame size. weight: (H, W)
+    per-pixel weights of the squared error (zones to ignore: 0 inside), or None.
     Returns (loss, reconstruction, kl), each a scalar.
     """
-    rec = error_map(x, recon).flatten(1).sum(1).mean()
+    err = error_map(x, recon)
+    rec = (err if weight is None else err * weight).flatten(1).sum(1).mean()
     kl = kl_map(mu, logvar).flatten(1).sum(1).mean()
     return rec + beta * kl, rec, kl
 

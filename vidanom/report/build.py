@@ -59,6 +59,7 @@ class Event:
     score: float
     thumb: str | None = None  # path relative to the report
     note: str | None = None  # why it has no thumbnail
+    accept: str = ""  # the command that accepts it as normal
 
     @property
     def duration(self) -> float:
@@ -212,7 +213,7 @@ def _clip_view(anchor: str, camera: str, project: Project, clip: StoredClip, job
         float(s["peak_score"]),
         float(s["threshold"]),
         str(s.get("model_version", "?")),
-        _events(clip),
+        _events(project, clip),
     )
     if s.get("warning"):
         view.notes.append(f"when scored: {s['warning']}")
@@ -222,8 +223,11 @@ def _clip_view(anchor: str, camera: str, project: Project, clip: StoredClip, job
     return view
 
 
-def _events(clip: StoredClip) -> list[Event]:
-    out = []
+def _events(project: Project, clip: StoredClip) -> list[Event]:
+    from ..accepting import accept_command, clip_name
+    from ..store import ScoreStore
+
+    out, name, root = [], clip_name(ScoreStore.of(project), clip.name), project.root.resolve()
     for i, s in enumerate(clip.summary.get("segments") or [], 1):
         peak = int(s["peak_frame"])
         out.append(
@@ -236,6 +240,7 @@ def _events(clip: StoredClip) -> list[Event]:
                 float(s["end_time"]),
                 float(clip.times[peak]),
                 float(s["peak_score"]),
+                accept=accept_command(name, i, root),
             )
         )
     return out
@@ -247,11 +252,12 @@ def _events(clip: StoredClip) -> list[Event]:
 def _thumbnails(project: Project, view: ClipView, clip: StoredClip, job: _Job) -> None:
     """Give every event its thumbnail: from the cache, else all of the clip's missing ones in one pass."""
     wanted: dict[int, Path] = {}
+    zones = project.config.score.mask  # drawn on the images
     for e in view.events:
         path, e.thumb = job.asset(
             "thumbs",
             f"{view.name}.{e.peak_frame}",
-            [view.camera, view.name, clip.scored_at, view.version, e.peak_frame, THUMB_WIDTH],
+            [view.camera, view.name, clip.scored_at, view.version, e.peak_frame, THUMB_WIDTH, zones],
             ".jpg",
         )
         if not path.exists():
@@ -278,6 +284,7 @@ def _draw_thumbnails(project: Project, source: Path, wanted: dict[int, Path], jo
 
     from ..heatmap import ErrorScale, overlay
     from ..revisit import revisit, scored_clip
+    from ..zones import draw
 
     clip = scored_clip(project, source)  # checks the scores come from the current model
     scale = ErrorScale.from_calibration(clip.detector.calibration, clip.detector.config)
@@ -287,9 +294,8 @@ def _draw_thumbnails(project: Project, source: Path, wanted: dict[int, Path], jo
             hits = [i for i in range(len(chunk.full)) if chunk.start + i in left]
             levels = list(scale.levels(chunk.maps.err[hits])) if hits else []
             for i, level in zip(hits, levels):
-                _save_jpeg(
-                    left.pop(chunk.start + i), overlay(torch.from_numpy(chunk.full[i]), level, scale.lut).numpy()
-                )
+                heat = overlay(torch.from_numpy(chunk.full[i]), level, scale.lut).numpy()
+                _save_jpeg(left.pop(chunk.start + i), draw(heat, clip.detector.config.score.mask))
             if not left:
                 break
     return set(left)
