@@ -31,10 +31,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import av
 import numpy as np
 from rich.console import Console
 from rich.table import Table
+
+from real_footage import read_frames, write_frames  # beside this script
 
 from vidanom import accepting, made, results, training, zones
 from vidanom.metrics import auroc
@@ -44,30 +45,6 @@ from vidanom.store import ScoreStore
 REPO = Path(__file__).resolve().parents[1]
 WHOLE_SECONDS = 6.0  # the made fast and frozen stretches
 STRETCH_SECONDS = 10.0  # the stretch accepted to time one accept
-
-
-def read_frames(path: Path) -> tuple[np.ndarray, float]:
-    """Every frame of a (short) clip as (n, H, W, 3) uint8, and its frame rate."""
-    with av.open(str(path)) as c:
-        stream = c.streams.video[0]
-        return np.stack([f.to_ndarray(format="rgb24") for f in c.decode(stream)]), float(stream.average_rate)
-
-
-def write_frames(path: Path, frames: np.ndarray, fps: float) -> Path:
-    """Encode frames as H.264 (crf 18) into path (once: reused when present)."""
-    if path.exists():
-        return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".part.mp4")
-    with av.open(str(tmp), "w") as out:
-        stream = out.add_stream("libx264", rate=round(fps))
-        stream.height, stream.width = frames.shape[1:3]
-        stream.pix_fmt, stream.options = "yuv420p", {"crf": "18", "preset": "fast"}
-        for f in frames:
-            out.mux(stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24")))
-        out.mux(stream.encode())
-    tmp.rename(path)
-    return path
 
 
 def linked(folder: Path, files: list[Path]) -> list[Path]:

@@ -71,7 +71,10 @@ def read_frames(path: Path) -> tuple[np.ndarray, float]:
 
 
 def write_frames(path: Path, frames: np.ndarray, fps: float) -> Path:
-    """Encode frames as H.264 (crf 18) into path, atomically."""
+    """Encode frames as H.264 (crf 18) into path, atomically (once: reused when present)."""
+    if path.exists():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".part.mp4")
     with av.open(str(tmp), "w") as out:
         stream = out.add_stream("libx264", rate=round(fps))
