@@ -2,7 +2,7 @@
 `vidanom score` do, on two real cameras and the bundled demo, and prints one table per variant and one
 row per variant against the defaults.
 
-    python benchmarks/real_footage.py                                     # ~20 minutes on 2 cores
+    python benchmarks/real_footage.py                                     # ~15 minutes on 2 idle cores
     python benchmarks/real_footage.py --only avenue,ped1-24               # some of the experiments
     python benchmarks/real_footage.py --variant "vae.beta=0.3"            # the defaults, and a variant
     python benchmarks/real_footage.py --confirm                           # also Ped1's kept-back test clips
