@@ -12,6 +12,7 @@ import json
 import os
 import select
 import shutil
+import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -37,6 +38,13 @@ N_FRAMES = 48
 NORMAL_FRAMES = 96  # the normal clips: 8 s of footage to learn from, hold out and calibrate on
 ANOMALY = (24, 40)  # frames [24, 40) of the anomalous clip show a large, fast square
 EVENT_KEYS = ("start_frame", "end_frame", "peak_frame")  # where an event or segment lies, in frames
+
+
+def ctrl_c_works() -> None:
+    """preexec_fn of a child a test will Ctrl-C: run from a shell's background job, the tests inherit
+    SIGINT ignored, and a Python started so never raises KeyboardInterrupt (the test would fail, or
+    test nothing); as a person's terminal runs it, Ctrl-C interrupts."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def background(h: int = HEIGHT, w: int = WIDTH) -> np.ndarray:

@@ -25,7 +25,7 @@ import av
 import numpy as np
 import pytest
 import torch
-from conftest import EVENT_KEYS, anomalous_frames, invoke, next_line, write_video
+from conftest import EVENT_KEYS, anomalous_frames, ctrl_c_works, invoke, next_line, write_video
 
 from vidanom import results
 from vidanom.config import CONFIG_NAME
@@ -184,6 +184,7 @@ def test_cli_prints_the_gap_and_ctrl_c_ends_it_while_reconnecting(rtsp, project,
         stderr=subprocess.PIPE,
         text=True,
         env=env,
+        preexec_fn=ctrl_c_works,
     )
     try:
         assert next_line(proc, proc.stderr, 60).startswith("watching ")

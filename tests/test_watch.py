@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import EVENT_KEYS, anomalous_frames, invoke, write_video
+from conftest import EVENT_KEYS, anomalous_frames, ctrl_c_works, invoke, write_video
 
 from vidanom import results
 from vidanom.project import Project
@@ -219,6 +219,7 @@ def test_ctrl_c_ends_watch_cleanly_with_a_summary(project, tmp_path):
         text=True,
         env=env,
         cwd=tmp_path,
+        preexec_fn=ctrl_c_works,
     )
     try:
         first = _line(proc, proc.stderr)
