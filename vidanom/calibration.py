@@ -14,7 +14,7 @@ Two sets of normal frames are used, never the same ones:
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -312,8 +312,7 @@ def trust_warnings(seconds: float, held: int, rate: float, target: float) -> lis
             f"only {seconds:.0f} s of normal footage: too little to promise "
             f"a false-alarm rate; train on a few minutes or more"
         )
-    # that the largest held-out score lies above the target quantile; below CONFIDENCE, confident_rank is 0
-    sure = 1.0 - (1.0 - target) ** held
+    sure = threshold_sureness(held, target)  # below CONFIDENCE, confident_rank is 0: the largest score
     if sure < CONFIDENCE:
         warnings.append(
             f"the threshold is the highest of only {held} held-out normal frames: {100 * sure:.0f}% sure, "
@@ -327,19 +326,3 @@ def trust_warnings(seconds: float, held: int, rate: float, target: float) -> lis
             "train on longer or more varied normal footage (busy and quiet times)"
         )
     return warnings
-
-
-@torch.no_grad()
-def patch_error_stats(
-    vae: BetaVAE, inputs: Iterable[torch.Tensor], cfg: ProjectConfig
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and std (P,) per patch position of the error the score measures, on model inputs (B, C, H, W)."""
-    from .vae import error_map
-
-    scorer = make_scorer(vae, None, cfg, torch.device("cpu"))
-    stats = RunningStats()
-    for x in inputs:
-        x = x.to(next(vae.parameters()).device)
-        err = error_map(x[:, scorer.recon_from :], vae(x, sample=False)[0][:, scorer.recon_from :])
-        stats.add(patch_means(err.cpu(), cfg.score.patch, cfg.score.patch_stride))
-    return stats.result()
