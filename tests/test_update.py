@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import Clips, invoke, square_frames, tiny_config, write_video
+from conftest import FPS, Clips, invoke, square_frames, tiny_config, write_video
 from vidanom.config import with_overrides
 
 from vidanom import strategies, training
@@ -152,3 +152,20 @@ def test_ewc_takes_its_strength_from_the_config_also_once_a_fisher_is_stored(tra
     )
     assert hooks.penalty.strength == 7.5  # not the strength stored with the Fisher information
     assert all(torch.equal(hooks.penalty.fisher[k], v) for k, v in detector.ewc["fisher"].items())
+
+
+@pytest.mark.parametrize("rate", [2.5, 0.5])
+def test_a_scene_at_another_frame_rate_leaves_motion_in_the_longest_usual_interval(
+    trained_project, clips, rate, tmp_path
+):
+    """One interval scales every scene's motion (the scorer scales it before it knows the scene): at
+    the longest of the scenes' own, none of their normal motion is scaled down. A faster scene used to
+    set its own, and the scene before it was then scored with its motion shrunk."""
+    fps = round(FPS * rate)
+    (tmp_path / "b").mkdir()
+    write_video(tmp_path / "b" / "b1.mp4", square_frames(clips.normal_frames, 10, 4, 1.0, 8)[0], fps=fps)
+    res = invoke("update", tmp_path / "b", "--scene", "moved", *TRAIN, "-p", trained_project)
+    assert res.exit_code == 0, res.output
+    old, new = (Detector.load(trained_project / "models" / v).calibration for v in ("v0001", "v0002"))
+    assert old.frame_interval == pytest.approx(1 / FPS, rel=0.01)
+    assert new.frame_interval == pytest.approx(max(1 / FPS, 1 / fps), rel=0.01)

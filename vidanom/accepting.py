@@ -53,6 +53,7 @@ from .training import (
     _publish,
     _standard_prior,
     _training_clips,
+    in_motion_unit,
     parent_of,
     usual_interval,
 )
@@ -239,7 +240,7 @@ def learn(
         known = _training_clips(project, scene)  # the scene's footage, and what its lineage accepted before
         new = _extract(project, accepted, scene, progress)
         known = [m for m in known if m.key not in {m.key for m in new}]  # a stretch accepted again counts once
-        footage = _footage(project, known, new, progress)
+        footage = in_motion_unit(_footage(project, known, new, progress), parent.calibration.frame_interval)
         hooks = strategies.plan(
             "replay",
             parent.vae,

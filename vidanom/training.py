@@ -144,6 +144,21 @@ def _footage(project: Project, metas: list[ClipMeta], progress: Progress) -> Foo
     return footage
 
 
+def in_motion_unit(footage: Footage, *intervals: float | None) -> Footage:
+    """The footage with the usual interval its motion planes are scaled by (see data.motion_scale)
+    set for a model that learns more than one scene: the longest of its own and the given ones (the
+    parent's, which is the longest of its scenes').
+
+    One interval serves every scene (the scorer scales motion before it knows the scene), and at the
+    longest none of the scenes' normal motion is scaled down. A scene at 25 frames/s learned after
+    one at 10 would otherwise set 0.04 s, and the first scene's motion would be scored at 0.4 of what
+    the models learned of it (README, "A real second camera")."""
+    known = [dt for dt in (footage.timing.ref_dt, *intervals) if dt]
+    if not known or footage.timing.times is None:
+        return footage
+    return replace(footage, timing=Timing(footage.timing.times, max(known)))
+
+
 def usual_interval(times: list[np.ndarray]) -> float | None:
     """The median of the intervals between consecutive frames over all clips (None if none)."""
     steps = np.concatenate([np.diff(t) for t in times]) if times else np.zeros(0)
@@ -235,7 +250,10 @@ def _calibrations(
     before = kept.load(project.models_dir / parent.version) if parent is not None and parent.version else {}
     others = {s: k for s, k in before.items() if s in scenes and s != scene}
     fresh = [calibrate(fitted.vae, fitted.mdn, footage, cfg, device, scene)]
-    fresh += [calibrate(fitted.vae, fitted.mdn, k.footage(), cfg, device, s) for s, k in others.items()]
+    unit = footage.timing.ref_dt  # the run's, which in_motion_unit made the models' own
+    fresh += [
+        calibrate(fitted.vae, fitted.mdn, in_motion_unit(k.footage(), unit), cfg, device, s) for s, k in others.items()
+    ]
     mine = kept.keep(footage, cfg.train.keep_frames)
     # kept only while the project keeps frames: with train.keep_frames 0 the new version holds no footage
     frames = {**others, **({scene: mine} if mine is not None else {})} if cfg.train.keep_frames else {}
@@ -314,6 +332,7 @@ def fit_and_publish(
         "mdn": asdict(cfg.mdn_config()),
     }
     footage = _footage(project, metas, progress)  # refuses too little footage before anything is written
+    footage = in_motion_unit(footage, plan.parent.calibration.frame_interval if plan.parent else None)
     distributed.on_main(plan.group, lambda: project.begin_run(identity, resume))
     vae, vae_stats = _fit_vae_stage(project, plan, footage, device, resume, progress)
     mdn, mdn_stats = _fit_mdn_stage(project, plan, vae, footage, device, resume, progress)
