@@ -132,6 +132,21 @@ def test_accept_publishes_a_version_whose_lineage_says_what_was_accepted(twice_p
     assert any("v0002" in line and "accept" in line for line in status.output.splitlines())
 
 
+def test_an_accepted_stretch_sets_the_threshold_and_is_not_flagged_again(twice_project, twice):
+    """The accepted stretches join the held-out frames that set the scales and the threshold (among the
+    training frames alone they stayed flagged): the clip scored again flags nothing of what was accepted."""
+    store = ScoreStore(twice_project / "scores")
+    segment = store.read("twice.mp4").summary["segments"][0]
+    a, b = segment["start_frame"], segment["end_frame"]
+    assert store.read("twice.mp4").flags[a:b].all()
+    assert invoke("accept", "twice.mp4", "--event", "1", "--device", "cpu", "-p", twice_project).exit_code == 0
+    before, after = (version_info(twice_project, v) for v in ("v0001", "v0002"))
+    (accepted,) = after["accepted"]
+    assert after["held_out_frames"] == before["held_out_frames"] + accepted["frames"]
+    assert invoke("score", twice, "--device", "cpu", "-p", twice_project).exit_code == 0
+    assert not store.read("twice.mp4").flags[a:b].any()
+
+
 def test_undo_makes_the_version_before_current_and_its_footage_leaves_the_scene(twice_project):
     assert invoke("accept", "twice.mp4", "--event", "1", "--device", "cpu", "-p", twice_project).exit_code == 0
     project = Project.open(twice_project)

@@ -11,10 +11,10 @@ of the model's current scene learns it: the β-VAE and the LSTM-MDN go on from t
 every batch a share (`accept.share`) of accepted frames and the rest the scene's own cached frames
 (what the model already knows, so nothing is forgotten), with generative replay and distillation of
 the other scenes as `update` does; the step budget grows with the accepted footage, not the
-scene's. The scene is then recalibrated on its footage, the accepted stretches counted among its
-training frames (never among the held-out frames that set the threshold: they were picked because
-they scored high, and would raise it for every kind of anomaly), and a new version is published
-whose lineage lists what was accepted. Several stretches accepted at once are one update.
+scene's. The scene is then recalibrated on its footage, each accepted stretch counted among its
+training frames and among the held-out frames that set the components' scales and the threshold (see
+_judged), and a new version is published whose lineage lists what was accepted. Several stretches
+accepted at once are one update.
 
 A version's accepted stretches belong to the scene's footage while that version, or one that came
 from it, is current (Project.accepted_keys): after `use_version` of an earlier one, later training
@@ -27,7 +27,7 @@ import math
 import shlex
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -263,7 +263,9 @@ def learn(
             **hooks.lineage,
         }
         plan = Plan("all" if parent.mdn is not None else "vae", lineage, parent, hooks)
-        result = _publish(project, plan, footage, fitted, metas=known + new, device=device, started=started)
+        stretches = sum(m.accepted is not None for m in known) + len(new)
+        judged = _judged(footage, stretches)
+        result = _publish(project, plan, judged, fitted, metas=known + new, device=device, started=started)
     return AcceptResult(
         result.version,
         parent.version,
@@ -300,8 +302,8 @@ def _extract(project: Project, accepted: list[Stretch], scene: str, progress: Pr
 
 
 def _footage(project: Project, known: list[ClipMeta], new: list[ClipMeta], progress: Progress) -> Footage:
-    """The scene's footage to calibrate on: its clips, split as training split them (the held-out
-    frames set the threshold), then every accepted stretch, among the training frames only."""
+    """The scene's footage to fit on: its clips, split as training split them, then every accepted
+    stretch, among the training frames (_judged holds them out as well, to calibrate on)."""
     tc = project.config.train
     plain = [m for m in known if m.accepted is None]
     stretches = [m for m in known if m.accepted is not None] + new
@@ -315,6 +317,23 @@ def _footage(project: Project, known: list[ClipMeta], new: list[ClipMeta], progr
     footage = Footage(clips, fps, split, Timing(times, usual_interval(times)), progress=progress)
     check_footage(footage, tc.holdout, tc.block_seconds)
     return footage
+
+
+def _judged(footage: Footage, stretches: int) -> Footage:
+    """The footage to calibrate on: as fitted, then its last `stretches` clips (every stretch the scene
+    accepted) once more, wholly held out. A stretch a person called normal then sets the components'
+    scales and the threshold as the scene's held-out frames do, and is not flagged again; among the
+    training frames alone it only moved the place statistics, and stayed flagged."""
+    k = len(footage.clips) - stretches
+    again = list(range(k, len(footage.clips)))
+    times, lengths = footage.timing.times, [len(footage.clips[i]) for i in again]
+    return replace(
+        footage,
+        clips=footage.clips + [footage.clips[i] for i in again],
+        fps=footage.fps + [footage.fps[i] for i in again],
+        split=footage.split + Split(lengths, [[(0, n)] for n in lengths]),
+        timing=Timing(None if times is None else times + [times[i] for i in again], footage.timing.ref_dt),
+    )
 
 
 def _weighted(footage: Footage, new: int, share: float) -> tuple[list[int], Split]:
