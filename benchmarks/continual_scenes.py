@@ -11,7 +11,7 @@ fast stretches in A's left-out clips, before and after, per strategy and per way
     ewc, finetune   the baselines
     joint           one model trained on A and B together, as one scene
     alone           B trained alone (what the update should reach on B)
-    accepts         ten short updates of A in a row, each with one new 20-s clip of normal Ped1 footage
+    accepts         ten accepts into A in a row (vidanom accept), each of one new 20-s clip of normal Ped1 footage
                     (as accepting footage into the current scene does): A's AUROC after each
 
     python benchmarks/continual_scenes.py --data ../shared/data/ucsd_ped1 [--work DIR] [--only ...]
@@ -40,7 +40,7 @@ import scenes as synth  # noqa: E402
 from rich.console import Console
 from rich.table import Table
 
-from vidanom import kept, results, training
+from vidanom import accepting, kept, results, training
 from vidanom.config import ProjectConfig, with_overrides
 from vidanom.detector import Detector
 from vidanom.metrics import auroc
@@ -197,12 +197,14 @@ def run_alone(bench: Bench) -> dict:
 
 
 def run_accepts(bench: Bench) -> dict:
-    """Ten updates of A, one left-out clip each: A's AUROC after each, and each update's time."""
+    """Ten accepts into A, each of one whole left-out clip, scored first as a person would before
+    accepting it: A's AUROC after each, and each accept's time."""
     project = bench.copy("accepts", keep=False)
     after, seconds = [], []
     for clip in bench.a_rest:
+        (r,) = results.score(project, clip)
         t0 = time.time()
-        training.update(project, [clip], "A")
+        accepting.accept(project, r.key, start=0.0, end=r.frames / r.fps)
         seconds.append(time.time() - t0)
         after.append(scene_figures(project, bench.a_test, bench.a_labels))
         print(f"  accept {len(after)}: A {after[-1]['auroc']:.4f} in {seconds[-1]:.0f} s", file=sys.stderr, flush=True)
