@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import (
+    FPS,
     NORMAL_FRAMES,
     Clips,
     background,
@@ -143,6 +144,8 @@ def test_an_accepted_stretch_sets_the_threshold_and_is_not_flagged_again(twice_p
     before, after = (version_info(twice_project, v) for v in ("v0001", "v0002"))
     (accepted,) = after["accepted"]
     assert after["held_out_frames"] == before["held_out_frames"] + accepted["frames"]
+    seconds = before["seconds_of_footage"] + accepted["frames"] / FPS  # the stretch counted once
+    assert after["seconds_of_footage"] == pytest.approx(seconds, abs=0.1)
     assert invoke("score", twice, "--device", "cpu", "-p", twice_project).exit_code == 0
     assert not store.read("twice.mp4").flags[a:b].any()
 
