@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from conftest import (
     FPS,
     NORMAL_FRAMES,
@@ -302,3 +303,26 @@ def test_accept_refuses_a_clip_scored_as_another_scene(twice_project):
     summary = json.loads(summary_path.read_text())
     summary_path.write_text(json.dumps({**summary, "scene_frames": {"night": NORMAL_FRAMES}}))
     assert_clean_error(invoke("accept", "twice.mp4", "-e", "1", "-p", twice_project), 2, "latest scene 'default'")
+
+
+def test_accept_after_an_update_learns_into_the_new_scene_and_keeps_the_old_one(trained_project, tmp_path):
+    """After learning a second scene at twice the frame rate, an accept goes into that scene: it is
+    calibrated anew (its stretch held out too), the first scene is carried whole, and the models' motion
+    interval stays the first scene's, the longer one."""
+    frames, _ = square_frames(2 * NORMAL_FRAMES, 10, 4, 1.0, 8)
+    (tmp_path / "night").mkdir()
+    night = write_video(tmp_path / "night" / "n1.mp4", 255 - frames, fps=2 * FPS)
+    for args in (("update", night.parent, "--scene", "night", "--steps", "8"), ("score", night)):
+        res = invoke(*args, "--device", "cpu", "-p", trained_project)
+        assert res.exit_code == 0, res.output
+    project = Project.open(trained_project)
+    before = vidanom.Detector.load(project).calibration
+    result = vidanom.accept(project, night, start=1.0, end=2.0)
+    after = vidanom.Detector.load(project).calibration
+    assert result.scene == "night" and after.scenes == before.scenes == ["default", "night"]
+    assert after.frame_interval == before.frame_interval == pytest.approx(1 / FPS, rel=0.01)
+    for key in ("comp_mean", "comp_std", "err_mean", "kl_mean", "thresholds"):  # the first scene: as it was carried
+        assert torch.equal(getattr(after, key)[0], getattr(before, key)[0]) == (key not in ("err_mean", "kl_mean"))
+    assert not torch.equal(after.comp_std[1], before.comp_std[1])  # the scene accepted into: calibrated anew
+    info = json.loads((trained_project / "models" / result.version / "version.json").read_text())
+    assert info["calibration"]["night"]["on"] == "footage" and info["calibration"]["default"]["on"] == "carried"
