@@ -333,6 +333,7 @@ def _judged(footage: Footage, stretches: int) -> Footage:
         fps=footage.fps + [footage.fps[i] for i in again],
         split=footage.split + Split(lengths, [[(0, n)] for n in lengths]),
         timing=Timing(None if times is None else times + [times[i] for i in again], footage.timing.ref_dt),
+        repeats=footage.repeats + len(again),
     )
 
 

@@ -179,6 +179,7 @@ class Footage:
     # the seconds of training footage these frames stand for, where they are a sample of it (kept.py):
     # the place statistics shrink by the footage's length, not the sample's
     represents: float | None = None
+    repeats: int = 0  # the last clips repeat earlier ones, held out once more (accepting._judged): counted once
 
     @property
     def total(self) -> int:
@@ -196,7 +197,9 @@ class Footage:
 
     @property
     def seconds(self) -> float:
-        return sum(len(c) / f for c, f in zip(self.clips, self.fps))
+        """Seconds of footage, each clip once."""
+        own = len(self.clips) - self.repeats
+        return sum(len(c) / f for c, f in zip(self.clips[:own], self.fps[:own]))
 
 
 def place_statistics(scorer: Scorer, footage: Footage, cfg: ProjectConfig) -> PlaceStats:

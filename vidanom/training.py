@@ -364,7 +364,7 @@ def _publish(
         "stage": plan.stage,
         "clips": [m.name for m in metas],
         "frames": frames,
-        "seconds_of_footage": round(sum(m.frames * m.stride / m.fps for m in metas), 1),  # each clip once
+        "seconds_of_footage": round(footage.seconds, 1),
         "held_out_frames": int(len(footage.split.index(True))),
         "dreamed_frames": sum(len(d) for d in (plan.hooks.dreams if plan.hooks else [])),
         "has_mdn": mdn is not None,
