@@ -23,7 +23,6 @@ leaves them out.
 
 from __future__ import annotations
 
-import math
 import shlex
 import time
 from collections.abc import Iterable
@@ -40,7 +39,7 @@ from .config import AcceptConfig, ProjectConfig
 from .data import Split, Timing
 from .detector import Detector
 from .errors import VidanomError
-from .fitting import encode, fit_mdn, fit_vae
+from .fitting import encode, fit_mdn, fit_vae, passes
 from .inference import for_inference
 from .progress import Progress, no_progress
 from .project import LOCK_WAIT, Project
@@ -240,7 +239,8 @@ def learn(
         known = _training_clips(project, scene)  # the scene's footage, and what its lineage accepted before
         new = _extract(project, accepted, scene, progress)
         known = [m for m in known if m.key not in {m.key for m in new}]  # a stretch accepted again counts once
-        footage = in_motion_unit(_footage(project, known, new, progress), parent.calibration.frame_interval)
+        plain, stretches = [m for m in known if m.accepted is None], [m for m in known if m.accepted is not None] + new
+        footage = in_motion_unit(_footage(project, plain, stretches, progress), parent.calibration.frame_interval)
         hooks = strategies.plan(
             "replay",
             parent.vae,
@@ -263,8 +263,7 @@ def learn(
             **hooks.lineage,
         }
         plan = Plan("all" if parent.mdn is not None else "vae", lineage, parent, hooks)
-        stretches = sum(m.accepted is not None for m in known) + len(new)
-        judged = _judged(footage, stretches)
+        judged = _judged(footage, len(stretches))
         result = _publish(project, plan, judged, fitted, metas=known + new, device=device, started=started)
     return AcceptResult(
         result.version,
@@ -285,7 +284,7 @@ def budget(cfg: ProjectConfig, frames: int, replay_share: float) -> int:
     accept.share of the batch's scene part, within accept.min_steps and max_steps."""
     ac: AcceptConfig = cfg.accept
     per_step = max(1.0, batch_parts(cfg.train.batch_size, replay_share)[0] * ac.share)
-    return int(min(ac.max_steps, max(ac.min_steps, math.ceil(ac.epochs * frames / per_step))))
+    return passes(ac.epochs, frames, per_step, ac.min_steps, ac.max_steps)
 
 
 def _extract(project: Project, accepted: list[Stretch], scene: str, progress: Progress) -> list[ClipMeta]:
@@ -301,12 +300,10 @@ def _extract(project: Project, accepted: list[Stretch], scene: str, progress: Pr
     return list({m.key: m for m in out}.values())
 
 
-def _footage(project: Project, known: list[ClipMeta], new: list[ClipMeta], progress: Progress) -> Footage:
-    """The scene's footage to fit on: its clips, split as training split them, then every accepted
+def _footage(project: Project, plain: list[ClipMeta], stretches: list[ClipMeta], progress: Progress) -> Footage:
+    """The scene's footage to fit on: its own clips, split as training split them, then every accepted
     stretch, among the training frames (_judged holds them out as well, to calibrate on)."""
     tc = project.config.train
-    plain = [m for m in known if m.accepted is None]
-    stretches = [m for m in known if m.accepted is not None] + new
     metas = plain + stretches
     clips = [cache.load(project.cache_dir, m) for m in metas]
     times = [cache.load_times(project.cache_dir, m) for m in metas]
@@ -333,7 +330,6 @@ def _judged(footage: Footage, stretches: int) -> Footage:
         fps=footage.fps + [footage.fps[i] for i in again],
         split=footage.split + Split(lengths, [[(0, n)] for n in lengths]),
         timing=Timing(None if times is None else times + [times[i] for i in again], footage.timing.ref_dt),
-        repeats=footage.repeats + len(again),
     )
 
 

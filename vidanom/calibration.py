@@ -179,7 +179,6 @@ class Footage:
     # the seconds of training footage these frames stand for, where they are a sample of it (kept.py):
     # the place statistics shrink by the footage's length, not the sample's
     represents: float | None = None
-    repeats: int = 0  # the last clips repeat earlier ones, held out once more (accepting._judged): counted once
 
     @property
     def total(self) -> int:
@@ -197,9 +196,9 @@ class Footage:
 
     @property
     def seconds(self) -> float:
-        """Seconds of footage, each clip once."""
-        own = len(self.clips) - self.repeats
-        return sum(len(c) / f for c, f in zip(self.clips[:own], self.fps[:own]))
+        """Seconds of footage, each clip once: one held out once more (accepting._judged) is the same array."""
+        once = {id(c): len(c) / f for c, f in zip(self.clips, self.fps)}
+        return sum(once.values())
 
 
 def place_statistics(scorer: Scorer, footage: Footage, cfg: ProjectConfig) -> PlaceStats:

@@ -239,8 +239,7 @@ def vae_budget(tc: TrainConfig, train_frames: int) -> int:
     at most tc.vae_max_steps, and at least tc.vae_steps."""
     # one budget for any footage either starved long footage (Ped1's 680 s at 3000 steps) or, raised
     # for it, let short footage learn itself by heart and flag new normal footage of the same camera
-    wanted = math.ceil(tc.vae_epochs * train_frames / tc.batch_size)
-    return max(tc.vae_steps, min(tc.vae_max_steps, wanted))
+    return passes(tc.vae_epochs, train_frames, tc.batch_size, tc.vae_steps, tc.vae_max_steps)
 
 
 def update_budget(tc: TrainConfig, train_frames: int, share: float) -> int:
@@ -251,8 +250,14 @@ def update_budget(tc: TrainConfig, train_frames: int, share: float) -> int:
     # any footage (the plaza's 2 minutes learned by heart), in a third of the time
     if not tc.update_epochs:
         return tc.vae_steps
-    wanted = math.ceil(tc.update_epochs * train_frames / batch_parts(tc.batch_size, share)[0])
-    return max(UPDATE_MIN_STEPS, min(tc.vae_max_steps, wanted))
+    per_step = batch_parts(tc.batch_size, share)[0]
+    return passes(tc.update_epochs, train_frames, per_step, UPDATE_MIN_STEPS, tc.vae_max_steps)
+
+
+def passes(epochs: float, frames: int, per_step: float, least: int, most: int) -> int:
+    """Optimiser steps for `epochs` passes over `frames` frames, `per_step` of them in each step: at
+    most `most`, and at least `least` (which wins where the two disagree, as --steps asks)."""
+    return max(least, min(most, math.ceil(epochs * frames / per_step)))
 
 
 def fit_vae(
