@@ -165,6 +165,7 @@ def test_calibrate_takes_place_statistics_from_training_frames_and_scales_from_h
     from conftest import tiny_config
 
     from vidanom.calibration import Footage, calibrate
+    from vidanom.frozen import FrozenRuns
     from vidanom.mdn import LSTMMDN
     from vidanom.scoring import CausalMean, components, make_scorer
     from vidanom.vae import BetaVAE, patch_means
@@ -191,11 +192,20 @@ def test_calibrate_takes_place_statistics_from_training_frames_and_scales_from_h
     mean, std = shrink(err.mean(0).float(), err.std(0, unbiased=False).float(), w)
     torch.testing.assert_close(cal.err_mean[0], mean, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(cal.err_std[0], std, rtol=1e-4, atol=1e-5)
+    # the usual picture: the training frames' per-pixel (lower) median and median absolute deviation
+    train = np.concatenate([clips[c] for c in (0, 2, 4)]).reshape(180, -1).astype(np.float64) / 255
+    lower_median = np.sort(train, 0)[(len(train) - 1) // 2]
+    np.testing.assert_allclose(cal.bg_median[0].numpy(), lower_median, atol=1e-6)
+    mad = np.sort(np.abs(train - lower_median), 0)[(len(train) - 1) // 2] * 1.4826
+    np.testing.assert_allclose(cal.bg_spread[0].numpy(), mad, rtol=1e-4, atol=1e-6)
     smoothed = []
     for c in (1, 3):  # the held-out clips alone give the components' scales
         scorer.reset()
-        smoothed.append(CausalMean(cfg.score.smooth)(components(scorer.maps(clips[c]), cal, cfg.score))[:, 0])
+        maps = scorer.maps(clips[c])
+        frozen = FrozenRuns(cal)(maps.frame, maps.dt, maps.err.shape[1:])
+        smoothed.append(CausalMean(cfg.score.smooth)(components(maps, cal, cfg.score, frozen))[:, 0])
     held = torch.cat(smoothed)
+    assert not held[:, 4].isnan().any()  # frozen is measured on every held-out frame
     median, low, high = split_scales(held)
     torch.testing.assert_close(cal.comp_mean[0], median.float(), rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(cal.comp_std[0], high.float(), rtol=1e-4, atol=1e-4)

@@ -23,7 +23,7 @@ from vidanom.project import Project
 from vidanom.detector import Detector
 from vidanom.scoring import CausalMean, combine
 
-COLUMNS = ["frame", "time", "recon", "kl", "nll", "still", "scene", "score", "anomalous"]
+COLUMNS = ["frame", "time", "recon", "kl", "nll", "still", "frozen", "scene", "score", "anomalous"]
 TRAIN = ("--steps", "8", "--device", "cpu")
 
 
@@ -119,6 +119,7 @@ def test_score_writes_csv_json_and_png(scored, clips):
     # nll and still are empty during the LSTM's warm-up and present after it
     for k in ("nll", "still"):
         assert all(r[k] == "" for r in rows[:8]) and all(r[k] != "" for r in rows[8:])
+    assert all(r["frozen"] != "" for r in rows) and float(rows[0]["frozen"]) == 0.0  # no model, no warm-up
     assert (scored / "scores" / "anom.mp4.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -138,7 +139,7 @@ def test_stored_scores_follow_from_the_stored_components(scored):
     # score = Σ w · standardised causal mean of each component, with the version's calibration
     rows = read_csv(scored / "scores" / "anom.mp4.csv")
     comp = torch.tensor(
-        [[float(r[k]) if r[k] else float("nan") for k in ("recon", "kl", "nll", "still")] for r in rows]
+        [[float(r[k]) if r[k] else float("nan") for k in ("recon", "kl", "nll", "still", "frozen")] for r in rows]
     )
     cal = Detector.load(scored / "models" / "v0001").calibration
     assert cal.scenes == ["default"] and {r["scene"] for r in rows} == {"default"}

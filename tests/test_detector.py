@@ -29,7 +29,7 @@ def test_score_video_matches_the_scored_csv(scored: Path, clips: Clips) -> None:
     for f, r in zip(frames, rows):
         assert f.frame == int(r["frame"]) and f.time == pytest.approx(float(r["time"]), abs=1e-3)
         assert f.score == pytest.approx(float(r["score"]), rel=1e-3, abs=1e-3)
-        for name in ("recon", "kl", "nll", "still"):
+        for name in ("recon", "kl", "nll", "still", "frozen"):
             value = getattr(f, name)
             assert (math.isnan(value) and r[name] == "") or value == pytest.approx(float(r[name]), rel=1e-3, abs=1e-3)
         assert f.anomalous == (r["anomalous"] == "1") == (f.score > detector.threshold)
@@ -46,6 +46,6 @@ def test_score_frames_in_memory_equals_streaming(scored: Path, clips: Clips) -> 
     whole = detector.score_frames(frames, times)
     streamed = [f.score for f in detector.score_video(clips.anomalous)]
     np.testing.assert_allclose(whole.scores, streamed, rtol=1e-4, atol=1e-4)
-    assert whole.components.shape == (len(frames), 4)
+    assert whole.components.shape == (len(frames), 5)
     with pytest.raises(ConfigError, match="frames must be uint8"):
         detector.score_frames(frames[..., :1].repeat(3, -1), times)

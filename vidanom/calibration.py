@@ -25,6 +25,7 @@ from . import interrupt
 from .config import ProjectConfig
 from .data import UNTIMED, Split, Timing
 from .errors import VidanomError
+from .frozen import FrozenRuns, background
 from .mdn import LSTMMDN
 from .normality import Calibration, PlaceStats, Scales
 from .scoring import STILL_UNIT, CausalMean, Maps, Scorer, combine, components, make_scorer
@@ -220,6 +221,7 @@ def place_statistics(scorer: Scorer, footage: Footage, cfg: ProjectConfig) -> Pl
     (em, es), (km, ks) = shrink(*err.result(), w), shrink(*kl.result(), w)
     nm, ns = shrink(*nll.result(), w) if nll.n else (torch.zeros_like(km), torch.ones_like(ks))
     fm, fs = pixels.result()
+    bm, bs, bq = background(footage.clips, footage.split.train_index())
     return PlaceStats(
         err_mean=em[None],
         err_std=es[None],
@@ -229,6 +231,9 @@ def place_statistics(scorer: Scorer, footage: Footage, cfg: ProjectConfig) -> Pl
         nll_std=ns[None],
         frame_mean=fm[None],
         frame_std=fs[None],
+        bg_median=bm[None],
+        bg_spread=bs[None],
+        bg_quiet=bq[None],
     )
 
 
@@ -239,9 +244,12 @@ def held_scores(
     the held-out frames, and the held-out blocks' combined scores in those scales."""
     smoothed: dict[int, torch.Tensor] = {}
     for clip in sorted({c for c, _, _ in footage.split.runs(held=True)}):
-        smoother = CausalMean(cfg.score.smooth)
+        smoother, frozen = CausalMean(cfg.score.smooth), FrozenRuns(places)
         smoothed[clip] = torch.cat(
-            [smoother(components(m, places, cfg.score)) for _, m in _clip_maps(scorer, footage, clip)]
+            [
+                smoother(components(m, places, cfg.score, frozen(m.frame, m.dt, m.err.shape[1:], m.zones)))
+                for _, m in _clip_maps(scorer, footage, clip)
+            ]
         )[:, 0]
     held = torch.cat([smoothed[c][a:b] for c, a, b in footage.split.runs(held=True)])
     median, low, high = split_scales(held)

@@ -3,7 +3,7 @@
 A scene's calibration says what the models did on its footage: the error, KL and surprise of every
 place on its training frames, and the scales, still floor and threshold of its held-out frames. An
 update changes both models; a scene it did not learn (and whose frames were not kept, see kept.py)
-keeps all of it, so that it is scored with all four components, and the means of its error and KL
+keeps all of it, so that it is scored with all five components, and the means of its error and KL
 statistics follow the β-VAE's drift: the previous and the new β-VAE read the same frames decoded from
 the scene's latent Gaussian (what replay feeds the update), and each place's mean moves by as much as
 it moved on them (`carried`).
@@ -19,7 +19,9 @@ and the new LSTM-MDN, trained on such dreams, reads them better than the old one
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
+from typing import cast
 
 import torch
 
@@ -94,19 +96,33 @@ def rows(cal: Calibration, scenes: list[str]) -> dict[str, object]:
     return out
 
 
+# optional per-scene fields a scene may lack while others have them: its rows are NaN, and it is scored
+# without them (frozen: its term is 0); any other optional field lacked by one part is left out for all
+PER_SCENE = ("bg_median", "bg_spread", "bg_quiet")
+
+
 def stacked(parts: list[dict[str, object]]) -> Calibration:
     """One calibration of the scenes of several (rows of one calibration each, see rows); a part
-    that lacks an optional field (a calibration from before it) leaves it out for all."""
-    out: dict[str, object] = {}
-    for key, value in parts[0].items():
+    that lacks an optional field (a calibration from before it) leaves it out for all, or for
+    itself alone where the field is one of PER_SCENE."""
+    out: dict[str, object] = {"scenes": [s for p in parts for s in cast(list[str], p["scenes"])]}
+    for key in parts[0]:
+        values = [p.get(key) for p in parts]
+        known = [v for v in values if isinstance(v, torch.Tensor) and v.dim() > 0]
         if key == "scenes":
-            out[key] = [s for p in parts for s in p["scenes"]]  # type: ignore[attr-defined]
-        elif isinstance(value, torch.Tensor) and value.dim() > 0:
-            values = [p.get(key) for p in parts]
-            out[key] = None if any(v is None for v in values) else torch.cat(values)  # type: ignore[arg-type]
+            continue
+        if key in PER_SCENE and known:
+            values = [_nan_rows(p, known[0]) if v is None else v for p, v in zip(parts, values)]
+        if not known:
+            out[key] = values[0]
         else:
-            out[key] = value
+            out[key] = None if any(v is None for v in values) else torch.cat(cast(list[torch.Tensor], values))
     return Calibration(**out)  # type: ignore[arg-type]
+
+
+def _nan_rows(part: dict[str, object], like: torch.Tensor) -> torch.Tensor:
+    """NaN rows of `like`'s shape for every scene of `part`."""
+    return torch.full((len(cast(list[str], part["scenes"])), *like.shape[1:]), math.nan)
 
 
 def after_update(

@@ -108,6 +108,7 @@ class ScoreWeights:
     kl: float = 1.0
     nll: float = 0.25
     still: float = 2.0
+    frozen: float = 2.0
 
     def ordered(self, names: tuple[str, ...]) -> tuple[float, ...]:
         """The weights of the named components, in that order."""
@@ -310,6 +311,7 @@ RULES: dict[str, Rule] = {
     "score.weights.kl": _NOT_NEGATIVE,
     "score.weights.nll": _NOT_NEGATIVE,
     "score.weights.still": _NOT_NEGATIVE,
+    "score.weights.frozen": _NOT_NEGATIVE,
     "score.shrink_seconds": _NOT_NEGATIVE,
     "score.mdn_warmup": _SOME,
     "score.smooth": Rule(int, 0, note="0 or 1: no smoothing"),
@@ -478,11 +480,15 @@ def _migrate(data: dict[str, Any]) -> dict[str, Any]:
 
 
 def _by_name(cls: type, values: Any, where: str) -> dict[str, Any]:
-    """A sequence of values in the order of cls's fields (as schema 2 wrote score.weights) → by name."""
+    """A sequence of values in the order of cls's fields (as schema 2 wrote score.weights) → by name.
+    Weights by position name the four components of release 0.3 or all five; a component left out
+    (frozen) is 0: it does not count in what such a config says."""
     names = [f.name for f in fields(cls)]
-    if not isinstance(values, (list, tuple)) or len(values) != len(names):
-        raise ConfigError(f"{where} must hold {len(names)} numbers ({', '.join(names)}), not {values!r}")
-    return dict(zip(names, values))
+    least = 4 if cls is ScoreWeights else len(names)
+    if not isinstance(values, (list, tuple)) or not least <= len(values) <= len(names):
+        count = str(len(names)) if least == len(names) else f"{least} to {len(names)}"
+        raise ConfigError(f"{where} must hold {count} numbers ({', '.join(names)}), not {values!r}")
+    return dict(zip(names, [*values, *[0.0] * (len(names) - len(values))]))
 
 
 def read_config(path: Path) -> ProjectConfig:

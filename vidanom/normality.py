@@ -13,6 +13,7 @@ import torch
 
 # calibrations made before still_floor: stillness counted this many of its lower scales below its median
 LEGACY_STILL_MARGIN = 4.0
+COUNT = 5  # components of a frame's score (scoring.COMPONENTS)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -30,15 +31,20 @@ class PlaceStats:
     # frame shows is told by its pixels, which no update moves (None in calibrations made before)
     frame_mean: torch.Tensor | None = None  # (S, C·H·W)
     frame_std: torch.Tensor | None = None
+    # per scene, its usual picture (see frozen.background): the per-pixel median and spread of its training
+    # frames (S, C·H·W) and the median change from one frame to the next (S,); None in calibrations made before
+    bg_median: torch.Tensor | None = None
+    bg_spread: torch.Tensor | None = None
+    bg_quiet: torch.Tensor | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
 class Scales:
     """Per scene, what the held-out frames' components are measured in: what standardise() uses."""
 
-    comp_mean: torch.Tensor  # (S, 4) median of recon, kl, nll, still (smoothed) on the scene's held-out frames
-    comp_std: torch.Tensor  # (S, 4) their spread above the median; inf where the scene has none: it adds nothing
-    comp_low: torch.Tensor  # (S, 4) their spread below the median; for still, its unit
+    comp_mean: torch.Tensor  # (S, 5) median of recon, kl, nll, still, frozen (smoothed) on the held-out frames
+    comp_std: torch.Tensor  # (S, 5) their spread above the median; inf where the scene has none: it adds nothing
+    comp_low: torch.Tensor  # (S, 5) their spread below the median; for still, its unit
     still_floor: torch.Tensor  # (S,) stillness counts below this: set on the held-out frames by the threshold's rule
 
 
@@ -79,18 +85,12 @@ class Calibration(PlaceStats, Scales):
             threshold = torch.tensor([float(d["threshold"])])
             d = {k: v[None] if isinstance(v, torch.Tensor) else v for k, v in d.items() if k != "threshold"}
             d.update(thresholds=threshold, scenes=["default"])
-        if d["comp_mean"].shape[-1] == 3:  # made before stillness was a component: it adds nothing
-            pad = {"comp_mean": 0.0, "comp_std": math.inf, "comp_low": math.inf}
-            d = {
-                **d,
-                **{
-                    k: torch.cat([d[k], torch.full((len(d[k]), 1), v)], 1)
-                    for k, v in pad.items()
-                    if d.get(k) is not None
-                },
-            }
         if d.get("comp_low") is None:  # made before the two sides had their own scales
             d = {**d, "comp_low": d["comp_std"].clone()}
+        if d["comp_mean"].shape[-1] < COUNT:  # made before stillness or frozen were components: they add nothing
+            pad = {"comp_mean": 0.0, "comp_std": math.inf, "comp_low": math.inf}
+            missing = COUNT - d["comp_mean"].shape[-1]
+            d = {**d, **{k: torch.cat([d[k], torch.full((len(d[k]), missing), v)], 1) for k, v in pad.items()}}
         if d.get("still_floor") is None:  # made before: the same rule as then
             d = {**d, "still_floor": d["comp_mean"][:, 3] - LEGACY_STILL_MARGIN * d["comp_low"][:, 3]}
         return cls(**d)

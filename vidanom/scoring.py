@@ -1,6 +1,6 @@
 """Per-frame anomaly scores against a model's calibration on normal footage, and anomalous segments.
 
-Each frame gets four components (COMPONENTS), all local; the first three are standardised against
+Each frame gets five components (COMPONENTS), all local; the first three are standardised against
 what the model does on normal footage, place by place:
   recon  the mean of the top_k largest patch errors, each z-scored against the error of the same
          patch position on training frames, of the motion planes only by default (see components)
@@ -9,9 +9,11 @@ what the model does on normal footage, place by place:
          frame's latent given the clip so far (NaN for a clip's first `warmup` frames: too little past)
   still  log(1 + the top_k cells' surprise over the mixture's most likely prediction): near zero
          where nothing changes as predicted, as in a frozen picture (NaN in the warm-up, as nll)
-The combined score (combine) is Σ weight · term over the causally smoothed components: recon, kl and
-nll count by how far they lie above their median on held-out normal frames, in their spread above
-it; still by how far it lies below the stillest held-out frames (see standardise). The threshold is
+  frozen the seconds the frame's longest-frozen place has differed from the scene's usual picture
+         without changing by even the camera's noise (vidanom.frozen; no model learns it)
+The combined score (combine) is Σ weight · term over the causally smoothed components: recon, kl,
+nll and frozen count by how far they lie above their median on held-out normal frames, in their
+spread above it; still by how far it lies below the stillest held-out frames (see standardise). The threshold is
 set on the held-out frames' combined scores (calibration.choose_threshold), and one function,
 anomalous, compares a score with it. All statistics are kept per scene, and a frame is scored
 against the scene it shows: the one whose training frames its pixels lie closest to (see scene_of).
@@ -28,6 +30,7 @@ import torch
 
 from .config import ProjectConfig, ScoreConfig, ScoreWeights
 from .data import MotionPlane, as_plane, to_input
+from .frozen import FrozenRuns
 from .mdn import LSTMMDN, State, mdn_nll
 from .vae import BetaVAE, error_map, kl_map, patch_means
 from .zones import Zones
@@ -38,7 +41,7 @@ if TYPE_CHECKING:
 # the components of a frame's score: the first three count where they are higher than on normal
 # frames; "still" where it is lower: in a frozen picture nothing changes anywhere, and every cell is
 # exactly what the LSTM-MDN expected most
-COMPONENTS = ("recon", "kl", "nll", "still")
+COMPONENTS = ("recon", "kl", "nll", "still", "frozen")
 # stillness (a log) counts in these units below the stillest held-out normal frames (Calibration.still_floor):
 # a fixed unit, not the held-out frames' spread, which a short-trained LSTM-MDN widens (Avenue, seed 1: 2.4-fold,
 # and the freeze went unflagged). Over three seeds 0.25 flagged up to 0.8% of Ped1 4 -> 30, 0.3 none; 0.35
@@ -57,6 +60,7 @@ class Maps:
     frame: torch.Tensor | None = None  # (n, C·H·W) the frame planes in [0, 1]: which scene it shows
     recon: torch.Tensor | None = None  # (n, C_in, H, W) the VAE's reconstruction, if Scorer.keep_recon
     zones: Zones | None = None  # the zones to ignore (err is already weighted by them; see components)
+    dt: torch.Tensor | None = None  # (n,) seconds since the frame before (0 for a clip's first)
 
 
 def make_scorer(
@@ -99,6 +103,7 @@ class Scorer:
         # motion planes are scaled by the time they span (data.motion_scale); None: never scaled
         self.ref_dt: float | None = None
         self._times: torch.Tensor | None = None  # the last `lag` times of the previous chunk
+        self._last: float | None = None  # the time of the clip's frame before this chunk
         self.zones: Zones | None = None  # what happens inside these is ignored (see zones)
 
     def _gaps(self, times: np.ndarray | None, n: int) -> torch.Tensor | None:
@@ -111,16 +116,30 @@ class Scorer:
         self._times = span[-self.lag :].clone()
         return t - span[:n]
 
+    def _dt(self, times: np.ndarray | None, n: int) -> torch.Tensor:
+        """(n,) seconds from each frame to the one before it (0 for a clip's first); without times,
+        the usual interval (or one frame's worth, 1, where that is unknown too)."""
+        if times is None:
+            dt = torch.full((n,), self.ref_dt or 1.0, dtype=torch.float64)
+        else:
+            t = torch.as_tensor(np.asarray(times, np.float64))
+            dt = torch.diff(t, prepend=t[:1] if self._last is None else torch.tensor([self._last], dtype=t.dtype))
+            self._last = float(t[-1])
+        if self._seen == 0:
+            dt[0] = 0.0
+        return dt.float()
+
     def reset(self) -> None:
         """Start a new clip."""
         self._seen, self._context, self._state, self._pred, self._times = 0, None, None, None, None
+        self._last = None
 
     @torch.inference_mode()
     def maps(self, frames: np.ndarray, times: np.ndarray | None = None) -> Maps:
         """frames: (n, H, W, C) uint8, the next frames of the clip; times: their (n,) times in seconds
         (see ref_dt) → their Maps."""
         cur = torch.from_numpy(np.array(frames, copy=True))
-        gaps = self._gaps(times, len(cur))
+        gaps, dt = self._gaps(times, len(cur)), self._dt(times, len(cur))
         ref = None if self.ref_dt is None else self.lag * self.ref_dt  # the usual span of a difference
         x = to_input(cur, self.motion, self._context, gaps, ref).to(self.device)
         if self.lag:
@@ -148,6 +167,7 @@ class Scorer:
             x[:, : cur.shape[-1]].flatten(1).cpu(),
             recon.cpu() if self.keep_recon else None,
             self.zones,
+            dt,
         )
 
     def _surprise(self, mu: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -183,8 +203,9 @@ def top_mean(x: torch.Tensor, k: int) -> torch.Tensor:
     return x.topk(min(k, x.shape[-1]), dim=-1).values.mean(-1)
 
 
-def components(maps: Maps, cal: PlaceStats, sc: ScoreConfig) -> torch.Tensor:
-    """Maps of n frames → (n, S, 4) components recon, kl, nll, still against each of S scenes.
+def components(maps: Maps, cal: PlaceStats, sc: ScoreConfig, frozen: torch.Tensor | None = None) -> torch.Tensor:
+    """Maps of n frames → (n, S, 5) components recon, kl, nll, still, frozen against each of S scenes
+    (frozen: the (n, S) seconds FrozenRuns measured of these frames; NaN without them).
 
     recon, kl, nll: the worst places of the frame (the top_k patches, the worst cell, the top_k
     cells), each place against its own statistics. still: log(1 + the mean of the top_k cells'
@@ -204,28 +225,30 @@ def components(maps: Maps, cal: PlaceStats, sc: ScoreConfig) -> torch.Tensor:
     kl = kl_z.amax(2)
     nll = top_mean(nll_z, sc.top_k)
     still = top_mean(excess, sc.top_k).log1p()[:, None].expand_as(recon)
-    return torch.stack([recon, kl, nll, still], 2)
+    stopped = torch.full_like(recon, float("nan")) if frozen is None else frozen.to(recon.dtype)
+    return torch.stack([recon, kl, nll, still, stopped], 2)
 
 
 def standardise(comp: torch.Tensor, cal: Scales) -> torch.Tensor:
-    """(n, S, 4) components → (n, S, 4) terms: how far recon, kl and nll lie above normal, in units
-    of their spread above the median on held-out normal frames (0 below it), and how far still lies
-    below the scene's still_floor, in its comp_low (STILL_UNIT). A missing (NaN) component gives 0.
+    """(n, S, 5) components → (n, S, 5) terms: how far recon, kl, nll and frozen lie above normal, in
+    units of their spread above the median on held-out normal frames (0 below it), and how far still
+    lies below the scene's still_floor, in its comp_low (STILL_UNIT). A missing (NaN) component gives 0.
     """
-    up = (comp[..., :3] - cal.comp_mean[..., :3]) / cal.comp_std[..., :3]
-    still = (cal.still_floor - comp[..., 3]) / cal.comp_low[..., 3]
-    return torch.cat([up, still.unsqueeze(-1)], -1).clamp_min(0.0).nan_to_num(0.0)
+    terms = (comp - cal.comp_mean) / cal.comp_std
+    terms[..., 3] = (cal.still_floor - comp[..., 3]) / cal.comp_low[..., 3]
+    return terms.clamp_min(0.0).nan_to_num(0.0)
 
 
 def counted(cal: Scales, row: int, weights: ScoreWeights) -> list[str]:
     """The components that count in scene `row`'s score: a weight above 0 and a finite scale (a
     calibration of an earlier release kept only recon of the scenes an update did not learn)."""
-    scale = torch.cat([cal.comp_std[row, :3], cal.comp_low[row, 3:]])
+    scale = cal.comp_std[row].clone()
+    scale[3] = cal.comp_low[row, 3]
     return [c for c, w, s in zip(COMPONENTS, weights.ordered(COMPONENTS), scale.tolist()) if w > 0 and np.isfinite(s)]
 
 
 def combine(smoothed: torch.Tensor, cal: Scales, weights: ScoreWeights) -> torch.Tensor:
-    """(n, S, 4) smoothed components → (n, S) combined score: Σ weight · term (see standardise), each
+    """(n, S, 5) smoothed components → (n, S) combined score: Σ weight · term (see standardise), each
     component's weight by its name."""
     return standardise(smoothed, cal) @ torch.tensor(weights.ordered(COMPONENTS), dtype=smoothed.dtype)
 
@@ -248,10 +271,10 @@ def scene_of(maps: Maps, cal: Calibration) -> torch.Tensor | None:
 def pick_scene(
     comp: torch.Tensor, combined: torch.Tensor, scene: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per frame, the components (n, 4), combined score (n,) and index (n,) of its scene: the one
+    """Per frame, the components (n, 5), combined score (n,) and index (n,) of its scene: the one
     given, or without one the scene that explains the frame best (the lowest score).
 
-    (n, S, 4), (n, S), (n,) or None. Telling the scene by its pixels (scene_of) is the better rule: a
+    (n, S, 5), (n, S), (n,) or None. Telling the scene by its pixels (scene_of) is the better rule: a
     scene whose errors vary widely otherwise "explains" a quiet scene's frames, anomalies included.
     """
     if scene is None:
@@ -313,12 +336,12 @@ def iter_scores(
     scorer: Scorer, chunks: Iterable[np.ndarray | tuple[np.ndarray, np.ndarray]], cal: Calibration, sc: ScoreConfig
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """Stream a clip's chunks (frames, or (frames, times) as video.iter_timed_chunks gives) → per
-    chunk: components (n, 4) and index (n,) of the scene each frame is scored against, and the
+    chunk: components (n, 5) and index (n,) of the scene each frame is scored against, and the
     combined score (n,) of the causally smoothed components."""
-    smoother = CausalMean(sc.smooth)
+    smoother, frozen = CausalMean(sc.smooth), FrozenRuns(cal)
     for chunk in chunks:
         maps = scorer.maps(*chunk) if isinstance(chunk, tuple) else scorer.maps(chunk)
-        comp = components(maps, cal, sc)
+        comp = components(maps, cal, sc, frozen(maps.frame, maps.dt, maps.err.shape[1:], maps.zones))
         combined = combine(smoother(comp), cal, sc.weights)
         comp, score, scene = pick_scene(comp, combined, scene_of(maps, cal))
         yield comp, scene, score
