@@ -2,7 +2,7 @@
 
 A stalled camera or encoder repeats its last picture exactly, and a pasted still over part of the
 view repeats that part: the pixels stop changing by even the camera's noise. The LSTM-MDN's stillness
-sees a whole frozen picture only after 5-6 frames, and a frozen region not at all, since the rest of
+sees a whole frozen picture only after a few frames, and a frozen region not at all, since the rest of
 the frame goes on. This component is, per frame, the seconds for which the frame's longest-frozen place
 has both differed from the scene's usual picture (so that a background that never changes does not
 count) and changed by less than a share of the footage's usual change from one frame to the next.
@@ -10,8 +10,8 @@ count) and changed by less than a share of the footage's usual change from one f
 Every threshold comes from the scene's training footage: the usual picture is the per-pixel median of
 its frames, "differs" is measured in the pixels' own spread (median absolute deviation), and "changes"
 against the median change between consecutive frames. A person who stands still keeps the camera's
-noise and is not frozen: on Ped1, where people stand, counting a quiet place (twice the median change)
-rather than a frozen one flagged 7-16% of new normal footage.
+noise and is not frozen: counting a merely quiet place (twice the median change) would flag people who
+stand, which on Ped1 is normal (README, "How a default is chosen").
 """
 
 from __future__ import annotations

@@ -38,7 +38,7 @@ from .zones import Zones
 if TYPE_CHECKING:
     from .normality import Calibration, PlaceStats, Scales
 
-# the components of a frame's score: the first three count where they are higher than on normal
+# the components of a frame's score: all but "still" count where they are higher than on normal
 # frames; "still" where it is lower: in a frozen picture nothing changes anywhere, and every cell is
 # exactly what the LSTM-MDN expected most
 COMPONENTS = ("recon", "kl", "nll", "still", "frozen")
