@@ -169,3 +169,31 @@ def test_a_scene_at_another_frame_rate_leaves_motion_in_the_longest_usual_interv
     old, new = (Detector.load(trained_project / "models" / v).calibration for v in ("v0001", "v0002"))
     assert old.frame_interval == pytest.approx(1 / FPS, rel=0.01)
     assert new.frame_interval == pytest.approx(max(1 / FPS, 1 / fps), rel=0.01)
+
+
+def test_held_out_spreads_its_share_evenly():
+    train, held = training.held_out(list(range(10)), 0.2)
+    assert held == [2, 7] and train == [0, 1, 3, 4, 5, 6, 8, 9]
+    assert training.held_out([0], 0.2) == ([0], []) and training.held_out([], 0.2) == ([], [])
+
+
+def test_the_lstm_mdn_of_an_update_is_chosen_on_dreamed_clips_of_the_old_scenes_too(
+    trained_project, scene_b, monkeypatch
+):
+    seen: dict[str, list[torch.Tensor]] = {}
+    real = training.fit_mdn
+
+    def recording(mdn, train, held, *args, **kwargs):
+        seen.update(train=list(train), held=list(held))
+        return real(mdn, train, held, *args, **kwargs)
+
+    monkeypatch.setattr(training, "fit_mdn", recording)
+    # a large replayed share: several dreamed clips beside the short new scene
+    res = invoke("update", scene_b, "--scene", "moved", "--replay-ratio", "0.9", *TRAIN, "-p", trained_project)
+    assert res.exit_code == 0, res.output
+    dreams = version_info(trained_project, "v0002")["dreamed_frames"] // strategies.DREAM_LENGTH
+    dreamed_held = [z for z in seen["held"] if z.shape[1] == strategies.DREAM_LENGTH]
+    dreamed_train = [z for z in seen["train"] if z.shape[1] == strategies.DREAM_LENGTH]
+    assert dreams >= 2 and len(dreamed_held) == round(0.2 * dreams) >= 1
+    assert len(dreamed_held) + len(dreamed_train) == dreams  # each dreamed clip trains or judges, not both
+    assert len(seen["held"]) > len(dreamed_held)  # and the new scene's held-out footage judges too

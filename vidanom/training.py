@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -43,6 +43,7 @@ from .vae import BetaVAE
 from .video import Source, find_sources, first_frame_size
 
 DEFAULT_SCENE = "default"
+T = TypeVar("T")
 EWC_SAMPLES = 256  # training frames the Fisher information is estimated on
 PRIOR_SAMPLES = 4096  # training frames a scene's latent Gaussian is fitted to
 # what a run fits: the β-VAE, the LSTM-MDN (on the current β-VAE), both, or neither ("calibrate": the
@@ -226,13 +227,24 @@ def _fit_mdn_stage(
         for i, c in enumerate(footage.clips)
     ]
     dreamed = [encode(fast, d, motion, device) for d in (plan.hooks.dreams if plan.hooks else [])]
-    train = [latents[c][:, a:b] for c, a, b in footage.split.runs()] + dreamed
-    held = [latents[c][:, a:b] for c, a, b in footage.split.runs(held=True)]
+    dreamed_train, dreamed_held = held_out(dreamed, cfg.train.holdout)
+    train = [latents[c][:, a:b] for c, a, b in footage.split.runs()] + dreamed_train
+    held = [latents[c][:, a:b] for c, a, b in footage.split.runs(held=True)] + dreamed_held
     ckpt = part / "mdn.pt" if distributed.is_main(plan.group) else None
     steps = None if plan.steps is None else min(cfg.train.mdn_steps, plan.steps)
     return mdn, fit_mdn(
         mdn, train, held, cfg, device, progress=progress, ckpt=ckpt, start=start, steps=steps, group=plan.group
     )
+
+
+def held_out(clips: list[T], share: float) -> tuple[list[T], list[T]]:
+    """(training, held-out) clips: `share` of them, evenly spread, held out."""
+    # dreamed clips of the old scenes are held out like the new scene's footage: the LSTM-MDN of an update
+    # keeps its best steps on held-out windows, and on the new scene's alone it was chosen blind to the old
+    # ones (how well it kept them then turned on the order of float sums; README, "Learning new scenes")
+    count = round(share * len(clips)) if len(clips) > 1 else 0
+    picked = {int((k + 0.5) * len(clips) / count) for k in range(count)}
+    return [c for i, c in enumerate(clips) if i not in picked], [c for i, c in enumerate(clips) if i in picked]
 
 
 def _calibrations(
