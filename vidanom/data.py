@@ -59,14 +59,19 @@ class MotionPlane:
         if scale is not None:
             diff.mul_(scale[:, None, None, None])
         if self.kind != "difference":
-            diff = _box(diff.abs_(), self.blur)
+            diff = box_mean(diff.abs_(), self.blur)
         if self.kind == "speed":
-            contrast = _box(torch.maximum(gradient(cur), gradient(prev)), self.blur)
+            contrast = box_mean(torch.maximum(gradient(cur), gradient(prev)), self.blur)
             diff = diff.div_(contrast.add_(SPEED_FLOOR)).clamp_max_(1.0)
         return diff.mul_(self.gain) if self.gain != 1 else diff
 
 
-def _box(x: torch.Tensor, k: int) -> torch.Tensor:
+def evenly(n: int, count: int) -> list[int]:
+    """`count` of the indices 0..n-1, evenly spread (the middle of each of `count` equal parts)."""
+    return sorted({int((k + 0.5) * n / count) for k in range(count)})
+
+
+def box_mean(x: torch.Tensor, k: int) -> torch.Tensor:
     """(n, C, H, W) → the mean over k × k pixels around each pixel (fewer at the border)."""
     return F.avg_pool2d(x, k, 1, k // 2, count_include_pad=False) if k > 1 else x
 
@@ -183,7 +188,7 @@ class Split:
                 for a in range(0, n, max(1, round(size * f)))
             ]
         count = max(1, round(holdout * len(units))) if len(units) > 1 else 0
-        picked = sorted({int((k + 0.5) * len(units) / count) for k in range(count)})
+        picked = evenly(len(units), count)
         held: list[list[tuple[int, int]]] = [[] for _ in lengths]
         for u in picked:
             clip, a, b = units[u]

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .data import spread
+from .data import box_mean, inputs, spread
 
 if TYPE_CHECKING:
     from .normality import PlaceStats
@@ -37,31 +37,25 @@ SAMPLE = 2000  # training frames (evenly spread) the usual picture and the usual
 MAD_TO_STD = 1.4826  # a normal distribution's std in median absolute deviations
 
 
-def _blur(x: torch.Tensor) -> torch.Tensor:
-    """(..., H, W) → the mean over BLUR × BLUR pixels around each pixel (fewer at the border)."""
-    shape = x.shape
-    flat = x.reshape(-1, 1, *shape[-2:])
-    return F.avg_pool2d(flat, BLUR, 1, BLUR // 2, count_include_pad=False).reshape(shape)
-
-
-def _planes(frames: np.ndarray) -> torch.Tensor:
-    """(n, H, W, C) uint8 → (n, C, H, W) float in [0, 1]."""
-    return torch.from_numpy(np.asarray(frames)).permute(0, 3, 1, 2).float().div_(255.0)
-
-
 def background(clips: list[np.ndarray], index: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The usual picture of a scene from its training frames, rows (clip, frame) of `index`: the
     per-pixel median (C·H·W,), the pixels' spread (C·H·W,) and the median change of a pixel from one
     frame to the next (a scalar tensor), each on at most SAMPLE frames."""
     rows = spread(index, SAMPLE)
-    frames = torch.cat([_planes(clips[c][[i]]) for c, i in rows])
+    frames = inputs(clips, rows, 0)  # (N, C, H, W) in [0, 1]
     median = frames.median(0).values
     mad = (frames - median).abs().median(0).values * MAD_TO_STD
     after = rows[rows[:, 1] > 0]
     if len(after) == 0:  # single frames only: nothing changes between them
         return median.flatten(), mad.flatten(), torch.tensor(0.0)
-    change = torch.cat([_change(_planes(clips[c][[i]]), _planes(clips[c][[i - 1]])) for c, i in after])
+    # the same order of clips and frames for both: each frame against the one before it
+    change = _change(inputs(clips, after, 0), inputs(clips, after - np.array([0, 1]), 0))
     return median.flatten(), mad.flatten(), change.median()
+
+
+def _blur(x: torch.Tensor) -> torch.Tensor:
+    """(..., H, W) → the mean over BLUR × BLUR pixels around each pixel (fewer at the border)."""
+    return box_mean(x.reshape(-1, 1, *x.shape[-2:]), BLUR).reshape(x.shape)
 
 
 def _change(cur: torch.Tensor, prev: torch.Tensor) -> torch.Tensor:

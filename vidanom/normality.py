@@ -13,7 +13,10 @@ import torch
 
 # calibrations made before still_floor: stillness counted this many of its lower scales below its median
 LEGACY_STILL_MARGIN = 4.0
-COUNT = 5  # components of a frame's score (scoring.COMPONENTS)
+# the components of a frame's score (scoring.components): all but "still" count where they are higher
+# than on normal frames; "still" where it is lower: in a frozen picture nothing changes anywhere, and
+# every cell is exactly what the LSTM-MDN expected most
+COMPONENTS = ("recon", "kl", "nll", "still", "frozen")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -87,9 +90,9 @@ class Calibration(PlaceStats, Scales):
             d.update(thresholds=threshold, scenes=["default"])
         if d.get("comp_low") is None:  # made before the two sides had their own scales
             d = {**d, "comp_low": d["comp_std"].clone()}
-        if d["comp_mean"].shape[-1] < COUNT:  # made before stillness or frozen were components: they add nothing
+        missing = len(COMPONENTS) - d["comp_mean"].shape[-1]
+        if missing > 0:  # made before stillness or frozen were components: they add nothing
             pad = {"comp_mean": 0.0, "comp_std": math.inf, "comp_low": math.inf}
-            missing = COUNT - d["comp_mean"].shape[-1]
             d = {**d, **{k: torch.cat([d[k], torch.full((len(d[k]), missing), v)], 1) for k, v in pad.items()}}
         if d.get("still_floor") is None:  # made before: the same rule as then
             d = {**d, "still_floor": d["comp_mean"][:, 3] - LEGACY_STILL_MARGIN * d["comp_low"][:, 3]}

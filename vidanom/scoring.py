@@ -32,16 +32,13 @@ from .config import ProjectConfig, ScoreConfig, ScoreWeights
 from .data import MotionPlane, as_plane, to_input
 from .frozen import FrozenRuns
 from .mdn import LSTMMDN, State, mdn_nll
+from .normality import COMPONENTS
 from .vae import BetaVAE, error_map, kl_map, patch_means
 from .zones import Zones
 
 if TYPE_CHECKING:
     from .normality import Calibration, PlaceStats, Scales
 
-# the components of a frame's score: all but "still" count where they are higher than on normal
-# frames; "still" where it is lower: in a frozen picture nothing changes anywhere, and every cell is
-# exactly what the LSTM-MDN expected most
-COMPONENTS = ("recon", "kl", "nll", "still", "frozen")
 # stillness (a log) counts in these units below the stillest held-out normal frames (Calibration.still_floor):
 # a fixed unit, not the held-out frames' spread, which a short-trained LSTM-MDN widens (Avenue, seed 1: 2.4-fold,
 # and the freeze went unflagged). Over three seeds 0.25 flagged up to 0.8% of Ped1 4 -> 30, 0.3 none; 0.35
@@ -102,44 +99,35 @@ class Scorer:
         # the usual seconds between frames (the training footage's median): with it and the frames' times,
         # motion planes are scaled by the time they span (data.motion_scale); None: never scaled
         self.ref_dt: float | None = None
-        self._times: torch.Tensor | None = None  # the last `lag` times of the previous chunk
-        self._last: float | None = None  # the time of the clip's frame before this chunk
+        self._times: torch.Tensor | None = None  # the last max(lag, 1) times of the previous chunk
         self.zones: Zones | None = None  # what happens inside these is ignored (see zones)
 
-    def _gaps(self, times: np.ndarray | None, n: int) -> torch.Tensor | None:
-        """(n,) seconds from each frame to the frame `lag` before it (None without times or lag)."""
-        if times is None or not self.lag:
-            self._times = None
-            return None
-        t = torch.as_tensor(np.asarray(times, np.float64))
-        span = torch.cat([self._times if self._times is not None else t[:1].expand(self.lag), t])
-        self._times = span[-self.lag :].clone()
-        return t - span[:n]
-
-    def _dt(self, times: np.ndarray | None, n: int) -> torch.Tensor:
-        """(n,) seconds from each frame to the one before it (0 for a clip's first); without times,
-        the usual interval (or one frame's worth, 1, where that is unknown too)."""
+    def _spans(self, times: np.ndarray | None, n: int) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """(n,) seconds from each frame to the frame `lag` before it (None without times or lag), and
+        (n,) to the frame just before it (0 for a clip's first; without times, the usual interval, or
+        one frame's worth, 1, where that is unknown too)."""
         if times is None:
-            dt = torch.full((n,), self.ref_dt or 1.0, dtype=torch.float64)
-        else:
-            t = torch.as_tensor(np.asarray(times, np.float64))
-            dt = torch.diff(t, prepend=t[:1] if self._last is None else torch.tensor([self._last], dtype=t.dtype))
-            self._last = float(t[-1])
-        if self._seen == 0:
-            dt[0] = 0.0
-        return dt.float()
+            self._times = None
+            dt = torch.full((n,), self.ref_dt or 1.0)
+            dt[: 1 if self._seen == 0 else 0] = 0.0
+            return None, dt
+        t = torch.as_tensor(np.asarray(times, np.float64))
+        keep = max(self.lag, 1)  # the times of the frames before this chunk that either span needs
+        span = torch.cat([self._times if self._times is not None else t[:1].expand(keep), t])
+        self._times = span[-keep:].clone()
+        gaps = t - span[keep - self.lag : keep - self.lag + n] if self.lag else None
+        return gaps, (t - span[keep - 1 : keep - 1 + n]).float()
 
     def reset(self) -> None:
         """Start a new clip."""
         self._seen, self._context, self._state, self._pred, self._times = 0, None, None, None, None
-        self._last = None
 
     @torch.inference_mode()
     def maps(self, frames: np.ndarray, times: np.ndarray | None = None) -> Maps:
         """frames: (n, H, W, C) uint8, the next frames of the clip; times: their (n,) times in seconds
         (see ref_dt) → their Maps."""
         cur = torch.from_numpy(np.array(frames, copy=True))
-        gaps, dt = self._gaps(times, len(cur)), self._dt(times, len(cur))
+        gaps, dt = self._spans(times, len(cur))
         ref = None if self.ref_dt is None else self.lag * self.ref_dt  # the usual span of a difference
         x = to_input(cur, self.motion, self._context, gaps, ref).to(self.device)
         if self.lag:

@@ -29,7 +29,7 @@ from .cache import ClipMeta
 from .calibration import Footage, calibrate, check_footage
 from .normality import Calibration
 from .config import CONFIG_NAME, ProjectConfig, disagreements, trained_in
-from .data import Split, Timing, gather
+from .data import Split, Timing, evenly, gather
 from .detector import Detector
 from .distributed import Group
 from .errors import ConfigError, VidanomError
@@ -243,7 +243,7 @@ def held_out(clips: list[T], share: float) -> tuple[list[T], list[T]]:
     # keeps its best steps on held-out windows, and on the new scene's alone it was chosen blind to the old
     # ones (how well it kept them then turned on the order of float sums; README, "Learning new scenes")
     count = round(share * len(clips)) if len(clips) > 1 else 0
-    picked = {int((k + 0.5) * len(clips) / count) for k in range(count)}
+    picked = set(evenly(len(clips), count))
     return [c for i, c in enumerate(clips) if i not in picked], [c for i, c in enumerate(clips) if i in picked]
 
 
