@@ -203,7 +203,10 @@ def test_calibrate_takes_place_statistics_from_training_frames_and_scales_from_h
         scorer.reset()
         maps = scorer.maps(clips[c])
         frozen = FrozenRuns(cal)(maps.frame, maps.dt, maps.err.shape[1:])
-        smoothed.append(CausalMean(cfg.score.smooth)(components(maps, cal, cfg.score, frozen))[:, 0])
+        comp = components(maps, cal, cfg.score, frozen)
+        mean = CausalMean(cfg.score.smooth)(comp)
+        mean[..., 4] = comp[..., 4]  # frozen, a run's length, is not smoothed
+        smoothed.append(mean[:, 0])
     held = torch.cat(smoothed)
     assert not held[:, 4].isnan().any()  # frozen is measured on every held-out frame
     median, low, high = split_scales(held)

@@ -20,6 +20,7 @@ from vidanom.scoring import (
     scene_of,
     Scorer,
     segments,
+    Smoother,
     standardise,
 )
 from vidanom.vae import BetaVAE, VAEConfig, error_map, kl_map
@@ -80,6 +81,17 @@ def test_causal_mean_of_columns_leaves_nan_out():
 def test_causal_mean_treats_nonpositive_window_as_no_smoothing():
     x = torch.randn(6, generator=torch.Generator().manual_seed(1))
     torch.testing.assert_close(CausalMean(0)(x), x)
+
+
+def test_smoother_smooths_every_component_but_the_frozen_run():
+    # a frozen run of 6 frames, then motion again: a mean would hold frozen up after the run ends
+    comp = torch.randn(14, 2, 5, generator=torch.Generator().manual_seed(3))
+    comp[:, :, 4] = torch.tensor([0, 0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0, 0, 0, 0, 0, 0])[:, None]
+    got = feed(Smoother(5), comp, [3, 11])
+    reference = CausalMean(5)(comp)
+    torch.testing.assert_close(got[..., :4], reference[..., :4])
+    torch.testing.assert_close(got[..., 4], comp[..., 4])
+    assert (reference[8:12, :, 4] > 0).all()  # what the mean would have flagged after the run
 
 
 # -- segments --------------------------------------------------------------------------------------

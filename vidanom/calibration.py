@@ -28,7 +28,7 @@ from .errors import VidanomError
 from .frozen import FrozenRuns, background
 from .mdn import LSTMMDN
 from .normality import Calibration, PlaceStats, Scales
-from .scoring import STILL_UNIT, CausalMean, Maps, Scorer, combine, components, make_scorer
+from .scoring import STILL_UNIT, Maps, Scorer, Smoother, combine, components, make_scorer
 from .progress import Progress, no_progress
 from .vae import BetaVAE, patch_means
 
@@ -244,7 +244,7 @@ def held_scores(
     the held-out frames, and the held-out blocks' combined scores in those scales."""
     smoothed: dict[int, torch.Tensor] = {}
     for clip in sorted({c for c, _, _ in footage.split.runs(held=True)}):
-        smoother, frozen = CausalMean(cfg.score.smooth), FrozenRuns(places)
+        smoother, frozen = Smoother(cfg.score.smooth), FrozenRuns(places)
         smoothed[clip] = torch.cat(
             [
                 smoother(components(m, places, cfg.score, frozen(m.frame, m.dt, m.err.shape[1:], m.zones)))

@@ -11,12 +11,13 @@ what the model does on normal footage, place by place:
          where nothing changes as predicted, as in a frozen picture (NaN in the warm-up, as nll)
   frozen the seconds the frame's longest-frozen place has differed from the scene's usual picture
          without changing by even the camera's noise (vidanom.frozen; no model learns it)
-The combined score (combine) is Σ weight · term over the causally smoothed components: recon, kl,
-nll and frozen count by how far they lie above their median on held-out normal frames, in their
-spread above it; still by how far it lies below the stillest held-out frames (see standardise). The threshold is
-set on the held-out frames' combined scores (calibration.choose_threshold), and one function,
-anomalous, compares a score with it. All statistics are kept per scene, and a frame is scored
-against the scene it shows: the one whose training frames its pixels lie closest to (see scene_of).
+The combined score (combine) is Σ weight · term over the causally smoothed components (Smoother:
+frozen, a run's length, as it is): recon, kl, nll and frozen count by how far they lie above their
+median on held-out normal frames, in their spread above it; still by how far it lies below the
+stillest held-out frames (see standardise). The threshold is set on the held-out frames' combined
+scores (calibration.choose_threshold), and one function, anomalous, compares a score with it. All
+statistics are kept per scene, and a frame is scored against the scene it shows: the one whose
+training frames its pixels lie closest to (see scene_of).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ if TYPE_CHECKING:
 # and the freeze went unflagged). Over three seeds 0.25 flagged up to 0.8% of Ped1 4 -> 30, 0.3 none; 0.35
 # caught less of the frozen stretches
 STILL_UNIT = 0.3
+FROZEN = COMPONENTS.index("frozen")
 
 
 @dataclass
@@ -294,6 +296,21 @@ class CausalMean:
         return out.to(x.dtype)
 
 
+class Smoother:
+    """The components' causal mean over `window` frames (CausalMean), fed chunk by chunk, except
+    `frozen`'s: a run's length already gathers its evidence over time, and a mean of it only delays
+    its rise and holds it up for `window` − 1 frames after the run ends."""
+
+    def __init__(self, window: int) -> None:
+        self.mean = CausalMean(window)
+
+    def __call__(self, comp: torch.Tensor) -> torch.Tensor:
+        """(n, S, 5) components → (n, S, 5)."""
+        out = self.mean(comp)
+        out[..., FROZEN] = comp[..., FROZEN]
+        return out
+
+
 def anomalous(scores: np.ndarray, threshold: float) -> np.ndarray:
     """(n,) bool: the frames whose (n,) combined scores flag them anomalous. The one place that
     decides it: everything else reads the verdicts scoring made (a CSV's `anomalous`, FrameScore)."""
@@ -326,7 +343,7 @@ def iter_scores(
     """Stream a clip's chunks (frames, or (frames, times) as video.iter_timed_chunks gives) → per
     chunk: components (n, 5) and index (n,) of the scene each frame is scored against, and the
     combined score (n,) of the causally smoothed components."""
-    smoother, frozen = CausalMean(sc.smooth), FrozenRuns(cal)
+    smoother, frozen = Smoother(sc.smooth), FrozenRuns(cal)
     for chunk in chunks:
         maps = scorer.maps(*chunk) if isinstance(chunk, tuple) else scorer.maps(chunk)
         comp = components(maps, cal, sc, frozen(maps.frame, maps.dt, maps.err.shape[1:], maps.zones))
