@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from vidanom.config import MaskConfig
-from vidanom.frozen import MAD_TO_STD, FrozenRuns, background
+from vidanom.frozen import MAD_TO_STD, FrozenRuns, background, run_scale
 from vidanom.zones import Zones
 
 SIZE, DT = 32, 0.1  # frames of 32 x 32 pixels, 10 a second
@@ -138,3 +138,36 @@ def test_a_scene_calibrated_before_the_usual_picture_scores_0_beside_one_that_ha
     x = torch.from_numpy(frames).permute(0, 3, 1, 2).float().div(255).flatten(1)
     got = FrozenRuns(both)(x, torch.full((60,), DT), (SIZE, SIZE))
     assert got is not None and torch.equal(got[:, 0], torch.zeros(60)) and float(got[-1, 1]) > 3.0
+
+
+def test_run_scale_is_the_longest_held_out_run_in_frame_intervals():
+    held = torch.tensor([0.0, 0.1, float("nan"), 0.3, 0.0])
+    assert run_scale(held, 0.04) == pytest.approx((0.3, 0.04))
+    assert run_scale(torch.full((3,), float("nan")), 0.04) is None  # no usual picture: nothing to scale
+
+
+def test_a_calibration_counts_frozen_beyond_the_held_out_footages_longest_run():
+    """A held-out clip whose picture holds for three frames (0.3 s at 10 frames a second): frozen then
+    counts from 0.3 s on, a frame interval to a unit, and a longer freeze is scored by the excess."""
+    from conftest import tiny_config
+
+    from vidanom.calibration import Footage, calibrate
+    from vidanom.data import Split, Timing
+    from vidanom.mdn import LSTMMDN
+    from vidanom.scoring import standardise
+    from vidanom.vae import BetaVAE
+
+    cfg = tiny_config()
+    torch.manual_seed(0)
+    vae, mdn = BetaVAE(cfg.vae_config()).eval(), LSTMMDN(cfg.mdn_config()).eval()
+    clips = [scene(60, seed) for seed in range(5)]
+    split = Split.blocks([60] * 5, [10.0] * 5, 0.4, 5.0)
+    held = [c for c, _, _ in split.runs(held=True)]
+    clips[held[0]][31:34] = clips[held[0]][30]  # frames 30-33: one picture, three frames after the first
+    timing = Timing([np.arange(60) * DT] * 5, DT)
+    cal = calibrate(vae, mdn, Footage(clips, [10.0] * 5, split, timing), cfg, torch.device("cpu"), "default")
+    assert float(cal.comp_mean[0, 4]) == pytest.approx(0.3, abs=1e-4)
+    assert float(cal.comp_std[0, 4]) == pytest.approx(DT)
+    comp = torch.zeros(3, 1, 5)
+    comp[:, 0, 4] = torch.tensor([0.2, 0.3, 0.8])
+    assert standardise(comp, cal)[:, 0, 4].tolist() == pytest.approx([0.0, 0.0, 5.0], abs=1e-4)

@@ -25,10 +25,10 @@ from . import interrupt
 from .config import ProjectConfig
 from .data import UNTIMED, Split, Timing
 from .errors import VidanomError
-from .frozen import FrozenRuns, background
+from .frozen import FrozenRuns, background, run_scale
 from .mdn import LSTMMDN
 from .normality import Calibration, PlaceStats, Scales
-from .scoring import STILL_UNIT, Maps, Scorer, Smoother, combine, components, make_scorer
+from .scoring import FROZEN, STILL_UNIT, Maps, Scorer, Smoother, combine, components, make_scorer
 from .progress import Progress, no_progress
 from .vae import BetaVAE, patch_means
 
@@ -240,8 +240,9 @@ def place_statistics(scorer: Scorer, footage: Footage, cfg: ProjectConfig) -> Pl
 def held_scores(
     scorer: Scorer, footage: Footage, places: PlaceStats, cfg: ProjectConfig
 ) -> tuple[Scales, list[torch.Tensor]]:
-    """The components' medians and scales and the still floor (the threshold's rule, from below) on
-    the held-out frames, and the held-out blocks' combined scores in those scales."""
+    """The components' medians and scales (frozen's: frozen.run_scale) and the still floor (the
+    threshold's rule, from below) on the held-out frames, and the held-out blocks' combined scores in
+    those scales."""
     smoothed: dict[int, torch.Tensor] = {}
     for clip in sorted({c for c, _, _ in footage.split.runs(held=True)}):
         smoother, frozen = Smoother(cfg.score.smooth), FrozenRuns(places)
@@ -253,6 +254,8 @@ def held_scores(
         )[:, 0]
     held = torch.cat([smoothed[c][a:b] for c, a, b in footage.split.runs(held=True)])
     median, low, high = split_scales(held)
+    if scale := run_scale(held[:, FROZEN], footage.timing.ref_dt or 1.0):  # dt 1 untimed, as the scorer's
+        median[FROZEN], high[FROZEN] = scale
     still = held[:, 3][~held[:, 3].isnan()]
     still_floor = torch.zeros(1)  # without an LSTM-MDN stillness stays NaN and adds nothing
     if len(still):  # the threshold's rule, from below

@@ -45,8 +45,10 @@ class PlaceStats:
 class Scales:
     """Per scene, what the held-out frames' components are measured in: what standardise() uses."""
 
-    comp_mean: torch.Tensor  # (S, 5) median of recon, kl, nll, still, frozen (smoothed) on the held-out frames
-    comp_std: torch.Tensor  # (S, 5) their spread above the median; inf where the scene has none: it adds nothing
+    # (S, 5) median of recon, kl, nll, still (smoothed) on the held-out frames; for frozen, their longest run
+    comp_mean: torch.Tensor
+    # (S, 5) their spread above the median (frozen: a frame interval); inf where the scene has none: it adds nothing
+    comp_std: torch.Tensor
     comp_low: torch.Tensor  # (S, 5) their spread below the median; for still, its unit
     still_floor: torch.Tensor  # (S,) stillness counts below this: set on the held-out frames by the threshold's rule
 
