@@ -58,8 +58,8 @@ def run_scale(held: torch.Tensor, interval: float) -> tuple[float, float] | None
     """The component's offset and unit from its (N,) values on held-out normal frames: the longest run
     they showed, and one frame interval (a run's least step); None where they have none (NaN: no usual
     picture). A run counts only beyond what normal footage does: the median of frames nearly all at 0
-    says nothing, and normal footage holds a place for a frame or two now and then (Ped1 up to 0.18 s,
-    Avenue 0.07 s), which in units of that median's spread blurred every freeze's first frames."""
+    says nothing, normal footage holds a place still for a frame or two now and then, and a unit of
+    seconds fixed for every camera hid a freeze's first frames (README, "How a default is chosen")."""
     values = held[~held.isnan()]
     return (float(values.max()), interval) if len(values) else None
 
