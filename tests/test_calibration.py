@@ -210,7 +210,8 @@ def test_calibrate_takes_place_statistics_from_training_frames_and_scales_from_h
     held = torch.cat(smoothed)
     assert not held[:, 4].isnan().any()  # frozen is measured on every held-out frame
     median, low, high = split_scales(held)
-    # frozen counts beyond the held-out frames' longest run, in frame intervals (1 s: untimed footage)
+    # frozen counts beyond the held-out runs (the threshold's rule: of so few frames, the longest), in frame
+    # intervals (1 s: untimed footage)
     median[4], high[4] = held[:, 4].max(), 1.0
     torch.testing.assert_close(cal.comp_mean[0], median.float(), rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(cal.comp_std[0], high.float(), rtol=1e-4, atol=1e-4)

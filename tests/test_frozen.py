@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from vidanom.config import MaskConfig
-from vidanom.frozen import MAD_TO_STD, FrozenRuns, background, run_scale
+from vidanom.frozen import MAD_TO_STD, FrozenRuns, background
 from vidanom.zones import Zones
 
 SIZE, DT = 32, 0.1  # frames of 32 x 32 pixels, 10 a second
@@ -140,15 +140,23 @@ def test_a_scene_calibrated_before_the_usual_picture_scores_0_beside_one_that_ha
     assert got is not None and torch.equal(got[:, 0], torch.zeros(60)) and float(got[-1, 1]) > 3.0
 
 
-def test_run_scale_is_the_longest_held_out_run_in_frame_intervals():
-    held = torch.tensor([0.0, 0.1, float("nan"), 0.3, 0.0])
-    assert run_scale(held, 0.04) == pytest.approx((0.3, 0.04))
-    assert run_scale(torch.full((3,), float("nan")), 0.04) is None  # no usual picture: nothing to scale
+def test_run_scale_is_the_threshold_rule_on_held_out_runs_in_frame_intervals():
+    from vidanom.calibration import confident_rank, run_scale
+
+    few = torch.tensor([0.0, 0.1, float("nan"), 0.3, 0.0])
+    assert run_scale(few, 0.04, 0.01) == pytest.approx((0.3, 0.04))  # few frames: their longest run
+    many = torch.zeros(2000)
+    many[-20:] = torch.arange(1, 21) * 0.04  # runs of 1 to 20 frames in 1% of the frames
+    offset, unit = run_scale(many, 0.04, 0.01)
+    assert confident_rank(2000, 0.01) > 0 and offset == pytest.approx(0.04 * (20 - confident_rank(2000, 0.01)))
+    assert unit == 0.04
+    assert run_scale(torch.full((3,), float("nan")), 0.04, 0.01) is None  # no usual picture: nothing to scale
 
 
 def test_a_calibration_counts_frozen_beyond_the_held_out_footages_longest_run():
     """A held-out clip whose picture holds for three frames (0.3 s at 10 frames a second): frozen then
-    counts from 0.3 s on, a frame interval to a unit, and a longer freeze is scored by the excess."""
+    counts from 0.3 s on (the longest run of so few held-out frames), a frame interval to a unit, and a
+    longer freeze is scored by the excess."""
     from conftest import tiny_config
 
     from vidanom.calibration import Footage, calibrate

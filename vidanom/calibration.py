@@ -25,7 +25,7 @@ from . import interrupt
 from .config import ProjectConfig
 from .data import UNTIMED, Split, Timing
 from .errors import VidanomError
-from .frozen import FrozenRuns, background, run_scale
+from .frozen import FrozenRuns, background
 from .mdn import LSTMMDN
 from .normality import Calibration, PlaceStats, Scales
 from .scoring import FROZEN, STILL_UNIT, Maps, Scorer, Smoother, combine, components, make_scorer
@@ -240,7 +240,7 @@ def place_statistics(scorer: Scorer, footage: Footage, cfg: ProjectConfig) -> Pl
 def held_scores(
     scorer: Scorer, footage: Footage, places: PlaceStats, cfg: ProjectConfig
 ) -> tuple[Scales, list[torch.Tensor]]:
-    """The components' medians and scales (frozen's: frozen.run_scale) and the still floor (the
+    """The components' medians and scales (frozen's: run_scale) and the still floor (the
     threshold's rule, from below) on the held-out frames, and the held-out blocks' combined scores in
     those scales."""
     smoothed: dict[int, torch.Tensor] = {}
@@ -254,7 +254,8 @@ def held_scores(
         )[:, 0]
     held = torch.cat([smoothed[c][a:b] for c, a, b in footage.split.runs(held=True)])
     median, low, high = split_scales(held)
-    if scale := run_scale(held[:, FROZEN], footage.timing.ref_dt or 1.0):  # dt 1 untimed, as the scorer's
+    interval = footage.timing.ref_dt or 1.0  # 1 untimed, as the scorer's
+    if scale := run_scale(held[:, FROZEN], interval, cfg.score.false_alarms):
         median[FROZEN], high[FROZEN] = scale
     still = held[:, 3][~held[:, 3].isnan()]
     still_floor = torch.zeros(1)  # without an LSTM-MDN stillness stays NaN and adds nothing
@@ -264,6 +265,18 @@ def held_scores(
     scales = Scales(comp_mean=median[None], comp_std=high[None], comp_low=low[None], still_floor=still_floor)
     combined = {c: combine(v[:, None], scales, cfg.score.weights)[:, 0] for c, v in smoothed.items()}
     return scales, [combined[c][a:b] for c, a, b in held_blocks(footage.split)]
+
+
+def run_scale(runs: torch.Tensor, interval: float, target: float) -> tuple[float, float] | None:
+    """`frozen`'s offset and unit from its (N,) values on held-out normal frames: the run that new
+    normal footage exceeds at most `target` of the time, by the threshold's rule (upper_threshold:
+    their longest where they are few), and one frame interval, a run's least step. None where they
+    have none (NaN: no usual picture). A run counts only beyond what normal footage does: the median of
+    frames nearly all at 0 says nothing, normal footage holds a place still for a frame or two now and
+    then, and a unit of seconds fixed for every camera hid a freeze's first frames (README, "How a
+    default is chosen")."""
+    values = runs[~runs.isnan()]
+    return (upper_threshold(values, target), interval) if len(values) else None
 
 
 def split_scales(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

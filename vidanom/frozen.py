@@ -6,7 +6,7 @@ sees a whole frozen picture only after a few frames, and a frozen region not at 
 the frame goes on. This component is, per frame, the seconds for which the frame's longest-frozen place
 has both differed from the scene's usual picture (so that a background that never changes does not
 count) and changed by less than a share of the footage's usual change from one frame to the next. It
-counts in frame intervals beyond the longest run the held-out normal frames showed (run_scale).
+counts in frame intervals beyond the runs of held-out normal frames (calibration.run_scale).
 
 Every threshold comes from the scene's training footage: the usual picture is the per-pixel median of
 its frames, "differs" is measured in the pixels' own spread (median absolute deviation), and "changes"
@@ -52,16 +52,6 @@ def background(clips: list[np.ndarray], index: np.ndarray) -> tuple[torch.Tensor
     # the same order of clips and frames for both: each frame against the one before it
     change = _change(inputs(clips, after, 0), inputs(clips, after - np.array([0, 1]), 0))
     return median.flatten(), mad.flatten(), change.median()
-
-
-def run_scale(held: torch.Tensor, interval: float) -> tuple[float, float] | None:
-    """The component's offset and unit from its (N,) values on held-out normal frames: the longest run
-    they showed, and one frame interval (a run's least step); None where they have none (NaN: no usual
-    picture). A run counts only beyond what normal footage does: the median of frames nearly all at 0
-    says nothing, normal footage holds a place still for a frame or two now and then, and a unit of
-    seconds fixed for every camera hid a freeze's first frames (README, "How a default is chosen")."""
-    values = held[~held.isnan()]
-    return (float(values.max()), interval) if len(values) else None
 
 
 def _blur(x: torch.Tensor) -> torch.Tensor:
