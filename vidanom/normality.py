@@ -45,7 +45,7 @@ class PlaceStats:
 class Scales:
     """Per scene, what the held-out frames' components are measured in: what standardise() uses."""
 
-    # (S, 5) median of recon, kl, nll, still (smoothed) on the held-out frames; for frozen, their longest run
+    # (S, 5) median of recon, kl, nll, still (smoothed) on the held-out frames; for frozen, the run they exceed
     comp_mean: torch.Tensor
     # (S, 5) their spread above the median (frozen: a frame interval); inf where the scene has none: it adds nothing
     comp_std: torch.Tensor

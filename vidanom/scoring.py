@@ -14,7 +14,7 @@ what the model does on normal footage, place by place:
 The combined score (combine) is Σ weight · term over the causally smoothed components (Smoother:
 frozen, a run's length, as it is): recon, kl and nll count by how far they lie above their median
 on held-out normal frames, in their spread above it; frozen by the frame intervals it lies beyond the
-longest run there; still by how far it lies below the stillest held-out frames (see standardise).
+runs there (calibration.run_scale); still by how far it lies below the stillest held-out frames (see standardise).
 The threshold is set on the held-out frames' combined scores (calibration.choose_threshold), and one
 function, anomalous, compares a score with it. All statistics are kept per scene, and a frame is
 scored against the scene it shows: the one whose training frames its pixels lie closest to (see
@@ -223,7 +223,7 @@ def components(maps: Maps, cal: PlaceStats, sc: ScoreConfig, frozen: torch.Tenso
 def standardise(comp: torch.Tensor, cal: Scales) -> torch.Tensor:
     """(n, S, 5) components → (n, S, 5) terms: how far recon, kl, nll and frozen lie above normal (0
     below it), in units of their spread above the median on held-out normal frames (frozen: beyond
-    their longest run, in frame intervals), and how far still lies below the scene's still_floor, in its
+    their runs, in frame intervals), and how far still lies below the scene's still_floor, in its
     comp_low (STILL_UNIT). A missing (NaN) component gives 0.
     """
     terms = (comp - cal.comp_mean) / cal.comp_std
