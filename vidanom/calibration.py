@@ -28,7 +28,7 @@ from .errors import VidanomError
 from .frozen import FrozenRuns, background
 from .mdn import LSTMMDN
 from .normality import Calibration, PlaceStats, Scales
-from .scoring import FROZEN, STILL_UNIT, Maps, Scorer, Smoother, combine, components, make_scorer
+from .scoring import FROZEN, STILL, STILL_UNIT, Maps, Scorer, Smoother, combine, components, make_scorer
 from .progress import Progress, no_progress
 from .vae import BetaVAE, patch_means
 
@@ -257,11 +257,11 @@ def held_scores(
     interval = footage.timing.ref_dt or 1.0  # 1 untimed, as the scorer's
     if scale := run_scale(held[:, FROZEN], interval, cfg.score.false_alarms):
         median[FROZEN], high[FROZEN] = scale
-    still = held[:, 3][~held[:, 3].isnan()]
+    still = held[:, STILL][~held[:, STILL].isnan()]
     still_floor = torch.zeros(1)  # without an LSTM-MDN stillness stays NaN and adds nothing
     if len(still):  # the threshold's rule, from below
         still_floor = torch.tensor([-upper_threshold(-still, cfg.score.false_alarms)])
-        low[3] = STILL_UNIT
+        low[STILL] = STILL_UNIT
     scales = Scales(comp_mean=median[None], comp_std=high[None], comp_low=low[None], still_floor=still_floor)
     combined = {c: combine(v[:, None], scales, cfg.score.weights)[:, 0] for c, v in smoothed.items()}
     return scales, [combined[c][a:b] for c, a, b in held_blocks(footage.split)]

@@ -85,6 +85,7 @@ class FrozenRuns:
         self.median, self.spread, self.quiet = places.bg_median, places.bg_spread, places.bg_quiet
         self._prev: torch.Tensor | None = None  # (C, H, W) the last frame of the chunk before
         self._runs: torch.Tensor | None = None  # (S, H, W) seconds each pixel has been frozen
+        self._limit: torch.Tensor | None = None  # (S, H, W) how far a pixel differs to count (set once: _differs)
 
     def __call__(
         self, frames: torch.Tensor | None, dt: torch.Tensor | None, size: tuple[int, ...], zones: Zones | None = None
@@ -118,6 +119,8 @@ class FrozenRuns:
         n, c, h, w = x.shape
         d = x[:, None] - self.median.view(1, -1, c, h, w)
         d = d - d.flatten(2).median(2).values[..., None, None, None]
-        spread = self.spread.view(-1, c, h, w).mean(1)  # (S, H, W)
-        floor = spread.flatten(1).median(1).values[:, None, None]  # a pixel that never varied in training
-        return _blur(d.abs().mean(2)) > SPREADS * torch.maximum(spread, floor)[None]
+        if self._limit is None:  # the same for every chunk
+            spread = self.spread.view(-1, c, h, w).mean(1)  # (S, H, W)
+            floor = spread.flatten(1).median(1).values[:, None, None]  # a pixel that never varied in training
+            self._limit = SPREADS * torch.maximum(spread, floor)
+        return _blur(d.abs().mean(2)) > self._limit[None]

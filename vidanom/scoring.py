@@ -14,11 +14,11 @@ what the model does on normal footage, place by place:
 The combined score (combine) is Σ weight · term over the causally smoothed components (Smoother:
 frozen, a run's length, as it is): recon, kl and nll count by how far they lie above their median
 on held-out normal frames, in their spread above it; frozen by the frame intervals it lies beyond the
-runs there (calibration.run_scale); still by how far it lies below the stillest held-out frames (see standardise).
-The threshold is set on the held-out frames' combined scores (calibration.choose_threshold), and one
-function, anomalous, compares a score with it. All statistics are kept per scene, and a frame is
-scored against the scene it shows: the one whose training frames its pixels lie closest to (see
-scene_of).
+runs there (calibration.run_scale); still by how far it lies below the stillest held-out frames (see
+standardise). The threshold is set on the held-out frames' combined scores
+(calibration.choose_threshold), and one function, anomalous, compares a score with it. All statistics
+are kept per scene, and a frame is scored against the scene it shows: the one whose training frames
+its pixels lie closest to (see scene_of).
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ if TYPE_CHECKING:
 # and the freeze went unflagged). Over three seeds 0.25 flagged up to 0.8% of Ped1 4 -> 30, 0.3 none; 0.35
 # caught less of the frozen stretches
 STILL_UNIT = 0.3
-FROZEN = COMPONENTS.index("frozen")
+STILL, FROZEN = COMPONENTS.index("still"), COMPONENTS.index("frozen")
 
 
 @dataclass
@@ -227,7 +227,7 @@ def standardise(comp: torch.Tensor, cal: Scales) -> torch.Tensor:
     comp_low (STILL_UNIT). A missing (NaN) component gives 0.
     """
     terms = (comp - cal.comp_mean) / cal.comp_std
-    terms[..., 3] = (cal.still_floor - comp[..., 3]) / cal.comp_low[..., 3]
+    terms[..., STILL] = (cal.still_floor - comp[..., STILL]) / cal.comp_low[..., STILL]
     return terms.clamp_min(0.0).nan_to_num(0.0)
 
 
@@ -235,7 +235,7 @@ def counted(cal: Scales, row: int, weights: ScoreWeights) -> list[str]:
     """The components that count in scene `row`'s score: a weight above 0 and a finite scale (a
     calibration of an earlier release kept only recon of the scenes an update did not learn)."""
     scale = cal.comp_std[row].clone()
-    scale[3] = cal.comp_low[row, 3]
+    scale[STILL] = cal.comp_low[row, STILL]
     return [c for c, w, s in zip(COMPONENTS, weights.ordered(COMPONENTS), scale.tolist()) if w > 0 and np.isfinite(s)]
 
 
