@@ -254,8 +254,7 @@ def held_scores(
         )[:, 0]
     held = torch.cat([smoothed[c][a:b] for c, a, b in footage.split.runs(held=True)])
     median, low, high = split_scales(held)
-    interval = footage.timing.ref_dt or 1.0  # 1 untimed, as the scorer's
-    if scale := run_scale(held[:, FROZEN], interval, cfg.score.false_alarms):
+    if scale := run_scale(held[:, FROZEN], scorer.interval, cfg.score.false_alarms):
         median[FROZEN], high[FROZEN] = scale
     still = held[:, STILL][~held[:, STILL].isnan()]
     still_floor = torch.zeros(1)  # without an LSTM-MDN stillness stays NaN and adds nothing

@@ -105,13 +105,19 @@ class Scorer:
         self._times: torch.Tensor | None = None  # the last max(lag, 1) times of the previous chunk
         self.zones: Zones | None = None  # what happens inside these is ignored (see zones)
 
+    @property
+    def interval(self) -> float:
+        """Seconds between two frames that come without times: the usual interval, or one frame's
+        worth, 1, where that is unknown too."""
+        return self.ref_dt or 1.0
+
     def _spans(self, times: np.ndarray | None, n: int) -> tuple[torch.Tensor | None, torch.Tensor]:
         """(n,) seconds from each frame to the frame `lag` before it (None without times or lag), and
         (n,) to the frame just before it (0 for a clip's first; without times, the usual interval, or
         one frame's worth, 1, where that is unknown too)."""
         if times is None:
             self._times = None
-            dt = torch.full((n,), self.ref_dt or 1.0)
+            dt = torch.full((n,), self.interval)
             dt[: 1 if self._seen == 0 else 0] = 0.0
             return None, dt
         t = torch.as_tensor(np.asarray(times, np.float64))
