@@ -53,7 +53,7 @@ from vidanom.config import ProjectConfig, parse_overrides, with_overrides
 from vidanom.metrics import auroc
 from vidanom.project import Project
 
-COMPONENTS = ("recon", "kl", "nll", "still", "frozen", "score")
+COMPONENTS = ("recon", "kl", "nll", "still", "frozen", "direction", "score")
 EXPERIMENTS = ("ped1", "ped1-4", "ped1-24", "avenue", "demo")
 TUNE, KEPT = range(1, 19), range(19, 37)  # Ped1's test clips used to tune, and kept back to confirm
 REPO = Path(__file__).resolve().parents[1]

@@ -164,7 +164,8 @@ def test_held_blocks_cut_few_runs_into_enough_blocks():
 def test_calibrate_takes_place_statistics_from_training_frames_and_scales_from_held_out_ones():
     from conftest import tiny_config
 
-    from vidanom.calibration import Footage, calibrate
+    from vidanom.calibration import MIN_DIRECTION_UNIT, Footage, calibrate
+    from vidanom.direction import DirectionSurprise
     from vidanom.frozen import FrozenRuns
     from vidanom.mdn import LSTMMDN
     from vidanom.scoring import CausalMean, components, make_scorer
@@ -203,16 +204,22 @@ def test_calibrate_takes_place_statistics_from_training_frames_and_scales_from_h
         scorer.reset()
         maps = scorer.maps(clips[c])
         frozen = FrozenRuns(cal)(maps.frame, maps.dt, maps.err.shape[1:])
-        comp = components(maps, cal, cfg.score, frozen)
+        direction = DirectionSurprise(cal.dir_logp, cfg.score.top_k, scorer.interval)(
+            maps.frame, maps.dt, maps.err.shape[1:]
+        )
+        comp = components(maps, cal, cfg.score, frozen, direction)
         mean = CausalMean(cfg.score.smooth)(comp)
         mean[..., 4] = comp[..., 4]  # frozen, a run's length, is not smoothed
         smoothed.append(mean[:, 0])
     held = torch.cat(smoothed)
-    assert not held[:, 4].isnan().any()  # frozen is measured on every held-out frame
+    assert not held[:, 4:].isnan().any()  # frozen and direction are measured on every held-out frame
     median, low, high = split_scales(held)
     # frozen counts beyond the held-out runs (the threshold's rule: of so few frames, the longest), in frame
-    # intervals (1 s: untimed footage)
+    # intervals (1 s: untimed footage); direction beyond the held-out values by the same rule, in their spread
     median[4], high[4] = held[:, 4].max(), 1.0
+    d = held[:, 5].double()
+    above = d[d > d.median()] - d.median()
+    median[5], high[5] = d.max(), max(float(above.pow(2).mean().sqrt()), MIN_DIRECTION_UNIT)
     torch.testing.assert_close(cal.comp_mean[0], median.float(), rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(cal.comp_std[0], high.float(), rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(cal.comp_low[0, :3], low[:3].float(), rtol=1e-4, atol=1e-4)

@@ -72,7 +72,7 @@ def test_an_old_scene_follows_what_changed_and_nothing_else(trained_project):
         torch.testing.assert_close(getattr(out, key)[1], getattr(cal, key)[0])  # the fresh scene, as measured
 
 
-def test_after_an_update_old_scenes_are_scored_with_all_five_components(trained_project, scene_b):
+def test_after_an_update_old_scenes_are_scored_with_all_six_components(trained_project, scene_b):
     res = invoke("update", scene_b, "--scene", "moved", *TRAIN, "-p", trained_project)
     assert res.exit_code == 0, res.output
     cal = Detector.load(trained_project / "models" / "v0002").calibration
@@ -85,7 +85,7 @@ def test_after_an_update_old_scenes_are_scored_with_all_five_components(trained_
     assert learned["on"] == "footage" and learned["updates"] == 0 and learned["held_out"] > 0
     rows = {r.name: r for r in project_status(Project.open(trained_project)).scenes}
     old, new = rows["default"], rows["moved"]
-    assert old.components == new.components == ["recon", "kl", "nll", "still", "frozen"]
+    assert old.components == new.components == ["recon", "kl", "nll", "still", "frozen", "direction"]
     assert (old.on, old.measured_on, old.updates, old.since) == ("carried", "footage", 1, "v0001")
     assert old.frames == carried["frames"] > 0 and set(old.drift) == {"recon", "kl"}
     assert (new.on, new.updates, new.held_out) == ("footage", 0, learned["held_out"])
@@ -117,8 +117,8 @@ def test_an_lstm_mdn_fitted_anew_on_one_scene_leaves_the_others_scored_without_i
         torch.testing.assert_close(getattr(three, key)[0], getattr(two, key)[0])
     torch.testing.assert_close(three.comp_std[0, :2], two.comp_std[0, :2])
     rows = {r.name: r for r in project_status(Project.open(trained_project)).scenes}
-    assert rows["default"].components == ["recon", "kl", "frozen"]  # the usual picture is no model's
-    assert rows["moved"].components == ["recon", "kl", "nll", "still", "frozen"]
+    assert rows["default"].components == ["recon", "kl", "frozen", "direction"]  # pixels are no model's
+    assert rows["moved"].components == ["recon", "kl", "nll", "still", "frozen", "direction"]
 
 
 def test_kept_frames_calibrate_an_old_scene_anew_and_go_with_the_setting(trained_project, scene_b, tmp_path):

@@ -23,7 +23,7 @@ from vidanom.project import Project
 from vidanom.detector import Detector
 from vidanom.scoring import CausalMean, combine
 
-COLUMNS = ["frame", "time", "recon", "kl", "nll", "still", "frozen", "scene", "score", "anomalous"]
+COLUMNS = ["frame", "time", "recon", "kl", "nll", "still", "frozen", "direction", "scene", "score", "anomalous"]
 TRAIN = ("--steps", "8", "--device", "cpu")
 
 
@@ -119,7 +119,8 @@ def test_score_writes_csv_json_and_png(scored, clips):
     # nll and still are empty during the LSTM's warm-up and present after it
     for k in ("nll", "still"):
         assert all(r[k] == "" for r in rows[:8]) and all(r[k] != "" for r in rows[8:])
-    assert all(r["frozen"] != "" for r in rows) and float(rows[0]["frozen"]) == 0.0  # no model, no warm-up
+    for k in ("frozen", "direction"):  # no model, no warm-up; a clip's first frame neither stopped nor moved
+        assert all(r[k] != "" for r in rows) and float(rows[0][k]) == 0.0
     assert (scored / "scores" / "anom.mp4.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -139,9 +140,7 @@ def test_stored_scores_follow_from_the_stored_components(scored):
     # score = Σ w · standardised causal mean of each component but frozen (a run's length, as it is), with
     # the version's calibration
     rows = read_csv(scored / "scores" / "anom.mp4.csv")
-    comp = torch.tensor(
-        [[float(r[k]) if r[k] else float("nan") for k in ("recon", "kl", "nll", "still", "frozen")] for r in rows]
-    )
+    comp = torch.tensor([[float(r[k]) if r[k] else float("nan") for k in COLUMNS[2:8]] for r in rows])
     cal = Detector.load(scored / "models" / "v0001").calibration
     assert cal.scenes == ["default"] and {r["scene"] for r in rows} == {"default"}
     cfg = tiny_config().score

@@ -37,7 +37,8 @@ def test_round_trip_through_json_restores_every_field():
     )
     back = from_dict(json.loads(json.dumps(to_dict(cfg))))
     assert back == cfg
-    assert isinstance(back.vae.hidden, tuple) and back.score.weights.ordered(COMPONENTS) == (0.5, 0.25, 2.0, 1.0, 0.0)
+    assert isinstance(back.vae.hidden, tuple)
+    assert back.score.weights.ordered(COMPONENTS) == (0.5, 0.25, 2.0, 1.0, 0.0, 0.0)
 
 
 def test_default_config_round_trips():
@@ -144,9 +145,9 @@ def test_a_config_of_the_first_schema_is_read_in_todays_terms():
     assert cfg.schema_version == SCHEMA_VERSION == 3
     assert cfg.frames.width == 64 and cfg.train.seed == 3 and cfg.train.vae_steps == ProjectConfig().train.vae_steps
     assert cfg.score.false_alarms == pytest.approx(0.01)
-    assert cfg.score.weights.ordered(COMPONENTS) == (1.0, 0.25, 0.1, 0.0, 0.0)
+    assert cfg.score.weights.ordered(COMPONENTS) == (1.0, 0.25, 0.1, 0.0, 0.0, 0.0)
     bare = from_dict({"schema_version": 1})  # the defaults of its day where today's differ
-    assert bare.frames.width == 64 and bare.score.weights.ordered(COMPONENTS) == (1.0, 0.25, 0.1, 0.0, 0.0)
+    assert bare.frames.width == 64 and bare.score.weights.ordered(COMPONENTS) == (1.0, 0.25, 0.1, 0.0, 0.0, 0.0)
     # its models saw the signed difference: so must they when it is read again
     assert (cfg.frames.motion, cfg.frames.motion_gain, cfg.frames.motion_blur) == ("difference", 1.0, 1)
     assert ProjectConfig().frames.motion == "magnitude"
@@ -216,6 +217,7 @@ BAD_VALUES = {
     "score.weights.nll": float("inf"),
     "score.weights.still": None,
     "score.weights.frozen": -2.0,
+    "score.weights.direction": -0.5,
     "score.shrink_seconds": float("nan"),
     "score.mdn_warmup": -1,
     "score.smooth": -1,
@@ -254,10 +256,17 @@ def test_a_value_out_of_its_range_is_refused_in_one_line_that_names_it_and_its_r
 
 def test_score_weights_are_keyed_by_component_name():
     data = to_dict(ProjectConfig())
-    assert data["score"]["weights"] == {"recon": 1.0, "kl": 1.0, "nll": 0.25, "still": 2.0, "frozen": 2.0}
+    assert data["score"]["weights"] == {
+        "recon": 1.0,
+        "kl": 1.0,
+        "nll": 0.25,
+        "still": 2.0,
+        "frozen": 2.0,
+        "direction": 0.5,
+    }
     cfg = from_dict({**data, "score": {"weights": {"kl": 0.5}}})  # the others keep their defaults
     assert (cfg.score.weights.recon, cfg.score.weights.kl, cfg.score.weights.still) == (1.0, 0.5, 2.0)
-    assert cfg.score.weights.ordered(COMPONENTS) == (1.0, 0.5, 0.25, 2.0, 2.0)
+    assert cfg.score.weights.ordered(COMPONENTS) == (1.0, 0.5, 0.25, 2.0, 2.0, 0.5)
     with pytest.raises(ConfigError, match="colour"):
         from_dict({**data, "score": {"weights": {"colour": 1.0}}})
     assert with_overrides(ProjectConfig(), score={"weights": {"nll": 0.0}}).score.weights.nll == 0.0
@@ -273,11 +282,11 @@ def test_a_config_of_the_second_schema_is_read_with_its_weights_by_name():
     old["score"] = {**old["score"], "weights": [1.0, 0.5, 0.25, 3.0]}  # recon, kl, nll, still
     cfg = from_dict(old)
     assert cfg.schema_version == SCHEMA_VERSION == 3
-    # release 0.3 had four components: the one it did not have (frozen) does not count in what it says
-    assert cfg.score.weights.ordered(COMPONENTS) == (1.0, 0.5, 0.25, 3.0, 0.0) and cfg.score.weights.still == 3.0
-    every = {**old, "score": {**old["score"], "weights": [1.0, 0.5, 0.25, 3.0, 1.5]}}
-    assert from_dict(every).score.weights.frozen == 1.5
-    with pytest.raises(ConfigError, match="4 to 5 numbers"):
+    # release 0.3 had four components: those it did not have (frozen, direction) do not count in what it says
+    assert cfg.score.weights.ordered(COMPONENTS) == (1.0, 0.5, 0.25, 3.0, 0.0, 0.0) and cfg.score.weights.still == 3.0
+    every = {**old, "score": {**old["score"], "weights": [1.0, 0.5, 0.25, 3.0, 1.5, 0.7]}}
+    assert from_dict(every).score.weights.frozen == 1.5 and from_dict(every).score.weights.direction == 0.7
+    with pytest.raises(ConfigError, match="4 to 6 numbers"):
         from_dict({**old, "score": {**old["score"], "weights": [1.0, 0.5, 0.25]}})
 
 

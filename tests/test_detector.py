@@ -46,6 +46,6 @@ def test_score_frames_in_memory_equals_streaming(scored: Path, clips: Clips) -> 
     whole = detector.score_frames(frames, times)
     streamed = [f.score for f in detector.score_video(clips.anomalous)]
     np.testing.assert_allclose(whole.scores, streamed, rtol=1e-4, atol=1e-4)
-    assert whole.components.shape == (len(frames), 5)
+    assert whole.components.shape == (len(frames), 6)
     with pytest.raises(ConfigError, match="frames must be uint8"):
         detector.score_frames(frames[..., :1].repeat(3, -1), times)

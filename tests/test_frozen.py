@@ -176,6 +176,6 @@ def test_a_calibration_counts_frozen_beyond_the_held_out_footages_longest_run():
     cal = calibrate(vae, mdn, Footage(clips, [10.0] * 5, split, timing), cfg, torch.device("cpu"), "default")
     assert float(cal.comp_mean[0, 4]) == pytest.approx(0.3, abs=1e-4)
     assert float(cal.comp_std[0, 4]) == pytest.approx(DT)
-    comp = torch.zeros(3, 1, 5)
+    comp = torch.zeros(3, 1, 6)
     comp[:, 0, 4] = torch.tensor([0.2, 0.3, 0.8])
     assert standardise(comp, cal)[:, 0, 4].tolist() == pytest.approx([0.0, 0.0, 5.0], abs=1e-4)

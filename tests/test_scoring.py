@@ -208,7 +208,7 @@ def test_scorer_without_mdn_has_no_surprise(models, frames):
 def calibration():
     """Statistics of two scenes."""
     g = torch.Generator().manual_seed(4)
-    comp_mean, comp_low = torch.randn(2, 5, generator=g) - 4, torch.rand(2, 5, generator=g) + 0.2
+    comp_mean, comp_low = torch.randn(2, 6, generator=g) - 4, torch.rand(2, 6, generator=g) + 0.2
     return Calibration(
         err_mean=torch.rand(2, 9, generator=g),
         err_std=torch.rand(2, 9, generator=g) + 0.5,
@@ -217,7 +217,7 @@ def calibration():
         nll_mean=torch.rand(2, 16, generator=g),
         nll_std=torch.rand(2, 16, generator=g) + 0.5,
         comp_mean=comp_mean,
-        comp_std=torch.rand(2, 5, generator=g) + 0.5,
+        comp_std=torch.rand(2, 6, generator=g) + 0.5,
         comp_low=comp_low,
         still_floor=comp_mean[:, 3] - LEGACY_STILL_MARGIN * comp_low[:, 3],
         thresholds=torch.tensor([0.5, 1.5]),
@@ -227,14 +227,16 @@ def calibration():
 
 
 def test_components_and_combine_against_hand_computation(models, frames, calibration):
-    cal, weights = calibration, ScoreWeights(recon=1.0, kl=0.5, nll=2.0, still=0.7, frozen=1.5)
+    cal, weights = calibration, ScoreWeights(recon=1.0, kl=0.5, nll=2.0, still=0.7, frozen=1.5, direction=0.3)
     sc = ScoreConfig(patch=8, patch_stride=4, top_k=3, weights=weights)
     err, kl, nll, excess = run_scorer(models, frames, size=N)
-    frozen = torch.rand(N, 2, generator=torch.Generator().manual_seed(5)) * 8 - 4  # seconds, per scene
-    comp = components(Maps(err, kl, nll, excess), cal, sc, frozen)
-    assert comp.shape == (N, 2, 5)
+    g = torch.Generator().manual_seed(5)
+    frozen, direction = torch.rand(N, 2, generator=g) * 8 - 4, torch.rand(N, 2, generator=g) - 0.5  # per scene
+    comp = components(Maps(err, kl, nll, excess), cal, sc, frozen, direction)
+    assert comp.shape == (N, 2, 6)
     torch.testing.assert_close(comp[..., 4], frozen)  # as measured (vidanom.frozen), for each scene
-    assert torch.isnan(components(Maps(err, kl, nll, excess), cal, sc)[..., 4]).all()  # none measured
+    torch.testing.assert_close(comp[..., 5], direction)  # as measured (vidanom.direction)
+    assert torch.isnan(components(Maps(err, kl, nll, excess), cal, sc)[..., 4:]).all()  # none measured
     # 8x8 windows 4 apart on 16x16 frames: 3 x 3 of them, each z-scored at its own position
     windows = np.stack([err[:, r : r + 8, c : c + 8].mean((1, 2)).numpy() for r in (0, 4, 8) for c in (0, 4, 8)], 1)
     for s in range(2):  # every scene against its own statistics
@@ -250,7 +252,7 @@ def test_components_and_combine_against_hand_computation(models, frames, calibra
         top = np.sort(np.maximum(excess[8:].numpy(), 0.0), 1)[:, -3:].mean(1)
         np.testing.assert_allclose(comp[8:, s, 3].numpy(), np.log1p(top), rtol=1e-5, atol=1e-6)
         assert torch.isnan(comp[:8, s, 3]).all()
-    ref = np.nansum(reference_standardise(comp, cal) * np.array([1.0, 0.5, 2.0, 0.7, 1.5]), 2)  # a NaN adds nothing
+    ref = np.nansum(reference_standardise(comp, cal) * np.array([1.0, 0.5, 2.0, 0.7, 1.5, 0.3]), 2)  # NaN adds nothing
     combined = combine(comp, cal, weights)
     np.testing.assert_allclose(combined.numpy(), ref, rtol=1e-5, atol=1e-5)
     best, score, scene = pick_scene(comp, combined, None)  # without Gaussians: the scene of the lowest score
@@ -264,8 +266,8 @@ def test_components_and_combine_against_hand_computation(models, frames, calibra
 
 
 def reference_standardise(comp: torch.Tensor, cal: Calibration) -> np.ndarray:
-    """(..., 5): recon, kl, nll and frozen above the median in upper scales; still below the floor in
-    its lower scale."""
+    """(..., 6): recon, kl, nll, frozen and direction above the median in upper scales; still below the
+    floor in its lower scale."""
     c, m, hi, lo = (t.numpy().astype(np.float64) for t in (comp, cal.comp_mean, cal.comp_std, cal.comp_low))
     still = (cal.still_floor.numpy().astype(np.float64) - c[..., 3]) / lo[..., 3]
     up = np.maximum((c - m) / hi, 0.0)
@@ -274,26 +276,26 @@ def reference_standardise(comp: torch.Tensor, cal: Calibration) -> np.ndarray:
 
 
 def test_standardise_counts_too_little_change_but_not_too_little_error(calibration):
-    low = torch.tensor([[0.5, 0.5, 0.5, 0.25, 0.5], [1.0, 1.0, 1.0, 2.0, 1.0]])
+    low = torch.tensor([[0.5, 0.5, 0.5, 0.25, 0.5, 0.5], [1.0, 1.0, 1.0, 2.0, 1.0, 1.0]])
     m = calibration.comp_mean[0]
     floor = torch.stack([m[3] - 0.5, calibration.comp_mean[1, 3]])
     cal = Calibration(**calibration.to_dict() | {"comp_low": low, "still_floor": floor})
-    comp = torch.stack([m + 3 * cal.comp_std[0], m - 3.0, m - 1.0, m - 0.1]).unsqueeze(1).expand(4, 2, 5)
+    comp = torch.stack([m + 3 * cal.comp_std[0], m - 3.0, m - 1.0, m - 0.1]).unsqueeze(1).expand(4, 2, 6)
     z = standardise(comp, cal)[:, 0]
-    torch.testing.assert_close(z[0], torch.tensor([3.0, 3.0, 3.0, 0.0, 3.0]))  # above: in upper scales, stillness not
+    torch.testing.assert_close(z[0], torch.tensor([3.0, 3.0, 3.0, 0.0, 3.0, 3.0]))  # above: in upper scales, not still
     # below the median only stillness counts, in its lower scale, below its floor
-    torch.testing.assert_close(z[1], torch.tensor([0.0, 0.0, 0.0, 2.5 / 0.25, 0.0]))
-    torch.testing.assert_close(z[2], torch.tensor([0.0, 0.0, 0.0, 0.5 / 0.25, 0.0]))
-    torch.testing.assert_close(z[3], torch.zeros(5))  # above the floor: nothing
+    torch.testing.assert_close(z[1], torch.tensor([0.0, 0.0, 0.0, 2.5 / 0.25, 0.0, 0.0]))
+    torch.testing.assert_close(z[2], torch.tensor([0.0, 0.0, 0.0, 0.5 / 0.25, 0.0, 0.0]))
+    torch.testing.assert_close(z[3], torch.zeros(6))  # above the floor: nothing
     np.testing.assert_allclose(standardise(comp, cal).numpy(), reference_standardise(comp, cal), rtol=1e-6, atol=1e-6)
-    assert standardise(torch.full((1, 2, 5), float("nan")), cal).eq(0).all()
+    assert standardise(torch.full((1, 2, 6), float("nan")), cal).eq(0).all()
 
 
 def test_calibrations_made_before_the_still_floor_count_stillness_as_then(calibration):
     old = calibration.to_dict()
     del old["still_floor"]
     cal = Calibration.from_dict(old)
-    comp = calibration.comp_mean[None] - torch.tensor([0.0, 0.0, 0.0, 5.0, 0.0])  # 5 below the median
+    comp = calibration.comp_mean[None] - torch.tensor([0.0, 0.0, 0.0, 5.0, 0.0, 0.0])  # 5 below the median
     m, lo = calibration.comp_mean[:, 3], calibration.comp_low[:, 3]
     then = (5.0 / lo - LEGACY_STILL_MARGIN).clamp_min(0.0)  # a margin of 4 lower scales below the median
     torch.testing.assert_close(standardise(comp, cal)[0, :, 3], then)
@@ -362,7 +364,7 @@ def test_iter_scores_in_chunks_equals_one_pass(models, frames, calibration):
         ]
     )
     z = reference_standardise(torch.from_numpy(smoothed), calibration)
-    ref = (z * np.array([1.0, 0.5, 1.0, 2.0, 2.0])).sum(2)[np.arange(N), scene_whole.numpy()]
+    ref = (z * np.array([1.0, 0.5, 1.0, 2.0, 2.0, 0.5])).sum(2)[np.arange(N), scene_whole.numpy()]
     np.testing.assert_allclose(score_whole.numpy(), ref, rtol=1e-5, atol=1e-5)
 
 

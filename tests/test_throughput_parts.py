@@ -231,7 +231,7 @@ def csv_writer_reference(comps, scenes, scores, flags, times) -> str:
     """What scoring wrote with csv.writer, row by row, before it formatted the rows itself."""
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(["frame", "time", "recon", "kl", "nll", "still", "frozen", "scene", "score", "anomalous"])
+    w.writerow(["frame", "time", "recon", "kl", "nll", "still", "frozen", "direction", "scene", "score", "anomalous"])
     for i, (c, scene, s, f, t) in enumerate(zip(comps, scenes, scores, flags, times)):
         w.writerow(
             [
@@ -242,6 +242,7 @@ def csv_writer_reference(comps, scenes, scores, flags, times) -> str:
                 "" if np.isnan(c[2]) else f"{c[2]:.5g}",
                 "" if np.isnan(c[3]) else f"{c[3]:.5g}",
                 "" if np.isnan(c[4]) else f"{c[4]:.5g}",
+                "" if np.isnan(c[5]) else f"{c[5]:.5g}",
                 scene,
                 f"{s:.5g}",
                 int(f),
@@ -256,11 +257,11 @@ def test_csv_is_byte_for_byte_what_csv_writer_wrote(tmp_path, n, dt):
     rng = np.random.default_rng(n)
     # a constant rate, or (None) irregular times from timestamps
     times = np.arange(n) * dt if dt else np.cumsum(rng.exponential(0.2, n))
-    comps = (rng.standard_normal((n, 5)) * 10.0 ** rng.uniform(-6, 6, (n, 5))).astype(np.float32)
+    comps = (rng.standard_normal((n, 6)) * 10.0 ** rng.uniform(-6, 6, (n, 6))).astype(np.float32)
     scores = (rng.standard_normal(n) * 3).astype(np.float32)
     if n > 10:
         comps[rng.random(n) < 0.2, 2:4] = np.nan  # no MDN surprise yet
-        comps[rng.random(n) < 0.1, 4] = np.nan  # a calibration without a usual picture
+        comps[rng.random(n) < 0.1, 4:] = np.nan  # a calibration without a usual picture or directions
         comps[3, 0], comps[4, 1], comps[5, 0] = np.inf, -np.inf, -0.0
     flags = scores > 1.0
     scenes = rng.choice(["default", "night-2", "moved_cam.b"], n).tolist()

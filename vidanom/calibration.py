@@ -24,11 +24,24 @@ from torch.distributions import Binomial
 from . import interrupt
 from .config import ProjectConfig
 from .data import UNTIMED, Split, Timing
+from .direction import DirectionCounts
 from .errors import VidanomError
-from .frozen import FrozenRuns, background
+from .frozen import background
 from .mdn import LSTMMDN
 from .normality import Calibration, PlaceStats, Scales
-from .scoring import FROZEN, STILL, STILL_UNIT, Maps, Scorer, Smoother, combine, components, make_scorer
+from .scoring import (
+    DIRECTION,
+    FROZEN,
+    STILL,
+    STILL_UNIT,
+    Maps,
+    PixelTerms,
+    Scorer,
+    Smoother,
+    combine,
+    components,
+    make_scorer,
+)
 from .progress import Progress, no_progress
 from .vae import BetaVAE, patch_means
 
@@ -42,6 +55,9 @@ CONFIDENCE = 0.9
 # footage (a handful of nearly alike frames) can put near zero, and then a small fraction of one place's
 # z-score would count as a whole unit; the floor was chosen across cameras (README's ablation table)
 MIN_SCALE = 0.4
+# the least unit of `direction` (pixels a frame times nats, per pixel): only where held-out footage barely
+# moves does it bind, and then a passer-by in any direction counts for many units, as it should
+MIN_DIRECTION_UNIT = 1e-3
 
 
 class RunningStats:
@@ -205,7 +221,7 @@ class Footage:
 def place_statistics(scorer: Scorer, footage: Footage, cfg: ProjectConfig) -> PlaceStats:
     """One scene's statistics of each place on its training frames, shrunk by the footage's length."""
     err, kl, nll, pixels = RunningStats(), RunningStats(), RunningStats(), RunningStats()
-    sc = cfg.score
+    sc, directions = cfg.score, None
     for clip in range(len(footage.clips)):
         train = ~footage.split.mask(clip)
         if not train.any():
@@ -217,6 +233,11 @@ def place_statistics(scorer: Scorer, footage: Footage, cfg: ProjectConfig) -> Pl
             nll.add(m.nll[keep])
             if m.frame is not None:
                 pixels.add(m.frame[keep])
+                if directions is None:  # of the latent grid's cells, whose number the maps tell
+                    directions = DirectionCounts(m.kl.shape[1], scorer.interval)
+                if s == 0:  # a clip's first frame has no frame before it
+                    directions.clip()
+                directions.add(m.frame, m.dt, m.err.shape[1:], keep)
     w = shrink_weight(footage.training_seconds, sc.shrink_seconds)
     (em, es), (km, ks) = shrink(*err.result(), w), shrink(*kl.result(), w)
     nm, ns = shrink(*nll.result(), w) if nll.n else (torch.zeros_like(km), torch.ones_like(ks))
@@ -234,28 +255,28 @@ def place_statistics(scorer: Scorer, footage: Footage, cfg: ProjectConfig) -> Pl
         bg_median=bm[None],
         bg_spread=bs[None],
         bg_quiet=bq[None],
+        dir_logp=None if directions is None else directions.log_probabilities(w)[None],
     )
 
 
 def held_scores(
     scorer: Scorer, footage: Footage, places: PlaceStats, cfg: ProjectConfig
 ) -> tuple[Scales, list[torch.Tensor]]:
-    """The components' medians and scales (frozen's: run_scale) and the still floor (the
-    threshold's rule, from below) on the held-out frames, and the held-out blocks' combined scores in
-    those scales."""
+    """The components' medians and scales (frozen's: run_scale; direction's: beyond_rule) and the
+    still floor (the threshold's rule, from below) on the held-out frames, and the held-out blocks'
+    combined scores in those scales."""
     smoothed: dict[int, torch.Tensor] = {}
     for clip in sorted({c for c, _, _ in footage.split.runs(held=True)}):
-        smoother, frozen = Smoother(cfg.score.smooth), FrozenRuns(places)
+        smoother, pixels = Smoother(cfg.score.smooth), PixelTerms(places, cfg.score, scorer.interval)
         smoothed[clip] = torch.cat(
-            [
-                smoother(components(m, places, cfg.score, frozen(m.frame, m.dt, m.err.shape[1:], m.zones)))
-                for _, m in _clip_maps(scorer, footage, clip)
-            ]
+            [smoother(components(m, places, cfg.score, *pixels(m))) for _, m in _clip_maps(scorer, footage, clip)]
         )[:, 0]
     held = torch.cat([smoothed[c][a:b] for c, a, b in footage.split.runs(held=True)])
     median, low, high = split_scales(held)
     if scale := run_scale(held[:, FROZEN], scorer.interval, cfg.score.false_alarms):
         median[FROZEN], high[FROZEN] = scale
+    if scale := beyond_rule(held[:, DIRECTION], cfg.score.false_alarms):
+        median[DIRECTION], high[DIRECTION] = scale
     still = held[:, STILL][~held[:, STILL].isnan()]
     still_floor = torch.zeros(1)  # without an LSTM-MDN stillness stays NaN and adds nothing
     if len(still):  # the threshold's rule, from below
@@ -276,6 +297,21 @@ def run_scale(runs: torch.Tensor, interval: float, target: float) -> tuple[float
     default is chosen")."""
     values = runs[~runs.isnan()]
     return (upper_threshold(values, target), interval) if len(values) else None
+
+
+def beyond_rule(values: torch.Tensor, target: float) -> tuple[float, float] | None:
+    """`direction`'s offset and unit from its (N,) smoothed values on held-out normal frames: the value
+    that new normal footage exceeds at most `target` of the time, by the threshold's rule
+    (upper_threshold), and their root mean square distance above their median. None where they have
+    none (NaN: no histograms). It counts only where the directions are rarer than any normal footage
+    showed: measured from its median, as recon is, it added its noise to every frame, and the made
+    anomalies, none of which is a direction, lost up to 0.02 (README, "How a default is chosen")."""
+    values = values[~values.isnan()].double()
+    if not len(values):
+        return None
+    above = values[values > values.median()] - values.median()
+    unit = float(above.pow(2).mean().sqrt()) if len(above) else 0.0
+    return upper_threshold(values, target), max(unit, MIN_DIRECTION_UNIT)
 
 
 def split_scales(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

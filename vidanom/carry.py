@@ -3,7 +3,7 @@
 A scene's calibration says what the models did on its footage: the error, KL and surprise of every
 place on its training frames, and the scales, still floor and threshold of its held-out frames. An
 update changes both models; a scene it did not learn (and whose frames were not kept, see kept.py)
-keeps all of it, so that it is scored with all five components, and the means of its error and KL
+keeps all of it, so that it is scored with all six components, and the means of its error and KL
 statistics follow the β-VAE's drift: the previous and the new β-VAE read the same frames decoded from
 the scene's latent Gaussian (what replay feeds the update), and each place's mean moves by as much as
 it moved on them (`carried`).
@@ -97,8 +97,8 @@ def rows(cal: Calibration, scenes: list[str]) -> dict[str, object]:
 
 
 # optional per-scene fields a scene may lack while others have them: its rows are NaN, and it is scored
-# without them (frozen: its term is 0); any other optional field lacked by one part is left out for all
-PER_SCENE = ("bg_median", "bg_spread", "bg_quiet")
+# without them (frozen, direction: their terms are 0); any other optional field lacked by one part is left out for all
+PER_SCENE = ("bg_median", "bg_spread", "bg_quiet", "dir_logp")
 
 
 def stacked(parts: list[dict[str, object]]) -> Calibration:

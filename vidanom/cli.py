@@ -346,7 +346,7 @@ def update(
 
     Replay mixes samples of the old scenes, decoded by the previous model, into every batch and holds
     the model to the previous one's outputs on them (config train.replay_distill; 0 turns that off).
-    Every other scene stays scored with all five components: its calibration is carried through the
+    Every other scene stays scored with all six components: its calibration is carried through the
     models' drift on its replayed frames, or measured anew on the frames kept of it (--keep-frames);
     'vidanom status' shows which.
 

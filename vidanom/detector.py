@@ -61,6 +61,7 @@ class FrameScore(NamedTuple):
     nll: float
     still: float  # NaN in the LSTM-MDN's warm-up
     frozen: float  # NaN where the calibration has no usual picture of the scene (made before 0.5.0)
+    direction: float  # NaN where the calibration has no direction histograms of the scene (made before 0.6.0)
     scene: str  # the learned scene it was scored against
     score: float  # the combined score
     anomalous: bool  # the verdict (scoring.anomalous: score > the threshold)
@@ -68,7 +69,7 @@ class FrameScore(NamedTuple):
 
 @dataclass
 class ChunkScores:
-    """Scores of consecutive frames: (n,) arrays, components (n, 5)."""
+    """Scores of consecutive frames: (n,) arrays, components (n, 6)."""
 
     start: int  # frame number of the first
     times: np.ndarray
@@ -85,8 +86,8 @@ class ChunkScores:
             self.scores.tolist(),
             self.anomalous.tolist(),
         )
-        for i, (t, (r, k, n, st, fz), s, sc, a) in enumerate(rows):
-            yield FrameScore(self.start + i, t, r, k, n, st, fz, s, sc, a)
+        for i, (t, (r, k, n, st, fz, d), s, sc, a) in enumerate(rows):
+            yield FrameScore(self.start + i, t, r, k, n, st, fz, d, s, sc, a)
 
 
 @dataclass

@@ -16,7 +16,7 @@ LEGACY_STILL_MARGIN = 4.0
 # the components of a frame's score (scoring.components): all but "still" count where they are higher
 # than on normal frames; "still" where it is lower: in a frozen picture nothing changes anywhere, and
 # every cell is exactly what the LSTM-MDN expected most
-COMPONENTS = ("recon", "kl", "nll", "still", "frozen")
+COMPONENTS = ("recon", "kl", "nll", "still", "frozen", "direction")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -39,17 +39,21 @@ class PlaceStats:
     bg_median: torch.Tensor | None = None
     bg_spread: torch.Tensor | None = None
     bg_quiet: torch.Tensor | None = None
+    # per scene and latent cell, the log-probability of each direction of motion on its training frames
+    # (S, cells, direction.BINS; see direction.DirectionCounts); None in calibrations made before
+    dir_logp: torch.Tensor | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
 class Scales:
     """Per scene, what the held-out frames' components are measured in: what standardise() uses."""
 
-    # (S, 5) median of recon, kl, nll, still (smoothed) on the held-out frames; for frozen, the run they exceed
+    # (S, 6) median of recon, kl, nll, still (smoothed) on the held-out frames; for frozen and direction,
+    # the value they exceed by the threshold's rule
     comp_mean: torch.Tensor
-    # (S, 5) their spread above the median (frozen: a frame interval); inf where the scene has none: it adds nothing
+    # (S, 6) their spread above the median (frozen: a frame interval); inf where the scene has none: it adds nothing
     comp_std: torch.Tensor
-    comp_low: torch.Tensor  # (S, 5) their spread below the median; for still, its unit
+    comp_low: torch.Tensor  # (S, 6) their spread below the median; for still, its unit
     still_floor: torch.Tensor  # (S,) stillness counts below this: set on the held-out frames by the threshold's rule
 
 
@@ -93,7 +97,7 @@ class Calibration(PlaceStats, Scales):
         if d.get("comp_low") is None:  # made before the two sides had their own scales
             d = {**d, "comp_low": d["comp_std"].clone()}
         missing = len(COMPONENTS) - d["comp_mean"].shape[-1]
-        if missing > 0:  # made before stillness or frozen were components: they add nothing
+        if missing > 0:  # made before stillness, frozen or direction were components: they add nothing
             pad = {"comp_mean": 0.0, "comp_std": math.inf, "comp_low": math.inf}
             d = {**d, **{k: torch.cat([d[k], torch.full((len(d[k]), missing), v)], 1) for k, v in pad.items()}}
         if d.get("still_floor") is None:  # made before: the same rule as then

@@ -57,7 +57,7 @@ def score(
 def _score_arrays(
     detector: Detector, src: Source, device: torch.device | None, progress: Progress
 ) -> tuple[list[np.ndarray], DecodeReport]:
-    """Times (n,), components (n, 5), scene names (n,), scores (n,) and verdicts (n,) of one clip's
+    """Times (n,), components (n, 6), scene names (n,), scores (n,) and verdicts (n,) of one clip's
     frames, scored while it decodes; only a few numbers per frame are kept."""
     report = DecodeReport()
     parts: list[list[np.ndarray]] = [[], [], [], [], []]

@@ -1,6 +1,6 @@
 """Per-frame anomaly scores against a model's calibration on normal footage, and anomalous segments.
 
-Each frame gets five components (COMPONENTS), all local; the first three are standardised against
+Each frame gets six components (COMPONENTS), all local; the first three are standardised against
 what the model does on normal footage, place by place:
   recon  the mean of the top_k largest patch errors, each z-scored against the error of the same
          patch position on training frames, of the motion planes only by default (see components)
@@ -11,11 +11,14 @@ what the model does on normal footage, place by place:
          where nothing changes as predicted, as in a frozen picture (NaN in the warm-up, as nll)
   frozen the seconds the frame's longest-frozen place has differed from the scene's usual picture
          without changing by even the camera's noise (vidanom.frozen; no model learns it)
+  direction  the top_k places' surprise at the directions things move in there, given the directions
+         the training frames moved in (vidanom.direction; no model learns it either)
 The combined score (combine) is Σ weight · term over the causally smoothed components (Smoother:
 frozen, a run's length, as it is): recon, kl and nll count by how far they lie above their median
 on held-out normal frames, in their spread above it; frozen by the frame intervals it lies beyond the
-runs there (calibration.run_scale); still by how far it lies below the stillest held-out frames (see
-standardise). The threshold is set on the held-out frames' combined scores
+runs there (calibration.run_scale); direction by how far it lies beyond the held-out frames' by the
+threshold's rule (calibration.beyond_rule); still by how far it lies below the stillest held-out
+frames (see standardise). The threshold is set on the held-out frames' combined scores
 (calibration.choose_threshold), and one function, anomalous, compares a score with it. All statistics
 are kept per scene, and a frame is scored against the scene it shows: the one whose training frames
 its pixels lie closest to (see scene_of).
@@ -23,6 +26,7 @@ its pixels lie closest to (see scene_of).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -32,6 +36,7 @@ import torch
 
 from .config import ProjectConfig, ScoreConfig, ScoreWeights
 from .data import MotionPlane, as_plane, to_input
+from .direction import DirectionSurprise
 from .frozen import FrozenRuns
 from .mdn import LSTMMDN, State, mdn_nll
 from .normality import COMPONENTS
@@ -46,7 +51,7 @@ if TYPE_CHECKING:
 # and the freeze went unflagged). Over three seeds 0.25 flagged up to 0.8% of Ped1 4 -> 30, 0.3 none; 0.35
 # caught less of the frozen stretches
 STILL_UNIT = 0.3
-STILL, FROZEN = COMPONENTS.index("still"), COMPONENTS.index("frozen")
+STILL, FROZEN, DIRECTION = (COMPONENTS.index(c) for c in ("still", "frozen", "direction"))
 
 
 @dataclass
@@ -200,9 +205,16 @@ def top_mean(x: torch.Tensor, k: int) -> torch.Tensor:
     return x.topk(min(k, x.shape[-1]), dim=-1).values.mean(-1)
 
 
-def components(maps: Maps, cal: PlaceStats, sc: ScoreConfig, frozen: torch.Tensor | None = None) -> torch.Tensor:
-    """Maps of n frames → (n, S, 5) components recon, kl, nll, still, frozen against each of S scenes
-    (frozen: the (n, S) seconds FrozenRuns measured of these frames; NaN without them).
+def components(
+    maps: Maps,
+    cal: PlaceStats,
+    sc: ScoreConfig,
+    frozen: torch.Tensor | None = None,
+    direction: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Maps of n frames → (n, S, 6) components recon, kl, nll, still, frozen, direction against each
+    of S scenes (frozen and direction: the (n, S) values PixelTerms measured of these frames; NaN
+    without them).
 
     recon, kl, nll: the worst places of the frame (the top_k patches, the worst cell, the top_k
     cells), each place against its own statistics. still: log(1 + the mean of the top_k cells'
@@ -222,15 +234,34 @@ def components(maps: Maps, cal: PlaceStats, sc: ScoreConfig, frozen: torch.Tenso
     kl = kl_z.amax(2)
     nll = top_mean(nll_z, sc.top_k)
     still = top_mean(excess, sc.top_k).log1p()[:, None].expand_as(recon)
-    stopped = torch.full_like(recon, float("nan")) if frozen is None else frozen.to(recon.dtype)
-    return torch.stack([recon, kl, nll, still, stopped], 2)
+    stopped, moves = (torch.full_like(recon, math.nan) if v is None else v.to(recon.dtype) for v in (frozen, direction))
+    return torch.stack([recon, kl, nll, still, stopped, moves], 2)
+
+
+class PixelTerms:
+    """The components no model learns, frozen and direction, of a stream of one clip's Maps (a new
+    one for a new clip): they read the frame planes, and carry the frames before from chunk to chunk."""
+
+    def __init__(self, cal: PlaceStats, sc: ScoreConfig, interval: float | None) -> None:
+        self.frozen = FrozenRuns(cal)
+        # the flow is not free (README, "Speed"): not measured where it would not count
+        self.direction = DirectionSurprise(cal.dir_logp if sc.weights.direction > 0 else None, sc.top_k, interval)
+
+    def __call__(self, maps: Maps) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """The next chunk's Maps → frozen (n, S) and direction (n, S), or None where not measured."""
+        size = maps.err.shape[1:]
+        return (
+            self.frozen(maps.frame, maps.dt, size, maps.zones),
+            self.direction(maps.frame, maps.dt, size, maps.zones),
+        )
 
 
 def standardise(comp: torch.Tensor, cal: Scales) -> torch.Tensor:
-    """(n, S, 5) components → (n, S, 5) terms: how far recon, kl, nll and frozen lie above normal (0
-    below it), in units of their spread above the median on held-out normal frames (frozen: beyond
-    their runs, in frame intervals), and how far still lies below the scene's still_floor, in its
-    comp_low (STILL_UNIT). A missing (NaN) component gives 0.
+    """(n, S, 6) components → (n, S, 6) terms: how far recon, kl, nll, frozen and direction lie above
+    normal (0 below it), in units of their spread above the median on held-out normal frames (frozen:
+    beyond their runs, in frame intervals; direction: beyond them by the threshold's rule), and how
+    far still lies below the scene's still_floor, in its comp_low (STILL_UNIT). A missing (NaN)
+    component gives 0.
     """
     terms = (comp - cal.comp_mean) / cal.comp_std
     terms[..., STILL] = (cal.still_floor - comp[..., STILL]) / cal.comp_low[..., STILL]
@@ -246,7 +277,7 @@ def counted(cal: Scales, row: int, weights: ScoreWeights) -> list[str]:
 
 
 def combine(smoothed: torch.Tensor, cal: Scales, weights: ScoreWeights) -> torch.Tensor:
-    """(n, S, 5) smoothed components → (n, S) combined score: Σ weight · term (see standardise), each
+    """(n, S, 6) smoothed components → (n, S) combined score: Σ weight · term (see standardise), each
     component's weight by its name."""
     return standardise(smoothed, cal) @ torch.tensor(weights.ordered(COMPONENTS), dtype=smoothed.dtype)
 
@@ -269,10 +300,10 @@ def scene_of(maps: Maps, cal: Calibration) -> torch.Tensor | None:
 def pick_scene(
     comp: torch.Tensor, combined: torch.Tensor, scene: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per frame, the components (n, 5), combined score (n,) and index (n,) of its scene: the one
+    """Per frame, the components (n, 6), combined score (n,) and index (n,) of its scene: the one
     given, or without one the scene that explains the frame best (the lowest score).
 
-    (n, S, 5), (n, S), (n,) or None. Telling the scene by its pixels (scene_of) is the better rule: a
+    (n, S, 6), (n, S), (n,) or None. Telling the scene by its pixels (scene_of) is the better rule: a
     scene whose errors vary widely otherwise "explains" a quiet scene's frames, anomalies included.
     """
     if scene is None:
@@ -313,7 +344,7 @@ class Smoother:
         self.mean = CausalMean(window)
 
     def __call__(self, comp: torch.Tensor) -> torch.Tensor:
-        """(n, S, 5) components → (n, S, 5)."""
+        """(n, S, 6) components → (n, S, 6)."""
         out = self.mean(comp)
         out[..., FROZEN] = comp[..., FROZEN]
         return out
@@ -349,12 +380,12 @@ def iter_scores(
     scorer: Scorer, chunks: Iterable[np.ndarray | tuple[np.ndarray, np.ndarray]], cal: Calibration, sc: ScoreConfig
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """Stream a clip's chunks (frames, or (frames, times) as video.iter_timed_chunks gives) → per
-    chunk: components (n, 5) and index (n,) of the scene each frame is scored against, and the
+    chunk: components (n, 6) and index (n,) of the scene each frame is scored against, and the
     combined score (n,) of the causally smoothed components."""
-    smoother, frozen = Smoother(sc.smooth), FrozenRuns(cal)
+    smoother, pixels = Smoother(sc.smooth), PixelTerms(cal, sc, scorer.interval)
     for chunk in chunks:
         maps = scorer.maps(*chunk) if isinstance(chunk, tuple) else scorer.maps(chunk)
-        comp = components(maps, cal, sc, frozen(maps.frame, maps.dt, maps.err.shape[1:], maps.zones))
+        comp = components(maps, cal, sc, *pixels(maps))
         combined = combine(smoother(comp), cal, sc.weights)
         comp, score, scene = pick_scene(comp, combined, scene_of(maps, cal))
         yield comp, scene, score

@@ -1,7 +1,8 @@
 """Where scoring leaves a clip's results, and how they are found again: the one owner of their names,
 their layout and the CSV's format.
 
-    scores/KEY.csv             one row per frame: frame, time, recon, kl, nll, still, frozen, scene, score, anomalous
+    scores/KEY.csv             one row per frame: frame, time, recon, kl, nll, still, frozen, direction, scene,
+                               score, anomalous
     scores/KEY.json            the summary: clip, source, frames, fps, duration, segments, threshold, model...
     scores/KEY.png             the timeline
     scores/KEY.annotated.mp4   the annotated video (vidanom annotate, report --videos)
@@ -32,7 +33,7 @@ from .errors import VidanomError
 from .project import Project
 from .video import Source, find_sources
 
-COLUMNS = ("frame", "time", "recon", "kl", "nll", "still", "frozen", "scene", "score", "anomalous")
+COLUMNS = ("frame", "time", "recon", "kl", "nll", "still", "frozen", "direction", "scene", "score", "anomalous")
 HASH = 8  # hex digits of the path's hash that tell apart two sources of one name
 _HASHED = re.compile(rf"(.+)~[0-9a-f]{{{HASH}}}")
 
@@ -189,7 +190,7 @@ class ScoreStore:
         scores: np.ndarray,
         flags: np.ndarray,
     ) -> ClipFiles:
-        """Write a clip's CSV (one row per frame: times, components (n, 5), scene names, scores and
+        """Write a clip's CSV (one row per frame: times, components (n, 6), scene names, scores and
         flags, each (n,)) and JSON summary, each atomically; its files."""
         files = self.files(key)
         fsutil.write_text(files.csv, _csv(times, components, scenes, scores, flags))
@@ -214,9 +215,9 @@ def _name(key: str) -> str:
 
 def _csv(times: np.ndarray, comps: np.ndarray, scenes: list[str], scores: np.ndarray, flags: np.ndarray) -> str:
     """The rows as csv.writer would write them (\\r\\n line ends; scene names are checked to need no
-    quoting); a missing (NaN) nll, still or frozen is an empty field."""
+    quoting); a missing (NaN) nll, still, frozen or direction is an empty field."""
     n = len(scores)
-    nll, still, frozen = (["" if v != v else f"{v:.5g}" for v in comps[:, j].tolist()] for j in (2, 3, 4))
+    nll, still, frozen, direction = (["" if v != v else f"{v:.5g}" for v in comps[:, j].tolist()] for j in (2, 3, 4, 5))
     rows = zip(
         range(n),
         times.tolist(),
@@ -225,9 +226,10 @@ def _csv(times: np.ndarray, comps: np.ndarray, scenes: list[str], scores: np.nda
         nll,
         still,
         frozen,
+        direction,
         scenes,
         scores.tolist(),
         flags.astype(np.int64).tolist(),
     )
     header = ",".join(COLUMNS) + "\r\n"
-    return header + "".join(map("%d,%.3f,%.5g,%.5g,%s,%s,%s,%s,%.5g,%d\r\n".__mod__, rows))
+    return header + "".join(map("%d,%.3f,%.5g,%.5g,%s,%s,%s,%s,%s,%.5g,%d\r\n".__mod__, rows))
