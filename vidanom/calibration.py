@@ -305,7 +305,7 @@ def beyond_rule(values: torch.Tensor, target: float) -> tuple[float, float] | No
     (upper_threshold), and their root mean square distance above their median. None where they have
     none (NaN: no histograms). It counts only where the directions are rarer than any normal footage
     showed: measured from its median, as recon is, it added its noise to every frame, and the made
-    anomalies, none of which is a direction, lost up to 0.02 (README, "How a default is chosen")."""
+    anomalies, none of which is a direction, lost AUROC (README, "How a default is chosen")."""
     values = values[~values.isnan()].double()
     if not len(values):
         return None
