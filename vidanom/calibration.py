@@ -262,7 +262,7 @@ def place_statistics(scorer: Scorer, footage: Footage, cfg: ProjectConfig) -> Pl
 def held_scores(
     scorer: Scorer, footage: Footage, places: PlaceStats, cfg: ProjectConfig
 ) -> tuple[Scales, list[torch.Tensor]]:
-    """The components' medians and scales (frozen's: run_scale; direction's: beyond_rule) and the
+    """The components' medians and scales (frozen's: run_scale; direction's offset: rule_offset) and the
     still floor (the threshold's rule, from below) on the held-out frames, and the held-out blocks'
     combined scores in those scales."""
     smoothed: dict[int, torch.Tensor] = {}
@@ -272,11 +272,15 @@ def held_scores(
             [smoother(components(m, places, cfg.score, *pixels(m))) for _, m in _clip_maps(scorer, footage, clip)]
         )[:, 0]
     held = torch.cat([smoothed[c][a:b] for c, a, b in footage.split.runs(held=True)])
-    median, low, high = split_scales(held)
+    floors = torch.full((held.shape[1],), MIN_SCALE)
+    floors[DIRECTION] = MIN_DIRECTION_UNIT  # not a z-score: its own unit
+    median, low, high = split_scales(held, floors)
     if scale := run_scale(held[:, FROZEN], scorer.interval, cfg.score.false_alarms):
         median[FROZEN], high[FROZEN] = scale
-    if scale := beyond_rule(held[:, DIRECTION], cfg.score.false_alarms):
-        median[DIRECTION], high[DIRECTION] = scale
+    # direction counts only where the directions are rarer than any normal footage showed: measured from
+    # its median, as recon is, it added its noise to every frame (README, "How a default is chosen")
+    if (offset := rule_offset(held[:, DIRECTION], cfg.score.false_alarms)) is not None:
+        median[DIRECTION] = offset
     still = held[:, STILL][~held[:, STILL].isnan()]
     still_floor = torch.zeros(1)  # without an LSTM-MDN stillness stays NaN and adds nothing
     if len(still):  # the threshold's rule, from below
@@ -295,29 +299,25 @@ def run_scale(runs: torch.Tensor, interval: float, target: float) -> tuple[float
     frames nearly all at 0 says nothing, normal footage holds a place still for a frame or two now and
     then, and a unit of seconds fixed for every camera hid a freeze's first frames (README, "How a
     default is chosen")."""
-    values = runs[~runs.isnan()]
-    return (upper_threshold(values, target), interval) if len(values) else None
+    offset = rule_offset(runs, target)
+    return None if offset is None else (offset, interval)
 
 
-def beyond_rule(values: torch.Tensor, target: float) -> tuple[float, float] | None:
-    """`direction`'s offset and unit from its (N,) smoothed values on held-out normal frames: the value
-    that new normal footage exceeds at most `target` of the time, by the threshold's rule
-    (upper_threshold), and their root mean square distance above their median. None where they have
-    none (NaN: no histograms). It counts only where the directions are rarer than any normal footage
-    showed: measured from its median, as recon is, it added its noise to every frame, and the made
-    anomalies, none of which is a direction, lost AUROC (README, "How a default is chosen")."""
-    values = values[~values.isnan()].double()
-    if not len(values):
-        return None
-    above = values[values > values.median()] - values.median()
-    unit = float(above.pow(2).mean().sqrt()) if len(above) else 0.0
-    return upper_threshold(values, target), max(unit, MIN_DIRECTION_UNIT)
+def rule_offset(values: torch.Tensor, target: float) -> float | None:
+    """Of (N,) values on held-out normal frames, the one that new normal footage exceeds at most
+    `target` of the time, by the threshold's rule (upper_threshold: their largest where they are
+    few); None where they are all NaN (not measured)."""
+    values = values[~values.isnan()]
+    return upper_threshold(values, target) if len(values) else None
 
 
-def split_scales(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def split_scales(
+    x: torch.Tensor, floors: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per column of x (N, K), over its non-NaN rows: the median and the root mean square distance
-    of the values below and above it (a two-piece normal), at least MIN_SCALE. (0, inf, inf) for a
-    column with no values (no MDN), so that it counts for nothing."""
+    of the values below and above it (a two-piece normal), at least the column's floor (floors (K,);
+    MIN_SCALE for all by default). (0, inf, inf) for a column with no values (no MDN), so that it
+    counts for nothing."""
     k = x.shape[1]
     median, low, high = torch.zeros(k), torch.full((k,), math.inf), torch.full((k,), math.inf)
     for j in range(k):
@@ -327,8 +327,9 @@ def split_scales(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Ten
         m = col.median()
         below, above = col[col < m] - m, col[col > m] - m
         median[j] = m
-        low[j] = max(float(below.pow(2).mean().sqrt()) if len(below) else 0.0, MIN_SCALE)
-        high[j] = max(float(above.pow(2).mean().sqrt()) if len(above) else 0.0, MIN_SCALE)
+        floor = MIN_SCALE if floors is None else float(floors[j])
+        low[j] = max(float(below.pow(2).mean().sqrt()) if len(below) else 0.0, floor)
+        high[j] = max(float(above.pow(2).mean().sqrt()) if len(above) else 0.0, floor)
     return median, low, high
 
 

@@ -11,7 +11,7 @@ the usual way counts below zero; the frame's value is the mean of its `top_k` pl
 
 Everything is the footage's: the direction histograms of each place (speed-weighted, BINS directions),
 shrunk towards the whole frame's as the place statistics are (`score.shrink_seconds`); the component
-counts beyond the held-out frames by the threshold's rule (calibration.beyond_rule). The flow is
+counts beyond the held-out frames by the threshold's rule (calibration.rule_offset). The flow is
 Lucas-Kanade over a window, every pixel at once: its window sums are products with band matrices, and
 the whole costs a fraction of the models' time (README, "Speed").
 """

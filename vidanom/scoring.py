@@ -17,7 +17,7 @@ The combined score (combine) is Σ weight · term over the causally smoothed com
 frozen, a run's length, as it is): recon, kl and nll count by how far they lie above their median
 on held-out normal frames, in their spread above it; frozen by the frame intervals it lies beyond the
 runs there (calibration.run_scale); direction by how far it lies beyond the held-out frames' by the
-threshold's rule (calibration.beyond_rule); still by how far it lies below the stillest held-out
+threshold's rule (calibration.rule_offset); still by how far it lies below the stillest held-out
 frames (see standardise). The threshold is set on the held-out frames' combined scores
 (calibration.choose_threshold), and one function, anomalous, compares a score with it. All statistics
 are kept per scene, and a frame is scored against the scene it shows: the one whose training frames
