@@ -42,6 +42,19 @@ def test_a_short_clip_gets_the_whole_step_budget(monkeypatch):
     )
 
 
+def test_inputs_made_once_train_the_same_model_as_inputs_made_at_every_step(monkeypatch):
+    cfg = with_overrides(tiny_config(), train={"vae_steps": 12, "eval_every": 4, "patience": 100})
+    clips, split = [frames(20), frames(9, seed=1)], Split.blocks([20, 9], [25.0, 25.0], 0.2, 5.0)
+    models = []
+    for most in (fitting.PREMADE_BYTES, 0):  # 0: nothing fits, every batch is made from the frames
+        monkeypatch.setattr(fitting, "PREMADE_BYTES", most)
+        torch.manual_seed(0)
+        models.append(BetaVAE(cfg.vae_config()))
+        fit_vae(models[-1], clips, split, cfg, torch.device("cpu"))
+    for a, b in zip(models[0].state_dict().values(), models[1].state_dict().values()):
+        assert torch.equal(a, b)
+
+
 @pytest.mark.parametrize("frames,steps", [(640, 3000), (6400, 10000), (64000, 12000)])
 def test_long_footage_gets_passes_over_its_frames_within_the_bounds(frames, steps):
     # 100 passes of 64-frame batches: 1000 steps for 640 frames (raised to the least, 3000), 10000 for

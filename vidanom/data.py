@@ -12,6 +12,7 @@ dropped frames) does not look like fast motion.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -249,14 +250,41 @@ UNTIMED = Timing()  # frames whose times are not known: motion planes as they ar
 
 
 def inputs(
-    clips: list[np.ndarray], rows: np.ndarray, motion: MotionPlane | int, timing: Timing = UNTIMED
+    clips: list[np.ndarray],
+    rows: np.ndarray,
+    motion: MotionPlane | int,
+    timing: Timing = UNTIMED,
+    made: list[torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """Model inputs (N, C_in, H, W) of the (clip, frame) rows, in an order of clips and frames."""
+    """Model inputs (N, C_in, H, W) of the (clip, frame) rows, in an order of clips and frames.
+
+    made: every frame's input of every clip (premade), to take them from instead of the frames."""
     parts, lag = [], as_plane(motion).lag
     for clip in np.unique(rows[:, 0]):
         idx = np.sort(rows[rows[:, 0] == clip, 1])  # sorted reads are kinder to the memmap
-        parts.append(gather(clips[clip], idx, motion, timing.gaps(clip, idx, lag), timing.ref_dt))
+        if made is not None:
+            parts.append(made[clip][torch.from_numpy(idx)])
+        else:
+            parts.append(gather(clips[clip], idx, motion, timing.gaps(clip, idx, lag), timing.ref_dt))
     return torch.cat(parts)
+
+
+def premade(
+    clips: list[np.ndarray], motion: MotionPlane | int, timing: Timing, most_bytes: int
+) -> list[torch.Tensor] | None:
+    """Every frame's model input of every clip, (n, C_in, H, W) per clip, made once: None when they
+    would take more than most_bytes. Each input is made as `gather` makes it, so training draws
+    the same batches either way, but no longer remakes the motion planes of the frames a short
+    clip's steps draw again and again."""
+    plane = as_plane(motion)
+    per_frame = 4 * (2 if plane.lag else 1) * math.prod(clips[0].shape[1:]) if clips else 0
+    if per_frame * sum(len(c) for c in clips) > most_bytes:
+        return None
+    made = []
+    for i, c in enumerate(clips):
+        idx = np.arange(len(c))
+        made.append(gather(c, idx, plane, timing.gaps(i, idx, plane.lag), timing.ref_dt))
+    return made
 
 
 def sample_batch(
@@ -267,14 +295,15 @@ def sample_batch(
     rng: np.random.Generator,
     timing: Timing = UNTIMED,
     share: slice = slice(None),
+    made: list[torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """A random batch of model inputs (B, C_in, H, W) from the (clip, frame) rows of index.
 
     Drawn with replacement from a generator seeded per optimiser step, so a resumed run draws exactly
     the batches the uninterrupted one would have. share: the part of the batch wanted (a rank's,
-    in distributed training); the batch is drawn whole all the same.
+    in distributed training); the batch is drawn whole all the same. made: as for `inputs`.
     """
-    return inputs(clips, index[rng.integers(len(index), size=batch_size)][share], motion, timing)
+    return inputs(clips, index[rng.integers(len(index), size=batch_size)][share], motion, timing, made)
 
 
 def spread(index: np.ndarray, most: int) -> np.ndarray:
