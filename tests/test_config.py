@@ -204,6 +204,7 @@ BAD_VALUES = {
     "train.holdout": 1.0,
     "train.block_seconds": 0.0,
     "train.replay_distill": -1.0,
+    "train.replay_distill_encoder": -0.5,
     "train.ewc_strength": -1.0,
     "train.dream_temperature": 0.0,
     "train.keep_frames": 1.5,

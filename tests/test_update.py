@@ -154,6 +154,17 @@ def test_ewc_takes_its_strength_from_the_config_also_once_a_fisher_is_stored(tra
     assert all(torch.equal(hooks.penalty.fisher[k], v) for k, v in detector.ewc["fisher"].items())
 
 
+@pytest.mark.parametrize("encoder", [0.0, 0.5])
+def test_replay_distils_the_decoder_and_the_encoder_by_their_own_weights(trained_project, encoder):
+    detector = Detector.load(Project.open(trained_project))
+    cfg = with_overrides(tiny_config(), train={"replay_distill": 2.0, "replay_distill_encoder": encoder})
+    hooks = strategies.plan(
+        "replay", detector.vae, mdn=None, prior=detector.prior, ewc=None, cfg=cfg, scene="moved", new_frames=0
+    )
+    assert (hooks.penalty.decoder, hooks.penalty.encoder) == (2.0, encoder) and hooks.keeps_latents
+    assert hooks.lineage["replay_distill_encoder"] == encoder
+
+
 @pytest.mark.parametrize("rate", [2.5, 0.5])
 def test_a_scene_at_another_frame_rate_leaves_motion_in_the_longest_usual_interval(
     trained_project, clips, rate, tmp_path
