@@ -161,8 +161,11 @@ def test_replay_distils_the_decoder_and_the_encoder_by_their_own_weights(trained
     hooks = strategies.plan(
         "replay", detector.vae, mdn=None, prior=detector.prior, ewc=None, cfg=cfg, scene="moved", new_frames=0
     )
-    assert (hooks.penalty.decoder, hooks.penalty.encoder) == (2.0, encoder) and hooks.keeps_latents
+    assert (hooks.penalty.decoder, hooks.penalty.encoder) == (2.0, 2.0 * encoder) and hooks.keeps_latents
     assert hooks.lineage["replay_distill_encoder"] == encoder
+    off = with_overrides(cfg, train={"replay_distill": 0.0})  # 0 turns both halves off
+    kw = {"mdn": None, "prior": detector.prior, "ewc": None, "scene": "moved", "new_frames": 0}
+    assert strategies.plan("replay", detector.vae, cfg=off, **kw).penalty is None
 
 
 @pytest.mark.parametrize("rate", [2.5, 0.5])

@@ -345,8 +345,8 @@ def update(
     """Learn a new normal scene without forgetting the ones the model knows (generative replay).
 
     Replay mixes samples of the old scenes, decoded by the previous model, into every batch and holds
-    the model to the previous one's outputs on them (config train.replay_distill, and for the encoder
-    train.replay_distill_encoder; 0 turns them off).
+    the model to the previous one's outputs on them (config train.replay_distill, 0 turns that off; its
+    encoder half weighs train.replay_distill_encoder times as much as its decoder half).
     Every other scene stays scored with all six components: its calibration is carried through the
     models' drift on its replayed frames, or measured anew on the frames kept of it (--keep-frames);
     'vidanom status' shows which.

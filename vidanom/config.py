@@ -92,9 +92,9 @@ class TrainConfig:
     holdout: float = 0.2  # share of the footage held out: whole clips when there are 5 or more, else time blocks
     block_seconds: float = 5.0  # length of a held-out time block
     replay_distill: float = 1.0  # weight of replay's distillation (vidanom.replay.ReplayDistillation); 0 = off
-    # the same for its encoder half (the new posterior on a replayed frame against the old one's): at the
-    # decoder's weight replay fell short of joint training on the MNIST digits, without it the old video
-    # scene lost most (README, "Learning new scenes")
+    # its encoder half (the new posterior on a replayed frame against the old one's) weighs this times as
+    # much as the decoder half: at 1 replay fell short of joint training on the MNIST digits, at 0 the old
+    # video scene lost most (README, "Learning new scenes")
     replay_distill_encoder: float = 0.3
     ewc_strength: float = 100.0  # λ of the EWC penalty, for 'update --strategy ewc'
     dream_temperature: float = 1.0  # of the LSTM-MDN's rollouts that replay old scenes on update
@@ -306,7 +306,7 @@ RULES: dict[str, Rule] = {
     "train.holdout": Rule(float, 0, 1, open=True),
     "train.block_seconds": _POSITIVE,
     "train.replay_distill": Rule(float, 0, note="0: off"),
-    "train.replay_distill_encoder": Rule(float, 0, note="0: the decoder alone"),
+    "train.replay_distill_encoder": Rule(float, 0, note="0: the decoder half alone"),
     "train.ewc_strength": _NOT_NEGATIVE,
     "train.dream_temperature": _POSITIVE,
     "train.keep_frames": Rule(int, 0, note="0: none"),

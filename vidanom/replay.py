@@ -164,7 +164,7 @@ class ReplayDistillation:
       decoder: the new decoder must turn the old scene's latent z into the old decoder's output, and
       encoder: its posterior on that output must match the old encoder's, KL(q_new || q_old),
     each summed per image like `vae_loss`, so a weight of 1 counts a replayed image like a real one.
-    `update` weighs the encoder's half by train.replay_distill_encoder, less than the decoder's: with
+    `update` weighs the encoder's half train.replay_distill_encoder times the decoder's (< 1): with
     the decoder held, a replayed frame's latent stays near where the old decoder made it from, and
     tying the new posterior to the old one at full weight cost replay on the MNIST digits.
     """

@@ -103,12 +103,12 @@ def _plan_replay(
     hooks.lineage["replay_share"] = share
     if share <= 0 or hooks.old_scenes is None:
         return
-    w, w_enc = cfg.train.replay_distill, cfg.train.replay_distill_encoder
-    if w > 0 or w_enc > 0:
+    w, w_enc = cfg.train.replay_distill, cfg.train.replay_distill * cfg.train.replay_distill_encoder
+    if w > 0:
         n = max(1, batch_parts(cfg.train.batch_size, share)[1])  # as many as fit_vae replays
         hooks.penalty, hooks.keeps_latents = ReplayDistillation(hooks.old_scenes, vae, n, w, w_enc), True
         hooks.lineage["replay_distill"] = w
-        hooks.lineage["replay_distill_encoder"] = w_enc
+        hooks.lineage["replay_distill_encoder"] = cfg.train.replay_distill_encoder
     if new_frames and mdn is not None:
         hooks.dreams = dream_clips(
             vae,
