@@ -49,19 +49,16 @@ def _flow_parts(cur: torch.Tensor, prev: torch.Tensor) -> tuple[torch.Tensor, to
     ix = F.pad(mid[..., :, 2:] - mid[..., :, :-2], (1, 1)) / 2
     iy = F.pad(mid[..., 2:, :] - mid[..., :-2, :], (0, 0, 1, 1)) / 2
     it = b - a
-    xx, xy, yy, xt, yt = (_window_mean(p) for p in (ix * ix, ix * iy, iy * iy, ix * it, iy * it))
+    rows, cols = _band(mid.shape[-2]), _band(mid.shape[-1]).T  # once for the five window sums
+    xx, xy, yy, xt, yt = (rows @ p @ cols for p in (ix * ix, ix * iy, iy * iy, ix * it, iy * it))
     xx, yy = xx + RIDGE, yy + RIDGE
     return xy * yt - yy * xt, xy * xt - xx * yt, xx * yy - xy * xy
 
 
-def _window_mean(x: torch.Tensor) -> torch.Tensor:
-    """(..., H, W) → the mean over WINDOW × WINDOW pixels around each pixel (fewer at the border), as
-    data.box_mean: two products with band matrices, far cheaper on CPU than avg_pool2d's window."""
-    return _band(x.shape[-2]) @ x @ _band(x.shape[-1]).T
-
-
 def _band(size: int) -> torch.Tensor:
-    """(size, size) the matrix that takes the mean of the WINDOW values around each (fewer at the ends)."""
+    """(size, size) the matrix that takes the mean of the WINDOW values around each (fewer at the ends):
+    B_rows @ x @ B_cols.T is the mean over WINDOW × WINDOW pixels around each pixel of x (..., H, W),
+    as data.box_mean, and far cheaper on a CPU than avg_pool2d's window."""
     at = torch.arange(size)
     near = ((at[:, None] - at[None, :]).abs() <= WINDOW // 2).float()
     return near / near.sum(1, keepdim=True)
