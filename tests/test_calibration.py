@@ -204,7 +204,7 @@ def test_calibrate_takes_place_statistics_from_training_frames_and_scales_from_h
         scorer.reset()
         maps = scorer.maps(clips[c])
         frozen = FrozenRuns(cal)(maps.frame, maps.dt, maps.err.shape[1:])
-        direction = DirectionSurprise(cal.dir_logp, cfg.score.top_k, scorer.interval)(
+        direction = DirectionSurprise(cal.dir_logp, cal.dir_speed, cfg.score.top_k, scorer.interval)(
             maps.frame, maps.dt, maps.err.shape[1:]
         )
         comp = components(maps, cal, cfg.score, frozen, direction)

@@ -256,6 +256,7 @@ def place_statistics(scorer: Scorer, footage: Footage, cfg: ProjectConfig) -> Pl
         bg_spread=bs[None],
         bg_quiet=bq[None],
         dir_logp=None if directions is None else directions.log_probabilities(w)[None],
+        dir_speed=None if directions is None else torch.tensor([directions.usual_speed()]),
     )
 
 

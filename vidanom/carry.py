@@ -98,7 +98,7 @@ def rows(cal: Calibration, scenes: list[str]) -> dict[str, object]:
 
 # optional per-scene fields a scene may lack while others have them: its rows are NaN, and it is scored
 # without them (frozen, direction: their terms are 0); any other optional field lacked by one part is left out for all
-PER_SCENE = ("bg_median", "bg_spread", "bg_quiet", "dir_logp")
+PER_SCENE = ("bg_median", "bg_spread", "bg_quiet", "dir_logp", "dir_speed")
 
 
 def stacked(parts: list[dict[str, object]]) -> Calibration:

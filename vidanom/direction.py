@@ -1,17 +1,20 @@
 """Which way things move, place by place: the `direction` component, learned from no model.
 
 A person who walks the wrong way along a path, or straight across it, moves as fast as everyone else
-and looks like everyone else: only the direction is new. The β-VAE's motion plane is the magnitude of
-the change between frames, which has no direction, and the LSTM-MDN's per-cell latents did not keep
-it (README, "0.6.0: which way things move"). This component measures the optical flow of
-every frame and how surprising its directions are at each place of the picture, given the directions
-the scene's training frames moved in there: per place, the speed-weighted surprise of each pixel's
-direction beyond the place's own entropy, so that noise where anything goes counts nothing and motion
-the usual way counts below zero; the frame's value is the mean of its `top_k` places.
+and looks like everyone else: only the direction is new; a cyclist goes the usual way, faster. The
+β-VAE's motion plane is the magnitude of the change between frames, which grows with contrast as much
+as with speed, and the LSTM-MDN's per-cell latents did not keep the direction (README, "0.6.0: which
+way things move"). This component measures the optical flow of every frame and how surprising its
+motion is at each place of the picture, given how the scene's training frames moved there: per
+place, the speed-weighted surprise of each pixel's motion (its direction and its speed class) beyond
+the place's own entropy, so that noise where anything goes counts nothing and motion the usual way
+counts below zero; the frame's value is the mean of its `top_k` places.
 
-Everything is the footage's: the direction histograms of each place (speed-weighted, BINS directions),
-shrunk towards the whole frame's as the place statistics are (`score.shrink_seconds`); the component
-counts beyond the held-out frames by the threshold's rule (calibration.rule_offset). The flow is
+Everything is the footage's: the speed classes are slower than the scene's usual speed, up to twice
+it, and faster (the usual speed: the speed-weighted median of its training frames' motion); the
+histograms of each place (speed-weighted, BINS directions × SPEEDS classes) are shrunk towards the
+whole frame's as the place statistics are (`score.shrink_seconds`); the component counts beyond the
+held-out frames by the threshold's rule (calibration.rule_offset). The flow is
 Lucas-Kanade over a window, every pixel at once: its window sums are products with band matrices, and
 the whole costs a fraction of the models' time (README, "Speed").
 """
@@ -32,6 +35,12 @@ if TYPE_CHECKING:
 BINS = 8  # directions of motion told apart
 WINDOW = 9  # pixels square of the window each pixel's flow is solved over (5 to 17 measured across cameras)
 RIDGE = 1e-5  # added to the window's 2×2 system: no motion where the picture is flat (intensities in [0, 1])
+# speed classes: below the scene's usual speed, up to FASTER times it, up to FASTER² times, and beyond (2 to 6
+# classes, their edges fixed or from the footage, were measured across cameras: README, "How a default is chosen")
+SPEEDS, FASTER = 4, 2.0
+# while a scene's motion is counted its usual speed is not known yet: speeds are counted in FINE bins an
+# octave from 2**LOWEST pixels a frame (the ends catch the rest), and merged into classes at the end
+FINE, LOWEST, OCTAVES = 4, -8, 12
 
 
 def flow(cur: torch.Tensor, prev: torch.Tensor) -> torch.Tensor:
@@ -76,6 +85,28 @@ def _bins(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return bins.masked_fill_(bins == BINS, 0)  # π is -π, pointing left
 
 
+def speed_classes(speed: torch.Tensor, usual: float) -> torch.Tensor:
+    """(n, H, W) speeds in pixels a frame → their class (n, H, W) in 0..SPEEDS-1 against a scene's usual
+    speed: how many of usual·FASTER**k (k < SPEEDS − 1) they reach. A NaN usual speed (directions
+    alone: a calibration made before 0.6.2, see widen) puts every speed in class 0."""
+    if math.isnan(usual):
+        return torch.zeros_like(speed, dtype=torch.int64)
+    steps = speed.div(usual).log2_().div_(math.log2(FASTER))  # FASTER-fold steps above the usual speed
+    return steps.floor_().add_(1).clamp_(0, SPEEDS - 1).long()
+
+
+def _fine(speed: torch.Tensor) -> torch.Tensor:
+    """(n, H, W) speeds → their FINE bin (n, H, W) in 0..FINE·OCTAVES-1, from 2**LOWEST pixels a frame."""
+    octaves = speed.clamp_min(2.0**LOWEST).log2_().sub_(LOWEST).mul_(FINE)
+    return octaves.floor_().clamp_(0, FINE * OCTAVES - 1).long()
+
+
+def widen(logp: torch.Tensor) -> torch.Tensor:
+    """(..., BINS) directions' log-probabilities (a calibration made before 0.6.2) → (..., BINS·SPEEDS),
+    each direction's spread evenly over the speed classes: the same surprise for every speed as before."""
+    return (logp - math.log(SPEEDS)).repeat_interleave(SPEEDS, -1)
+
+
 class _Motion:
     """The flow of a stream of one clip's frame planes, chunk by chunk (a clip's first frame: none)."""
 
@@ -104,24 +135,21 @@ def cell_of(size: tuple[int, ...], places: int) -> int:
     return round(math.sqrt(size[0] * size[1] / places))
 
 
-def _votes(speed: torch.Tensor, bins: torch.Tensor, cell: int) -> torch.Tensor:
-    """Speed (n, H, W) and direction bins (n, H, W) → (n, BINS, places) each place's speed per direction."""
-    n, h, w = speed.shape
+def _places(h: int, w: int, cell: int) -> tuple[torch.Tensor, int]:
+    """(H·W,) the place of each pixel of an (H, W) frame, and the number of places."""
     rows, cols = torch.arange(h) // cell, torch.arange(w) // cell
-    place = (rows[:, None] * (w // cell) + cols[None, :]).flatten()  # (H·W,) each pixel's place
-    places = (h // cell) * (w // cell)
-    index = (torch.arange(n)[:, None] * BINS + bins.flatten(1)) * places + place[None]
-    return torch.bincount(index.flatten(), speed.flatten(), n * BINS * places).view(n, BINS, places).float()
+    return (rows[:, None] * (w // cell) + cols[None, :]).flatten(), (h // cell) * (w // cell)
 
 
 class DirectionCounts:
-    """Each place's speed-weighted histogram of directions over a scene's training frames: feed every
-    clip's chunks in order (`clip()` before each clip), then `log_probabilities`."""
+    """Each place's speed-weighted histogram of directions and speeds over a scene's training frames:
+    feed every clip's chunks in order (`clip()` before each clip), then `usual_speed` and
+    `log_probabilities`."""
 
     def __init__(self, places: int, interval: float | None) -> None:
         """places: of the latent grid, whose cells the places are; interval: as DirectionSurprise's."""
         self.interval = interval
-        self.counts = torch.zeros(BINS, places, dtype=torch.float64)
+        self.fine = torch.zeros(BINS, FINE * OCTAVES, places, dtype=torch.float64)  # direction, fine speed, place
         self._motion = _Motion(interval)
 
     def clip(self) -> None:
@@ -131,25 +159,54 @@ class DirectionCounts:
         """The next chunk's frame planes (n, C·H·W) of size (H, W), its (n,) dt, and which of its
         frames are training frames (n,) bool."""
         speed, bins = self._motion(frames, dt, size)
-        self.counts += _votes(speed[keep], bins[keep], cell_of(size, self.counts.shape[1])).sum(0).double()
+        speed, bins = speed[keep], bins[keep] * FINE * OCTAVES + _fine(speed[keep])
+        place, places = _places(size[0], size[1], cell_of(size, self.fine.shape[2]))
+        index = (bins.flatten(1) * places + place[None]).flatten()  # summed over the frames at once
+        self.fine += torch.bincount(index, speed.flatten().double(), self.fine.numel()).view_as(self.fine)
+
+    def usual_speed(self) -> float:
+        """The speed-weighted median of the motion counted, in pixels a frame (the lower edge of its
+        fine bin, so that the classes merge whole bins); the lowest bin's where nothing moved."""
+        per_bin = self.fine.sum((0, 2))
+        above = (per_bin.cumsum(0) >= per_bin.sum() / 2).nonzero()
+        at = int(above[0]) if per_bin.sum() > 0 else 0
+        return 2.0 ** (LOWEST + at / FINE)
+
+    @property
+    def counts(self) -> torch.Tensor:
+        """(BINS·SPEEDS, places) the speed counted per direction and speed class at each place."""
+        at = round((math.log2(self.usual_speed()) - LOWEST) * FINE)
+        step = round(math.log2(FASTER) * FINE)
+        edges = [0, *(max(0, at + k * step) for k in range(SPEEDS - 1)), self.fine.shape[1]]
+        classes = [self.fine[:, a:b].sum(1) for a, b in zip(edges[:-1], edges[1:])]
+        return torch.stack(classes, 1).flatten(0, 1)
 
     def log_probabilities(self, weight: float) -> torch.Tensor:
-        """(places, BINS) log-probability of each direction at each place: its own histogram by
-        `weight` (calibration.shrink_weight), the whole frame's by the rest."""
-        eps = 1e-6
-        own = (self.counts + eps) / (self.counts.sum(0, keepdim=True) + BINS * eps)
-        frame = (self.counts.sum(1, keepdim=True) + eps) / (self.counts.sum() + BINS * eps)
+        """(places, BINS·SPEEDS) log-probability of each direction and speed class (at direction·SPEEDS +
+        class) at each place: its own histogram by `weight` (calibration.shrink_weight), the whole
+        frame's by the rest."""
+        eps, counts = 1e-6, self.counts
+        kinds = len(counts)
+        own = (counts + eps) / (counts.sum(0, keepdim=True) + kinds * eps)
+        frame = (counts.sum(1, keepdim=True) + eps) / (counts.sum() + kinds * eps)
         return (weight * own + (1.0 - weight) * frame).T.log().float()
 
 
 class DirectionSurprise:
     """The `direction` component of a stream of one clip's frames, per scene (a new one for a new clip)."""
 
-    def __init__(self, logp: torch.Tensor | None, top_k: int, interval: float | None) -> None:
-        """logp: (S, places, BINS) each scene's log_probabilities, or None (a calibration made before
-        0.6.0); interval: the usual seconds between frames, which the speeds are scaled to."""
-        self.logp, self.top_k = logp, top_k
-        self.entropy = None if logp is None else -(logp.exp() * logp).sum(2)  # (S, places)
+    def __init__(
+        self, logp: torch.Tensor | None, usual: torch.Tensor | None, top_k: int, interval: float | None
+    ) -> None:
+        """logp: (S, places, BINS·SPEEDS) each scene's log_probabilities, or None (a calibration made
+        before 0.6.0); usual: (S,) each scene's usual speed (NaN: directions alone, see widen);
+        interval: the usual seconds between frames, which the speeds are scaled to."""
+        self.top_k = top_k
+        self.usual = [math.nan] * (0 if logp is None else len(logp)) if usual is None else usual.tolist()
+        entropy = None if logp is None else -(logp.exp() * logp).sum(2, keepdim=True)  # (S, places, 1)
+        # per scene, place and kind of motion, what a pixel's unit of speed counts: its surprise beyond the
+        # place's entropy, (S, places, BINS·SPEEDS)
+        self.table = None if logp is None or entropy is None else -(logp + entropy)
         self._motion = _Motion(interval)
 
     def __call__(
@@ -158,14 +215,23 @@ class DirectionSurprise:
         """The next chunk's frame planes (n, C·H·W) of size (H, W) and (n,) dt → (n, S) the mean of
         the top_k places' speed-weighted surprise beyond their entropy, per pixel; None without
         histograms or frames."""
-        if self.logp is None or self.entropy is None or frames is None:
+        if self.table is None or frames is None:
             return None
         speed, bins = self._motion(frames, dt, size)
-        cell = cell_of(size, self.logp.shape[1])
-        votes = _votes(speed, bins, cell)  # (n, BINS, places)
-        # per place, Σ over its pixels of speed · (−log p(direction) − entropy), for every scene: (n, S, places)
-        surprise = -torch.einsum("nbp,spb->nsp", votes, self.logp) - votes.sum(1)[:, None] * self.entropy[None]
-        surprise = surprise / (cell * cell)
+        cell = cell_of(size, self.table.shape[1])
+        # per scene and place, Σ over its pixels of speed · (−log p(direction, speed class) − entropy): (n, S, places)
+        surprise = torch.stack([self._surprise(s, speed, bins, cell) for s in range(len(self.table))], 1)
         if zones is not None:
             surprise = zones.places(surprise)
         return surprise.topk(min(self.top_k, surprise.shape[-1]), dim=-1).values.mean(-1)
+
+    def _surprise(self, scene: int, speed: torch.Tensor, bins: torch.Tensor, cell: int) -> torch.Tensor:
+        """One scene's surprise per place (n, places), per pixel, from speeds and direction bins (n, H, W):
+        each scene has its own usual speed, so its own classes."""
+        assert self.table is not None
+        n, h, w = speed.shape
+        table = self.table[scene]
+        place = _places(h, w, cell)[0].view(h, w)
+        kinds = bins * SPEEDS + speed_classes(speed, self.usual[scene])
+        per_pixel = speed * table.flatten()[place * table.shape[1] + kinds]
+        return F.avg_pool2d(per_pixel[:, None], cell)[:, 0].flatten(1)  # the mean of each place's pixels

@@ -11,6 +11,8 @@ from typing import Any
 
 import torch
 
+from .direction import widen
+
 # calibrations made before still_floor: stillness counted this many of its lower scales below its median
 LEGACY_STILL_MARGIN = 4.0
 # the components of a frame's score (scoring.components): all but "still" count where they are higher
@@ -39,9 +41,12 @@ class PlaceStats:
     bg_median: torch.Tensor | None = None
     bg_spread: torch.Tensor | None = None
     bg_quiet: torch.Tensor | None = None
-    # per scene and latent cell, the log-probability of each direction of motion on its training frames
-    # (S, cells, direction.BINS; see direction.DirectionCounts); None in calibrations made before
+    # per scene and latent cell, the log-probability of each direction and speed class of motion on its
+    # training frames (S, cells, direction.BINS·SPEEDS; see direction.DirectionCounts), and per scene the
+    # usual speed the classes are measured by (S,): NaN where a calibration of 0.6.0-0.6.1 had directions
+    # alone (widened as they load); None in calibrations made before
     dir_logp: torch.Tensor | None = None
+    dir_speed: torch.Tensor | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -100,6 +105,8 @@ class Calibration(PlaceStats, Scales):
         if missing > 0:  # made before stillness, frozen or direction were components: they add nothing
             pad = {"comp_mean": 0.0, "comp_std": math.inf, "comp_low": math.inf}
             d = {**d, **{k: torch.cat([d[k], torch.full((len(d[k]), missing), v)], 1) for k, v in pad.items()}}
+        if d.get("dir_logp") is not None and d.get("dir_speed") is None:  # directions alone: any speed as likely
+            d = {**d, "dir_logp": widen(d["dir_logp"]), "dir_speed": torch.full((len(d["dir_logp"]),), math.nan)}
         if d.get("still_floor") is None:  # made before: the same rule as then
             d = {**d, "still_floor": d["comp_mean"][:, 3] - LEGACY_STILL_MARGIN * d["comp_low"][:, 3]}
         return cls(**d)

@@ -245,7 +245,8 @@ class PixelTerms:
     def __init__(self, cal: PlaceStats, sc: ScoreConfig, interval: float | None) -> None:
         self.frozen = FrozenRuns(cal)
         # the flow is not free (README, "Speed"): not measured where it would not count
-        self.direction = DirectionSurprise(cal.dir_logp if sc.weights.direction > 0 else None, sc.top_k, interval)
+        on = sc.weights.direction > 0
+        self.direction = DirectionSurprise(cal.dir_logp if on else None, cal.dir_speed, sc.top_k, interval)
 
     def __call__(self, maps: Maps) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """The next chunk's Maps → frozen (n, S) and direction (n, S), or None where not measured."""
