@@ -35,6 +35,7 @@ torch.set_num_threads(1)  # the machine is shared; tiny models gain nothing from
 
 WIDTH, HEIGHT, FPS = 64, 48, 25
 N_FRAMES = 48
+REPEAT = WIDTH - 8  # frames of each stretch of anomalous_frames(times): the small square's round, 1 pixel a frame
 NORMAL_FRAMES = 96  # the normal clips: 8 s of footage to learn from, hold out and calibrate on
 ANOMALY = (24, 40)  # frames [24, 40) of the anomalous clip show a large, fast square
 EVENT_KEYS = ("start_frame", "end_frame", "peak_frame")  # where an event or segment lies, in frames
@@ -120,13 +121,19 @@ def write_vfr(
     return path
 
 
-def anomalous_frames() -> np.ndarray:
-    """A normal clip in which frames ANOMALY[0]..ANOMALY[1]-1 add a large square moving fast."""
-    frames, _ = square_frames(N_FRAMES, 4, 20, 1.0, 8)
+def anomalous_frames(times: int = 1) -> np.ndarray:
+    """A normal clip in which frames ANOMALY[0]..ANOMALY[1]-1 add a large square moving fast (N_FRAMES
+    frames); or `times` such stretches of REPEAT frames, one continuous clip in which the small square
+    wraps round inside each anomaly (a clip joined to itself would jump back at every join: a cut, and
+    a jump `direction` rightly sees)."""
+    if times == 1:
+        frames, _ = square_frames(N_FRAMES, 4, 20, 1.0, 8)
+    else:
+        frames, _ = square_frames(REPEAT * times, REPEAT - ANOMALY[0], 20, 1.0, 8)
     big, _ = square_frames(ANOMALY[1] - ANOMALY[0], 0, 8, 4.0, 18, (250, 250, 250))
-    a, b = ANOMALY
     mask = (big != background()[None]).any(-1)  # where the big square is
-    frames[a:b][mask] = big[mask]
+    for start in range(0, len(frames), REPEAT if times > 1 else N_FRAMES):
+        frames[start + ANOMALY[0] : start + ANOMALY[1]][mask] = big[mask]
     return frames
 
 

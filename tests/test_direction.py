@@ -145,6 +145,19 @@ def test_classes_merged_from_fine_bins_are_the_histogram_of_each_speeds_class():
     assert float(half) / 2**0.25 <= counts.usual_speed() <= float(half)
 
 
+def test_a_frame_of_unknown_speed_counts_nothing_in_the_histograms_and_scores_nan():
+    clip = moving(0.5)
+    counts = counts_of(clip)
+    dt = torch.full((24,), 0.1)
+    dt[10] = float("nan")  # a frame whose interval is not known: its speed is not either
+    unknown = DirectionCounts(16, 0.1)
+    unknown.add(clip, dt, (SIZE, SIZE), torch.ones(24, dtype=torch.bool))
+    assert torch.isfinite(unknown.fine).all() and unknown.fine.sum() > 0
+    assert float(unknown.fine.sum()) < float(counts.fine.sum())  # its frame counted nothing
+    got = surprise_of(counts, 0.5, 3, 0.1)(clip, dt, (SIZE, SIZE))
+    assert got is not None and got[10].isnan().all() and not got[11:].isnan().any()
+
+
 def test_speed_classes_split_at_the_usual_speed_and_its_multiples():
     speed = torch.tensor([0.0, 0.29, 0.3, 0.59, 0.6, 1.19, 1.2, 5.0]).view(1, 1, -1)
     edges = [0.3 * FASTER**k for k in range(SPEEDS - 1)]

@@ -20,7 +20,7 @@ import av
 import numpy as np
 import pytest
 import torch
-from conftest import Subscriber, anomalous_frames, invoke, next_line, write_video
+from conftest import REPEAT, Subscriber, anomalous_frames, invoke, next_line, write_video
 from PIL import Image
 
 from vidanom.errors import OutputError
@@ -38,10 +38,10 @@ FRAME = 1 / 25
 
 @pytest.fixture(scope="module")
 def three(tmp_path_factory) -> Path:
-    """The anomalous clip three times over (144 frames, 5.76 s, three events), H.264 with a keyframe every 0.4 s."""
+    """The anomalous stretch three times over (168 frames, 6.72 s, three events), H.264 with a keyframe every 0.4 s."""
     return write_video(
         tmp_path_factory.mktemp("events") / "three.mp4",
-        np.concatenate([anomalous_frames()] * 3),
+        anomalous_frames(3),
         codec="libx264",
         gop=10,
     )
@@ -83,7 +83,7 @@ def test_an_events_clip_is_the_sources_packets_from_the_keyframe_before_its_pre_
             n = sum(1 for _ in c.decode(video=0))
         assert set(packets(clip)) <= source  # the camera's own bytes: not encoded again
         # from the keyframe at or before start - pre, to the first frame past end + post (or the stream's end)
-        end = min(e["end_time"] + 0.3, 144 * FRAME)
+        end = min(e["end_time"] + 0.3, 3 * REPEAT * FRAME)
         assert e["start_time"] - 0.5 - GOP < e["clip_start_time"] <= e["start_time"] - 0.5 + 1e-6
         assert end - 1e-6 <= e["clip_end_time"] <= end + FRAME + 1e-6
         assert n * FRAME == pytest.approx(e["clip_end_time"] - e["clip_start_time"], abs=1e-3)
@@ -96,7 +96,7 @@ def test_an_events_clip_is_the_sources_packets_from_the_keyframe_before_its_pre_
 
 def test_every_event_of_a_long_watch_gets_its_clip(project, tmp_path):
     # more events than clips may be written at once (MAX_RECORDINGS): finished ones no longer count
-    five = write_video(tmp_path / "five.mp4", np.concatenate([anomalous_frames()] * 5), codec="libx264", gop=10)
+    five = write_video(tmp_path / "five.mp4", anomalous_frames(5), codec="libx264", gop=10)
     events, status = run(project, five, OutputOptions(clips=tmp_path / "clips", pre=0.3, post=0.2))
     assert [e["event"] for e in events] == [1, 2, 3, 4, 5]  # in order, whichever clip was done first
     assert all(e["clip"] and Path(e["clip"]).is_file() for e in events)
@@ -169,7 +169,7 @@ def test_a_hanging_webhook_never_stalls_scoring_and_its_drops_are_counted(projec
     started = time.monotonic()
     status = watcher.run()
     assert time.monotonic() - started < 2.0  # one POST in hand hangs for 2 s: the scoring did not wait for it
-    assert status.frames == 144 and status.events == 3 and status.dropped == 0
+    assert status.frames == 3 * REPEAT and status.events == 3 and status.dropped == 0
     stats = status.outputs["webhook"]
     # the first in hand (hanging), the second dropped when the third came (a queue of 1), those two at the end
     assert stats["sent"] == 0 and stats["dropped"] == 3 and endpoint.requests == 1
@@ -202,7 +202,7 @@ def test_a_stream_that_drops_and_returns_is_told_through_the_outputs(project, th
     assert [h["state"] for h in health[:2]] == ["down", "back"], endpoint.bodies
     down, back = health[:2]
     assert down["camera"] == back["camera"] == "yard" and down["reason"] == "the stream ended"
-    assert down["from_frame"] == 143 and back["down_seconds"] == back["gap"] > 0
+    assert down["from_frame"] == 3 * REPEAT - 1 and back["down_seconds"] == back["gap"] > 0
     assert [b["event"] for b in endpoint.bodies if b["kind"] == "event"][:3] == [1, 2, 3]
 
 

@@ -46,7 +46,8 @@ def h264(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def h264_twice(tmp_path_factory) -> Path:
-    """The anomalous clip twice over (96 frames, 3.8 s), as H.264 in MP4."""
+    """The anomalous clip twice over (96 frames, 3.8 s), as H.264 in MP4: after a reconnect the second
+    copy scores as the first did from the start."""
     frames = np.concatenate([anomalous_frames()] * 2)
     return write_video(tmp_path_factory.mktemp("rtsp") / "anom2.mp4", frames, codec="libx264")
 

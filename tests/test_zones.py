@@ -85,6 +85,10 @@ def test_zones_weigh_the_error_map_and_the_cells_at_the_models_size():
     z4 = zones.Zones(torch.ones(8, 8), torch.tensor([0.0, 0.5, 0.0, 1.0]))
     assert z4.places(scores).tolist() == [[0.0, 2.5, -3.0, 2.0]]  # above normal: by the share outside
     assert zones.Zones.of(MaskConfig(), 32, 32, 8) is None
+    # the flow's windows: a pixel counts by the least share outside within the window around it
+    window = z.windows(5)
+    assert (window[:, :11] == 0).all() and (window[:, 12:] == 1).all()  # 2 more columns of 32 than the zone
+    torch.testing.assert_close(window[:, 11], z.pixels[:, 9])
 
 
 def test_set_before_training_the_zones_weigh_the_training_loss(project, clips, monkeypatch):

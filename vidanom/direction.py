@@ -92,7 +92,8 @@ def speed_classes(speed: torch.Tensor, usual: float) -> torch.Tensor:
     if math.isnan(usual):
         return torch.zeros_like(speed, dtype=torch.int64)
     steps = speed.div(usual).log2_().div_(math.log2(FASTER))  # FASTER-fold steps above the usual speed
-    return steps.floor_().add_(1).clamp_(0, SPEEDS - 1).long()
+    # an unknown speed (a frame of unknown interval: NaN) takes class 0 and still counts NaN by its speed
+    return steps.floor_().add_(1).clamp_(0, SPEEDS - 1).nan_to_num_(0.0).long()
 
 
 def _fine(speed: torch.Tensor) -> torch.Tensor:
@@ -159,7 +160,8 @@ class DirectionCounts:
         """The next chunk's frame planes (n, C·H·W) of size (H, W), its (n,) dt, and which of its
         frames are training frames (n,) bool."""
         speed, bins = self._motion(frames, dt, size)
-        speed, bins = speed[keep], bins[keep] * FINE * OCTAVES + _fine(speed[keep])
+        speed = speed[keep].nan_to_num(0.0, posinf=0.0)  # a speed not measured counts nothing
+        bins = bins[keep] * FINE * OCTAVES + _fine(speed)
         place, places = _places(size[0], size[1], cell_of(size, self.fine.shape[2]))
         index = (bins.flatten(1) * places + place[None]).flatten()  # summed over the frames at once
         self.fine += torch.bincount(index, speed.flatten().double(), self.fine.numel()).view_as(self.fine)
@@ -219,19 +221,23 @@ class DirectionSurprise:
             return None
         speed, bins = self._motion(frames, dt, size)
         cell = cell_of(size, self.table.shape[1])
+        outside = None if zones is None else zones.windows(WINDOW)  # a zone's motion reaches as far as a window
         # per scene and place, Σ over its pixels of speed · (−log p(direction, speed class) − entropy): (n, S, places)
-        surprise = torch.stack([self._surprise(s, speed, bins, cell) for s in range(len(self.table))], 1)
-        if zones is not None:
-            surprise = zones.places(surprise)
+        surprise = torch.stack([self._surprise(s, speed, bins, cell, outside) for s in range(len(self.table))], 1)
         return surprise.topk(min(self.top_k, surprise.shape[-1]), dim=-1).values.mean(-1)
 
-    def _surprise(self, scene: int, speed: torch.Tensor, bins: torch.Tensor, cell: int) -> torch.Tensor:
+    def _surprise(
+        self, scene: int, speed: torch.Tensor, bins: torch.Tensor, cell: int, outside: torch.Tensor | None
+    ) -> torch.Tensor:
         """One scene's surprise per place (n, places), per pixel, from speeds and direction bins (n, H, W):
-        each scene has its own usual speed, so its own classes."""
+        each scene has its own usual speed, so its own classes. Where zones are drawn, a pixel's surprise
+        above zero counts by its window's share outside them, (H, W) `outside`."""
         assert self.table is not None
         n, h, w = speed.shape
         table = self.table[scene]
         place = _places(h, w, cell)[0].view(h, w)
         kinds = bins * SPEEDS + speed_classes(speed, self.usual[scene])
         per_pixel = speed * table.flatten()[place * table.shape[1] + kinds]
+        if outside is not None:
+            per_pixel = torch.where(per_pixel > 0, per_pixel * outside, per_pixel)
         return F.avg_pool2d(per_pixel[:, None], cell)[:, 0].flatten(1)  # the mean of each place's pixels

@@ -6,7 +6,8 @@ it). Scoring applies them as one separate step, at the model's frame size: the r
 map is weighted, pixel by pixel, by the share of the pixel outside every zone (so the worst patches
 are taken of what lies outside), and each latent cell's KL and LSTM-MDN z-scores count, where they
 lie above normal, by the cell's share outside (a cell wholly inside counts for nothing); the
-stillness of a frame is read from the cells outside alone. Set before training, the same pixel
+stillness of a frame is read from the cells outside alone; `direction` counts each pixel's surprise by
+the share outside of its flow window (Zones.windows). Set before training, the same pixel
 weights weigh the β-VAE's reconstruction loss, so the model spends no capacity inside them.
 """
 
@@ -81,6 +82,12 @@ class Zones:
         outside the zones; below, as it is (a zone never raises, nor lowers, what lies outside)."""
         share = self.cells.to(z.device)
         return torch.where(z > 0, z * share, z)
+
+    def windows(self, size: int) -> torch.Tensor:
+        """(H, W) per pixel, the least share outside the zones of any pixel within size × size of it:
+        what a measure over such a window (the optical flow's) counts by, so that motion inside a zone
+        does not spill out of it through the windows of the pixels around it."""
+        return -F.max_pool2d(-self.pixels[None, None], size, 1, size // 2)[0, 0]
 
     def surprise(self, excess: torch.Tensor) -> torch.Tensor:
         """(..., cells) surprise over the most likely prediction (≥ 0; the stillness component): of
