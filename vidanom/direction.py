@@ -235,9 +235,8 @@ class DirectionSurprise:
         assert self.table is not None
         n, h, w = speed.shape
         table = self.table[scene]
-        place = _places(h, w, cell)[0].view(h, w)
-        kinds = bins * SPEEDS + speed_classes(speed, self.usual[scene])
-        per_pixel = speed * table.flatten()[place * table.shape[1] + kinds]
+        at = _places(h, w, cell)[0].view(h, w) * table.shape[1] + bins * SPEEDS  # each pixel's row of the table
+        per_pixel = speed * table.take(at.add_(speed_classes(speed, self.usual[scene])))
         if outside is not None:
             per_pixel = torch.where(per_pixel > 0, per_pixel * outside, per_pixel)
         return F.avg_pool2d(per_pixel[:, None], cell)[:, 0].flatten(1)  # the mean of each place's pixels
