@@ -149,9 +149,9 @@ def test_an_accepted_stretch_sets_the_threshold_and_is_not_flagged_again(twice_p
     assert after["seconds_of_footage"] == pytest.approx(seconds, abs=0.1)
     assert invoke("score", twice, "--device", "cpu", "-p", twice_project).exit_code == 0
     rescored = store.read("twice.mp4")
-    # the stretch set the threshold as a clip of its own, from its margin on, where the LSTM-MDN's state (and
-    # so a frame's score) differs from the whole clip's by a hair: the frame whose score set the threshold
-    # may come back a hair above it, never as an event
+    # the stretch set the threshold scored as a clip of its own, from its margin on; within the whole clip
+    # each frame scores a hair apart (the LSTM-MDN's state, the batches): the frame whose score set the
+    # threshold may come back a hair above it, never as an event
     assert float(rescored.scores[a:b].max()) <= rescored.summary["threshold"] * 1.001
     assert rescored.flags[a:b].sum() <= 1
     assert not any(s["start_frame"] < b and s["end_frame"] > a for s in rescored.summary["segments"])

@@ -180,6 +180,21 @@ def test_a_widened_histogram_scores_every_speed_as_its_direction_alone_did():
     torch.testing.assert_close(got, also)
 
 
+def test_each_scene_is_scored_by_its_own_classes_beside_a_scene_of_directions_alone():
+    slow, fast = counts_of(moving(0.3)), counts_of(moving(1.2))
+    assert fast.usual_speed() > 2 * slow.usual_speed()
+    alone = slow.counts.view(BINS, SPEEDS, -1).sum(1)
+    legacy = widen(((alone + 1e-6) / (alone.sum(0) + BINS * 1e-6)).T.log().float())
+    logp = torch.stack([legacy, fast.log_probabilities(0.5)])
+    usual = torch.tensor([float("nan"), fast.usual_speed()])
+    clip = moving(0.6, y=8.5)
+    both = DirectionSurprise(logp, usual, 2, None)(clip, None, (SIZE, SIZE))
+    one = DirectionSurprise(logp[1:], usual[1:], 2, None)(clip, None, (SIZE, SIZE))
+    old = DirectionSurprise(logp[:1], usual[:1], 2, None)(clip, None, (SIZE, SIZE))
+    assert both is not None and one is not None and old is not None and both.shape == (24, 2)
+    torch.testing.assert_close(both, torch.cat([old, one], 1))
+
+
 def test_calibrations_of_directions_alone_are_widened_as_they_load():
     from vidanom.normality import Calibration
 

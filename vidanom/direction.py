@@ -11,7 +11,8 @@ the place's own entropy, so that noise where anything goes counts nothing and mo
 counts below zero; the frame's value is the mean of its `top_k` places.
 
 Everything is the footage's: the speed classes are slower than the scene's usual speed, up to twice
-it, and faster (the usual speed: the speed-weighted median of its training frames' motion); the
+it, up to four times, and faster (the usual speed: the speed-weighted median of its training frames'
+motion); the
 histograms of each place (speed-weighted, BINS directions × SPEEDS classes) are shrunk towards the
 whole frame's as the place statistics are (`score.shrink_seconds`); the component counts beyond the
 held-out frames by the threshold's rule (calibration.rule_offset). The flow is
