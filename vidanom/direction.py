@@ -222,22 +222,23 @@ class DirectionSurprise:
             return None
         speed, bins = self._motion(frames, dt, size)
         cell = cell_of(size, self.table.shape[1])
+        # each pixel's place and direction in a scene's table: where its speed class is added, scene by scene
+        rows = _places(size[0], size[1], cell)[0].view(*size[:2]) * self.table.shape[2] + bins * SPEEDS
         outside = None if zones is None else zones.windows(WINDOW)  # a zone's motion reaches as far as a window
         # per scene and place, Σ over its pixels of speed · (−log p(direction, speed class) − entropy): (n, S, places)
-        surprise = torch.stack([self._surprise(s, speed, bins, cell, outside) for s in range(len(self.table))], 1)
+        surprise = torch.stack([self._surprise(s, speed, rows, cell, outside) for s in range(len(self.table))], 1)
         return surprise.topk(min(self.top_k, surprise.shape[-1]), dim=-1).values.mean(-1)
 
     def _surprise(
-        self, scene: int, speed: torch.Tensor, bins: torch.Tensor, cell: int, outside: torch.Tensor | None
+        self, scene: int, speed: torch.Tensor, rows: torch.Tensor, cell: int, outside: torch.Tensor | None
     ) -> torch.Tensor:
-        """One scene's surprise per place (n, places), per pixel, from speeds and direction bins (n, H, W):
-        each scene has its own usual speed, so its own classes. Where zones are drawn, a pixel's surprise
-        above zero counts by its window's share outside them, (H, W) `outside`."""
+        """One scene's surprise per place (n, places), per pixel, from speeds (n, H, W) and `rows`, each
+        pixel's place and direction in the table (n, H, W): each scene has its own usual speed, so its
+        own classes. Where zones are drawn, a pixel's surprise above zero counts by its window's share
+        outside them, (H, W) `outside`."""
         assert self.table is not None
-        n, h, w = speed.shape
-        table = self.table[scene]
-        at = _places(h, w, cell)[0].view(h, w) * table.shape[1] + bins * SPEEDS  # each pixel's row of the table
-        per_pixel = speed * table.take(at.add_(speed_classes(speed, self.usual[scene])))
+        at = rows + speed_classes(speed, self.usual[scene])
+        per_pixel = speed * self.table[scene].take(at)
         if outside is not None:
             per_pixel = torch.where(per_pixel > 0, per_pixel * outside, per_pixel)
         return F.avg_pool2d(per_pixel[:, None], cell)[:, 0].flatten(1)  # the mean of each place's pixels
