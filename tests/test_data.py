@@ -9,6 +9,7 @@ import torch
 from vidanom.data import (
     SPEED_FLOOR,
     MotionPlane,
+    box_mean,
     Split,
     Timing,
     gather,
@@ -174,3 +175,10 @@ def test_the_speed_plane_is_the_shift_in_pixels_whatever_the_contrast(step):
     jump[1, 2:6, 2:6] = 255
     plane = MotionPlane(lag=1, kind="speed", gain=2.0, blur=1)
     assert to_input(jump, plane)[1, 1].max() == plane.range[1] == 2.0
+
+
+@pytest.mark.parametrize("k", [1, 3, 5, 9])
+def test_box_mean_is_the_window_mean_without_the_padding(k):
+    x = torch.rand(2, 3, 20, 33, generator=torch.Generator().manual_seed(k))
+    ref = torch.nn.functional.avg_pool2d(x, k, 1, k // 2, count_include_pad=False)
+    torch.testing.assert_close(box_mean(x, k), ref)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from vidanom.config import MaskConfig
-from vidanom.frozen import MAD_TO_STD, FrozenRuns, background
+from vidanom.frozen import MAD_TO_STD, FrozenRuns, _runs, background
 from vidanom.zones import Zones
 
 SIZE, DT = 32, 0.1  # frames of 32 x 32 pixels, 10 a second
@@ -179,3 +179,20 @@ def test_a_calibration_counts_frozen_beyond_the_held_out_footages_longest_run():
     comp = torch.zeros(3, 1, 6)
     comp[:, 0, 4] = torch.tensor([0.2, 0.3, 0.8])
     assert standardise(comp, cal)[:, 0, 4].tolist() == pytest.approx([0.0, 0.0, 5.0], abs=1e-4)
+
+
+@pytest.mark.parametrize("share", [0.002, 0.6])  # few pixels count (followed alone) or many (all followed)
+def test_runs_add_each_frames_seconds_until_a_break(share):
+    g = torch.Generator().manual_seed(3)
+    counts = torch.rand(12, 2, 6, 7, generator=g) < share
+    counts[:, 0, 1, 1] = True  # a pixel that counts throughout, from a run before
+    counts[4:, 1, 2, 3] = True
+    dt, before = torch.rand(12, generator=g), torch.zeros(2, 6, 7)
+    before[0, 1, 1], before[1, 2, 3] = 5.0, 7.0  # the last counted before a break: it starts again at 0
+    counts[3, 1, 2, 3] = False
+    ref, run = torch.zeros(counts.shape), before.clone()
+    for i in range(len(counts)):  # one frame at a time
+        run = torch.where(counts[i], run + dt[i], torch.zeros(()))
+        ref[i] = run
+    torch.testing.assert_close(_runs(counts, dt, before), ref)
+    assert ref[-1, 0, 1, 1] == pytest.approx(5.0 + dt.sum().item())

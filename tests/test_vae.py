@@ -29,11 +29,12 @@ def test_kl_map_is_zero_at_the_prior():
     assert torch.count_nonzero(kl_map(torch.zeros(2, 3, 4, 4), torch.zeros(2, 3, 4, 4))) == 0
 
 
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
 @pytest.mark.parametrize("beta", [0.0, 0.37, 2.0])
-def test_vae_loss_is_recon_plus_beta_kl(beta):
+def test_vae_loss_is_recon_plus_beta_kl(beta, layout):
     g = torch.Generator().manual_seed(1)
     b = 4
-    x, recon = torch.rand(b, 2, 8, 8, generator=g), torch.rand(b, 2, 8, 8, generator=g)
+    x, recon = (torch.rand(b, 2, 8, 8, generator=g).to(memory_format=layout) for _ in range(2))
     mu, logvar = torch.randn(b, 3, 2, 2, generator=g), torch.randn(b, 3, 2, 2, generator=g)
     loss, rec, kl = vae_loss(x, recon, mu, logvar, beta)
     ref_rec = torch.nn.functional.mse_loss(recon, x, reduction="sum") / b  # summed per image, mean over batch
@@ -42,6 +43,17 @@ def test_vae_loss_is_recon_plus_beta_kl(beta):
     torch.testing.assert_close(kl, ref_kl)
     torch.testing.assert_close(loss, ref_rec + beta * ref_kl)
     assert loss.dim() == rec.dim() == kl.dim() == 0
+
+
+@pytest.mark.parametrize("requires_grad", [False, True])
+def test_coordinates_are_appended_to_a_channels_last_batch_in_its_layout(requires_grad):
+    vae = BetaVAE(VAEConfig(in_channels=2, height=8, width=16, hidden=(4,)))
+    x = torch.rand(3, 2, 8, 16).to(memory_format=torch.channels_last).requires_grad_(requires_grad)
+    out = vae._with_coords(x)
+    ys, xs = torch.meshgrid(torch.linspace(-1, 1, 8), torch.linspace(-1, 1, 16), indexing="ij")
+    assert torch.equal(out[:, :2], x) and out.shape == (3, 4, 8, 16)
+    assert torch.equal(out[:, 2], ys.expand(3, 8, 16)) and torch.equal(out[:, 3], xs.expand(3, 8, 16))
+    assert out.is_contiguous(memory_format=torch.channels_last)
 
 
 def test_error_map_sums_squares_over_channels():

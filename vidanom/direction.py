@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
-from .data import motion_scale
+from .data import band, motion_scale
 
 if TYPE_CHECKING:
     from .zones import Zones
@@ -59,19 +59,10 @@ def _flow_parts(cur: torch.Tensor, prev: torch.Tensor) -> tuple[torch.Tensor, to
     ix = F.pad(mid[..., :, 2:] - mid[..., :, :-2], (1, 1)) / 2
     iy = F.pad(mid[..., 2:, :] - mid[..., :-2, :], (0, 0, 1, 1)) / 2
     it = b - a
-    rows, cols = _band(mid.shape[-2]), _band(mid.shape[-1]).T  # once for the five window sums
+    rows, cols = band(mid.shape[-2], WINDOW), band(mid.shape[-1], WINDOW).T  # once for the five window sums
     xx, xy, yy, xt, yt = (rows @ p @ cols for p in (ix * ix, ix * iy, iy * iy, ix * it, iy * it))
     xx, yy = xx + RIDGE, yy + RIDGE
     return xy * yt - yy * xt, xy * xt - xx * yt, xx * yy - xy * xy
-
-
-def _band(size: int) -> torch.Tensor:
-    """(size, size) the matrix that takes the mean of the WINDOW values around each (fewer at the ends):
-    B_rows @ x @ B_cols.T is the mean over WINDOW × WINDOW pixels around each pixel of x (..., H, W),
-    as data.box_mean, and far cheaper on a CPU than avg_pool2d's window."""
-    at = torch.arange(size)
-    near = ((at[:, None] - at[None, :]).abs() <= WINDOW // 2).float()
-    return near / near.sum(1, keepdim=True)
 
 
 def polar(f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -9,6 +9,7 @@ computes the same function (to float rounding), so its scores match those of cal
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,7 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .vae import BetaVAE
+from .vae import BetaVAE, coordinates
 
 # FFmpeg threads for decoding beside inference (video.iter_chunks' `threads`): 0, FFmpeg's own choice.
 # On 2 idle cores, 720p H.264 scored at 964-979 frames/s with it against 895-941 with one thread.
@@ -69,10 +70,43 @@ def can_subpixel(m: nn.Module) -> bool:
     )
 
 
+class CoordinatesFolded(nn.Module):
+    """A convolution over [x, the pixel coordinates] as one over x alone plus a constant map: the
+    coordinates' part of its output, computed once for the model's frame size. The same function,
+    without building and converting the wider input for every batch."""
+
+    def __init__(self, conv: nn.Conv2d, channels: int, height: int, width: int) -> None:
+        super().__init__()
+        w = conv.weight.detach()  # (out, channels + 2, k, k)
+        self.conv = copy.deepcopy(conv)
+        self.conv.weight = nn.Parameter(w[:, :channels].clone(), requires_grad=False)
+        self.conv.bias, self.conv.in_channels = None, channels
+        bias = conv.bias.detach() if conv.bias is not None else None
+        at = coordinates(1, height, width, w)
+        self.register_buffer("map", F.conv2d(at, w[:, channels:], bias, conv.stride, conv.padding), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, channels, height, width) → the convolution's output over [x, coordinates]."""
+        return self.conv(x) + self.map
+
+
+def fold_coordinates(vae: BetaVAE) -> None:
+    """Fold the coordinate planes of vae (a copy for inference) into constant maps, in place."""
+    cfg = vae.cfg
+    if not cfg.coords or not isinstance(vae.encoder[0], nn.Conv2d) or not isinstance(vae.decoder[0], nn.Conv2d):
+        return
+    vae.encoder[0] = CoordinatesFolded(vae.encoder[0], cfg.in_channels, cfg.height, cfg.width)
+    vae.to_stats = CoordinatesFolded(vae.to_stats, cfg.hidden[-1], *cfg.grid)
+    vae.decoder[0] = CoordinatesFolded(vae.decoder[0], cfg.latent_channels, *cfg.grid)
+    vae.cfg = dataclasses.replace(cfg, coords=False)  # its modules add them: no planes to append
+
+
 def for_inference(vae: BetaVAE, device: torch.device) -> BetaVAE:
     """A copy of vae for scoring on device: eval mode, channels-last weights, in-place activations,
-    and a transposed convolution with few output planes rewritten as a sub-pixel convolution."""
+    the coordinate planes folded into constant maps, and a transposed convolution with few output
+    planes rewritten as a sub-pixel convolution."""
     fast = copy.deepcopy(vae).eval().requires_grad_(False)
+    fold_coordinates(fast)
     if device.type == "cpu":
         for i, m in enumerate(fast.decoder):
             if isinstance(m, nn.ConvTranspose2d) and can_subpixel(m) and m.out_channels <= 8:

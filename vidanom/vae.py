@@ -34,7 +34,7 @@ class VAEConfig:
         return self.height // self.downsample, self.width // self.downsample
 
 
-def _coords(n: int, h: int, w: int, like: torch.Tensor) -> torch.Tensor:
+def coordinates(n: int, h: int, w: int, like: torch.Tensor) -> torch.Tensor:
     """(n, 2, h, w) pixel coordinates in [-1, 1]."""
     ys = torch.linspace(-1, 1, h, device=like.device, dtype=like.dtype)
     xs = torch.linspace(-1, 1, w, device=like.device, dtype=like.dtype)
@@ -65,7 +65,11 @@ class BetaVAE(nn.Module):
     def _with_coords(self, x: torch.Tensor) -> torch.Tensor:
         if not self.cfg.coords:
             return x
-        return torch.cat([x, _coords(x.shape[0], x.shape[2], x.shape[3], x)], 1)
+        at = coordinates(x.shape[0], x.shape[2], x.shape[3], x)
+        if x.shape[1] > 1 and x.is_contiguous(memory_format=torch.channels_last):
+            # a channels-last batch (training on a CPU) stays channels-last: else each convolution converts it
+            at = at.contiguous(memory_format=torch.channels_last)
+        return torch.cat([x, at], 1)
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x: (B, in_channels, H, W) → mu, logvar: (B, latent_channels, rows, cols)."""
@@ -128,8 +132,9 @@ def vae_loss(
     per-pixel weights of the squared error (zones to ignore: 0 inside), or None.
     Returns (loss, reconstruction, kl), each a scalar.
     """
-    err = error_map(x, recon)
-    rec = (err if weight is None else err * weight).flatten(1).sum(1).mean()
+    sq = (x - recon).pow(2)
+    # summed over all of an image at once, which is faster for a channels-last one than by channel first
+    rec = (sq.sum((1, 2, 3)) if weight is None else (sq.sum(1) * weight).flatten(1).sum(1)).mean()
     kl = kl_map(mu, logvar).flatten(1).sum(1).mean()
     return rec + beta * kl, rec, kl
 
