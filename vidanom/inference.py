@@ -92,12 +92,12 @@ class CoordinatesFolded(nn.Module):
 
 def fold_coordinates(vae: BetaVAE) -> None:
     """Fold the coordinate planes of vae (a copy for inference) into constant maps, in place."""
-    cfg = vae.cfg
-    if not cfg.coords or not isinstance(vae.encoder[0], nn.Conv2d) or not isinstance(vae.decoder[0], nn.Conv2d):
+    cfg, first, stats, up = vae.cfg, vae.encoder[0], vae.to_stats, vae.decoder[0]
+    if not (cfg.coords and isinstance(first, nn.Conv2d) and isinstance(stats, nn.Conv2d) and isinstance(up, nn.Conv2d)):
         return
-    vae.encoder[0] = CoordinatesFolded(vae.encoder[0], cfg.in_channels, cfg.height, cfg.width)
-    vae.to_stats = CoordinatesFolded(vae.to_stats, cfg.hidden[-1], *cfg.grid)
-    vae.decoder[0] = CoordinatesFolded(vae.decoder[0], cfg.latent_channels, *cfg.grid)
+    vae.encoder[0] = CoordinatesFolded(first, cfg.in_channels, cfg.height, cfg.width)
+    vae.to_stats = CoordinatesFolded(stats, cfg.hidden[-1], *cfg.grid)
+    vae.decoder[0] = CoordinatesFolded(up, cfg.latent_channels, *cfg.grid)
     vae.cfg = dataclasses.replace(cfg, coords=False)  # its modules add them: no planes to append
 
 

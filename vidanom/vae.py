@@ -55,7 +55,7 @@ class BetaVAE(nn.Module):
             enc += [nn.Conv2d(prev, ch, 4, 2, 1), nn.LeakyReLU(0.2)]
             prev = ch
         self.encoder = nn.Sequential(*enc)
-        self.to_stats = nn.Conv2d(prev + extra, 2 * cfg.latent_channels, 1)
+        self.to_stats: nn.Module = nn.Conv2d(prev + extra, 2 * cfg.latent_channels, 1)
         dec: list[nn.Module] = [nn.Conv2d(cfg.latent_channels + extra, prev, 1), nn.LeakyReLU(0.2)]
         for ch in reversed((cfg.in_channels,) + cfg.hidden[:-1]):
             dec += [nn.ConvTranspose2d(prev, ch, 4, 2, 1), nn.LeakyReLU(0.2)]
