@@ -132,9 +132,10 @@ def vae_loss(
     per-pixel weights of the squared error (zones to ignore: 0 inside), or None.
     Returns (loss, reconstruction, kl), each a scalar.
     """
-    sq = (x - recon).pow(2)
-    # summed over all of an image at once, which is faster for a channels-last one than by channel first
-    rec = (sq.sum((1, 2, 3)) if weight is None else (sq.sum(1) * weight).flatten(1).sum(1)).mean()
+    if weight is None:  # summed over all of an image at once: faster for a channels-last one than by channel
+        rec = (x - recon).pow(2).sum((1, 2, 3)).mean()
+    else:
+        rec = (error_map(x, recon) * weight).flatten(1).sum(1).mean()
     kl = kl_map(mu, logvar).flatten(1).sum(1).mean()
     return rec + beta * kl, rec, kl
 
