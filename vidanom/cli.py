@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from . import heap
 from .errors import VidanomError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None)  # help: main's docstring
@@ -289,6 +290,7 @@ def train(
 
     if stage not in STAGES:
         raise typer.BadParameter(f"--stage must be one of {', '.join(STAGES)}")
+    heap.keep_freed_memory()  # each optimiser step reuses the memory the last one freed
     proj = _open(project)
     overrides: dict[str, Any] = {}
     if steps is not None:
@@ -359,6 +361,7 @@ def update(
 
     if from_env() is not None:
         raise VidanomError("update trains in one process; run it without torchrun (train runs under torchrun)")
+    heap.keep_freed_memory()  # each optimiser step reuses the memory the last one freed
     proj = _open(project)
     overrides: dict[str, Any] = fixed_steps(steps) if steps is not None else {}
     if keep_frames is not None:
@@ -918,6 +921,7 @@ def accept(
 
     if (clip is None) == (events_file is None):
         raise VidanomError("name a scored CLIP (with --event N or --from T0 --to T1), or --events FILE; not both")
+    heap.keep_freed_memory()  # each optimiser step reuses the memory the last one freed
     proj = _open(project)
     run: dict[str, Any] = {"device": _device(device), "wait": wait}
     with _progress() as progress:
