@@ -1,4 +1,4 @@
-"""The CLI's allocator settings: freed blocks are reused without faulting their pages in again."""
+"""The training commands' allocator settings: freed blocks are reused without faulting their pages in again."""
 
 from __future__ import annotations
 
@@ -11,17 +11,22 @@ import pytest
 
 from vidanom import heap
 
-# allocates and frees five 8 MB blocks ten times, as training steps do their activations, and prints
-# the page faults that took (after one round, so that both runs start from a heap that has grown once)
+# allocates and frees five 8 MB blocks (each page written) ten times, as training steps do their
+# activations, and prints the page faults that took, after one round: both runs start from a heap grown once
 STEPS = """
-import resource, sys
-import numpy as np
+import ctypes, resource, sys
 from vidanom import heap
 if sys.argv[1] == "keep":
     assert heap.keep_freed_memory()
+libc = ctypes.CDLL(None)
+libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+libc.free.argtypes = [ctypes.c_void_p]
 def step():
-    blocks = [np.ones(2 << 20, np.float32) for _ in range(5)]
-    del blocks
+    blocks = [libc.malloc(8 << 20) for _ in range(5)]
+    for b in blocks:
+        ctypes.memset(b, 1, 8 << 20)
+    for b in blocks:
+        libc.free(b)
 step()
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 for _ in range(10):
@@ -38,8 +43,8 @@ def faults(mode: str) -> int:
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
 def test_kept_memory_is_not_faulted_in_again() -> None:
     default, kept = faults("default"), faults("keep")
-    # 10 rounds of 40 MB are 100k pages; glibc's defaults hand back (and fault in again) a fifth or more
-    assert default > 10_000
+    if default < 1000:  # 10 rounds of 40 MB are 100k small pages
+        pytest.skip("this kernel backs the blocks with huge pages: too few faults to compare")
     assert kept < default / 10
 
 
