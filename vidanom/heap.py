@@ -31,4 +31,4 @@ def keep_freed_memory() -> bool:
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     settings = ((M_MMAP_THRESHOLD, MMAP_THRESHOLD), (M_TRIM_THRESHOLD, TRIM_THRESHOLD), (M_TOP_PAD, TOP_PAD))
-    return all([mallopt(param, value) == 1 for param, value in settings])
+    return all([mallopt(param, value) == 1 for param, value in settings])  # a list: each is tried, refused or not
