@@ -7,6 +7,7 @@ tasks' scores). Strategies: joint (all tasks so far: the upper bound), replay (g
 from a frozen copy of the previous model), ewc, and finetune (new task only: the lower bound).
 
     python benchmarks/continual_digits.py --data ../shared/data/mnist --json digits.json --plot digits.png
+    python benchmarks/continual_digits.py --data ../shared/data/mnist --strategies joint replay --seed 1 --order 2
 
 It trains through exactly the code of `vidanom update`: `vidanom.strategies.plan` (replay with its
 distillation, EWC, fine-tuning), `vidanom.fitting.fit_vae` and `vidanom.strategies.consolidate` (each
@@ -40,6 +41,7 @@ from vidanom.training import EWC_SAMPLES, _seeded
 from vidanom.vae import BetaVAE, error_map, kl_map, patch_means
 
 STRATEGIES = ("joint", "replay", "ewc", "finetune")
+ORDER_STRIDE = 100  # --order N draws task i's batches with seed + i + 100·N: apart from every other order's
 SCORES = ("elbo", "recon", "kl", "patch")
 
 
@@ -132,7 +134,8 @@ def run_strategy(
     prior, ewc, results = None, None, []  # the tasks' latent Gaussians and EWC state, as a model version keeps them
     for i, digit in enumerate(tasks):
         t0, c0 = time.time(), time.process_time()
-        task_cfg = with_overrides(cfg, train={"seed": cfg.train.seed + i})  # fresh batches and noise for every task
+        # fresh batches and noise for every task; --order draws others from the same initial weights
+        task_cfg = with_overrides(cfg, train={"seed": cfg.train.seed + i + ORDER_STRIDE * args.order})
         scene = f"task{i + 1}"
         hooks = (
             strategies.plan(name, vae, mdn=None, prior=prior, ewc=ewc, cfg=task_cfg, scene=scene, new_frames=0)
@@ -245,6 +248,13 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--set", action="append", default=[], help="config override, e.g. train.ewc_strength=1000")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--order",
+        type=int,
+        default=0,
+        help="another order of batches (and sampling noise) from the same initial weights: joint training "
+        "itself ends differently from one order to the next",
+    )
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads per job")
     ap.add_argument("--jobs", type=int, default=1, help="strategies trained at once, in separate processes")
     return ap.parse_args()
