@@ -252,7 +252,7 @@ def parse_args() -> argparse.Namespace:
         "--order",
         type=int,
         default=0,
-        help="another order of batches (and sampling noise) from the same initial weights: joint training "
+        help="another order of batches (and sampling noise) from the same initial weights and images: joint training "
         "itself ends differently from one order to the next",
     )
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads per job")
