@@ -194,6 +194,7 @@ BAD_VALUES = {
     "train.vae_epochs": -1.0,
     "train.vae_max_steps": 0,
     "train.mdn_steps": 2.5,
+    "train.mdn_fast_margin": -0.5,
     "train.update_epochs": -1.0,
     "train.eval_every": 0,
     "train.patience": 0,

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
+from conftest import tiny_config
 from torch.distributions import Categorical, Independent, MixtureSameFamily, Normal
 
+from vidanom import fitting
 from vidanom.mdn import LSTMMDN, MDNConfig, mdn_nll, sample_mixture
 
 
@@ -162,3 +165,63 @@ def test_cold_dream_follows_the_dominant_mean_given_the_whole_past():
     best = log_pi.argmax(-1)  # (B, T)
     expected = mu.gather(2, best[..., None, None].expand(-1, -1, 1, 3))[:, :, 0]
     torch.testing.assert_close(seq[:, 1:], expected, rtol=1e-4, atol=1e-5)
+
+
+# -- made-up fast windows (fitting.fast_margin) ---------------------------------------------------
+
+
+def test_fast_windows_keep_every_skip_th_latent_of_a_clip_long_enough():
+    # latents whose value is their frame number: a fast window's steps are its skip
+    lengths, seq_len = [40, 100], 8
+    latents = [torch.arange(n, dtype=torch.float32).expand(3, n)[..., None].expand(3, n, 2).clone() for n in lengths]
+    fast = fitting.fast_starts(lengths, seq_len)
+    assert set(fast) == {2, 3, 4}
+    assert set(fitting.fast_starts([20, 30], seq_len)) == {2, 3}  # 4 · 8 + 1 latents fit neither clip
+    seen = set()
+    for i in range(20):
+        z, cells = fitting.fast_batch(latents, fast, seq_len, np.random.default_rng(i))
+        assert z.shape == (fitting.MDN_WINDOWS * 3, seq_len + 1, 2)
+        steps = z[:, 1:, 0] - z[:, :-1, 0]
+        skip = int(steps[0, 0])
+        assert (steps == skip).all() and skip in (2, 3, 4)
+        assert cells.tolist() == [0, 1, 2] * fitting.MDN_WINDOWS
+        seen.add(skip)
+    assert seen == {2, 3, 4}
+
+
+def test_fast_margin_is_the_hinge_by_hand():
+    fast = torch.tensor([-1.0, 0.2, 3.0])
+    got = fitting.fast_margin(fast, torch.tensor(0.0), 0.5)
+    assert got.item() == pytest.approx((1.5 + 0.3 + 0.0) / 3)
+
+
+def _fit_waves(margin: float, steps: int = 600) -> tuple[float, float]:
+    """An LSTM-MDN fitted to slow waves under a little noise with the given margin (its last weights kept)
+    → its NLL per dimension of normal windows and of every-3rd-latent windows of the same waves."""
+    cfg = tiny_config(train={"mdn_steps": steps, "eval_every": steps, "mdn_fast_margin": margin})
+    gen = torch.Generator().manual_seed(0)
+
+    def waves(n: int) -> torch.Tensor:  # (cells, n, D): a slow wave per cell, under a little noise
+        t = torch.arange(n, dtype=torch.float32)[None, :, None]
+        phase = torch.arange(4, dtype=torch.float32)[:, None, None]
+        return torch.sin(t / 20 + phase + torch.tensor([0.0, 1.5])) + 0.05 * torch.randn(4, n, 2, generator=gen)
+
+    clips = [waves(150), waves(150)]
+    torch.manual_seed(0)
+    mdn = LSTMMDN(MDNConfig(latent_dim=2, cells=4, hidden=16, mixtures=2, cell_embedding=4))
+    fitting.fit_mdn(mdn, clips, clips, cfg, torch.device("cpu"))
+    test = waves(3 * 64 + 1)
+    out = []
+    with torch.no_grad():
+        for z in (test[:, :65], test[:, ::3]):
+            log_pi, mu, log_s, _ = mdn(z[:, :-1], torch.arange(4))
+            out.append(float(mdn_nll(z[:, 1:], log_pi, mu, log_s).mean()) / 2)
+    return out[0], out[1]
+
+
+def test_the_lstm_mdn_learns_to_find_fast_windows_less_likely():
+    normal_off, fast_off = _fit_waves(0.0)
+    normal_on, fast_on = _fit_waves(0.5)
+    assert fast_on - normal_on > fast_off - normal_off + 0.3
+    # the price: normal windows a little less likely (on real footage 0.3-0.45 nats per dimension)
+    assert normal_off < normal_on < normal_off + 0.6

@@ -80,6 +80,9 @@ class TrainConfig:
     vae_epochs: float = 100.0
     vae_max_steps: int = 12000
     mdn_steps: int = 2000  # optimiser steps of the LSTM-MDN at most
+    # the LSTM-MDN learns to find made-up fast windows (every 2nd-4th latent) this many nats per latent
+    # dimension less likely than normal ones (fitting.fast_margin); 0: off
+    mdn_fast_margin: float = 0.5
     # an update's budget: passes over its new footage at the part of each batch it fills (fitting.update_budget),
     # the LSTM-MDN as many steps (at most mdn_steps); 0: vae_steps (as --steps sets it)
     update_epochs: float = 30.0
@@ -296,6 +299,7 @@ RULES: dict[str, Rule] = {
     "train.vae_epochs": _NOT_NEGATIVE,
     "train.vae_max_steps": _COUNT,
     "train.mdn_steps": _COUNT,
+    "train.mdn_fast_margin": Rule(float, 0, note="0: off"),
     "train.update_epochs": Rule(float, 0, note="0: vae_steps"),
     "train.eval_every": _COUNT,
     "train.patience": _COUNT,

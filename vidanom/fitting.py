@@ -60,6 +60,9 @@ VAL_WINDOWS = 32  # held-out windows (of every cell) the LSTM-MDN is evaluated o
 # than from their size: as many steps of fewer windows scored every camera as well, in far less time
 # (README, "How a default is chosen")
 MDN_WINDOWS = 2
+# a made-up fast window keeps every 2nd, 3rd or 4th latent of a longer one (fast_margin): what a
+# fast-forward, or one region hurrying, looks like to a cell's sequence
+FAST_SKIPS = (2, 3, 4)
 UPDATE_MIN_STEPS = 500  # an update's least β-VAE steps, however short its footage (see update_budget)
 MIN_GAIN = 1e-3  # a held-out loss better by less than this share does not count as progress
 PREMADE_BYTES = 256 * 2**20  # footage whose model inputs fit here has them made once (Ped1's 34 clips: 223 MB)
@@ -372,6 +375,34 @@ def window_batch(latents: list[torch.Tensor], starts: np.ndarray, seq_len: int) 
     return (torch.cat([z[:, :t_min] for z in seqs]), torch.cat([torch.arange(z.shape[0]) for z in seqs]))
 
 
+def fast_starts(lengths: list[int], seq_len: int) -> dict[int, np.ndarray]:
+    """Per skip of FAST_SKIPS, the (clip, start) rows of every window of seq_len · skip + 1 latents:
+    those a made-up fast window can be cut from (none for a skip the clips are too short for)."""
+    return {f: window_starts(lengths, seq_len * f) for f in FAST_SKIPS if max(lengths, default=0) > seq_len * f}
+
+
+def fast_batch(
+    latents: list[torch.Tensor], fast: dict[int, np.ndarray], seq_len: int, rng: np.random.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """MDN_WINDOWS made-up fast windows, each of seq_len + 1 latents taken every `skip` (one skip per
+    batch, drawn from those in `fast`): (B, T + 1, D) sequences and (B,) cell ids, as window_batch."""
+    skip = int(rng.choice(list(fast)))
+    rows = fast[skip][rng.integers(len(fast[skip]), size=MDN_WINDOWS)]
+    z, cells = window_batch(latents, rows, seq_len * skip)
+    return z[:, ::skip], cells
+
+
+def fast_margin(fast_nll: torch.Tensor, normal_nll: torch.Tensor, margin: float) -> torch.Tensor:
+    """The pseudo-anomaly loss: each made-up fast window's NLL (B,) per dimension should lie `margin`
+    above the normal windows' (a scalar, not learned from): mean of relu(margin − the difference).
+
+    Trained on normal windows alone, the LSTM-MDN learns a cell's dynamics well enough to predict a
+    hurried sequence almost as well, from the hurried past it is given; made-up ones teach it what a
+    speed it never saw is (the same idea as pseudo-anomalies for autoencoders, on the LSTM-MDN alone).
+    """
+    return torch.relu(margin - (fast_nll - normal_nll)).mean()
+
+
 @torch.no_grad()
 def mdn_holdout(mdn: LSTMMDN, z: torch.Tensor, cells: torch.Tensor) -> dict[str, float]:
     """Mean NLL per latent dimension of held-out windows (B, T + 1, D)."""
@@ -402,6 +433,7 @@ def fit_mdn(
     held = held if any(z.shape[1] > 1 for z in held) else train
     held_starts = window_starts([z.shape[1] for z in held], tc.seq_len)
     held_batch = window_batch(held, spread(held_starts, VAL_WINDOWS), tc.seq_len)
+    fast = fast_starts([z.shape[1] for z in train], tc.seq_len) if tc.mdn_fast_margin > 0 else {}
     mdn.to(device)
     opt = torch.optim.Adam(mdn.parameters(), lr=tc.lr)
     net = distributed.wrap(mdn, group, device)
@@ -410,12 +442,20 @@ def fit_mdn(
         rng = np.random.default_rng([tc.seed, 1, i])
         z, cells = window_batch(train, starts[rng.integers(len(starts), size=MDN_WINDOWS)], tc.seq_len)
         share = distributed.part(group, len(z))
-        z, cells = z[share].to(device), cells[share].to(device)
+        z, cells, normal = z[share], cells[share], len(z[share])
+        if fast:  # beside them, as many made-up fast windows, through the same forward pass
+            zf, cf = fast_batch(train, fast, tc.seq_len, np.random.default_rng([tc.seed, 3, i]))
+            part, t = distributed.part(group, len(zf)), min(z.shape[1], zf.shape[1])
+            z, cells = torch.cat([z[:, :t], zf[part, :t]]), torch.cat([cells, cf[part]])
+        z, cells = z.to(device), cells.to(device)
         log_pi, mu, log_s, _ = net(z[:, :-1], cells)
-        loss = mdn_nll(z[:, 1:], log_pi, mu, log_s).mean() / z.shape[-1]  # per dimension
+        nll = mdn_nll(z[:, 1:], log_pi, mu, log_s).mean(1) / z.shape[-1]  # per window and dimension
+        loss = nll[:normal].mean()
+        if fast:
+            loss = loss + fast_margin(nll[normal:], nll[:normal].detach().mean(), tc.mdn_fast_margin)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(mdn.parameters(), 1.0)
-        return {"nll": loss.item()}
+        return {"nll": nll[:normal].mean().item()}
 
     state = _fit(
         "mdn",
