@@ -74,7 +74,7 @@ def interrupt_mdn_at(monkeypatch: pytest.MonkeyPatch, step: int) -> None:
     real, calls, normal = fitting.window_batch, [-1], []  # the held-out windows are drawn first
 
     def wrapped(latents, starts, seq_len):
-        normal.append(normal[0] if normal else seq_len)
+        normal[:] = normal or [seq_len]  # the held-out windows' length: a step's own
         if seq_len == normal[0]:  # made-up fast windows, cut longer, are drawn beside a step's: not counted
             if calls[0] == step:
                 os.kill(os.getpid(), signal.SIGINT)

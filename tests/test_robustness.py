@@ -522,7 +522,7 @@ def interrupt_at(monkeypatch, stage: str, step: int) -> None:
     lengths: list[int] = []
 
     def wrapped(*args, **kwargs):
-        lengths.append(lengths[0] if lengths else args[-1])
+        lengths[:] = lengths or [args[-1]]  # the held-out windows' length: a step's own
         if stage == "mdn" and args[-1] != lengths[0]:  # made-up fast windows, cut longer, beside a step's
             return real(*args, **kwargs)
         if calls[0] == step:

@@ -442,7 +442,8 @@ def fit_mdn(
         rng = np.random.default_rng([tc.seed, 1, i])
         z, cells = window_batch(train, starts[rng.integers(len(starts), size=MDN_WINDOWS)], tc.seq_len)
         share = distributed.part(group, len(z))
-        z, cells, normal = z[share], cells[share], len(z[share])
+        z, cells = z[share], cells[share]
+        normal = len(z)
         if fast:  # beside them, as many made-up fast windows, through the same forward pass
             zf, cf = fast_batch(train, fast, tc.seq_len, np.random.default_rng([tc.seed, 3, i]))
             part, t = distributed.part(group, len(zf)), min(z.shape[1], zf.shape[1])
@@ -450,12 +451,12 @@ def fit_mdn(
         z, cells = z.to(device), cells.to(device)
         log_pi, mu, log_s, _ = net(z[:, :-1], cells)
         nll = mdn_nll(z[:, 1:], log_pi, mu, log_s).mean(1) / z.shape[-1]  # per window and dimension
-        loss = nll[:normal].mean()
+        loss = normal_nll = nll[:normal].mean()
         if fast:
-            loss = loss + fast_margin(nll[normal:], nll[:normal].detach().mean(), tc.mdn_fast_margin)
+            loss = loss + fast_margin(nll[normal:], normal_nll.detach(), tc.mdn_fast_margin)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(mdn.parameters(), 1.0)
-        return {"nll": nll[:normal].mean().item()}
+        return {"nll": normal_nll.item()}
 
     state = _fit(
         "mdn",
