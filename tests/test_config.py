@@ -190,6 +190,7 @@ BAD_VALUES = {
     "mdn.cell_embedding": -1,
     "mdn.delta": "yes",
     "mdn.residual": None,
+    "mdn.context": "left",
     "train.vae_steps": 0,
     "train.vae_epochs": -1.0,
     "train.vae_max_steps": 0,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -10,8 +11,8 @@ import torch
 from conftest import tiny_config
 from torch.distributions import Categorical, Independent, MixtureSameFamily, Normal
 
-from vidanom import fitting
-from vidanom.mdn import LSTMMDN, MDNConfig, mdn_nll, sample_mixture
+from vidanom import distributed, fitting
+from vidanom.mdn import LSTMMDN, MDNConfig, mdn_nll, neighbours, sample_mixture
 
 
 def reference_nll(target, log_pi, mu, log_sigma):
@@ -77,9 +78,10 @@ def test_sample_mixture_statistics(temperature):
     assert z[left].mean().item() == pytest.approx(-10.0, abs=0.05)
 
 
-def tiny_mdn(seed: int = 0) -> LSTMMDN:
+def tiny_mdn(seed: int = 0, context: str = "none") -> LSTMMDN:
     torch.manual_seed(seed)
-    return LSTMMDN(MDNConfig(latent_dim=3, cells=6, hidden=12, mixtures=4, cell_embedding=5)).eval()
+    cfg = MDNConfig(latent_dim=3, cells=6, cols=3, hidden=12, mixtures=4, cell_embedding=5, context=context)
+    return LSTMMDN(cfg).eval()
 
 
 def test_forward_shapes_and_normalised_weights():
@@ -100,9 +102,10 @@ def test_cell_embedding_makes_predictions_depend_on_the_cell():
     assert not torch.allclose(mu[0], mu[1])
 
 
-def test_state_carried_over_two_chunks_equals_one_pass():
-    mdn = tiny_mdn()
-    z, cells = torch.randn(6, 11, 3), torch.arange(6)
+@pytest.mark.parametrize("context", ["none", "delta", "both"])
+def test_state_carried_over_two_chunks_equals_one_pass(context):
+    mdn = tiny_mdn(context=context)
+    z, cells = torch.randn(12, 11, 3), torch.arange(6).repeat(2)  # two grids of 2 × 3 cells
     with torch.no_grad():
         full = mdn(z, cells)
         first = mdn(z[:, :4], cells)
@@ -116,13 +119,15 @@ def test_state_carried_over_two_chunks_equals_one_pass():
     assert not torch.allclose(mdn(z[:, 4:], cells)[1], full[1][:, 4:])
 
 
-@pytest.mark.parametrize("delta,residual", [(True, True), (True, False), (False, True), (False, False)])
-def test_inputs_and_means_as_configured(delta, residual):
+@pytest.mark.parametrize(
+    "delta,residual,context",
+    [(True, True, "none"), (True, False, "none"), (False, True, "none"), (False, False, "none"), (True, True, "both")],
+)
+def test_inputs_and_means_as_configured(delta, residual, context):
     torch.manual_seed(1)
-    mdn = LSTMMDN(
-        MDNConfig(latent_dim=3, cells=6, hidden=12, mixtures=4, cell_embedding=5, delta=delta, residual=residual)
-    ).eval()
-    assert mdn.lstm.input_size == 3 * (2 if delta else 1) + 5
+    cfg = MDNConfig(latent_dim=3, cells=6, cols=2, hidden=12, mixtures=4, cell_embedding=5, delta=delta)
+    mdn = LSTMMDN(replace(cfg, residual=residual, context=context)).eval()
+    assert mdn.lstm.input_size == 3 * (2 if delta else 1) + 5 + (48 if context == "both" else 0)
     with torch.no_grad():
         mdn.head.weight.zero_()
         mdn.head.bias.zero_()
@@ -143,6 +148,83 @@ def test_the_change_input_reads_the_step_before():
         a, b = mdn(z, torch.arange(6))[1], mdn(moved, torch.arange(6))[1]
     assert not torch.allclose(a[:, 2], b[:, 2], atol=1e-4)  # the change z[2] - z[1] differs, so does the prediction
     torch.testing.assert_close(a[:, 0], b[:, 0])  # before it nothing differs
+
+
+# -- what the neighbours show (mdn.context) ------------------------------------------------------
+
+
+def test_neighbours_are_the_eight_cells_around_in_reading_order():
+    x = torch.randn(24, 3, 2)  # two grids of 3 × 4 cells, 3 steps, 2 features
+    grid = torch.nn.functional.pad(x.view(2, 3, 4, 3, 2), (0, 0, 0, 0, 1, 1, 1, 1))  # a border of zeros
+    out = neighbours(x, cells=12, cols=4).view(2, 3, 4, 3, 2, 8)
+    for n, r, c in [(1, 1, 1), (0, 0, 0), (1, 2, 3)]:
+        around = [grid[n, r + dr, c + dc] for dr in range(3) for dc in range(3) if (dr, dc) != (1, 1)]
+        torch.testing.assert_close(out[n, r, c], torch.stack(around, -1))  # (T, F, 8)
+    with pytest.raises(ValueError, match="whole grids"):
+        neighbours(x[:20], cells=12, cols=4)
+
+
+def test_a_cell_reads_only_its_neighbours_changes():
+    mdn = tiny_mdn(context="delta")  # a grid of 2 × 3 cells
+    z = torch.randn(6, 5, 3)
+    moved = z.clone()
+    moved[2, 1:] += 1.0  # cell 2 (top right) jumps at step 1
+    with torch.no_grad():
+        a, b = mdn(z, torch.arange(6))[1], mdn(moved, torch.arange(6))[1]
+    for cell in (1, 4, 5):  # its neighbours predict step 1 differently, as the jump is a change around them
+        assert not torch.allclose(a[cell, 1], b[cell, 1], atol=1e-4)
+    for cell in (0, 3):  # two columns away: untouched
+        torch.testing.assert_close(a[cell], b[cell])
+
+
+def _fit_pulses(context: str, steps: int = 300) -> float:
+    """A pulse crossing a row of 4 cells, one cell a step, from a random time: the NLL of its arrival in
+    each cell after the first, held out, after `steps` Adam steps."""
+    torch.manual_seed(0)
+    mdn = LSTMMDN(MDNConfig(latent_dim=1, cells=4, cols=4, hidden=16, mixtures=2, cell_embedding=2, context=context))
+    opt = torch.optim.Adam(mdn.parameters(), lr=1e-2)
+    gen = torch.Generator().manual_seed(1)
+
+    t, cell = torch.arange(20).view(1, 1, 20), torch.arange(4).view(1, 4, 1)
+
+    def pulses(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        arrival = t == torch.randint(2, 12, (n, 1, 1), generator=gen) + cell  # (n, 4, 20)
+        z = arrival.float() + 0.05 * torch.randn(n, 4, 20, generator=gen)
+        return z.reshape(n * 4, 20, 1), arrival
+
+    cells = torch.arange(4).repeat(16)
+    for _ in range(steps):
+        z, _ = pulses(16)
+        log_pi, mu, log_s, _ = mdn(z[:, :-1], cells)
+        opt.zero_grad()
+        mdn_nll(z[:, 1:], log_pi, mu, log_s).mean().backward()
+        opt.step()
+    with torch.no_grad():
+        z, arrival = pulses(16)
+        nll = mdn_nll(z[:, 1:], *mdn(z[:, :-1], cells)[:3]).view(16, 4, 19)
+    return float(nll[:, 1:][arrival[:, 1:, 1:]].mean())
+
+
+def test_the_neighbours_changes_make_a_passing_pulse_predictable():
+    alone, around = _fit_pulses("none"), _fit_pulses("delta")
+    assert around < alone - 2.0  # each cell's pulse arrives a step after its left neighbour's: no surprise
+
+
+def test_each_rank_gets_its_windows_with_the_context_of_the_whole_grids():
+    mdn = tiny_mdn(context="both")
+    grids = torch.arange(6).repeat(2)  # two whole grids of 6 cells a batch
+    batches = [(torch.randn(12, 9, 3), grids), (torch.randn(12, 7, 3), grids)]
+    z, cells, around, first = fitting._rank_share(mdn, batches, None)
+    assert z.shape == (24, 7, 3) and first == 12  # cut to the shortest
+    assert around is not None
+    torch.testing.assert_close(around, torch.cat([mdn.context(w[:, :6]) for w, _ in batches]))
+    # three ranks: 4 rows of each batch apiece, less than a grid, each with the context of the whole grid
+    parts = [fitting._rank_share(mdn, batches, distributed.Group(r, 3, r)) for r in range(3)]
+    for k in range(2):
+        for i, whole in enumerate((z, cells, around)):
+            shares = torch.cat([p[i][4 * k : 4 * k + 4] for p in parts])
+            torch.testing.assert_close(shares, whole[12 * k : 12 * k + 12])
+    assert [p[3] for p in parts] == [4, 4, 4]
 
 
 def test_dream_shapes_and_first_step():

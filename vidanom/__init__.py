@@ -25,7 +25,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.6.3"  # the one place the version is written (pyproject.toml reads it)
+__version__ = "0.6.4"  # the one place the version is written (pyproject.toml reads it)
 
 _EXPORTS = {
     "Project": "project",

@@ -70,6 +70,7 @@ class MDNOptions:
     cell_embedding: int = 8  # size of the learned embedding of a latent cell's position
     delta: bool = True  # the LSTM also reads each latent's change since the frame before
     residual: bool = True  # the mixture's means are offsets from the current latent
+    context: str = "both"  # of each cell's 8 neighbours it reads: "none", "delta" (their changes), "both" (and latents)
 
 
 @dataclass(frozen=True)
@@ -185,7 +186,7 @@ class ProjectConfig:
 
     def mdn_config(self) -> MDNConfig:
         rows, cols = self.vae_config().grid
-        return MDNConfig(latent_dim=self.vae.latent_channels, cells=rows * cols, **asdict(self.mdn))
+        return MDNConfig(latent_dim=self.vae.latent_channels, cells=rows * cols, cols=cols, **asdict(self.mdn))
 
 
 def _build(cls: type, data: Any, where: str) -> Any:
@@ -295,6 +296,7 @@ RULES: dict[str, Rule] = {
     "mdn.cell_embedding": _SOME,
     "mdn.delta": Rule(bool),
     "mdn.residual": Rule(bool),
+    "mdn.context": Rule(str, choices=("none", "delta", "both")),
     "train.vae_steps": _COUNT,
     "train.vae_epochs": _NOT_NEGATIVE,
     "train.vae_max_steps": _COUNT,

@@ -31,8 +31,8 @@ def dream_clip(
     """One dreamed clip of `frames` frames: (frames, H, W, channels) uint8.
 
     The first latent grid is a sample of `prior` (an old scene's Gaussian; N(0, I) if None); from
-    there each cell follows its own rollout, as the MDN models cells independently given their
-    position. Only the frame planes of the decoded input are kept; the motion planes are recomputed
+    there every cell's rollout goes on together, each step read with its neighbours' (with
+    mdn.context set). Only the frame planes of the decoded input are kept; the motion planes are recomputed
     from consecutive frames when the clip is used.
     """
     rows, cols = vae.cfg.grid

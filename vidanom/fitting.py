@@ -403,6 +403,24 @@ def fast_margin(fast_nll: torch.Tensor, normal_nll: torch.Tensor, margin: float)
     return torch.relu(margin - (fast_nll - normal_nll)).mean()
 
 
+def _rank_share(
+    mdn: LSTMMDN, batches: list[tuple[torch.Tensor, torch.Tensor]], group: Group | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, int]:
+    """This rank's part of each batch of windows (B, T + 1, D) and cell ids (B,), cut to the shortest and
+    put together: windows, cells, their neighbours' context (or None), taken before the split, which
+    cuts through the grids that context needs whole, and how many of the windows the first batch gave."""
+    t = min(z.shape[1] for z, _ in batches)
+    parts = [distributed.part(group, len(z)) for z, _ in batches]
+    z = torch.cat([z[p, :t] for (z, _), p in zip(batches, parts)])
+    cells = torch.cat([c[p] for (_, c), p in zip(batches, parts)])
+    first = len(batches[0][1][parts[0]])
+    if mdn.cfg.context == "none":
+        return z, cells, None, first
+    with torch.no_grad():
+        around = [mdn.context(w[:, : t - 1])[p] for (w, _), p in zip(batches, parts)]
+    return z, cells, torch.cat(around), first
+
+
 @torch.no_grad()
 def mdn_holdout(mdn: LSTMMDN, z: torch.Tensor, cells: torch.Tensor) -> dict[str, float]:
     """Mean NLL per latent dimension of held-out windows (B, T + 1, D)."""
@@ -440,16 +458,12 @@ def fit_mdn(
 
     def step(i: int) -> dict[str, float]:
         rng = np.random.default_rng([tc.seed, 1, i])
-        z, cells = window_batch(train, starts[rng.integers(len(starts), size=MDN_WINDOWS)], tc.seq_len)
-        share = distributed.part(group, len(z))
-        z, cells = z[share], cells[share]
-        normal = len(z)
+        batches = [window_batch(train, starts[rng.integers(len(starts), size=MDN_WINDOWS)], tc.seq_len)]
         if fast:  # beside them, as many made-up fast windows, through the same forward pass
-            zf, cf = fast_batch(train, fast, tc.seq_len, np.random.default_rng([tc.seed, 3, i]))
-            part, t = distributed.part(group, len(zf)), min(z.shape[1], zf.shape[1])
-            z, cells = torch.cat([z[:, :t], zf[part, :t]]), torch.cat([cells, cf[part]])
+            batches.append(fast_batch(train, fast, tc.seq_len, np.random.default_rng([tc.seed, 3, i])))
+        z, cells, around, normal = _rank_share(mdn, batches, group)
         z, cells = z.to(device), cells.to(device)
-        log_pi, mu, log_s, _ = net(z[:, :-1], cells)
+        log_pi, mu, log_s, _ = net(z[:, :-1], cells, None, None if around is None else around.to(device))
         nll = mdn_nll(z[:, 1:], log_pi, mu, log_s).mean(1) / z.shape[-1]  # per window and dimension
         loss = normal_nll = nll[:normal].mean()
         if fast:

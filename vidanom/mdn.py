@@ -1,8 +1,9 @@
 """LSTM with a mixture-density head over the next latent (World Models' MDN-RNN), per latent cell.
 
 Modules only: no file access. Each cell of the VAE's latent grid is its own sequence; one LSTM,
-shared by all cells, reads it with a learned embedding of the cell's position, so surprise stays
-local (a fast cyclist in one corner) instead of drowning in a frame-wide likelihood.
+shared by all cells, reads it with a learned embedding of the cell's position (and what its
+neighbours on the grid show), so surprise stays local (a fast cyclist in one corner) instead of
+drowning in a frame-wide likelihood.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ class MDNConfig:
     cell_embedding: int = 8  # size of the position embedding
     delta: bool = True  # the LSTM also reads each step's change z[t] - z[t-1]: the dynamics, not only the look
     residual: bool = True  # mixture means are offsets from z[t]: "nothing changes" is the model's default
+    cols: int = 0  # columns of the latent grid (cells = rows · cols); 0 = unknown, no neighbours
+    context: str = "none"  # what the LSTM reads of a cell's 8 neighbours: "none", "delta" or "both" (latents too)
 
 
 # LSTM (h, c), each (1, B, hidden), and the last latent read (B, D): what continues a sequence
@@ -37,24 +40,31 @@ class LSTMMDN(nn.Module):
         self.cfg = cfg
         self.embed = nn.Embedding(cfg.cells, cfg.cell_embedding)
         inputs = cfg.latent_dim * (2 if cfg.delta else 1) + cfg.cell_embedding
+        inputs += 8 * cfg.latent_dim * {"none": 0, "delta": 1, "both": 2}[cfg.context]
         self.lstm = nn.LSTM(inputs, cfg.hidden, batch_first=True)
         k, d = cfg.mixtures, cfg.latent_dim
         self.head = nn.Linear(cfg.hidden, k + 2 * k * d)
 
     def forward(
-        self, z: torch.Tensor, cell: torch.Tensor, state: State | None = None
+        self,
+        z: torch.Tensor,
+        cell: torch.Tensor,
+        state: State | None = None,
+        around: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, State]:
         """Predict the mixture over z[:, t + 1] from z[:, :t + 1].
 
         z: (B, T, D) latent sequences; cell: (B,) cell index of each sequence; state: carried from an
-        earlier chunk of the same sequences, or None at their start (where the first change is zero).
+        earlier chunk of the same sequences, or None at their start (where the first change is zero);
+        around: context(z, state), where it was taken before the batch was split (else taken here).
         Returns log_pi (B, T, K), mu (B, T, K, D), log_sigma (B, T, K, D) and the new state.
         """
         b, t, _ = z.shape
         parts = [z]
         if self.cfg.delta:
-            before = z[:, :1] if state is None else state[2].unsqueeze(1)
-            parts.append(z - torch.cat([before, z[:, :-1]], 1))
+            parts.append(change(z, state))
+        if self.cfg.context != "none":
+            parts.append(self.context(z, state) if around is None else around)
         parts.append(self.embed(cell).unsqueeze(1).expand(b, t, -1))
         h, (hn, cn) = self.lstm(torch.cat(parts, -1), None if state is None else (state[0], state[1]))
         k, d = self.cfg.mixtures, self.cfg.latent_dim
@@ -65,6 +75,17 @@ class LSTMMDN(nn.Module):
             mu = mu + z.unsqueeze(2)
         log_sigma = out[..., k + k * d :].reshape(b, t, k, d).clamp(-7.0, 5.0)
         return log_pi, mu, log_sigma, (hn, cn, z[:, -1])
+
+    def context(self, z: torch.Tensor, state: State | None = None) -> torch.Tensor:
+        """What each cell's 8 neighbours on the grid show (0 beyond its edge): their changes, and with
+        context "both" their latents too. z: (B, T, D), B = n · cells with each grid's cells in order
+        → (B, T, 8D) or (B, T, 16D).
+
+        A cell alone cannot tell a person about to enter it from nothing: its neighbours can, so normal
+        motion becomes predictable and what is not normal stands out more.
+        """
+        seen = change(z, state) if self.cfg.context == "delta" else torch.cat([change(z, state), z], -1)
+        return neighbours(seen, self.cfg.cells, self.cfg.cols)  # feature by feature: the changes', then the latents'
 
     @torch.no_grad()
     def dream(
@@ -82,6 +103,34 @@ class LSTMMDN(nn.Module):
             z = sample_mixture(log_pi[:, -1], mu[:, -1], log_sigma[:, -1], temperature, generator).unsqueeze(1)
             seq.append(z[:, 0])
         return torch.stack(seq, 1)
+
+
+def change(z: torch.Tensor, state: State | None = None) -> torch.Tensor:
+    """Each latent's change since the one before: z (B, T, D) → (B, T, D); zero at a sequence's start,
+    from the state's last latent where a chunk continues one."""
+    before = z[:, :1] if state is None else state[2].unsqueeze(1)
+    return z - torch.cat([before, z[:, :-1]], 1)
+
+
+def neighbours(x: torch.Tensor, cells: int, cols: int) -> torch.Tensor:
+    """x: (B, T, F), B = n · cells, each grid's cells in row-major order → (B, T, 8F): the values of
+    each cell's 8 neighbours on a grid of `cols` columns (0 beyond its edge), feature by feature."""
+    b, t, f = x.shape
+    if not cols or cells % cols or b % cells:
+        raise ValueError(f"{b} sequences are not whole grids of {cells} cells in {cols} columns")
+    n = b // cells
+    padded = torch.cat([x.view(n, cells, t, f), x.new_zeros(n, 1, t, f)], 1)  # cell `cells`: outside
+    return padded[:, around(cells // cols, cols)].permute(0, 1, 3, 4, 2).reshape(b, t, 8 * f)
+
+
+def around(rows: int, cols: int) -> torch.Tensor:
+    """(rows · cols, 8) the index of each cell's neighbours, row by row, in reading order; rows · cols
+    where a neighbour lies beyond the grid's edge."""
+    r, c = torch.arange(rows).view(rows, 1, 1), torch.arange(cols).view(1, cols, 1)
+    dr, dc = torch.tensor([-1, -1, -1, 0, 0, 1, 1, 1]), torch.tensor([-1, 0, 1, -1, 1, -1, 0, 1])
+    rr, cc = r + dr, c + dc
+    inside = (rr >= 0) & (rr < rows) & (cc >= 0) & (cc < cols)
+    return torch.where(inside, rr * cols + cc, rows * cols).view(rows * cols, 8)
 
 
 def mdn_nll(target: torch.Tensor, log_pi: torch.Tensor, mu: torch.Tensor, log_sigma: torch.Tensor) -> torch.Tensor:
