@@ -81,8 +81,8 @@ class LSTMMDN(nn.Module):
         context "both" their latents too. z: (B, T, D), B = n · cells with each grid's cells in order
         → (B, T, 8D) or (B, T, 16D).
 
-        A cell alone cannot tell a person about to enter it from nothing: its neighbours can, so normal
-        motion becomes predictable and what is not normal stands out more.
+        A cell alone cannot tell a person about to walk into it from one appearing out of nothing; its
+        neighbours can (README, "The method", and how much it helped: "How a default is chosen").
         """
         seen = change(z, state) if self.cfg.context == "delta" else torch.cat([change(z, state), z], -1)
         return neighbours(seen, self.cfg.cells, self.cfg.cols)  # feature by feature: the changes', then the latents'
