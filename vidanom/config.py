@@ -70,7 +70,7 @@ class MDNOptions:
     cell_embedding: int = 8  # size of the learned embedding of a latent cell's position
     delta: bool = True  # the LSTM also reads each latent's change since the frame before
     residual: bool = True  # the mixture's means are offsets from the current latent
-    context: str = "both"  # of each cell's 8 neighbours it reads: "none", "delta" (their changes), "both" (and latents)
+    context: str = "delta"  # of its 8 neighbours on the grid it reads: "none", "delta" (changes), "both" (and latents)
 
 
 @dataclass(frozen=True)
