@@ -248,7 +248,9 @@ def test_stage_calibrate_sets_a_new_threshold_on_the_same_models(trained_project
     assert torch.equal(looser.calibration.err_mean, first.calibration.err_mean)  # the same models, the same clips
     assert looser.threshold < first.threshold  # a 30% target lets more held-out frames lie above it
     again = calibrate_at(tiny_config().score.false_alarms)
-    assert again.threshold == first.threshold and again.info["parent"] == "v0002"
+    # the same threshold again, to float rounding: training calibrates with the models it holds in memory,
+    # a later calibration with the models it loads (their KL means already differ by about 1e-9)
+    assert again.threshold == pytest.approx(first.threshold, rel=1e-6) and again.info["parent"] == "v0002"
 
     cached = sorted((trained_project / "cache").iterdir())
     res = invoke("train", clips.anomalous, "--stage", "calibrate", "--scene", "night", "-p", trained_project)
