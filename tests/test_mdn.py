@@ -12,7 +12,7 @@ from conftest import tiny_config
 from torch.distributions import Categorical, Independent, MixtureSameFamily, Normal
 
 from vidanom import distributed, fitting
-from vidanom.mdn import LSTMMDN, MDNConfig, mdn_nll, neighbours, sample_mixture
+from vidanom.mdn import LSTMMDN, MDNConfig, around, change, mdn_nll, neighbours, sample_mixture
 
 
 def reference_nll(target, log_pi, mu, log_sigma):
@@ -156,12 +156,12 @@ def test_the_change_input_reads_the_step_before():
 def test_neighbours_are_the_eight_cells_around_in_reading_order():
     x = torch.randn(24, 3, 2)  # two grids of 3 × 4 cells, 3 steps, 2 features
     grid = torch.nn.functional.pad(x.view(2, 3, 4, 3, 2), (0, 0, 0, 0, 1, 1, 1, 1))  # a border of zeros
-    out = neighbours(x, cells=12, cols=4).view(2, 3, 4, 3, 2, 8)
+    out = neighbours(x, around(3, 4)).view(2, 3, 4, 3, 2, 8)
     for n, r, c in [(1, 1, 1), (0, 0, 0), (1, 2, 3)]:
-        around = [grid[n, r + dr, c + dc] for dr in range(3) for dc in range(3) if (dr, dc) != (1, 1)]
-        torch.testing.assert_close(out[n, r, c], torch.stack(around, -1))  # (T, F, 8)
+        ring = [grid[n, r + dr, c + dc] for dr in range(3) for dc in range(3) if (dr, dc) != (1, 1)]
+        torch.testing.assert_close(out[n, r, c], torch.stack(ring, -1))  # (T, F, 8)
     with pytest.raises(ValueError, match="whole grids"):
-        neighbours(x[:20], cells=12, cols=4)
+        neighbours(x[:20], around(3, 4))
 
 
 def test_a_cell_reads_only_its_neighbours_changes():
@@ -206,22 +206,22 @@ def _fit_pulses(context: str, steps: int = 300) -> float:
 
 
 def test_the_neighbours_changes_make_a_passing_pulse_predictable():
-    alone, around = _fit_pulses("none"), _fit_pulses("delta")
-    assert around < alone - 2.0  # each cell's pulse arrives a step after its left neighbour's: no surprise
+    alone, beside = _fit_pulses("none"), _fit_pulses("delta")
+    assert beside < alone - 2.0  # each cell's pulse arrives a step after its left neighbour's: no surprise
 
 
 def test_each_rank_gets_its_windows_with_the_context_of_the_whole_grids():
     mdn = tiny_mdn(context="both")
     grids = torch.arange(6).repeat(2)  # two whole grids of 6 cells a batch
     batches = [(torch.randn(12, 9, 3), grids), (torch.randn(12, 7, 3), grids)]
-    z, cells, around, first = fitting._rank_share(mdn, batches, None)
+    z, cells, ctx, first = fitting._rank_share(mdn, batches, None)
     assert z.shape == (24, 7, 3) and first == 12  # cut to the shortest
-    assert around is not None
-    torch.testing.assert_close(around, torch.cat([mdn.context(w[:, :6]) for w, _ in batches]))
+    assert ctx is not None
+    torch.testing.assert_close(ctx, torch.cat([mdn.context(w[:, :6], change(w[:, :6])) for w, _ in batches]))
     # three ranks: 4 rows of each batch apiece, less than a grid, each with the context of the whole grid
     parts = [fitting._rank_share(mdn, batches, distributed.Group(r, 3, r)) for r in range(3)]
     for k in range(2):
-        for i, whole in enumerate((z, cells, around)):
+        for i, whole in enumerate((z, cells, ctx)):
             shares = torch.cat([p[i][4 * k : 4 * k + 4] for p in parts])
             torch.testing.assert_close(shares, whole[12 * k : 12 * k + 12])
     assert [p[3] for p in parts] == [4, 4, 4]

@@ -45,7 +45,7 @@ from .data import (
     window_starts,
 )
 from .errors import ProjectError, VidanomError
-from .mdn import LSTMMDN, MDNConfig, mdn_nll
+from .mdn import LSTMMDN, MDNConfig, change, mdn_nll
 from .progress import Progress, no_progress
 from .replay import batch_parts
 from .vae import BetaVAE, VAEConfig, vae_loss
@@ -417,7 +417,7 @@ def _rank_share(
     if mdn.cfg.context == "none":
         return z, cells, None, first
     with torch.no_grad():
-        around = [mdn.context(w[:, : t - 1])[p] for (w, _), p in zip(batches, parts)]
+        around = [mdn.context(w[:, : t - 1], change(w[:, : t - 1]))[p] for (w, _), p in zip(batches, parts)]
     return z, cells, torch.cat(around), first
 
 

@@ -35,6 +35,8 @@ State = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 
 class LSTMMDN(nn.Module):
+    neighbour_index: torch.Tensor  # (cells, 8): around(rows, cols), with context only
+
     def __init__(self, cfg: MDNConfig) -> None:
         super().__init__()
         self.cfg = cfg
@@ -42,6 +44,10 @@ class LSTMMDN(nn.Module):
         inputs = cfg.latent_dim * (2 if cfg.delta else 1) + cfg.cell_embedding
         inputs += 8 * cfg.latent_dim * {"none": 0, "delta": 1, "both": 2}[cfg.context]
         self.lstm = nn.LSTM(inputs, cfg.hidden, batch_first=True)
+        if cfg.context != "none":  # each cell's neighbours, found once (not saved: the config says them)
+            if not cfg.cols or cfg.cells % cfg.cols:
+                raise ValueError(f"{cfg.cells} cells are no grid of {cfg.cols} columns: the neighbours need one")
+            self.register_buffer("neighbour_index", around(cfg.cells // cfg.cols, cfg.cols), persistent=False)
         k, d = cfg.mixtures, cfg.latent_dim
         self.head = nn.Linear(cfg.hidden, k + 2 * k * d)
 
@@ -56,15 +62,17 @@ class LSTMMDN(nn.Module):
 
         z: (B, T, D) latent sequences; cell: (B,) cell index of each sequence; state: carried from an
         earlier chunk of the same sequences, or None at their start (where the first change is zero);
-        around: context(z, state), where it was taken before the batch was split (else taken here).
+        around: context(z, change(z, state)), where it was taken before the batch was split (else taken
+        here).
         Returns log_pi (B, T, K), mu (B, T, K, D), log_sigma (B, T, K, D) and the new state.
         """
         b, t, _ = z.shape
+        moved = change(z, state)
         parts = [z]
         if self.cfg.delta:
-            parts.append(change(z, state))
+            parts.append(moved)
         if self.cfg.context != "none":
-            parts.append(self.context(z, state) if around is None else around)
+            parts.append(self.context(z, moved) if around is None else around)
         parts.append(self.embed(cell).unsqueeze(1).expand(b, t, -1))
         h, (hn, cn) = self.lstm(torch.cat(parts, -1), None if state is None else (state[0], state[1]))
         k, d = self.cfg.mixtures, self.cfg.latent_dim
@@ -76,16 +84,16 @@ class LSTMMDN(nn.Module):
         log_sigma = out[..., k + k * d :].reshape(b, t, k, d).clamp(-7.0, 5.0)
         return log_pi, mu, log_sigma, (hn, cn, z[:, -1])
 
-    def context(self, z: torch.Tensor, state: State | None = None) -> torch.Tensor:
+    def context(self, z: torch.Tensor, moved: torch.Tensor) -> torch.Tensor:
         """What each cell's 8 neighbours on the grid show (0 beyond its edge): their changes, and with
-        context "both" their latents too. z: (B, T, D), B = n · cells with each grid's cells in order
-        → (B, T, 8D) or (B, T, 16D).
+        context "both" their latents too. z and its changes `moved` (change(z, state)): (B, T, D),
+        B = n · cells with each grid's cells in order → (B, T, 8D) or (B, T, 16D).
 
         A cell alone cannot tell a person about to walk into it from one appearing out of nothing; its
         neighbours can (README, "The method", and how much it helped: "How a default is chosen").
         """
-        seen = change(z, state) if self.cfg.context == "delta" else torch.cat([change(z, state), z], -1)
-        return neighbours(seen, self.cfg.cells, self.cfg.cols)  # feature by feature: the changes', then the latents'
+        seen = moved if self.cfg.context == "delta" else torch.cat([moved, z], -1)
+        return neighbours(seen, self.neighbour_index)  # feature by feature: the changes', then the latents'
 
     @torch.no_grad()
     def dream(
@@ -112,15 +120,17 @@ def change(z: torch.Tensor, state: State | None = None) -> torch.Tensor:
     return z - torch.cat([before, z[:, :-1]], 1)
 
 
-def neighbours(x: torch.Tensor, cells: int, cols: int) -> torch.Tensor:
-    """x: (B, T, F), B = n · cells, each grid's cells in row-major order → (B, T, 8F): the values of
-    each cell's 8 neighbours on a grid of `cols` columns (0 beyond its edge), feature by feature."""
+def neighbours(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """x: (B, T, F), B = n · cells, each grid's cells in row-major order; index: around(rows, cols), of
+    cells = rows · cols → (B, T, 8F): the values of each cell's 8 neighbours (0 beyond the grid's
+    edge), feature by feature."""
     b, t, f = x.shape
-    if not cols or cells % cols or b % cells:
-        raise ValueError(f"{b} sequences are not whole grids of {cells} cells in {cols} columns")
+    cells = len(index)
+    if b % cells:
+        raise ValueError(f"{b} sequences are not whole grids of {cells} cells")
     n = b // cells
     padded = torch.cat([x.view(n, cells, t, f), x.new_zeros(n, 1, t, f)], 1)  # cell `cells`: outside
-    return padded[:, around(cells // cols, cols)].permute(0, 1, 3, 4, 2).reshape(b, t, 8 * f)
+    return padded[:, index].permute(0, 1, 3, 4, 2).reshape(b, t, 8 * f)
 
 
 def around(rows: int, cols: int) -> torch.Tensor:
